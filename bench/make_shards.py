@@ -1,0 +1,94 @@
+"""Throughput of make_shards: files/s and seconds of audio/s, Ray with 1 and 2 CPUs vs in-process.
+
+    .venv/bin/python bench/make_shards.py [--fsdd DIR]
+
+Baseline, measured in the same run: the `local` backend (same functions, no Ray). Each Ray
+instance builds twice: `cold` includes starting its worker processes, `warm` is a second
+build on the same instance (what a long job sees). Ray's own start-up is reported apart.
+Datasets: FSDD (3,000 short 8 kHz files, resampled to 16 kHz) and the demo corpus (320 clips of
+0.5-30 s at 16 kHz).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+
+from shards.demo import write_demo_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_job():
+    spec = importlib.util.spec_from_file_location("make_shards_job", REPO / "jobs" / "make_shards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fsdd_manifest(recordings: Path, path: Path) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split"])
+        for file in sorted(recordings.glob("*.wav")):
+            digit, _, take = file.stem.split("_")
+            writer.writerow([str(file), digit, "test" if int(take) < 5 else "train"])
+    return path
+
+
+def build(job, manifest: Path, out: Path, backend: str) -> tuple[float, int, float]:
+    started = time.perf_counter()
+    code = job.main(["--manifest", str(manifest), "--out", str(out), "--overwrite", "--quiet",
+                     "--backend", backend, "--shard-size", "8MB"])
+    seconds = time.perf_counter() - started
+    assert code == 0, f"make_shards failed on {manifest}"
+    meta = json.loads((out / "dataset.json").read_text())
+    return seconds, meta["files_in"], meta["total_duration_s"]
+
+
+def measure(job, name: str, manifest: Path, work: Path) -> list[dict]:
+    rows = []
+    seconds, files, audio = build(job, manifest, work / "local", "local")
+    rows.append({"data": name, "backend": "local", "cpus": 1, "run": "-", "start_s": 0.0, "build_s": seconds})
+    for cpus in (1, 2):
+        started = time.perf_counter()
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
+        start_s = time.perf_counter() - started
+        for run in ("cold", "warm"):
+            seconds, _, _ = build(job, manifest, work / f"ray{cpus}", "ray")
+            rows.append({"data": name, "backend": "ray", "cpus": cpus, "run": run, "start_s": start_s, "build_s": seconds})
+        ray.shutdown()
+    for row in rows:
+        row.update(files=files, audio_s=audio, files_per_s=files / row["build_s"], audio_per_s=audio / row["build_s"],
+                   vs_local=rows[0]["build_s"] / row["build_s"])
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fsdd", type=Path, default=REPO.parent / "shared" / "data" / "fsdd" / "recordings")
+    args = parser.parse_args()
+    job = load_job()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if args.fsdd.is_dir():
+            rows += measure(job, "fsdd", fsdd_manifest(args.fsdd, work / "fsdd.csv"), work / "fsdd")
+        else:
+            print(f"FSDD not found at {args.fsdd}: skipping it")
+        rows += measure(job, "demo", write_demo_corpus(work / "demo-src", clips=320, seed=0), work / "demo")
+    print(f"\n{'data':5} {'backend':7} {'cpus':>4} {'run':4} {'ray start s':>11} {'build s':>8} "
+          f"{'files':>5} {'audio s':>8} {'files/s':>8} {'audio s/s':>9} {'vs local':>8}")
+    for r in rows:
+        print(f"{r['data']:5} {r['backend']:7} {r['cpus']:>4} {r['run']:4} {r['start_s']:>11.1f} {r['build_s']:>8.1f} "
+              f"{r['files']:>5} {r['audio_s']:>8.0f} {r['files_per_s']:>8.0f} {r['audio_per_s']:>9.0f} {r['vs_local']:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Audio files → WebDataset shards with precomputed lengths, an index and dataset.json.
+
+    python jobs/make_shards.py                                   # built-in demo corpus → shards/demo
+    python jobs/make_shards.py --input DIR --out OUT             # label = parent folder name
+    python jobs/make_shards.py --manifest rows.csv --out OUT     # path,label[,split,start,end]
+
+Runs on Ray Data: a local instance by default, a cluster with --address or RAY_ADDRESS.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from itertools import islice
+from pathlib import Path
+
+from loaders.stats import fbank_stats
+from shards.build import BuildConfig, build_shards, prepare_output, summary, write_metadata
+from shards.demo import write_demo_corpus
+from shards.inputs import list_folder, read_manifest
+from shards.tar import ShardSample, read_shard
+
+DEMO_OUT = Path("shards/demo")
+DEMO_SHARD_SIZE = "8MB"
+DEFAULT_SHARD_SIZE = "128MB"
+SHOWN_SKIPS = 30
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?)i?B?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'128MB', '1.5G', '4096' → bytes (binary multiples)."""
+    match = _SIZE.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"--shard-size {text!r} is not a size like 128MB, 1GB or 4096")
+    return int(float(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " "))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--input", type=Path, help="folder searched recursively for .wav/.flac/.ogg/.mp3")
+    source.add_argument("--manifest", type=Path, help=".csv or .jsonl with path,label[,split,start,end]")
+    parser.add_argument("--out", type=Path, help=f"output folder (default for the demo: {DEMO_OUT})")
+    parser.add_argument("--label-regex", help="with --input: regex on the file name with a (?P<label>...) group")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of the test split (hash of path)")
+    parser.add_argument("--sample-rate", type=int, default=16000, help="all audio is resampled to this rate")
+    parser.add_argument("--shard-size", type=parse_size, help=f"target bytes per shard (default {DEFAULT_SHARD_SIZE}; demo {DEMO_SHARD_SIZE})")
+    parser.add_argument("--shard-samples", type=int, help="also close a shard after this many samples")
+    parser.add_argument("--seed", type=int, default=0, help="order of samples across shards (and the demo corpus)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing shard set in --out")
+    parser.add_argument("--backend", choices=("ray", "local"), default="ray", help="ray (default) or in-process")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    parser.add_argument("--stats-samples", type=int, default=1000, help="train clips used for fbank mean/std")
+    parser.add_argument("--demo-clips", type=int, default=320, help="size of the built-in demo corpus")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    if not 0 <= args.test_fraction < 1:
+        parser.error(f"--test-fraction {args.test_fraction} must be in [0, 1)")
+    if (args.input or args.manifest) and args.out is None:
+        parser.error("--out is required with --input or --manifest")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    demo = args.input is None and args.manifest is None
+    started = time.perf_counter()
+    config = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="elasticast-demo-") if demo else nullcontext() as demo_dir:
+            if demo:
+                print(f"building the built-in demo corpus ({args.demo_clips} clips, seed {args.seed})")
+                args.manifest = write_demo_corpus(demo_dir, clips=args.demo_clips, seed=args.seed)
+            sources, skipped = (
+                list_folder(args.input, args.test_fraction, args.label_regex)
+                if args.input
+                else read_manifest(args.manifest, args.test_fraction)
+            )
+            built = BuildConfig(
+                out=args.out or DEMO_OUT,
+                sample_rate=args.sample_rate,
+                shard_bytes=args.shard_size or parse_size(DEMO_SHARD_SIZE if demo else DEFAULT_SHARD_SIZE),
+                shard_samples=args.shard_samples,
+                seed=args.seed,
+                backend=args.backend,
+                progress=not args.quiet,
+            )
+            if not sources:
+                raise ValueError(f"no valid input: {len(skipped)} input(s) listed, all skipped")
+            prepare_output(built.out, args.overwrite)
+            config = built
+            if config.backend == "ray":
+                start_ray(args.address, args.num_cpus)
+            result = build_shards(sources, skipped, config)
+    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+        if config is not None:  # this run created the folder: leave nothing half-built behind
+            shutil.rmtree(config.out, ignore_errors=True)
+        print(f"make_shards: error: {exc}", file=sys.stderr)
+        return 2
+    stats_split = "train" if "train" in result.rows else min(result.rows)
+    parameters = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    parameters["input_kind"] = "demo" if demo else "folder" if args.input else "manifest"
+    stats = fbank_stats(train_waveforms(config, stats_split), max_samples=args.stats_samples)
+    write_metadata(result, config, parameters, {**stats, "split": stats_split})
+    report(result, config, time.perf_counter() - started)
+    return 0
+
+
+def start_ray(address: str | None, num_cpus: int | None) -> None:
+    """Connect to a cluster (--address / RAY_ADDRESS) or start a local instance, once."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False)
+
+
+def train_waveforms(config: BuildConfig, split: str):
+    for shard in sorted((config.out / split).glob("shard-*.tar")):
+        for item in read_shard(shard):
+            if isinstance(item, ShardSample):
+                yield item.audio, item.sample_rate
+
+
+def report(result, config: BuildConfig, seconds: float) -> None:
+    for skip in islice(result.skipped, SHOWN_SKIPS):
+        print(f"skipped {skip.path}: {skip.reason} ({skip.detail})", file=sys.stderr)
+    if len(result.skipped) > SHOWN_SKIPS:
+        print(f"... and {len(result.skipped) - SHOWN_SKIPS} more, all listed in {config.out}/dataset.json", file=sys.stderr)
+    print(summary(result))
+    print(f"wrote {config.out} in {seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

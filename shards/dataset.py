@@ -1,0 +1,127 @@
+"""The reading side of a shard set: `dataset.json`, per-split `index.parquet`, shard paths.
+
+Layout of a shard set (what `jobs/make_shards.py` writes):
+
+    OUT/dataset.json            labels, counts, fbank stats, build parameters, skipped inputs
+    OUT/<split>/index.parquet   one row per sample: lengths, labels, shard and byte offset
+    OUT/<split>/shard-000000.tar ...
+
+`dataset.json` is written last, so its presence marks a complete build.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from shards.tar import Member, ShardError, ShardSample, read_member, read_shard
+
+DATASET_FILE = "dataset.json"
+INDEX_FILE = "index.parquet"
+FORMAT_VERSION = 1
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("shard", pa.string()),
+        ("offset", pa.int64()),
+        ("nbytes", pa.int64()),
+        ("num_samples", pa.int64()),
+        ("sample_rate", pa.int32()),
+        ("duration_s", pa.float64()),
+        ("labels", pa.list_(pa.string())),
+        ("label_ids", pa.list_(pa.int32())),
+        ("source", pa.string()),
+        ("start_s", pa.float64()),
+        ("end_s", pa.float64()),
+    ]
+)
+
+
+class ShardDataset:
+    """A complete shard set on disk: metadata, indexes and shard files of each split."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        meta_path = self.root / DATASET_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(
+                f"{meta_path} not found: {self.root} is not a complete shard set "
+                "(build it with `python jobs/make_shards.py`; an interrupted build has no dataset.json)"
+            )
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{meta_path}: format_version {self.meta.get('format_version')} is not {FORMAT_VERSION}")
+
+    @property
+    def labels(self) -> list[str]:
+        return self.meta["labels"]
+
+    @property
+    def sample_rate(self) -> int:
+        return self.meta["sample_rate"]
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.meta["splits"])
+
+    @property
+    def fbank_stats(self) -> dict | None:
+        return self.meta.get("fbank")
+
+    def index(self, split: str) -> pa.Table:
+        return pq.read_table(self._split_dir(split) / INDEX_FILE, schema=INDEX_SCHEMA)
+
+    def shard_paths(self, split: str) -> list[Path]:
+        """The split's shards, in order; a missing one is an error naming it."""
+        paths = [self._split_dir(split) / name for name in self.meta["splits"][split]["shards"]]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"shard(s) listed in {self.root / DATASET_FILE} are missing: {missing}")
+        return paths
+
+    def samples(self, split: str) -> Iterator[ShardSample | ShardError]:
+        """Every sample of a split, shard after shard (errors come as `ShardError`s)."""
+        for path in self.shard_paths(split):
+            yield from read_shard(path)
+
+    def read_sample(self, split: str, key: str):
+        """One sample's (audio, sample rate) by key, through the index's byte offset."""
+        table = self.index(split).filter(pc.field("key") == key)
+        if table.num_rows != 1:
+            raise KeyError(f"{key!r} not in split {split!r} of {self.root}")
+        row = table.to_pylist()[0]
+        return read_member(self._split_dir(split) / row["shard"], Member(row["offset"], row["nbytes"]))
+
+    def _split_dir(self, split: str) -> Path:
+        if split not in self.meta["splits"]:
+            raise KeyError(f"split {split!r} not in {self.root} (has {self.splits})")
+        return self.root / split
+
+
+def write_index(split_dir: Path, rows: list[dict]) -> None:
+    pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), split_dir / INDEX_FILE)
+
+
+def describe_split(rows: list[dict]) -> dict:
+    """Counts of one split for dataset.json: samples, shards, duration, samples per label."""
+    label_counts = Counter(label for row in rows for label in row["labels"])
+    return {
+        "samples": len(rows),
+        "shards": sorted({row["shard"] for row in rows}),
+        "duration_s": round(sum(row["duration_s"] for row in rows), 3),
+        "label_counts": dict(sorted(label_counts.items())),
+    }
+
+
+def write_dataset_json(root: Path, meta: dict) -> None:
+    """Atomically (write then rename): its presence is what marks the shard set complete."""
+    partial = root / f".{DATASET_FILE}.partial"
+    partial.write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2) + "\n")
+    os.replace(partial, root / DATASET_FILE)

@@ -1,0 +1,190 @@
+"""What to shard: sources listed from a folder or a manifest, with labels, split and a key.
+
+Listing never touches audio; rows it cannot use become `Skipped` records, never exceptions,
+so one bad row never stops a large job. Configuration mistakes (no such folder, a manifest
+without the required columns) do raise, with the file named.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from shards.audio import AUDIO_EXTENSIONS
+
+SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One future sample: a file (or a segment of it) with its labels and split."""
+
+    key: str
+    path: str
+    labels: tuple[str, ...]
+    split: str
+    start_s: float | None = None
+    end_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input left out, with a reason category (for counts) and a detail (for people)."""
+
+    path: str
+    reason: str
+    detail: str
+
+
+def stable_fraction(text: str, salt: str = "") -> float:
+    """A number in [0, 1) fixed by the text alone: the same split on every machine and run."""
+    digest = hashlib.sha1(f"{salt}{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_for(relative_path: str, test_fraction: float) -> str:
+    return "test" if stable_fraction(relative_path) < test_fraction else "train"
+
+
+def make_key(relative_path: str, start_s: float | None = None, end_s: float | None = None) -> str:
+    """WebDataset-safe key (no dots or slashes) from a path, plus the segment bounds if any."""
+    stem = os.path.splitext(relative_path)[0]
+    key = _KEY_UNSAFE.sub("_", stem).strip("_") or "sample"
+    if start_s is not None or end_s is not None:
+        first = "0" if start_s is None else f"{round(start_s * 1000)}"
+        last = "end" if end_s is None else f"{round(end_s * 1000)}"
+        key = f"{key}__{first}-{last}ms"
+    return key
+
+
+def dedupe_keys(sources: list[Source]) -> list[Source]:
+    """Keys must be unique within a dataset; colliding ones get a suffix from their full path."""
+    seen: set[str] = set()
+    unique = []
+    for source in sources:
+        key = source.key
+        if key in seen:
+            key = f"{key}-{hashlib.sha1(f'{source.path}|{source.start_s}|{source.end_s}'.encode()).hexdigest()[:10]}"
+        seen.add(key)
+        unique.append(replace(source, key=key))
+    return unique
+
+
+def list_folder(
+    root: str | Path, test_fraction: float, label_regex: str | None = None
+) -> tuple[list[Source], list[Skipped]]:
+    """Audio files below `root` (sorted); label = parent folder name, or the regex's `label` group."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"--input {root} is not a folder")
+    pattern = re.compile(label_regex) if label_regex else None
+    if pattern is not None and "label" not in pattern.groupindex:
+        raise ValueError(f"--label-regex {label_regex!r} needs a named group (?P<label>...)")
+    sources, skipped = [], []
+    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
+        relative = path.relative_to(root).as_posix()
+        if pattern is None:
+            label = path.parent.name if path.parent != root else ""
+            if not label:
+                skipped.append(Skipped(str(path), "no label", "file sits directly in --input; put it in a label folder"))
+                continue
+        else:
+            match = pattern.search(path.name)
+            if match is None or not match.group("label"):
+                skipped.append(Skipped(str(path), "no label", f"--label-regex did not match {path.name!r}"))
+                continue
+            label = match.group("label")
+        sources.append(Source(make_key(relative), str(path), (label,), split_for(relative, test_fraction)))
+    return dedupe_keys(sources), skipped
+
+
+def read_manifest(path: str | Path, test_fraction: float) -> tuple[list[Source], list[Skipped]]:
+    """Rows of a .csv or .jsonl manifest: `path`, `label` (';' joins several), optional `split`,
+    `start`, `end` (seconds). Relative paths resolve against the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--manifest {path} does not exist")
+    rows = list(_manifest_rows(path))
+    sources, skipped = [], []
+    for number, row in rows:
+        where = f"{path}:{number}"
+        try:
+            sources.append(_source_from_row(row, path.parent, test_fraction))
+        except ValueError as exc:
+            skipped.append(Skipped(str(row.get("path") or where), "invalid manifest row", f"{where}: {exc}"))
+    return dedupe_keys(_keys_from_common_folder(sources)), skipped
+
+
+def _keys_from_common_folder(sources: list[Source]) -> list[Source]:
+    """Keys from paths relative to the rows' deepest common folder: short, and free of the
+    machine's own folder names when a manifest lists absolute paths."""
+    if not sources:
+        return sources
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(s.path)) for s in sources])
+    return [
+        replace(s, key=make_key(os.path.relpath(os.path.abspath(s.path), common), s.start_s, s.end_s))
+        for s in sources
+    ]
+
+
+def _manifest_rows(path: Path):
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"path", "label"} - set(reader.fieldnames or ())
+            if missing:
+                raise ValueError(f"manifest {path} lacks column(s) {sorted(missing)}; has {reader.fieldnames}")
+            for number, row in enumerate(reader, start=2):
+                yield number, row
+    elif suffix in (".jsonl", ".json"):
+        with path.open() as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    row = {"_error": f"not JSON ({exc.msg})"}
+                yield number, row if isinstance(row, dict) else {"_error": "not a JSON object"}
+    else:
+        raise ValueError(f"manifest {path} must end in .csv or .jsonl")
+
+
+def _source_from_row(row: dict, base: Path, test_fraction: float) -> Source:
+    if "_error" in row:
+        raise ValueError(row["_error"])
+    raw_path = str(row.get("path") or "").strip()
+    if not raw_path:
+        raise ValueError("empty path")
+    labels = _parse_labels(row.get("label"))
+    if not labels:
+        raise ValueError("empty label")
+    file_path = Path(raw_path) if os.path.isabs(raw_path) else base / raw_path
+    start_s, end_s = _parse_seconds(row.get("start"), "start"), _parse_seconds(row.get("end"), "end")
+    split = str(row.get("split") or "").strip() or split_for(raw_path, test_fraction)
+    if not SPLIT_NAME.match(split):
+        raise ValueError(f"split {split!r} must be letters, digits, '_' or '-'")
+    return Source("", str(file_path), labels, split, start_s, end_s)
+
+
+def _parse_labels(value) -> tuple[str, ...]:
+    parts = value if isinstance(value, list) else str(value or "").split(";")
+    return tuple(dict.fromkeys(str(part).strip() for part in parts if str(part).strip()))
+
+
+def _parse_seconds(value, name: str) -> float | None:
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r} is not a number of seconds") from None
+    if not seconds >= 0:
+        raise ValueError(f"{name}={value!r} must be >= 0 seconds")
+    return seconds
