@@ -1,0 +1,145 @@
+"""Token arithmetic: how many patch tokens a clip becomes, computed from its length alone.
+
+One vectorised implementation (`token_counts`) serves a million-sample index at once;
+`tokens_for` is its scalar wrapper. Framing follows `torchaudio.compliance.kaldi.fbank`
+with ``snip_edges=True`` using the very same float expressions, so frame counts match
+the real spectrogram exactly.
+
+Policies (the packer relies on them: it only accepts counts in ``1..capacity``):
+
+- Time frames are floored to a multiple of ``patch`` (the remainder, < one patch, is
+  dropped by the patch embedding and not counted as cut).
+- A clip shorter than one patch of frames (including one shorter than a single
+  analysis window, which has 0 frames) is padded up to one patch: it costs
+  ``n_mels // patch`` tokens and is never dropped. The loader pads the waveform or
+  spectrogram accordingly (``kaldi.fbank`` itself rejects clips shorter than a window).
+- Frames are cropped to ``max_frames`` (floored to a multiple of ``patch``) and to what
+  fits ``capacity`` tokens; the tokens removed are returned as ``cut`` so callers can
+  log them.
+
+Resolution scale C: the frame shift is ``10 * C`` ms with C rounded to one decimal
+(`shift_for_scale`), the grid {1.0, 1.2, ..., 4.0} used for training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+PATCH = 16
+N_MELS = 128
+FRAME_LENGTH_MS = 25.0
+BASE_SHIFT_MS = 10.0
+MILLISECONDS_TO_SECONDS = 0.001  # the constant kaldi.fbank multiplies by
+
+
+@dataclass(frozen=True, eq=False)
+class TokenCounts:
+    """Per-clip counts (int64 arrays of the broadcast input shape).
+
+    frames: Kaldi frames before any flooring, padding or cropping.
+    tokens: tokens the clip occupies in a row (>= one patch, <= capacity).
+    cut: tokens removed by ``max_frames`` / ``capacity`` cropping.
+    """
+
+    frames: np.ndarray
+    tokens: np.ndarray
+    cut: np.ndarray
+
+
+def shift_for_scale(scale: ArrayLike) -> np.ndarray:
+    """Frame shift in ms for resolution scale C: ``10 * C`` with C rounded to 1 decimal.
+
+    Rounding pins each C to one float so the shift (and thus the frame count) is
+    reproducible however C was produced (``1.0 + 0.2 * k`` accumulates error).
+    """
+    return BASE_SHIFT_MS * np.round(np.asarray(scale, dtype=np.float64), 1)
+
+
+def kaldi_frames(
+    num_samples: ArrayLike,
+    sample_rate: ArrayLike,
+    frame_shift_ms: ArrayLike = BASE_SHIFT_MS,
+    frame_length_ms: float = FRAME_LENGTH_MS,
+) -> np.ndarray:
+    """Frame count of ``kaldi.fbank`` with ``snip_edges=True`` (0 if shorter than a window)."""
+    num_samples = np.asarray(num_samples, dtype=np.int64)
+    rate = np.asarray(sample_rate, dtype=np.float64)
+    if np.any(num_samples < 0):
+        raise ValueError(f"num_samples must be >= 0, got {num_samples.min()}")
+    window_shift = (rate * np.asarray(frame_shift_ms, dtype=np.float64) * MILLISECONDS_TO_SECONDS).astype(np.int64)
+    window_size = (rate * float(frame_length_ms) * MILLISECONDS_TO_SECONDS).astype(np.int64)
+    if np.any(window_shift < 1) or np.any(window_size < 2):
+        raise ValueError(
+            f"frame shift/length too short for the sample rate: shift={window_shift.min()} "
+            f"and window={window_size.min()} samples (need >= 1 and >= 2)"
+        )
+    fits = num_samples >= window_size
+    frames = 1 + (num_samples - window_size) // window_shift
+    return np.where(fits, frames, 0)
+
+
+def token_counts(
+    num_samples: ArrayLike,
+    sample_rate: ArrayLike,
+    frame_shift_ms: ArrayLike = BASE_SHIFT_MS,
+    *,
+    frame_length_ms: float = FRAME_LENGTH_MS,
+    patch: int = PATCH,
+    n_mels: int = N_MELS,
+    max_frames: int | None = None,
+    capacity: int | None = None,
+) -> TokenCounts:
+    """Tokens per clip for arrays of lengths, rates and shifts (broadcast together).
+
+    ``max_frames`` and ``capacity`` (tokens per packed row) bound the kept frames; what
+    they remove is reported in ``cut`` (see the module docstring for all policies).
+    """
+    if patch < 1 or n_mels < patch or n_mels % patch:
+        raise ValueError(f"n_mels ({n_mels}) must be a positive multiple of patch ({patch})")
+    freq_tokens = n_mels // patch
+    limit = np.iinfo(np.int64).max
+    if max_frames is not None:
+        if max_frames < patch:
+            raise ValueError(f"max_frames ({max_frames}) is shorter than one patch ({patch} frames)")
+        limit = max_frames // patch * patch
+    if capacity is not None:
+        if capacity < freq_tokens:
+            raise ValueError(f"capacity ({capacity}) is below one patch of tokens ({freq_tokens})")
+        limit = min(limit, capacity // freq_tokens * patch)
+    frames = kaldi_frames(num_samples, sample_rate, frame_shift_ms, frame_length_ms)
+    whole = frames // patch * patch
+    kept = np.clip(whole, patch, limit)
+    cut_frames = np.maximum(whole - limit, 0)
+    return TokenCounts(
+        frames=frames,
+        tokens=kept // patch * freq_tokens,
+        cut=cut_frames // patch * freq_tokens,
+    )
+
+
+def tokens_for(
+    num_samples: int,
+    sample_rate: int,
+    frame_shift_ms: float = BASE_SHIFT_MS,
+    *,
+    frame_length_ms: float = FRAME_LENGTH_MS,
+    patch: int = PATCH,
+    n_mels: int = N_MELS,
+    max_frames: int | None = None,
+    capacity: int | None = None,
+) -> int:
+    """Tokens one clip occupies; see `token_counts` for the array form and the cut count."""
+    counts = token_counts(
+        num_samples,
+        sample_rate,
+        frame_shift_ms,
+        frame_length_ms=frame_length_ms,
+        patch=patch,
+        n_mels=n_mels,
+        max_frames=max_frames,
+        capacity=capacity,
+    )
+    return int(counts.tokens)
