@@ -42,3 +42,73 @@ def fbank(waveform: np.ndarray | torch.Tensor, sample_rate: int, frame_shift_ms:
         frame_shift=frame_shift_ms,
         frame_length=FRAME_LENGTH_MS,
     )
+
+
+PATCH = 16
+COMPRESSIONS = ("shift", "avgpool")
+
+
+def spectrogram(
+    waveform: np.ndarray | torch.Tensor,
+    sample_rate: int,
+    scale: float = 1.0,
+    *,
+    compression: str = "shift",
+    mean: float = 0.0,
+    std: float = 0.5,
+    max_frames: int | None = None,
+    capacity: int | None = None,
+) -> torch.Tensor:
+    """Normalised fbank `[frames, 128]` at resolution `scale`, cut to exactly the frames that
+    `loaders.tokens.token_counts` promises (so the plan and the features always agree).
+
+    compression="shift": frame shift 10*C ms; "avgpool": 10 ms frames average-pooled by C.
+    Normalised as `(x - mean) / (2 * std)`. Policies (see `loaders.tokens`): frames floored to a
+    multiple of 16, the first frames kept when cropping, clips shorter than one window or one
+    patch padded at the end with zeros (the dataset mean after normalisation).
+    """
+    from loaders.tokens import shift_for_scale, token_counts
+
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression {compression!r} is not one of {COMPRESSIONS}")
+    wave = torch.as_tensor(waveform, dtype=torch.float32).reshape(-1)
+    pool = int(scale) if compression == "avgpool" else 1
+    shift = float(shift_for_scale(scale)) if compression == "shift" else FRAME_SHIFT_MS
+    window = int(sample_rate * FRAME_LENGTH_MS * 0.001)
+    spec = fbank(torch.nn.functional.pad(wave, (0, max(window - wave.numel(), 0))), sample_rate, shift)
+    if pool > 1:
+        spec = spec[: spec.shape[0] // pool * pool].reshape(-1, pool, spec.shape[1]).mean(dim=1)
+    counts = token_counts(wave.numel(), sample_rate, shift, max_frames=max_frames, capacity=capacity, pool=pool)
+    kept = int(counts.tokens) // (NUM_MEL_BINS // PATCH) * PATCH
+    spec = (spec[:kept] - mean) / (2 * std)
+    return torch.nn.functional.pad(spec, (0, 0, 0, kept - spec.shape[0]))
+
+
+def patchify(spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`[frames, 128]` → patches `[tokens, 256]`, frequency and time positions `[tokens]`.
+
+    Tokens are time-major (all 8 frequency patches of a time step, then the next step), so a
+    crop in time is a prefix. Each patch flattens as (16 mel bins, 16 frames), the layout of a
+    ViT patch conv on a (frequency x time) image, which keeps imported weights meaningful.
+    """
+    frames, bins = spec.shape
+    if frames % PATCH or bins % PATCH:
+        raise ValueError(f"spectrogram {tuple(spec.shape)} is not a whole number of {PATCH}x{PATCH} patches")
+    times, freqs = frames // PATCH, bins // PATCH
+    patches = spec.T.reshape(freqs, PATCH, times, PATCH).permute(2, 0, 1, 3).reshape(times * freqs, PATCH * PATCH)
+    freq_pos = torch.arange(freqs).repeat(times)
+    time_pos = torch.arange(times).repeat_interleave(freqs)
+    return patches, freq_pos, time_pos
+
+
+def spec_augment(spec: torch.Tensor, rng: np.random.Generator, freq_mask: int, time_mask: int) -> torch.Tensor:
+    """One frequency band (< freq_mask bins) and one time span (< time_mask frames) set to 0
+    (the dataset mean), drawn from `rng` so the same seed, epoch and key mask the same way."""
+    spec = spec.clone()
+    for axis, width in ((1, freq_mask), (0, time_mask)):
+        size = spec.shape[axis]
+        if width > 0 and size > 0:
+            span = int(rng.integers(0, min(width, size) + 1))
+            start = int(rng.integers(0, size - span + 1))
+            spec.narrow(axis, start, span).zero_()
+    return spec

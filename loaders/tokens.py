@@ -91,8 +91,12 @@ def token_counts(
     n_mels: int = N_MELS,
     max_frames: int | None = None,
     capacity: int | None = None,
+    pool: ArrayLike = 1,
 ) -> TokenCounts:
     """Tokens per clip for arrays of lengths, rates and shifts (broadcast together).
+
+    ``pool`` (>= 1, per clip) divides the frame count, flooring, as average pooling of the
+    time axis with kernel and stride ``pool`` does (the paper's `avgpool` compression).
 
     ``max_frames`` and ``capacity`` (tokens per packed row) bound the kept frames; what
     they remove is reported in ``cut`` (see the module docstring for all policies).
@@ -109,7 +113,10 @@ def token_counts(
         if capacity < freq_tokens:
             raise ValueError(f"capacity ({capacity}) is below one patch of tokens ({freq_tokens})")
         limit = min(limit, capacity // freq_tokens * patch)
-    frames = kaldi_frames(num_samples, sample_rate, frame_shift_ms, frame_length_ms)
+    pool = np.asarray(pool, dtype=np.int64)
+    if np.any(pool < 1):
+        raise ValueError(f"pool must be >= 1, got {pool.min()}")
+    frames = kaldi_frames(num_samples, sample_rate, frame_shift_ms, frame_length_ms) // pool
     whole = frames // patch * patch
     kept = np.clip(whole, patch, limit)
     cut_frames = np.maximum(whole - limit, 0)
@@ -130,6 +137,7 @@ def tokens_for(
     n_mels: int = N_MELS,
     max_frames: int | None = None,
     capacity: int | None = None,
+    pool: int = 1,
 ) -> int:
     """Tokens one clip occupies; see `token_counts` for the array form and the cut count."""
     counts = token_counts(
@@ -141,5 +149,6 @@ def tokens_for(
         n_mels=n_mels,
         max_frames=max_frames,
         capacity=capacity,
+        pool=pool,
     )
     return int(counts.tokens)

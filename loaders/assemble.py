@@ -1,0 +1,190 @@
+"""Planned batch → arrays: read each sample by its byte offset, featurize, place it in its row.
+
+The one function both backends run (`local` in-process, `ray` in Ray Data actors). A batch's
+samples are read sorted by (shard, offset), so reads move forward through a few neighbouring
+shards. A sample that cannot be read or decoded leaves its planned place as padding: the
+batch keeps its shape and its other samples, and the failure is reported by shard and key.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loaders.batch import PATCH_VALUES, PackedBatch
+from loaders.features import patchify, spec_augment, spectrogram
+from loaders.plan import EpochPlan
+from shards.audio import decode_pcm16
+
+_SALT_AUGMENT = 0xA6
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Everything a worker needs to featurize and lay out a batch (picklable, no Ray)."""
+
+    split_dir: str
+    sample_rate: int
+    rows_per_batch: int
+    max_tokens: int
+    num_classes: int
+    multi_label: bool
+    mean: float
+    std: float
+    compression: str = "shift"
+    max_frames: int = 3072
+    seed: int = 0
+    freq_mask: int = 0
+    time_mask: int = 0
+
+
+def batch_spec(plan: EpochPlan, index: dict[str, np.ndarray], batch: int | None, step: int) -> dict:
+    """The JSON-able work item of one batch; `batch=None` is an all-padding filler."""
+    spec = {"epoch": plan.epoch, "step": step, "is_padding": batch is None, "samples": []}
+    if batch is None:
+        return spec
+    for i in range(plan.batch_starts[batch], plan.batch_starts[batch + 1]):
+        position = int(plan.sample[i])
+        spec["samples"].append(
+            {
+                "key": str(index["key"][position]),
+                "shard": str(index["shard"][position]),
+                "offset": int(index["offset"][position]),
+                "nbytes": int(index["nbytes"][position]),
+                "num_samples": int(index["num_samples"][position]),
+                "label_ids": [int(x) for x in index["label_ids"][position]],
+                "row": int(plan.row[i]),
+                "start": int(plan.offset[i]),
+                "tokens": int(plan.tokens[i]),
+                "cut": int(plan.cut[i]),
+                "scale": float(plan.scale[i]),
+            }
+        )
+    return spec
+
+
+def assemble(spec: dict, config: FeatureConfig) -> dict:
+    """Arrays of one batch: patches, segment ids, positions, and per-sample metadata as JSON."""
+    rows, length = config.rows_per_batch, config.max_tokens
+    patches = np.zeros((rows, length, PATCH_VALUES), np.float32)
+    segment_ids = np.zeros((rows, length), np.int32)
+    freq_pos = np.zeros((rows, length), np.int32)
+    time_pos = np.zeros((rows, length), np.int32)
+    audio, failed = read_audio(spec["samples"], Path(config.split_dir))
+    placed, slots = [], defaultdict(int)
+    for sample in spec["samples"]:
+        if sample["key"] not in audio:
+            continue
+        tokens, freqs, times = featurize(audio[sample["key"]], sample, spec["epoch"], config)
+        if tokens.shape[0] != sample["tokens"]:
+            failed.append(_failure(sample, f"{tokens.shape[0]} tokens where the plan has {sample['tokens']}"))
+            continue
+        r, start, end = sample["row"], sample["start"], sample["start"] + sample["tokens"]
+        slots[r] += 1
+        patches[r, start:end] = tokens.numpy()
+        segment_ids[r, start:end] = slots[r]
+        freq_pos[r, start:end] = freqs.numpy()
+        time_pos[r, start:end] = times.numpy()
+        placed.append({**sample, "slot": slots[r]})
+    meta = {
+        "epoch": spec["epoch"],
+        "step": spec["step"],
+        "is_padding": spec["is_padding"],
+        "samples": [{k: s[k] for k in ("key", "label_ids", "row", "slot", "tokens", "scale")} for s in placed],
+        "failed": failed,
+        "cut_tokens": sum(s["cut"] for s in spec["samples"]),
+    }
+    return {"patches": patches, "segment_ids": segment_ids, "freq_pos": freq_pos, "time_pos": time_pos, "meta": json.dumps(meta)}
+
+
+def read_audio(samples: list[dict], split_dir: Path) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Waveforms by key, read shard by shard in offset order; failures named by shard and key."""
+    audio, failed = {}, []
+    by_shard: dict[str, list[dict]] = defaultdict(list)
+    for sample in samples:
+        by_shard[sample["shard"]].append(sample)
+    for shard, members in sorted(by_shard.items()):
+        try:
+            handle = open(split_dir / shard, "rb")
+        except OSError as exc:
+            failed += [_failure(s, f"shard unreadable: {exc}") for s in members]
+            continue
+        with handle:
+            for sample in sorted(members, key=lambda s: s["offset"]):
+                handle.seek(sample["offset"])
+                data = handle.read(sample["nbytes"])
+                if len(data) < sample["nbytes"]:
+                    failed.append(_failure(sample, f"shard truncated: {len(data)} of {sample['nbytes']} bytes"))
+                    continue
+                try:
+                    waveform, _ = decode_pcm16(data)
+                except Exception as exc:  # any undecodable member costs only its own sample
+                    failed.append(_failure(sample, f"undecodable audio: {exc}"))
+                    continue
+                if len(waveform) != sample["num_samples"]:
+                    failed.append(_failure(sample, f"{len(waveform)} samples where the index has {sample['num_samples']}"))
+                    continue
+                audio[sample["key"]] = waveform
+    return audio, failed
+
+
+def featurize(waveform: np.ndarray, sample: dict, epoch: int, config: FeatureConfig):
+    """Normalised spectrogram at the sample's scale, optionally masked, as patches + positions."""
+    spec = spectrogram(
+        waveform,
+        config.sample_rate,
+        sample["scale"],
+        compression=config.compression,
+        mean=config.mean,
+        std=config.std,
+        max_frames=config.max_frames,
+        capacity=config.max_tokens,
+    )
+    if config.freq_mask or config.time_mask:
+        rng = np.random.default_rng([config.seed, epoch, _SALT_AUGMENT, *sample["key"].encode()])
+        spec = spec_augment(spec, rng, config.freq_mask, config.time_mask)
+    return patchify(spec)
+
+
+def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
+    """Arrays from `assemble` (in-process or through Ray) → `PackedBatch` of torch tensors."""
+    meta = json.loads(str(arrays["meta"]))
+    samples = meta["samples"]
+    if config.multi_label:
+        labels = torch.zeros(len(samples), config.num_classes)
+        for i, s in enumerate(samples):
+            labels[i, s["label_ids"]] = 1.0
+    else:
+        labels = torch.tensor([s["label_ids"][0] for s in samples], dtype=torch.int64)
+    column = lambda name, dtype: torch.tensor([s[name] for s in samples], dtype=dtype)
+    return PackedBatch(
+        patches=_tensor(arrays["patches"]),
+        segment_ids=_tensor(arrays["segment_ids"]),
+        freq_pos=_tensor(arrays["freq_pos"]).long(),
+        time_pos=_tensor(arrays["time_pos"]).long(),
+        labels=labels,
+        row=column("row", torch.int64),
+        slot=column("slot", torch.int64),
+        n_tokens=column("tokens", torch.int64),
+        scale=column("scale", torch.float32),
+        keys=[s["key"] for s in samples],
+        epoch=meta["epoch"],
+        step=meta["step"],
+        is_padding=meta["is_padding"],
+        failed=meta["failed"],
+        cut_tokens=meta["cut_tokens"],
+    )
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """Arrays that came through Ray are read-only; torch wants to own writable memory."""
+    array = np.asarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def _failure(sample: dict, reason: str) -> dict:
+    return {"key": sample["key"], "shard": sample["shard"], "reason": reason}

@@ -1,0 +1,194 @@
+"""An epoch's whole packing plan, made from the index alone before any audio is read.
+
+1. Each sample's scale C comes from a hash of (seed, epoch, key): the same on every rank and
+   worker, whatever the order or number of either.
+2. Shards are shuffled (seed, epoch) and taken in groups of at least `buffer` samples; each
+   group is packed on its own, so a row's samples come from a few neighbouring shards.
+3. A group's rows are shuffled (packing order sorts rows by length otherwise), then all rows
+   are cut into batches of `rows_per_batch`.
+4. Batches are dealt round-robin to ranks; ranks short of a batch get an all-padding one, so
+   every rank runs the same number of steps and no sample is dropped or repeated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from loaders.pack import Packing, pack
+from loaders.tokens import shift_for_scale, token_counts
+
+_SALT_SCALE, _SALT_ORDER = 0x5CA1E, 0x0DE5
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    rows_per_batch: int
+    max_tokens: int = 2048
+    packing: str = "first_fit"
+    buffer: int = 1024
+    scales: tuple[float, ...] = (1.0,)
+    compression: str = "shift"
+    max_frames: int = 3072
+    shuffle: bool = True
+    seed: int = 0
+    max_per_row: int | None = None
+
+    def __post_init__(self):
+        if self.rows_per_batch < 1:
+            raise ValueError(f"rows_per_batch must be >= 1, got {self.rows_per_batch}")
+        if not self.scales or any(not 1.0 <= c <= 8.0 for c in self.scales):
+            raise ValueError(f"scales {self.scales} must be a non-empty set of values in [1, 8]")
+        if self.compression not in ("shift", "avgpool"):
+            raise ValueError(f"compression {self.compression!r} must be 'shift' or 'avgpool'")
+        if self.compression == "avgpool" and any(c != int(c) for c in self.scales):
+            raise ValueError(f"avgpool compression needs whole scales (e.g. 1, 2, 3, 4), got {self.scales}")
+
+
+@dataclass(frozen=True)
+class Index:
+    """What planning needs from `index.parquet`, as arrays (one entry per sample)."""
+
+    keys: np.ndarray
+    shard: np.ndarray  # position in the shard list
+    num_samples: np.ndarray
+    sample_rate: np.ndarray
+
+    @property
+    def key_hash(self) -> np.ndarray:
+        return fnv1a64(self.keys)
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Samples in delivery order (batch by batch, row by row, by offset) and their layout."""
+
+    epoch: int
+    sample: np.ndarray  # index position
+    batch: np.ndarray
+    row: np.ndarray  # row within its batch
+    offset: np.ndarray  # first token inside the row
+    tokens: np.ndarray
+    cut: np.ndarray
+    scale: np.ndarray
+    batch_starts: np.ndarray  # samples of batch b: [batch_starts[b], batch_starts[b + 1])
+    pad_ratio: float
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.batch_starts) - 1
+
+    def steps(self, world: int) -> int:
+        """Batches every rank runs: the same for all ranks by construction."""
+        return -(-self.n_batches // world)
+
+    def batch_for(self, step: int, rank: int, world: int) -> int | None:
+        """Global batch of a rank's step; None for the all-padding filler at the epoch's end."""
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+        if not 0 <= step < self.steps(world):
+            raise IndexError(f"step {step} is not in 0..{self.steps(world) - 1}")
+        batch = step * world + rank
+        return batch if batch < self.n_batches else None
+
+
+def plan_epoch(index: Index, config: PlanConfig, epoch: int, key_hash: np.ndarray | None = None) -> EpochPlan:
+    """The plan of one epoch (see the module docstring); pure function of index, config, epoch."""
+    key_hash = index.key_hash if key_hash is None else key_hash
+    scales = np.asarray(config.scales, dtype=np.float64)
+    pick = (keyed_uniform(key_hash, config.seed, epoch, _SALT_SCALE) * len(scales)).astype(np.int64)
+    scale = scales[np.minimum(pick, len(scales) - 1)]
+    shift, pool = (
+        (shift_for_scale(scale), 1) if config.compression == "shift" else (np.full_like(scale, 10.0), scale.astype(np.int64))
+    )
+    counts = token_counts(
+        index.num_samples, index.sample_rate, shift, max_frames=config.max_frames, capacity=config.max_tokens, pool=pool
+    )
+    rng = np.random.default_rng([config.seed, epoch, _SALT_ORDER])
+    n_shards = int(index.shard.max()) + 1 if len(index.shard) else 0
+    shard_order = rng.permutation(n_shards) if config.shuffle else np.arange(n_shards)
+    by_shard = np.argsort(index.shard, kind="stable")
+    shard_starts = np.searchsorted(index.shard[by_shard], np.arange(n_shards + 1))
+    samples: list[np.ndarray] = []  # index positions, row by row, by offset
+    offsets: list[np.ndarray] = []
+    row_lengths: list[np.ndarray] = []
+    group: list[np.ndarray] = []
+    for position, shard in enumerate(shard_order):
+        group.append(by_shard[shard_starts[shard] : shard_starts[shard + 1]])
+        if sum(len(g) for g in group) >= config.buffer or position == n_shards - 1:
+            members = np.concatenate(group)
+            group = []
+            if config.shuffle:
+                members = members[rng.permutation(len(members))]
+            order, offset, lengths = _pack_group(counts.tokens[members], config, rng)
+            samples.append(members[order])
+            offsets.append(offset)
+            row_lengths.append(lengths)
+    lengths = np.concatenate(row_lengths) if row_lengths else np.zeros(0, np.int64)
+    sample = np.concatenate(samples) if samples else np.zeros(0, np.int64)
+    row_global = np.repeat(np.arange(len(lengths)), lengths)
+    batch = row_global // config.rows_per_batch
+    n_batches = -(-len(lengths) // config.rows_per_batch)
+    capacity_total = n_batches * config.rows_per_batch * config.max_tokens
+    return EpochPlan(
+        epoch=epoch,
+        sample=sample,
+        batch=batch,
+        row=row_global % config.rows_per_batch,
+        offset=np.concatenate(offsets) if offsets else np.zeros(0, np.int64),
+        tokens=counts.tokens[sample],
+        cut=counts.cut[sample],
+        scale=scale[sample],
+        batch_starts=np.searchsorted(batch, np.arange(n_batches + 1)),
+        pad_ratio=1.0 - float(counts.tokens.sum()) / capacity_total if capacity_total else 0.0,
+    )
+
+
+def _pack_group(
+    tokens: np.ndarray, config: PlanConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pack one group and shuffle its rows: group positions row by row (by offset), their
+    offsets, and the length of each row in samples."""
+    layout = Packing.from_rows(
+        tokens,
+        pack(tokens, config.max_tokens, config.packing, config.buffer, max_per_row=config.max_per_row),
+        config.max_tokens,
+    )
+    rank = rng.permutation(layout.n_rows) if config.shuffle else np.arange(layout.n_rows)
+    order = np.lexsort((layout.offset, rank[layout.row]))
+    return order, layout.offset[order], np.bincount(rank[layout.row], minlength=layout.n_rows)
+
+
+def fnv1a64(keys) -> np.ndarray:
+    """64-bit FNV-1a of each key's UTF-8 bytes, vectorised over keys through Arrow's string
+    buffers (a key's hash is its own, whatever other keys stand beside it)."""
+    strings = keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(keys, dtype=str))
+    strings = strings.cast(pa.large_string())
+    strings = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
+    offsets = np.frombuffer(strings.buffers()[1], np.int64)[strings.offset : strings.offset + len(strings) + 1]
+    data = np.frombuffer(strings.buffers()[2], np.uint8) if strings.buffers()[2] else np.zeros(1, np.uint8)
+    starts, lengths = offsets[:-1], np.diff(offsets)
+    digest = np.full(len(strings), 0xCBF29CE484222325, np.uint64)
+    with np.errstate(over="ignore"):
+        for position in range(int(lengths.max(initial=0))):
+            live = position < lengths
+            byte = data[np.minimum(starts + position, len(data) - 1)].astype(np.uint64)
+            digest = np.where(live, (digest ^ byte) * np.uint64(0x100000001B3), digest)
+    return digest
+
+
+def keyed_uniform(key_hash: np.ndarray, *salts: int) -> np.ndarray:
+    """A uniform [0, 1) number per key, fixed by (key, salts) alone (splitmix64 finaliser)."""
+    x = key_hash.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        for salt in salts:
+            x = _splitmix(x ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
+    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))

@@ -1,0 +1,204 @@
+"""`PackedStream`: shards in, fixed-shape `PackedBatch`es out, exactly once per epoch.
+
+    stream = PackedStream("shards/demo/train", rows_per_batch=4, split=(rank, world))
+    for batch in stream.epoch(e):           # or stream.epoch(e, start_step=k) to resume
+        ...
+
+Plan from metadata (`loaders.plan`), then featurize (`loaders.assemble`): `backend="ray"` runs
+the assembly in a pool of Ray Data actors streaming batches in step order; `backend="local"`
+runs the very same function in-process.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from loaders.assemble import FeatureConfig, assemble, batch_spec, to_batch
+from loaders.batch import PackedBatch
+from loaders.plan import EpochPlan, Index, PlanConfig, plan_epoch
+from shards.dataset import DATASET_FILE, ShardDataset
+
+BACKENDS = ("ray", "local")
+
+
+class PackedStream:
+    """Packed batches of one split of a shard set, for one trainer rank (see module docstring).
+
+    shards: a split folder (`OUT/train`), or a shard-set folder with `subset` naming the split.
+    split: `(rank, world)` for data-parallel training; every rank gets the same step count.
+    workers / worker_cpus: Ray Data actors assembling batches (fractional CPUs allowed).
+    freq_mask / time_mask: SpecAugment widths (0 = off), keyed by (seed, epoch, key).
+    """
+
+    def __init__(
+        self,
+        shards: str | Path,
+        rows_per_batch: int,
+        max_tokens: int = 2048,
+        packing: str = "first_fit",
+        buffer: int = 1024,
+        scales: tuple[float, ...] = (1.0,),
+        compression: str = "shift",
+        max_frames: int = 3072,
+        shuffle: bool = True,
+        seed: int = 0,
+        split: tuple[int, int] | None = None,
+        backend: str = "ray",
+        *,
+        subset: str | None = None,
+        workers: int = 2,
+        worker_cpus: float = 1.0,
+        prefetch: int = 2,
+        max_per_row: int | None = None,
+        freq_mask: int = 0,
+        time_mask: int = 0,
+    ):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
+        self.rank, self.world = split or (0, 1)
+        if not 0 <= self.rank < self.world:
+            raise ValueError(f"split {split} must be (rank, world) with 0 <= rank < world")
+        if workers < 1 or worker_cpus <= 0:
+            raise ValueError(f"workers ({workers}) must be >= 1 and worker_cpus ({worker_cpus}) > 0")
+        self.dataset, self.subset = _open(Path(shards), subset)
+        self.backend, self.workers, self.worker_cpus, self.prefetch = backend, workers, worker_cpus, prefetch
+        self.plan_config = PlanConfig(
+            rows_per_batch, max_tokens, packing, buffer, tuple(scales), compression, max_frames, shuffle, seed, max_per_row
+        )
+        stats = self.dataset.fbank_stats
+        if not stats:
+            raise ValueError(f"{self.dataset.root / DATASET_FILE} has no fbank statistics: rebuild it with make_shards")
+        self.features = FeatureConfig(
+            split_dir=str(self.dataset.root / self.subset),
+            sample_rate=self.dataset.sample_rate,
+            rows_per_batch=rows_per_batch,
+            max_tokens=max_tokens,
+            num_classes=len(self.dataset.labels),
+            multi_label=bool(self.dataset.meta.get("multi_label")),
+            mean=stats["mean"],
+            std=stats["std"],
+            compression=compression,
+            max_frames=max_frames,
+            seed=seed,
+            freq_mask=freq_mask,
+            time_mask=time_mask,
+        )
+        self.dataset.shard_paths(self.subset)  # a missing shard is an error now, not mid-epoch
+        table = self.dataset.index(self.subset)
+        self.index = {name: np.asarray(table.column(name).to_pylist(), dtype=object) for name in ("key", "shard", "label_ids")}
+        for name in ("offset", "nbytes", "num_samples", "sample_rate"):
+            self.index[name] = table.column(name).to_numpy()
+        shard_id = {name: i for i, name in enumerate(self.dataset.meta["splits"][self.subset]["shards"])}
+        shard_ids = np.array([shard_id[s] for s in self.index["shard"]], dtype=np.int64)
+        self._plan_index = Index(self.index["key"].astype(str), shard_ids, self.index["num_samples"], self.index["sample_rate"])
+        self._key_hash = self._plan_index.key_hash
+        self._plans: dict[int, EpochPlan] = {}
+        self.stats: dict[int, dict] = {}
+
+    @property
+    def labels(self) -> list[str]:
+        return self.dataset.labels
+
+    def __len__(self) -> int:
+        return len(self.index["key"])
+
+    def plan(self, epoch: int) -> EpochPlan:
+        """The epoch's plan (identical on every rank); cached, it is cheap to keep."""
+        if epoch not in self._plans:
+            self._plans = {epoch: plan_epoch(self._plan_index, self.plan_config, epoch, self._key_hash)}
+        return self._plans[epoch]
+
+    def steps(self, epoch: int) -> int:
+        """Batches this rank receives in `epoch` (equal on all ranks; varies with the epoch's scales)."""
+        return self.plan(epoch).steps(self.world)
+
+    def specs(self, epoch: int, start_step: int = 0) -> list[dict]:
+        plan = self.plan(epoch)
+        if not 0 <= start_step <= plan.steps(self.world):
+            raise ValueError(f"start_step {start_step} is not in 0..{plan.steps(self.world)}")
+        return [
+            batch_spec(plan, self.index, plan.batch_for(step, self.rank, self.world), step)
+            for step in range(start_step, plan.steps(self.world))
+        ]
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[PackedBatch]:
+        """This rank's batches of `epoch` from `start_step` on, in step order."""
+        specs = self.specs(epoch, start_step)
+        arrays = self._assemble_ray(specs) if self.backend == "ray" else (assemble(s, self.features) for s in specs)
+        stats = self.stats[epoch] = _empty_stats()
+        plan = self.plan(epoch)
+        stats["plan_pad_ratio"] = plan.pad_ratio
+        waited = time.perf_counter()
+        for item in arrays:
+            batch = to_batch(item, self.features)
+            stats["data_wait_s"] += time.perf_counter() - waited
+            _count(stats, batch)
+            for failure in batch.failed:
+                print(f"PackedStream: {failure['shard']} {failure['key']}: {failure['reason']} (left as padding)", file=sys.stderr)
+            yield batch
+            waited = time.perf_counter()
+
+    def _assemble_ray(self, specs: list[dict]) -> Iterator[dict]:
+        import ray.data
+
+        if not specs:
+            return
+        context = ray.data.DataContext.get_current()
+        saved = context.execution_options.preserve_order, context.enable_progress_bars
+        context.execution_options.preserve_order, context.enable_progress_bars = True, False
+        try:
+            dataset = ray.data.from_items([{"spec": json.dumps(s)} for s in specs], override_num_blocks=len(specs))
+            dataset = dataset.map_batches(
+                _Assembler,
+                fn_constructor_args=(self.features,),
+                batch_size=1,
+                batch_format="numpy",
+                concurrency=self.workers,
+                num_cpus=self.worker_cpus,
+            )
+            for item in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=self.prefetch):
+                yield {name: value[0] for name, value in item.items()}
+        finally:
+            context.execution_options.preserve_order, context.enable_progress_bars = saved
+
+class _Assembler:
+    """Ray Data actor: keeps the feature config, assembles one batch spec per call."""
+
+    def __init__(self, features: FeatureConfig):
+        self.features = features
+
+    def __call__(self, batch: dict) -> dict:
+        arrays = assemble(json.loads(str(batch["spec"][0])), self.features)
+        return {name: np.asarray([value]) if name != "meta" else np.array([value], dtype=object) for name, value in arrays.items()}
+
+
+def _open(path: Path, subset: str | None) -> tuple[ShardDataset, str]:
+    if (path / DATASET_FILE).is_file():
+        return ShardDataset(path), subset or "train"
+    if (path.parent / DATASET_FILE).is_file():
+        if subset not in (None, path.name):
+            raise ValueError(f"{path} is split {path.name!r} but subset={subset!r} was asked for")
+        return ShardDataset(path.parent), path.name
+    raise FileNotFoundError(f"{path} is neither a shard set nor a split folder of one (no {DATASET_FILE} there or above)")
+
+
+def _empty_stats() -> dict:
+    return {"batches": 0, "padding_batches": 0, "samples": 0, "tokens": 0, "slots": 0, "cut_tokens": 0,
+            "failed": 0, "data_wait_s": 0.0, "pad_ratio": 0.0, "cut_ratio": 0.0}
+
+
+def _count(stats: dict, batch: PackedBatch) -> None:
+    stats["batches"] += 1
+    stats["padding_batches"] += batch.is_padding
+    stats["samples"] += batch.num_samples
+    stats["tokens"] += batch.real_tokens
+    stats["slots"] += batch.segment_ids.numel()
+    stats["cut_tokens"] += batch.cut_tokens
+    stats["failed"] += len(batch.failed)
+    stats["pad_ratio"] = 1.0 - stats["tokens"] / stats["slots"]
+    stats["cut_ratio"] = stats["cut_tokens"] / max(stats["tokens"] + stats["cut_tokens"], 1)

@@ -1,0 +1,178 @@
+"""PackedStream on real shards with a real local Ray: exactly once, no leakage, determinism,
+backend equality, resume, bad data."""
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from loaders import PackedStream
+from loaders.features import patchify, spectrogram
+from shards import ShardDataset
+
+SCALES = (1.0, 1.4, 2.0, 3.2, 4.0)
+
+
+@pytest.fixture(scope="module")
+def demo_shards(tmp_path_factory, make_shards):
+    out = tmp_path_factory.mktemp("demo") / "shards"
+    assert make_shards.main(["--out", str(out), "--demo-clips", "64", "--backend", "local", "--quiet", "--shard-size", "1MB"]) == 0
+    return out
+
+
+def collect(stream: PackedStream, epoch: int = 0, start_step: int = 0) -> list:
+    return list(stream.epoch(epoch, start_step))
+
+
+def same_batches(a, b) -> bool:
+    return len(a) == len(b) and all(
+        x.keys == y.keys and torch.equal(x.patches, y.patches) and torch.equal(x.segment_ids, y.segment_ids)
+        and torch.equal(x.time_pos, y.time_pos) and x.step == y.step and x.is_padding == y.is_padding
+        for x, y in zip(a, b)
+    )
+
+
+def test_exactly_once_across_two_ranks_with_two_ray_workers(fsdd_shards, ray_local):
+    split_dir = fsdd_shards / "test"
+    expected = set(ShardDataset(fsdd_shards).index("test").column("key").to_pylist())
+    ranks = [collect(PackedStream(split_dir, 2, 256, buffer=64, scales=SCALES, split=(r, 2), workers=2)) for r in (0, 1)]
+    plan = PackedStream(split_dir, 2, 256, buffer=64, scales=SCALES, backend="local").plan(0)
+    assert plan.n_batches % 2 == 1, "this test needs a batch count that 2 ranks cannot share evenly"
+    assert len(ranks[0]) == len(ranks[1]) == plan.steps(2)
+    assert [b.is_padding for b in ranks[1]] == [False] * (plan.steps(2) - 1) + [True]
+    assert not any(b.is_padding for b in ranks[0])
+    filler = ranks[1][-1]
+    assert filler.num_samples == 0 and filler.real_tokens == 0 and filler.patches.shape == (2, 256, 256)
+    seen = Counter(k for rank in ranks for b in rank for k in b.keys)
+    assert set(seen) == expected and set(seen.values()) == {1}
+
+
+def test_rows_hold_whole_samples_with_correct_positions_and_features(demo_shards):
+    stream = PackedStream(demo_shards / "train", 2, 2048, buffer=32, scales=SCALES, backend="local")
+    dataset = ShardDataset(demo_shards)
+    stats = dataset.fbank_stats
+    checked = 0
+    for batch in collect(stream):
+        for i, key in enumerate(batch.keys):
+            ids = batch.segment_ids[batch.row[i]]
+            where = torch.nonzero(ids == batch.slot[i]).flatten()
+            assert len(where) == batch.n_tokens[i] and torch.all(where.diff() == 1)  # one contiguous run
+            frames = int(batch.n_tokens[i]) // 8
+            assert torch.equal(batch.freq_pos[batch.row[i], where], torch.arange(8).repeat(frames))
+            assert torch.equal(batch.time_pos[batch.row[i], where], torch.arange(frames).repeat_interleave(8))
+            if checked < 6:
+                audio, rate = dataset.read_sample("train", key)
+                spec = spectrogram(audio, rate, float(batch.scale[i]), mean=stats["mean"], std=stats["std"],
+                                   max_frames=3072, capacity=2048)
+                assert torch.allclose(batch.patches[batch.row[i], where], patchify(spec)[0])
+                checked += 1
+        assert torch.all(batch.patches[batch.segment_ids == 0] == 0)
+        mask = batch.attention_mask()
+        assert torch.equal(mask[0], (batch.segment_ids[0][:, None] == batch.segment_ids[0][None]) & (batch.segment_ids[0] > 0)[:, None])
+        bounds, longest = batch.cu_seqlens()
+        assert bounds[0] == 0 and bounds[-1] == batch.segment_ids.numel() and longest <= 2048
+    assert checked == 6
+
+
+def test_same_batches_with_one_or_two_ray_workers_and_locally(demo_shards, ray_local):
+    args = dict(shards=demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, split=(1, 2))
+    local = collect(PackedStream(**args, backend="local"))
+    assert same_batches(local, collect(PackedStream(**args, workers=1)))
+    assert same_batches(local, collect(PackedStream(**args, workers=2, worker_cpus=0.5)))
+
+
+def test_seed_and_epoch_fix_the_batches(demo_shards):
+    make = lambda seed: PackedStream(demo_shards / "train", 2, buffer=32, scales=SCALES, seed=seed, backend="local")
+    first = collect(make(0), epoch=3)
+    assert same_batches(first, collect(make(0), epoch=3))
+    assert [b.keys for b in first] != [b.keys for b in collect(make(0), epoch=4)]
+    assert [b.keys for b in first] != [b.keys for b in collect(make(1), epoch=3)]
+
+
+def test_resume_mid_epoch_gives_exactly_the_remaining_batches(demo_shards):
+    stream = PackedStream(demo_shards / "train", 1, 1024, buffer=32, scales=SCALES, backend="local")
+    full = collect(stream, epoch=2)
+    assert len(full) > 4
+    assert same_batches(full[3:], collect(stream, epoch=2, start_step=3))
+    assert [b.step for b in full] == list(range(len(full)))
+
+
+def test_avgpool_compression_uses_whole_scales(demo_shards):
+    with pytest.raises(ValueError, match="avgpool"):
+        PackedStream(demo_shards / "train", 2, scales=(1.0, 1.5), compression="avgpool", backend="local")
+    stream = PackedStream(demo_shards / "train", 2, scales=(1, 2, 3, 4), compression="avgpool", backend="local")
+    batches = collect(stream)
+    assert {float(s) for b in batches for s in b.scale} == {1.0, 2.0, 3.0, 4.0}
+    assert sum(b.num_samples for b in batches) == len(stream)
+
+
+def test_stream_stats_add_up(demo_shards):
+    stream = PackedStream(demo_shards / "train", 2, buffer=32, scales=SCALES, max_frames=512, backend="local")
+    batches = collect(stream)
+    stats = stream.stats[0]
+    assert stats["samples"] == len(stream) and stats["batches"] == len(batches)
+    assert stats["tokens"] == sum(int(b.n_tokens.sum()) for b in batches)
+    assert 0 < stats["pad_ratio"] < 0.5 and stats["cut_tokens"] > 0 and stats["failed"] == 0
+    assert stats["pad_ratio"] == pytest.approx(stream.plan(0).pad_ratio)
+
+
+def broken_copy(source, target):
+    shutil.copytree(source, target)
+    return target
+
+
+def test_a_corrupt_member_leaves_a_hole_and_costs_nothing_else(demo_shards, tmp_path, capsys):
+    root = broken_copy(demo_shards, tmp_path / "broken")
+    index = ShardDataset(root).index("train").to_pylist()
+    victim = index[5]
+    with open(root / "train" / victim["shard"], "r+b") as handle:
+        handle.seek(victim["offset"])
+        handle.write(b"garbage!" * 8)
+    stream = PackedStream(root / "train", 2, buffer=32, scales=SCALES, backend="local")
+    reference = collect(PackedStream(demo_shards / "train", 2, buffer=32, scales=SCALES, backend="local"))
+    batches = collect(stream)
+    assert len(batches) == len(reference)
+    failed = [f for b in batches for f in b.failed]
+    assert [f["key"] for f in failed] == [victim["key"]] and failed[0]["shard"] == victim["shard"]
+    assert Counter(k for b in batches for k in b.keys) == Counter(r["key"] for r in index if r["key"] != victim["key"])
+    assert stream.stats[0]["failed"] == 1
+    assert f"{victim['shard']} {victim['key']}" in capsys.readouterr().err
+
+
+def test_a_truncated_shard_loses_only_the_samples_past_the_break(demo_shards, tmp_path):
+    root = broken_copy(demo_shards, tmp_path / "broken")
+    index = ShardDataset(root).index("train").to_pylist()
+    shard = index[0]["shard"]
+    members = sorted((r for r in index if r["shard"] == shard), key=lambda r: r["offset"])
+    path = root / "train" / shard
+    cut_at = members[len(members) // 2]["offset"] + 100
+    path.write_bytes(path.read_bytes()[:cut_at])
+    batches = collect(PackedStream(root / "train", 2, buffer=32, scales=SCALES, backend="local"))
+    lost = {f["key"] for b in batches for f in b.failed}
+    assert lost == {r["key"] for r in members if r["offset"] + r["nbytes"] > cut_at}
+    assert all("truncated" in f["reason"] for b in batches for f in b.failed)
+    assert {k for b in batches for k in b.keys} == {r["key"] for r in index} - lost
+
+
+def test_configuration_errors_name_the_problem(demo_shards, tmp_path):
+    root = broken_copy(demo_shards, tmp_path / "broken")
+    shard = ShardDataset(root).meta["splits"]["train"]["shards"][0]
+    (root / "train" / shard).unlink()
+    with pytest.raises(FileNotFoundError, match=shard):
+        PackedStream(root / "train", 2, backend="local")
+    with pytest.raises(FileNotFoundError, match="neither a shard set"):
+        PackedStream(tmp_path, 2, backend="local")
+    with pytest.raises(ValueError, match="split"):
+        PackedStream(demo_shards / "train", 2, split=(2, 2), backend="local")
+    with pytest.raises(ValueError, match="backend"):
+        PackedStream(demo_shards / "train", 2, backend="spark")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["fbank"] = None
+    (root / "dataset.json").write_text(json.dumps(meta))
+    (root / "train" / shard).write_bytes(b"")
+    with pytest.raises(ValueError, match="fbank statistics"):
+        PackedStream(root / "train", 2, backend="local")
