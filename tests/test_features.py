@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loaders.features import patchify, spec_augment, spectrogram
+from loaders.features import fbank, kaldi_fbank, patchify, spec_augment, spectrogram
 from loaders.tokens import shift_for_scale, token_counts
 
 
@@ -26,6 +26,23 @@ def test_spectrogram_has_exactly_the_planned_tokens(n, rate, scale, max_frames, 
         planned = token_counts(n, rate, shift, max_frames=max_frames, capacity=capacity, pool=pool)
         assert patchify(spec)[0].shape[0] == int(planned.tokens)
         assert torch.isfinite(spec).all()
+
+
+@settings(deadline=None, max_examples=40)
+@given(
+    n=st.integers(400, 16000 * 12),
+    rate=st.sampled_from([8000, 16000, 22050, 44100]),
+    scale=st.sampled_from(tuple(np.round(np.arange(1.0, 4.01, 0.2), 1))),
+    loudness=st.sampled_from([0.0, 1e-4, 0.1, 1.0]),
+)
+def test_fast_fbank_matches_torchaudio_kaldi(n, rate, scale, loudness):
+    if n < int(rate * 0.025):
+        return
+    wave = np.random.default_rng(n).standard_normal(n).astype(np.float32) * loudness
+    shift = float(shift_for_scale(scale))
+    ours, reference = fbank(wave, rate, shift), kaldi_fbank(wave, rate, shift)
+    assert ours.shape == reference.shape
+    assert (ours - reference).abs().max() <= 1e-3
 
 
 def test_normalisation_and_zero_padding_of_short_clips():

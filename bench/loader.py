@@ -1,0 +1,184 @@
+"""Loader throughput: PackedStream vs bare kaldi.fbank, Ray scaling, useful tokens vs an AST loader.
+
+    .venv/bin/python bench/loader.py [--clips 160]
+
+Data: a VoxCeleb-like corpus made here (durations 4 s + lognormal(median 2.6 s, sigma 1.0),
+capped at 30 s; synthetic sound events at 16 kHz), sharded with make_shards. Baselines are
+measured in the same run on the same clips:
+1. per core (one process, one torch thread): the whole stream (read, decode, fbank, patchify,
+   place in packed rows) vs bare `torchaudio.compliance.kaldi.fbank` (and our faster fbank) on
+   waveforms already in memory, at C=1 and at the stream's own random C per clip;
+2. Ray: the stream on 1 and 2 Ray Data workers: time to the first batch (the epoch's actor pool
+   starts) and steady throughput after it, two epochs each;
+3. useful (non-padding) tokens/s: the stream at native length (max 3072 frames) vs a
+   standard-AST loader that crops/pads every clip to 1024 frames (512 tokens), in two forms: the
+   reference code's (fbank of the whole clip, then crop/pad) and a lean one (fbank of the first
+   10.24 s only);
+4. planning an epoch of 1,000,000 VoxCeleb-like samples from metadata alone.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+import soundfile as sf
+import torch
+
+from loaders import PackedStream
+from loaders.features import fbank, kaldi_fbank, patchify, spectrogram
+from loaders.plan import Index, PlanConfig, plan_epoch
+from loaders.tokens import shift_for_scale
+from shards import ShardDataset, ShardSample
+from shards.demo import DEMO_CLASSES, synthesize
+
+REPO = Path(__file__).resolve().parents[1]
+GRID = tuple(np.round(np.arange(1.0, 4.01, 0.2), 1))
+AST_FRAMES = 1024
+
+
+def voxceleb_seconds(n: int, rng: np.random.Generator) -> np.ndarray:
+    return np.minimum(4.0 + rng.lognormal(np.log(2.6), 1.0, n), 30.0)
+
+
+def make_corpus(work: Path, clips: int) -> Path:
+    """Synthetic clips with VoxCeleb-like lengths → shards (train split only)."""
+    rng = np.random.default_rng(0)
+    (work / "wav").mkdir(parents=True)
+    with (work / "rows.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "split"])
+        for i, seconds in enumerate(voxceleb_seconds(clips, rng)):
+            label = DEMO_CLASSES[i % len(DEMO_CLASSES)]
+            sf.write(work / "wav" / f"{i:05d}.wav", synthesize(label, seconds, rng), 16000, subtype="PCM_16")
+            writer.writerow([f"wav/{i:05d}.wav", label, "train"])
+    spec = importlib.util.spec_from_file_location("make_shards_job", REPO / "jobs" / "make_shards.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    out = work / "shards"
+    assert job.main(["--manifest", str(work / "rows.csv"), "--out", str(out), "--backend", "local", "--quiet", "--shard-size", "16MB"]) == 0
+    return out / "train"
+
+
+def timed(fn):
+    started = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - started
+
+
+def stream_epoch(stream: PackedStream, epoch: int = 0) -> tuple[list, float]:
+    return timed(lambda: list(stream.epoch(epoch)))
+
+
+def per_core(split_dir: Path, waves: dict[str, np.ndarray], audio_s: float) -> list[tuple]:
+    """(label, kaldi.fbank s/s, our fbank s/s, stream s/s) at C=1 and at the stream's random C."""
+    rows = []
+    for name, scales in (("C = 1", (1.0,)), ("random C in 1.0..4.0", GRID)):
+        stream = PackedStream(split_dir, 2, scales=scales, backend="local")
+        plan = stream.plan(0)
+        scale_of = dict(zip(stream.index["key"][plan.sample], plan.scale))
+        bare = [timed(lambda: [f(w, 16000, float(shift_for_scale(scale_of[k]))) for k, w in waves.items()])[1]
+                for f in (kaldi_fbank, fbank)]
+        _, full = stream_epoch(stream)
+        rows.append((name, audio_s / bare[0], audio_s / bare[1], audio_s / full))
+    return rows
+
+
+def ray_scaling(split_dir: Path, audio_s: float) -> list[tuple]:
+    """(workers, epoch, seconds to first batch, steady audio s/s after it)."""
+    rows = []
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    for workers in (1, 2):
+        stream = PackedStream(split_dir, 2, scales=GRID, workers=workers)
+        for epoch in (0, 1):
+            started = time.perf_counter()
+            batches = stream.epoch(epoch)
+            next(batches)
+            first = time.perf_counter() - started
+            delivered = sum(1 for _ in batches)
+            steady = time.perf_counter() - started - first
+            rows.append((workers, epoch, first, audio_s * delivered / (delivered + 1) / steady))
+    ray.shutdown()
+    return rows
+
+
+def ast_loader(waves: dict[str, np.ndarray], mean: float, std: float, whole_clip: bool) -> tuple[int, int, int]:
+    """Standard AST input at C=1: the first 1024 frames, zero-padded when shorter. `whole_clip`
+    computes the fbank of the whole clip first, as the AST reference code does.
+    Returns (useful tokens, total tokens, tokens of the full clips cut away)."""
+    useful = cut = 0
+    need = (AST_FRAMES - 1) * 160 + 400  # samples that 1024 frames of 10 ms (25 ms window) read
+    for wave in waves.values():
+        spec = spectrogram(wave if whole_clip else wave[:need], 16000, mean=mean, std=std)[:AST_FRAMES]
+        frames = spec.shape[0]
+        patchify(torch.nn.functional.pad(spec, (0, 0, 0, AST_FRAMES - frames)))
+        useful += frames // 16 * 8
+        cut += max((len(wave) - 400) // 160 + 1 - AST_FRAMES, 0) // 16 * 8
+    return useful, len(waves) * AST_FRAMES // 16 * 8, cut
+
+
+def useful_tokens(split_dir: Path, waves: dict[str, np.ndarray]) -> dict:
+    stats = ShardDataset(split_dir.parent).fbank_stats
+    result = {}
+    for name, whole in (("AST, reference-style", True), ("AST, lean", False)):
+        (useful, total, cut), seconds = timed(lambda: ast_loader(waves, stats["mean"], stats["std"], whole))
+        result[name] = (useful / seconds, 1 - useful / total, cut / (useful + cut))
+    stream = PackedStream(split_dir, 2, max_frames=3072, backend="local")
+    _, seconds = stream_epoch(stream)
+    s = stream.stats[0]
+    result["ElasticAST stream"] = (s["tokens"] / seconds, s["pad_ratio"], s["cut_ratio"])
+    return result
+
+
+def plan_million() -> tuple[float, float, float]:
+    rng = np.random.default_rng(0)
+    n = 1_000_000
+    index = Index(np.array([f"spk{i % 1251}/utt{i:07d}" for i in range(n)]), np.arange(n) // 500,
+                  (voxceleb_seconds(n, rng) * 16000).astype(np.int64), np.full(n, 16000))
+    key_hash, hash_s = timed(lambda: index.key_hash)
+    config = PlanConfig(rows_per_batch=8, scales=GRID)
+    plan_epoch(index, config, 0, key_hash)  # loads the Numba kernels
+    plan, plan_s = timed(lambda: plan_epoch(index, config, 1, key_hash))
+    return hash_s, plan_s, plan.pad_ratio
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=400)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    print(f"# Loader benchmark: {os.cpu_count()} cores, torch {torch.__version__}, one torch thread per process")
+    with tempfile.TemporaryDirectory() as tmp:
+        split_dir = make_corpus(Path(tmp), args.clips)
+        waves = {s.key: s.audio for s in ShardDataset(split_dir.parent).samples("train") if isinstance(s, ShardSample)}
+        audio_s = sum(len(w) for w in waves.values()) / 16000
+        print(f"{len(waves)} clips, {audio_s:.0f} s of audio (mean {audio_s / len(waves):.1f} s)\n")
+        print("## Per core: seconds of audio per second (target: stream >= 80 % of bare kaldi.fbank)")
+        for name, kaldi, ours, full in per_core(split_dir, waves, audio_s):
+            print(f"{name:22} kaldi.fbank {kaldi:6.0f}   our fbank {ours:6.0f} ({ours / kaldi:4.2f}x)   "
+                  f"stream {full:6.0f}   stream/kaldi.fbank {full / kaldi:4.2f}")
+        print("\n## Useful (non-pad) tokens/s, C = 1 (target: ElasticAST >= 1.5x AST)")
+        result = useful_tokens(split_dir, waves)
+        elastic = result["ElasticAST stream"]
+        for name, (rate, pad, cut) in result.items():
+            print(f"{name:21} {rate:8.0f} tokens/s ({elastic[0] / rate:4.2f}x)   pad {100 * pad:5.1f} %   cut {100 * cut:5.1f} %")
+        print(f"useful share of the tokens a model computes on: ElasticAST {1 - elastic[1]:.3f}, "
+              f"AST {1 - result['AST, lean'][1]:.3f} ({(1 - elastic[1]) / (1 - result['AST, lean'][1]):.2f}x)")
+        print("\n## Ray Data workers (Ray with 2 CPUs), random C")
+        scaling = ray_scaling(split_dir, audio_s)
+        for workers, epoch, first, steady in scaling:
+            print(f"workers {workers} epoch {epoch}: first batch after {first:4.1f} s, then {steady:6.0f} s of audio/s "
+                  f"({steady / scaling[0][3]:4.2f}x 1 worker, epoch 0)")
+    hash_s, plan_s, pad = plan_million()
+    print(f"\n## Planning 1,000,000 samples (random C, first_fit, buffer 1024): key hash {hash_s:.2f} s once per stream, "
+          f"plan {plan_s:.2f} s per epoch, pad {100 * pad:.2f} %")
+
+
+if __name__ == "__main__":
+    main()
