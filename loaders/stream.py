@@ -108,7 +108,7 @@ class PackedStream:
         return len(self.index["key"])
 
     def plan(self, epoch: int) -> EpochPlan:
-        """The epoch's plan (identical on every rank); cached, it is cheap to keep."""
+        """The epoch's plan (identical on every rank); the latest one is kept."""
         if epoch not in self._plans:
             self._plans = {epoch: plan_epoch(self._plan_index, self.plan_config, epoch, self._key_hash)}
         return self._plans[epoch]

@@ -1,0 +1,91 @@
+"""Packed self-attention: tokens attend only inside their own run of equal segment ids.
+
+A run is a maximal stretch of one segment id in a row: a sample, or a stretch of padding (the
+row's tail, or a hole a failed sample left). Padding thus only ever sees padding, and every
+backend computes the very same function:
+
+- `split` (CPU default): scaled-dot-product attention on each run separately (fastest on CPU);
+- `dense`: SDPA with the boolean block-diagonal mask (the readable reference);
+- `flex` (CUDA default): FlexAttention with a block mask built once per batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKENDS = ("split", "dense", "flex")
+
+
+@dataclass
+class RunLayout:
+    """Per-batch attention layout, built once and shared by every layer."""
+
+    runs: torch.Tensor  # [R, L] run id per token
+    bounds: list[list[int]]  # per row: run boundaries 0 = b0 < b1 < ... = L
+    mask: torch.Tensor | None = None  # dense: [R, 1, L, L]
+    block_mask: object | None = None  # flex
+
+
+def run_ids(segment_ids: torch.Tensor) -> torch.Tensor:
+    """Number the runs of each row 0, 1, 2, ... (a new run wherever the segment id changes)."""
+    change = torch.ones_like(segment_ids, dtype=torch.bool)
+    change[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return change.long().cumsum(dim=1) - 1
+
+
+def build_layout(segment_ids: torch.Tensor, backend: str) -> RunLayout:
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
+    runs = run_ids(segment_ids)
+    length = segment_ids.shape[1]
+    layout = RunLayout(runs, [])
+    if backend == "split":
+        for row in runs.cpu():
+            starts = torch.nonzero(torch.diff(row, prepend=row.new_tensor([-1]))).flatten().tolist()
+            layout.bounds.append(starts + [length])
+    elif backend == "dense":
+        layout.mask = (runs.unsqueeze(-1) == runs.unsqueeze(-2)).unsqueeze(1)
+    else:
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def same_run(b, h, q, kv):
+            return runs[b, q] == runs[b, kv]
+
+        layout.block_mask = create_block_mask(same_run, runs.shape[0], None, length, length, device=runs.device)
+    return layout
+
+
+def default_backend(device: torch.device) -> str:
+    return "flex" if device.type == "cuda" else "split"
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention (qkv bias, 1/sqrt(d) scaling) restricted to runs."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, layout: RunLayout) -> torch.Tensor:
+        rows, length, dim = x.shape
+        q, k, v = self.qkv(x).reshape(rows, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
+        if layout.mask is not None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask)
+        elif layout.block_mask is not None:
+            from torch.nn.attention.flex_attention import flex_attention
+
+            out = flex_attention(q, k, v, block_mask=layout.block_mask)
+        else:
+            out = torch.cat(
+                [
+                    torch.cat([F.scaled_dot_product_attention(q[r, :, a:b], k[r, :, a:b], v[r, :, a:b])
+                               for a, b in zip(bounds[:-1], bounds[1:])], dim=1).unsqueeze(0)
+                    for r, bounds in enumerate(layout.bounds)
+                ]
+            )
+        return self.proj(out.transpose(1, 2).reshape(rows, length, dim))

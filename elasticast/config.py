@@ -1,0 +1,48 @@
+"""Model configuration and presets (timm-style names: tiny, small, base = ViT-B/16)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+PRESETS = {
+    "tiny": dict(dim=192, depth=6, heads=3),
+    "small": dict(dim=384, depth=12, heads=6),
+    "base": dict(dim=768, depth=12, heads=12),
+}
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """ElasticAST hyper-parameters. `max_frames` sizes the time-position table (frames / 16);
+    inputs must be cropped to it upstream (the loaders do)."""
+
+    num_classes: int
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    patch: int = 16
+    n_mels: int = 128
+    max_frames: int = 3072
+    attention: str = "auto"  # auto | split | dense | flex
+
+    def __post_init__(self):
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.n_mels % self.patch or self.max_frames < self.patch:
+            raise ValueError(f"n_mels {self.n_mels} and max_frames {self.max_frames} must hold whole {self.patch}-patches")
+
+    @property
+    def freq_patches(self) -> int:
+        return self.n_mels // self.patch
+
+    @property
+    def time_patches(self) -> int:
+        return self.max_frames // self.patch
+
+
+def preset(name: str, num_classes: int, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    return replace(ModelConfig(num_classes=num_classes, **PRESETS[name]), **overrides)
