@@ -11,6 +11,7 @@ backend computes the very same function:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,15 @@ def build_layout(segment_ids: torch.Tensor, backend: str) -> RunLayout:
     return layout
 
 
+@lru_cache(maxsize=2)
+def _flex_attention(compiled: bool):
+    """FlexAttention, compiled on CUDA (eager is a slow reference path there); eager on CPU,
+    where it runs forward only. Fixed batch shapes keep the compiled kernel from recompiling."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+
 def default_backend(device: torch.device) -> str:
     return "flex" if device.type == "cuda" else "split"
 
@@ -77,9 +87,7 @@ class Attention(nn.Module):
         if layout.mask is not None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask)
         elif layout.block_mask is not None:
-            from torch.nn.attention.flex_attention import flex_attention
-
-            out = flex_attention(q, k, v, block_mask=layout.block_mask)
+            out = _flex_attention(q.is_cuda)(q, k, v, block_mask=layout.block_mask)
         else:
             out = torch.cat(
                 [

@@ -6,8 +6,10 @@ sample i of row r has segment id = its slot (1-based) in that row; 0 is padding.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
+import numpy as np
 import torch
 
 PATCH_VALUES = 256
@@ -69,3 +71,44 @@ class PackedBatch:
 
     def _map(self, fn) -> PackedBatch:
         return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)})
+
+
+def from_features(
+    features: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    row: np.ndarray,
+    offset: np.ndarray,
+    scale: np.ndarray,
+    keys: Sequence[str],
+    labels: torch.Tensor | None = None,
+    length: int | None = None,
+) -> PackedBatch:
+    """A `PackedBatch` from (patches, freq_pos, time_pos) per sample, its row, first token,
+    scale, key and label (zeros when absent, e.g. for inference). Rows are `length` tokens, or as
+    long as the fullest one; samples are listed row by row in offset order, as `PackedBatch` is."""
+    sizes = np.array([f[0].shape[0] for f in features], dtype=np.int64)
+    rows, length = int(row.max()) + 1, length or int((offset + sizes).max())
+    patches = torch.zeros(rows, length, PATCH_VALUES)
+    segment_ids = torch.zeros(rows, length, dtype=torch.int32)
+    freq_pos = torch.zeros(rows, length, dtype=torch.int64)
+    time_pos = torch.zeros(rows, length, dtype=torch.int64)
+    order = np.lexsort((offset, row))
+    slot = np.zeros(len(order), dtype=np.int64)
+    used = np.zeros(rows, dtype=np.int64)
+    for position, i in enumerate(order):
+        r, span = int(row[i]), slice(int(offset[i]), int(offset[i] + sizes[i]))
+        used[r] += 1
+        slot[position] = used[r]
+        patches[r, span], freq_pos[r, span], time_pos[r, span] = features[i]
+        segment_ids[r, span] = int(used[r])
+    return PackedBatch(
+        patches=patches,
+        segment_ids=segment_ids,
+        freq_pos=freq_pos,
+        time_pos=time_pos,
+        labels=torch.zeros(len(order), dtype=torch.int64) if labels is None else labels[order],
+        row=torch.from_numpy(row[order].astype(np.int64)),
+        slot=torch.from_numpy(slot),
+        n_tokens=torch.from_numpy(sizes[order]),
+        scale=torch.as_tensor(scale[order], dtype=torch.float32),
+        keys=[keys[i] for i in order],
+    )

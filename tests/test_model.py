@@ -56,6 +56,7 @@ def logits_by_key(model, batch, backend):
         return dict(zip(batch.keys, model(batch, attention=backend)))
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager flex is the CPU path
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_logits_are_the_same_packed_in_any_row_and_order_as_alone(backend):
     model = small_model()
@@ -147,3 +148,22 @@ def test_model_trains_on_a_real_packed_stream_batch(tmp_path, make_shards):
     assert logits.shape == (batch.num_samples, len(stream.labels))
     loss(logits, batch.labels).backward()
     assert model.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_ast_baseline_crops_and_pads_each_sample_to_its_fixed_size():
+    from elasticast.ast_baseline import ASTBaseline, fixed_size_tokens
+
+    samples = random_samples(4, seed=5)
+    batch = make_batch([[0, 1], [2, 3]], samples, 256)
+    fixed = fixed_size_tokens(batch, 32)
+    for i, key in enumerate(batch.keys):
+        own = samples[int(key)]
+        kept = min(own.shape[0], 32)
+        assert torch.equal(fixed[i, :kept], own[:kept]) and torch.all(fixed[i, kept:] == 0)
+    torch.manual_seed(0)
+    for pooling in ("cls", "mean"):
+        model = ASTBaseline(preset("tiny", num_classes=5, dim=64, depth=2, heads=4), target_frames=64, pooling=pooling).eval()
+        with torch.no_grad():
+            packed = model(batch)
+            alone = torch.cat([model(make_batch([[int(k)]], samples, 128)) for k in batch.keys])
+        assert packed.shape == (4, 5) and torch.allclose(packed, alone, atol=1e-5)

@@ -1,0 +1,119 @@
+"""Training-step throughput: packed ElasticAST vs the padded AST baseline, in useful tokens/s.
+
+    .venv/bin/python bench/model.py [--steps 3]
+
+Same VoxCeleb-like sample mix for both (4 s + lognormal(median 2.6 s, sigma 1), <= 30 s, C=1):
+- ElasticAST: samples packed first-fit into rows of 2048 tokens, 2 rows a step, `split`
+  attention; useful tokens = the real (non-padding) tokens;
+- AST (baseline, measured in the same run): every sample cropped/padded to 1024 frames (512
+  tokens + [cls]), 8 samples a step (the same 4,096 patch tokens); useful = min(tokens, 512).
+Useful tokens per step are the means over the whole 4,000-sample pool (a step's cost does not
+depend on its content at fixed shapes; a few steps' own samples would make the ratio noisy),
+divided by the measured step time. One step = forward, loss, backward, AdamW update, fp32, all
+torch threads. Each configuration runs in a fresh process, so its peak resident memory
+(ru_maxrss) is its own.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from elasticast import ElasticAST, loss, preset
+from elasticast.ast_baseline import ASTBaseline
+from loaders import Packing, pack, token_counts
+from loaders.batch import PackedBatch, from_features
+
+ROWS, LENGTH, AST_FRAMES, AST_SAMPLES = 2, 2048, 1024, 8
+
+
+def sample_tokens(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    seconds = np.minimum(4.0 + rng.lognormal(np.log(2.6), 1.0, n), 30.0)
+    return token_counts((seconds * 16000).astype(np.int64), 16000, max_frames=3072, capacity=LENGTH).tokens
+
+
+def random_batch(tokens: np.ndarray, rows: np.ndarray, offsets: np.ndarray, length: int, generator) -> PackedBatch:
+    """Random patches laid out as planned (content does not matter for speed)."""
+    features = [(torch.randn(int(n), 256, generator=generator), torch.arange(8).repeat(int(n) // 8),
+                 torch.arange(int(n) // 8).repeat_interleave(8)) for n in tokens]
+    labels = torch.randint(0, 10, (len(tokens),), generator=generator)
+    return from_features(features, rows, offsets, np.ones(len(tokens)), [str(i) for i in range(len(tokens))], labels, length)
+
+
+def elastic_steps(steps: int, generator) -> tuple[list[PackedBatch], float]:
+    """Batches of 2 packed rows, and the pool's mean useful tokens per step."""
+    tokens = sample_tokens(4000)
+    layout = Packing.from_rows(tokens, pack(tokens, LENGTH, "first_fit", 256), LENGTH)
+    order, starts = layout.members()
+    batches = []
+    for step in range(steps):
+        members = np.concatenate([order[starts[r] : starts[r + 1]] for r in range(step * ROWS, (step + 1) * ROWS)])
+        batches.append(random_batch(tokens[members], layout.row[members] - step * ROWS, layout.offset[members], LENGTH, generator))
+    return batches, ROWS * LENGTH * (1 - layout.pad_ratio)
+
+
+def ast_steps(steps: int, generator) -> tuple[list[PackedBatch], float]:
+    """Batches of 8 fixed-size samples, and the pool's mean useful tokens per step."""
+    kept = np.minimum(sample_tokens(4000), AST_FRAMES // 16 * 8)
+    batches = [
+        random_batch(kept[i : i + AST_SAMPLES], np.arange(AST_SAMPLES), np.zeros(AST_SAMPLES, np.int64), AST_FRAMES // 2, generator)
+        for i in range(0, steps * AST_SAMPLES, AST_SAMPLES)
+    ]
+    return batches, AST_SAMPLES * float(kept.mean())
+
+
+def run_one(model_name: str, preset_name: str, steps: int) -> dict:
+    """One configuration: a warm-up step, then `steps` timed steps."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    config = preset(preset_name, num_classes=10, max_frames=3072)
+    if model_name == "elasticast":
+        model, (batches, useful) = ElasticAST(config), elastic_steps(steps + 1, generator)
+    else:
+        model, (batches, useful) = ASTBaseline(config, target_frames=AST_FRAMES), ast_steps(steps + 1, generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    timings = []
+    for batch in batches:
+        started = time.perf_counter()
+        loss(model(batch), batch.labels).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        timings.append(time.perf_counter() - started)
+    step_s = float(np.mean(timings[1:]))  # the first step warms up allocators and kernels
+    return {"step_s": step_s, "useful_per_step": useful, "useful_per_s": useful / step_s,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--one", nargs=2, metavar=("MODEL", "PRESET"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(*args.one, args.steps)))
+        return
+    print(f"# Model training-step benchmark: {torch.get_num_threads()} torch threads, torch {torch.__version__}, fp32 CPU")
+    print(f"{'preset':6} {'model':18} {'step s':>7} {'useful/step':>11} {'useful tokens/s':>16} {'peak RSS MB':>12} {'vs AST':>7}")
+    for preset_name in ("tiny", "base"):
+        results = {}
+        for model_name in ("ast", "elasticast"):
+            steps = args.steps if preset_name == "tiny" else max(1, args.steps // 2)
+            out = subprocess.run([sys.executable, str(Path(__file__)), "--one", model_name, preset_name, "--steps", str(steps)],
+                                 capture_output=True, text=True, check=True)
+            results[model_name] = json.loads(out.stdout.strip().splitlines()[-1])
+        for model_name, label in (("ast", "AST 1024 frames"), ("elasticast", "ElasticAST packed")):
+            r = results[model_name]
+            print(f"{preset_name:6} {label:18} {r['step_s']:7.2f} {r['useful_per_step']:11.0f} {r['useful_per_s']:16.0f} {r['peak_rss_mb']:12.0f} "
+                  f"{r['useful_per_s'] / results['ast']['useful_per_s']:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

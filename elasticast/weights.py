@@ -1,0 +1,74 @@
+"""Initialise ElasticAST (or the AST baseline) from a local timm ViT-B/16 state dict.
+
+No download: the file (.pth / .pt / .safetensors) is the user's. Mapping, as in the paper's code:
+- patch conv `[D, 3, 16, 16]` summed over RGB → the Linear on 256 patch values (the conv's
+  (height, width) = our (mel bins, frames) patch layout);
+- the 14x14 position grid (cls dropped): centre-cropped to 8 rows in frequency, linearly
+  interpolated to the model's time patches; ElasticAST factorises it by averaging each axis
+  (frequency table = mean over time, time table = mean over frequency), the AST baseline keeps
+  the 2D grid (time-major, as its tokens are) behind the cls position;
+- blocks and the final norm by name (ours use timm's names); the classifier head is not loaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} not found (weights are never downloaded)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for nested in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(nested), dict):
+            state = state[nested]
+    return state
+
+
+def load_vit_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Copy a timm ViT's weights into `model`; returns the model keys left at their init."""
+    source = read_state_dict(path)
+    for needed in ("patch_embed.proj.weight", "pos_embed"):
+        if needed not in source:
+            raise KeyError(f"{path} is not a timm ViT state dict: no {needed!r}")
+    target = model.state_dict()
+    mapped = {
+        "patch_embed.weight": source["patch_embed.proj.weight"].sum(dim=1).flatten(1),
+        "patch_embed.bias": source["patch_embed.proj.bias"],
+    }
+    grid = position_grid(source["pos_embed"], model.config.freq_patches, model.config.time_patches)
+    if "freq_embed" in target:
+        mapped["freq_embed"], mapped["time_embed"] = grid.mean(dim=1), grid.mean(dim=0)
+    else:
+        time_major = grid[:, : target["pos_embed"].shape[1] // model.config.freq_patches].transpose(0, 1).flatten(0, 1)
+        mapped["pos_embed"] = torch.cat([source["pos_embed"][0, :1], time_major]).unsqueeze(0)
+        mapped["cls_token"] = source["cls_token"]
+    mapped.update({k: v for k, v in source.items() if k.startswith(("blocks.", "norm."))})
+    unknown = sorted(set(mapped) - set(target))
+    if unknown:
+        raise KeyError(f"{path}: weights with no place in the model (depth differs?): {unknown[:5]}")
+    for key, value in mapped.items():
+        if value.shape != target[key].shape:
+            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model needs {tuple(target[key].shape)}")
+    model.load_state_dict(mapped, strict=False)
+    return sorted(set(target) - set(mapped))
+
+
+def position_grid(pos_embed: torch.Tensor, freq_patches: int, time_patches: int) -> torch.Tensor:
+    """timm's `[1, 1 + 14*14, D]` → `[freq_patches, time_patches, D]` (centre crop, interpolate)."""
+    side = int(round((pos_embed.shape[1] - 1) ** 0.5))
+    grid = pos_embed[0, 1:].reshape(side, side, -1)
+    if freq_patches > side:
+        raise ValueError(f"the ViT's {side}x{side} position grid has fewer than {freq_patches} frequency rows")
+    top = (side - freq_patches) // 2
+    grid = grid[top : top + freq_patches]  # [F, side, D]
+    stretched = F.interpolate(grid.permute(0, 2, 1), size=time_patches, mode="linear", align_corners=False)
+    return stretched.permute(0, 2, 1)
