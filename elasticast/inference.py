@@ -31,7 +31,7 @@ from elasticast.model import ElasticAST
 from loaders.batch import from_features
 from loaders.features import NUM_MEL_BINS, PATCH, patchify, spectrogram
 from loaders.pack import Packing, pack
-from loaders.tokens import FRAME_LENGTH_MS, MILLISECONDS_TO_SECONDS, TokenCounts, shift_for_scale, token_counts
+from loaders.tokens import FRAME_LENGTH_MS, TokenCounts, frame_samples, shift_for_scale, token_counts
 from shards.audio import load_source, resample
 
 FORMAT = "elasticast-checkpoint"
@@ -228,8 +228,8 @@ class Classifier:
         counts = self._counts(num_samples, scale)
         if not counts.cut:
             return [_Window(clip, 0, num_samples, scale, int(counts.tokens))]
-        shift = int(self.sample_rate * float(shift_for_scale(scale)) * MILLISECONDS_TO_SECONDS)
-        size = int(self.sample_rate * FRAME_LENGTH_MS * MILLISECONDS_TO_SECONDS) + (self.max_frames - 1) * shift
+        shift = int(frame_samples(self.sample_rate, shift_for_scale(scale)))
+        size = int(frame_samples(self.sample_rate, FRAME_LENGTH_MS)) + (self.max_frames - 1) * shift
         starts = [*range(0, num_samples - size, self.max_frames // 2 * shift), num_samples - size]
         tokens = self.max_frames // PATCH * FREQ_TOKENS
         return [_Window(clip, start, size, scale, tokens) for start in starts]

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-NUM_MEL_BINS = 128
-FRAME_LENGTH_MS = 25.0
-FRAME_SHIFT_MS = 10.0
+from loaders.tokens import BASE_SHIFT_MS as FRAME_SHIFT_MS
+from loaders.tokens import FRAME_LENGTH_MS, PATCH, frame_samples, shift_for_scale, token_counts
+from loaders.tokens import N_MELS as NUM_MEL_BINS
 
 FBANK_SETTINGS = {
     "num_mel_bins": NUM_MEL_BINS,
@@ -53,8 +53,7 @@ def fbank(waveform: np.ndarray | torch.Tensor, sample_rate: int, frame_shift_ms:
     tests/test_features.py holds it to the reference; bench/loader.py measures the gain.
     """
     wave = _checked_wave(waveform, sample_rate)
-    size = int(sample_rate * FRAME_LENGTH_MS * 0.001)
-    shift = int(sample_rate * frame_shift_ms * 0.001)
+    size, shift = int(frame_samples(sample_rate, FRAME_LENGTH_MS)), int(frame_samples(sample_rate, frame_shift_ms))
     frames = (wave - wave.mean()).unfold(0, size, shift)
     frames = frames - frames.mean(dim=1, keepdim=True)
     frames = torch.cat([frames[:, :1] * (1 - PREEMPHASIS), frames[:, 1:] - PREEMPHASIS * frames[:, :-1]], dim=1)
@@ -80,12 +79,11 @@ def _analysis(sample_rate: int, size: int) -> tuple[torch.Tensor, torch.Tensor, 
 
 def _checked_wave(waveform: np.ndarray | torch.Tensor, sample_rate: int) -> torch.Tensor:
     wave = torch.as_tensor(waveform, dtype=torch.float32).reshape(-1)
-    window = int(sample_rate * FRAME_LENGTH_MS * 0.001)
+    window = int(frame_samples(sample_rate, FRAME_LENGTH_MS))
     if wave.numel() < window:
         raise ValueError(f"waveform of {wave.numel()} samples is shorter than one {FRAME_LENGTH_MS} ms window ({window})")
     return wave
 
-PATCH = 16
 COMPRESSIONS = ("shift", "avgpool")
 
 
@@ -108,14 +106,12 @@ def spectrogram(
     multiple of 16, the first frames kept when cropping, clips shorter than one window or one
     patch padded at the end with zeros (the dataset mean after normalisation).
     """
-    from loaders.tokens import shift_for_scale, token_counts
-
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression {compression!r} is not one of {COMPRESSIONS}")
     wave = torch.as_tensor(waveform, dtype=torch.float32).reshape(-1)
     pool = int(scale) if compression == "avgpool" else 1
     shift = float(shift_for_scale(scale)) if compression == "shift" else FRAME_SHIFT_MS
-    window = int(sample_rate * FRAME_LENGTH_MS * 0.001)
+    window = int(frame_samples(sample_rate, FRAME_LENGTH_MS))
     spec = fbank(torch.nn.functional.pad(wave, (0, max(window - wave.numel(), 0))), sample_rate, shift)
     if pool > 1:
         spec = spec[: spec.shape[0] // pool * pool].reshape(-1, pool, spec.shape[1]).mean(dim=1)

@@ -5,7 +5,8 @@ from typing import Iterable
 
 import numpy as np
 
-from loaders.features import FBANK_SETTINGS, FRAME_LENGTH_MS, fbank
+from loaders.features import FBANK_SETTINGS, fbank
+from loaders.tokens import FRAME_LENGTH_MS, frame_samples
 
 
 def fbank_stats(waveforms: Iterable[tuple[np.ndarray, int]], max_samples: int = 1000) -> dict:
@@ -19,7 +20,7 @@ def fbank_stats(waveforms: Iterable[tuple[np.ndarray, int]], max_samples: int = 
     for waveform, sample_rate in waveforms:
         if used >= max_samples:
             break
-        if len(waveform) < int(sample_rate * FRAME_LENGTH_MS * 0.001):
+        if len(waveform) < frame_samples(sample_rate, FRAME_LENGTH_MS):
             too_short += 1
             continue
         values = fbank(waveform, sample_rate).double()

@@ -58,6 +58,12 @@ def shift_for_scale(scale: ArrayLike) -> np.ndarray:
     return BASE_SHIFT_MS * np.round(np.asarray(scale, dtype=np.float64), 1)
 
 
+def frame_samples(sample_rate: ArrayLike, milliseconds: ArrayLike) -> np.ndarray:
+    """Samples in a frame length or shift, as Kaldi truncates them: int(rate * ms * 0.001)."""
+    rate = np.asarray(sample_rate, dtype=np.float64)
+    return (rate * np.asarray(milliseconds, dtype=np.float64) * MILLISECONDS_TO_SECONDS).astype(np.int64)
+
+
 def kaldi_frames(
     num_samples: ArrayLike,
     sample_rate: ArrayLike,
@@ -66,11 +72,10 @@ def kaldi_frames(
 ) -> np.ndarray:
     """Frame count of ``kaldi.fbank`` with ``snip_edges=True`` (0 if shorter than a window)."""
     num_samples = np.asarray(num_samples, dtype=np.int64)
-    rate = np.asarray(sample_rate, dtype=np.float64)
     if np.any(num_samples < 0):
         raise ValueError(f"num_samples must be >= 0, got {num_samples.min()}")
-    window_shift = (rate * np.asarray(frame_shift_ms, dtype=np.float64) * MILLISECONDS_TO_SECONDS).astype(np.int64)
-    window_size = (rate * float(frame_length_ms) * MILLISECONDS_TO_SECONDS).astype(np.int64)
+    window_shift = frame_samples(sample_rate, frame_shift_ms)
+    window_size = frame_samples(sample_rate, frame_length_ms)
     if np.any(window_shift < 1) or np.any(window_size < 2):
         raise ValueError(
             f"frame shift/length too short for the sample rate: shift={window_shift.min()} "
