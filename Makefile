@@ -3,6 +3,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := shards/demo
+RUN    := runs/demo
 
 .PHONY: demo test clean
 
@@ -15,11 +16,18 @@ $(STAMP): pyproject.toml
 $(DEMO)/dataset.json: $(STAMP)
 	$(PY) jobs/make_shards.py --out $(DEMO) --overwrite
 
-demo: $(DEMO)/dataset.json
-	@echo "demo shards ready in $(DEMO) (see $(DEMO)/dataset.json)"
+$(RUN)/metrics.json: $(DEMO)/dataset.json
+	rm -rf $(RUN)
+	$(PY) jobs/train.py --shards $(DEMO) --out $(RUN)
+
+$(RUN)/eval/results.csv: $(RUN)/metrics.json
+	$(PY) jobs/evaluate.py --checkpoint $(RUN) --shards $(DEMO)/test --lengths 256 512 1024 2048 --scales 1 2 3 4
+
+demo: $(RUN)/eval/results.csv
+	@echo "demo run in $(RUN) (metrics.json, best.pt); evaluation in $(RUN)/eval (results.md, length.png, scale.png)"
 
 test: $(STAMP)
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) $(DEMO)
+	rm -rf $(VENV) $(DEMO) $(RUN)

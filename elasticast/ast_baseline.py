@@ -1,11 +1,15 @@
 """The standard AST, for the paper's comparisons: every sample cropped or zero-padded to
 `target_frames`, full attention over its own fixed-size token grid, [cls] or mean pooling,
-one 2D position table. Same blocks as ElasticAST; reads the same `PackedBatch`es (each
+one 2D position table. Evaluated at another input size (`frames=`), the time axis of that table
+is linearly resampled to the new grid, as AST's own code adapts its positions. Same blocks as ElasticAST; reads the same `PackedBatch`es (each
 sample's tokens are taken out of the packed rows), so one loader feeds both models.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from elasticast.attention import build_layout
@@ -35,20 +39,49 @@ class ASTBaseline(nn.Module):
         for table in (self.cls_token, self.pos_embed):
             nn.init.trunc_normal_(table, std=0.02)
 
-    def forward(self, batch: PackedBatch) -> torch.Tensor:
-        """Logits `[S, classes]` in the batch's sample order."""
-        tokens = fixed_size_tokens(batch, self.tokens)
-        x = self.patch_embed(tokens)
+    def forward(self, batch: PackedBatch, frames: int | None = None) -> torch.Tensor:
+        """Logits `[S, classes]` in the batch's sample order. `frames`: the input size (every
+        sample cropped or padded to it); default `target_frames`, the size it was trained at."""
+        count = self.tokens if frames is None else self.tokens_for(frames)
+        x = self.patch_embed(fixed_size_tokens(batch, count)) + self.grid_positions(count)
         if self.pooling == "cls":
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        else:
-            x = x + self.pos_embed[:, 1:]
+            x = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1), x], dim=1)
         layout = build_layout(torch.ones(x.shape[:2], dtype=torch.int32, device=x.device), "split")
         for block in self.blocks:
             x = block(x, layout)
         x = self.norm(x)
         pooled = x[:, 0] if self.pooling == "cls" else x.mean(dim=1)
         return self.head(self.head_norm(pooled))
+
+    def tokens_for(self, frames: int) -> int:
+        """Tokens of a `frames`-long input (whole patches only)."""
+        if frames < self.config.patch:
+            raise ValueError(f"frames {frames} is shorter than one {self.config.patch}-frame patch")
+        return frames // self.config.patch * self.config.freq_patches
+
+    def grid_positions(self, tokens: int) -> torch.Tensor:
+        """The `[1, tokens, D]` patch-grid positions (time-major); the trained table when the
+        size matches, else its time axis linearly resampled to `tokens // freq_patches` steps."""
+        grid = self.pos_embed[:, 1:]
+        if tokens == self.tokens:
+            return grid
+        freqs, dim = self.config.freq_patches, self.config.dim
+        table = grid.reshape(self.tokens // freqs, freqs * dim).T.unsqueeze(0)  # [1, F*D, T]
+        resized = F.interpolate(table, size=tokens // freqs, mode="linear", align_corners=True)
+        return resized[0].T.reshape(1, tokens, dim)
+
+    def token_usage(self, batch: PackedBatch) -> tuple[int, int, int]:
+        """(real tokens computed, token slots computed, tokens cut) for this batch, as AST sees
+        it: each sample cropped or padded to `target_frames`."""
+        return fixed_size_usage(batch.n_tokens, self.tokens, batch.cut_tokens)
+
+
+def fixed_size_usage(tokens: Sequence[int] | torch.Tensor, size: int, upstream_cut: int = 0) -> tuple[int, int, int]:
+    """(real tokens kept, token slots, tokens cut) when samples of `tokens` tokens are each
+    cropped or padded to `size`; `upstream_cut`: tokens the loader had already cut."""
+    tokens = torch.as_tensor(tokens)
+    real = int(tokens.clamp(max=size).sum())
+    return real, len(tokens) * size, int((tokens - size).clamp(min=0).sum()) + int(upstream_cut)
 
 
 def fixed_size_tokens(batch: PackedBatch, tokens: int) -> torch.Tensor:

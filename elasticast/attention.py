@@ -6,7 +6,9 @@ backend computes the very same function:
 
 - `split` (CPU default): scaled-dot-product attention on each run separately (fastest on CPU);
 - `dense`: SDPA with the boolean block-diagonal mask (the readable reference);
-- `flex` (CUDA default): FlexAttention with a block mask built once per batch.
+- `flex` (CUDA default): FlexAttention with a block mask built once per batch;
+- `varlen` (CUDA only): the Flash varlen kernel over the flattened rows, each run one sequence.
+  It is a half-precision kernel: run it under bf16/fp16 autocast.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BACKENDS = ("split", "dense", "flex")
+BACKENDS = ("split", "dense", "flex", "varlen")
 
 
 @dataclass
@@ -28,6 +30,8 @@ class RunLayout:
     bounds: list[list[int]]  # per row: run boundaries 0 = b0 < b1 < ... = L
     mask: torch.Tensor | None = None  # dense: [R, 1, L, L]
     block_mask: object | None = None  # flex
+    cu_seqlens: torch.Tensor | None = None  # varlen: run starts in the flattened [R * L] tokens, then R * L
+    longest: int = 0  # varlen: the longest run
 
 
 def run_ids(segment_ids: torch.Tensor) -> torch.Tensor:
@@ -35,6 +39,15 @@ def run_ids(segment_ids: torch.Tensor) -> torch.Tensor:
     change = torch.ones_like(segment_ids, dtype=torch.bool)
     change[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
     return change.long().cumsum(dim=1) - 1
+
+
+def run_bounds(runs: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Boundaries of every run in the flattened `[R * L]` tokens (int32, as varlen kernels want)
+    and the longest run. A row's start always opens a new run, so runs never span rows."""
+    flat = (runs + torch.arange(runs.shape[0], device=runs.device).unsqueeze(1) * runs.shape[1]).reshape(-1)
+    starts = torch.nonzero(torch.diff(flat, prepend=flat.new_tensor([-1]))).flatten()
+    bounds = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
+    return bounds, int(bounds.diff().max())
 
 
 def build_layout(segment_ids: torch.Tensor, backend: str) -> RunLayout:
@@ -49,6 +62,10 @@ def build_layout(segment_ids: torch.Tensor, backend: str) -> RunLayout:
             layout.bounds.append(starts + [length])
     elif backend == "dense":
         layout.mask = (runs.unsqueeze(-1) == runs.unsqueeze(-2)).unsqueeze(1)
+    elif backend == "varlen":
+        if not segment_ids.is_cuda:
+            raise ValueError("attention backend 'varlen' needs a CUDA device; use 'split' or 'dense' on CPU")
+        layout.cu_seqlens, layout.longest = run_bounds(runs)
     else:
         from torch.nn.attention.flex_attention import create_block_mask
 
@@ -66,6 +83,19 @@ def _flex_attention(compiled: bool):
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+
+def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: RunLayout) -> torch.Tensor:
+    """`[R, H, L, d]` in and out; the kernel sees `R * L` tokens cut into runs."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    rows, heads, length, head_dim = q.shape
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else q.dtype
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise ValueError(f"attention backend 'varlen' runs in fp16/bf16 only (got {dtype}); use autocast or 'flex'")
+    flat = [t.transpose(1, 2).reshape(rows * length, heads, head_dim).to(dtype) for t in (q, k, v)]
+    out = varlen_attn(*flat, layout.cu_seqlens, layout.cu_seqlens, layout.longest, layout.longest)
+    return out.reshape(rows, length, heads, head_dim).transpose(1, 2)
 
 
 def default_backend(device: torch.device) -> str:
@@ -88,6 +118,10 @@ class Attention(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask)
         elif layout.block_mask is not None:
             out = _flex_attention(q.is_cuda)(q, k, v, block_mask=layout.block_mask)
+        elif layout.cu_seqlens is not None:
+            out = _varlen(q, k, v, layout)
+        elif rows == 0:  # an all-padding batch of a per-sample model (AST): nothing to attend
+            out = q
         else:
             out = torch.cat(
                 [

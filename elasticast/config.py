@@ -12,8 +12,9 @@ PRESETS = {
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """ElasticAST hyper-parameters. `max_frames` sizes the time-position table (frames / 16);
-    inputs must be cropped to it upstream (the loaders do)."""
+    """ElasticAST hyper-parameters. `max_frames` sizes the time-position table (frames / 16).
+    `beyond_table` says what a longer input meets: "error" (default: crop upstream, as the
+    loaders do) or "interpolate" (the time table is linearly stretched to the input's length)."""
 
     num_classes: int
     dim: int = 768
@@ -23,11 +24,14 @@ class ModelConfig:
     patch: int = 16
     n_mels: int = 128
     max_frames: int = 3072
-    attention: str = "auto"  # auto | split | dense | flex
+    attention: str = "auto"  # auto | split | dense | flex | varlen
+    beyond_table: str = "error"  # error | interpolate
 
     def __post_init__(self):
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.beyond_table not in ("error", "interpolate"):
+            raise ValueError(f"beyond_table must be 'error' or 'interpolate', got {self.beyond_table!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.n_mels % self.patch or self.max_frames < self.patch:

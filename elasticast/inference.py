@@ -76,11 +76,13 @@ def save_checkpoint(
     sample_rate: int,
     multi_label: bool,
     extra: dict | None = None,
+    compression: str = "shift",
 ) -> None:
     """Everything inference needs in one `torch.save` dict, so a checkpoint alone predicts.
 
     fbank_stats: at least "mean" and "std" (as `ShardDataset.fbank_stats`). extra: anything the
     trainer wants back (plain Python values and tensors: loading uses `weights_only=True`).
+    compression: how the model saw C > 1 in training ("shift" or "avgpool").
     """
     missing = {"mean", "std"} - set(fbank_stats or {})
     if missing:
@@ -96,6 +98,7 @@ def save_checkpoint(
             "fbank": {"mean": float(fbank_stats["mean"]), "std": float(fbank_stats["std"])},
             "sample_rate": int(sample_rate),
             "multi_label": bool(multi_label),
+            "compression": compression,
             "extra": extra or {},
         },
         Path(path),
@@ -146,6 +149,11 @@ class Classifier:
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Classifier:
         """A classifier from a `save_checkpoint` file, its model on `device`."""
         checkpoint = load_checkpoint(path, device)
+        if checkpoint.get("compression", "shift") != "shift":
+            raise ValueError(
+                f"{path} was trained with {checkpoint['compression']!r} compression; Classifier featurizes "
+                "with frame-shift resolutions only, so its predictions would not match the training features"
+            )
         model = ElasticAST(ModelConfig(**checkpoint["config"]))
         model.load_state_dict(checkpoint["state_dict"])
         fbank = checkpoint["fbank"]

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticast.attention import Attention, build_layout, default_backend
+from elasticast.attention import Attention, build_layout, default_backend, run_ids
 from elasticast.config import ModelConfig
 from loaders.batch import PackedBatch
 
@@ -89,17 +89,39 @@ class ElasticAST(nn.Module):
 
     def forward(self, batch: PackedBatch, attention: str | None = None) -> torch.Tensor:
         """Logits `[S, classes]`, one row per sample of the batch, in its sample order."""
-        if int(batch.time_pos.max()) >= self.config.time_patches:
-            raise ValueError(
-                f"time position {int(batch.time_pos.max())} is beyond the table ({self.config.time_patches} "
-                f"patches = max_frames {self.config.max_frames}): crop inputs to max_frames upstream"
-            )
         backend = attention or self.config.attention
         layout = build_layout(batch.segment_ids, default_backend(batch.patches.device) if backend == "auto" else backend)
-        x = self.patch_embed(batch.patches) + self.freq_embed[batch.freq_pos] + self.time_embed[batch.time_pos]
+        x = self.patch_embed(batch.patches) + self.freq_embed[batch.freq_pos] + self.time_embedding(batch)
         for block in self.blocks:
             x = block(x, layout)
         return self.head(self.head_norm(self.pool(self.norm(x), batch)))
+
+
+    @staticmethod
+    def token_usage(batch: PackedBatch) -> tuple[int, int, int]:
+        """(real tokens computed, token slots computed, tokens cut upstream) for this batch."""
+        return batch.real_tokens, batch.segment_ids.numel(), batch.cut_tokens
+
+    def time_embedding(self, batch: PackedBatch) -> torch.Tensor:
+        """Time positions to embeddings. A sample longer than the table is refused, or with
+        `beyond_table="interpolate"` reads the table stretched to its own length (linear), so
+        what a sample sees never depends on what it is packed with."""
+        rows = self.config.time_patches
+        longest = int(batch.time_pos.max()) + 1
+        if longest <= rows:
+            return self.time_embed[batch.time_pos]
+        if self.config.beyond_table == "error":
+            raise ValueError(
+                f"time position {longest - 1} is beyond the table ({rows} patches = max_frames "
+                f"{self.config.max_frames}): crop inputs to max_frames upstream, or set beyond_table='interpolate'"
+            )
+        run = run_ids(batch.segment_ids) + torch.arange(len(batch.time_pos), device=batch.time_pos.device)[:, None] * batch.time_pos.shape[1]
+        span = torch.zeros(run.numel(), dtype=batch.time_pos.dtype, device=run.device)
+        span = span.scatter_reduce(0, run.flatten(), batch.time_pos.flatten(), "amax")[run] + 1
+        where = torch.where(span > rows, batch.time_pos * (rows - 1) / (span - 1).clamp(min=1), batch.time_pos.float())
+        low = where.floor().long().clamp(max=rows - 1)
+        frac = (where - low).unsqueeze(-1)
+        return self.time_embed[low] * (1 - frac) + self.time_embed[(low + 1).clamp(max=rows - 1)] * frac
 
 
 def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

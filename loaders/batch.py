@@ -54,20 +54,9 @@ class PackedBatch:
 
     def attention_mask(self) -> torch.Tensor:
         """Dense `[R, L, L]` boolean mask (True = may attend): same segment, not padding.
-        The readable reference; real kernels use `segment_ids` or `cu_seqlens` instead."""
+        The readable reference; the model's kernels work from `segment_ids`."""
         ids = self.segment_ids
         return (ids.unsqueeze(-1) == ids.unsqueeze(-2)) & (ids > 0).unsqueeze(-1)
-
-    def cu_seqlens(self) -> tuple[torch.Tensor, int]:
-        """Boundaries of every segment in the flattened `[R * L]` tokens, for varlen kernels,
-        and the longest segment. Each row's tail padding is a segment of its own, so every
-        token belongs to exactly one sequence and padding never reaches a sample."""
-        ids = self.segment_ids.reshape(-1)
-        row_start = torch.zeros_like(ids, dtype=torch.bool)
-        row_start[:: self.segment_ids.shape[1]] = True
-        starts = torch.nonzero(row_start | torch.cat([ids.new_ones(1, dtype=torch.bool), ids[1:] != ids[:-1]])).flatten()
-        bounds = torch.cat([starts, torch.tensor([ids.numel()])]).to(torch.int32)
-        return bounds, int((bounds[1:] - bounds[:-1]).max())
 
     def _map(self, fn) -> PackedBatch:
         return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)})

@@ -149,8 +149,9 @@ class PackedStream:
         if not specs:
             return
         context = ray.data.DataContext.get_current()
-        saved = context.execution_options.preserve_order, context.enable_progress_bars
-        context.execution_options.preserve_order, context.enable_progress_bars = True, False
+        options = context.execution_options
+        saved = options.preserve_order, context.enable_progress_bars, context.print_on_execution_start
+        options.preserve_order, context.enable_progress_bars, context.print_on_execution_start = True, False, False
         try:
             dataset = ray.data.from_items([{"spec": json.dumps(s)} for s in specs], override_num_blocks=len(specs))
             dataset = dataset.map_batches(
@@ -158,13 +159,13 @@ class PackedStream:
                 fn_constructor_args=(self.features,),
                 batch_size=1,
                 batch_format="numpy",
-                concurrency=self.workers,
+                compute=ray.data.ActorPoolStrategy(size=self.workers),
                 num_cpus=self.worker_cpus,
             )
             for item in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=self.prefetch):
                 yield {name: value[0] for name, value in item.items()}
         finally:
-            context.execution_options.preserve_order, context.enable_progress_bars = saved
+            options.preserve_order, context.enable_progress_bars, context.print_on_execution_start = saved
 
 class _Assembler:
     """Ray Data actor: keeps the feature config, assembles one batch spec per call."""

@@ -1,7 +1,6 @@
 """Shared fixtures: a real local Ray instance, the real FSDD recordings, the make_shards job."""
 from __future__ import annotations
 
-import csv
 import importlib.util
 import os
 from pathlib import Path
@@ -21,13 +20,23 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def make_shards():
-    """The `jobs/make_shards.py` module, so tests call its `main(argv)` like the command line."""
-    spec = importlib.util.spec_from_file_location("make_shards_job", REPO / "jobs" / "make_shards.py")
+def load_script(relative: str):
+    """A script of the repository as a module (jobs call `main(argv)` like the command line).
+    It is not registered in sys.modules, so Ray pickles its functions by value for workers."""
+    spec = importlib.util.spec_from_file_location(Path(relative).stem + "_script", REPO / relative)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def make_shards():
+    return load_script("jobs/make_shards.py")
+
+
+@pytest.fixture(scope="session")
+def train_job():
+    return load_script("jobs/train.py")
 
 
 @pytest.fixture(scope="session")
@@ -37,16 +46,9 @@ def fsdd_dir() -> Path:
     return FSDD
 
 
-def write_fsdd_manifest(recordings: Path, path: Path, limit: int | None = None) -> Path:
-    """The conventional FSDD split: takes 0-4 test, 5-49 train; label = spoken digit."""
-    files = sorted(recordings.glob("*.wav"))[:limit]
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split"])
-        for file in files:
-            digit, _speaker, take = file.stem.split("_")
-            writer.writerow([str(file), digit, "test" if int(take) < 5 else "train"])
-    return path
+def write_fsdd_manifest(recordings: Path, path: Path, every: int = 1) -> Path:
+    """The FSDD example's manifest writer (conventional split: takes 0-4 test)."""
+    return load_script("examples/fsdd_digits/manifest.py").write_manifest(recordings, path, every)
 
 
 @pytest.fixture(scope="session")
@@ -56,5 +58,16 @@ def fsdd_shards(tmp_path_factory, fsdd_dir, ray_local, make_shards) -> Path:
     manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv")
     out = work / "shards"
     code = make_shards.main(["--manifest", str(manifest), "--out", str(out), "--shard-size", "2MB", "--quiet"])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def fsdd_small_shards(tmp_path_factory, fsdd_dir, make_shards) -> Path:
+    """Every 5th FSDD recording (600: all digits and speakers), several shards, for training jobs."""
+    work = tmp_path_factory.mktemp("fsdd_small")
+    manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv", every=5)
+    out = work / "shards"
+    code = make_shards.main(["--manifest", str(manifest), "--out", str(out), "--shard-size", "300KB", "--backend", "local", "--quiet"])
     assert code == 0
     return out

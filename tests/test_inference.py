@@ -62,6 +62,9 @@ def test_checkpoint_errors_name_the_file(tmp_path, model):
         save_checkpoint(path, model, ["a", "b"], STATS, RATE, multi_label=False)
     with pytest.raises(ValueError, match="fbank_stats lacks"):
         save_checkpoint(path, model, LABELS, {"mean": 0.0}, RATE, multi_label=False)
+    save_checkpoint(path, model, LABELS, STATS, RATE, multi_label=False, compression="avgpool")
+    with pytest.raises(ValueError, match="'avgpool' compression"):
+        Classifier.from_checkpoint(path)
 
 
 def test_clips_predicted_together_equal_each_alone(classifier):

@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from elasticast import ElasticAST, loss, preset
-from elasticast.attention import run_ids
+from elasticast.attention import run_bounds, run_ids
 from loaders.batch import PackedBatch
 
 CPU_BACKENDS = ["split", "dense", "flex"]
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled flex, varlen)")
+# backend -> (autocast dtype or None, tolerance): varlen is a half-precision kernel
+CUDA_BACKENDS = {"flex": (None, 1e-4), "dense": (None, 1e-4), "varlen": (torch.bfloat16, 3e-2)}
 
 
 def small_model(**overrides) -> ElasticAST:
@@ -51,26 +54,37 @@ def make_batch(rows: list[list[int]], samples: list[torch.Tensor], length: int, 
                        scale=torch.ones(count), keys=keys)
 
 
-def logits_by_key(model, batch, backend):
-    with torch.no_grad():
-        return dict(zip(batch.keys, model(batch, attention=backend)))
+def logits_by_key(model, batch, backend, device="cpu", dtype=None):
+    with torch.no_grad(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+        return dict(zip(batch.keys, model(batch.to(device), attention=backend).float().cpu()))
+
+
+def assert_packing_invariant(model, backend, atol, device="cpu", dtype=None):
+    model = model.to(device)
+    samples = random_samples(9, seed=1)
+    alone = {}
+    for i in range(len(samples)):
+        alone.update(logits_by_key(model, make_batch([[i]], samples, 128), backend, device, dtype))
+    order = list(range(len(samples)))
+    for seed in range(3):
+        random.Random(seed).shuffle(order)
+        rows = [order[0:4], order[4:6], order[6:]]
+        batch = make_batch(rows, samples, 320, pad_value=float(seed * 7 - 3), holes={order[5]: 16})
+        for key, value in logits_by_key(model, batch, backend, device, dtype).items():
+            assert torch.allclose(value, alone[key], atol=atol, rtol=0), (backend, key)
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")  # eager flex is the CPU path
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 def test_logits_are_the_same_packed_in_any_row_and_order_as_alone(backend):
-    model = small_model()
-    samples = random_samples(9, seed=1)
-    alone = {}
-    for i in range(len(samples)):
-        alone.update(logits_by_key(model, make_batch([[i]], samples, 128), backend))
-    order = list(range(len(samples)))
-    for seed in range(3):
-        random.Random(seed).shuffle(order)
-        rows = [order[0:4], order[4:6], order[6:]]
-        packed = logits_by_key(model, make_batch(rows, samples, 320, pad_value=float(seed * 7 - 3), holes={order[5]: 16}), backend)
-        for key, value in packed.items():
-            assert torch.allclose(value, alone[key], atol=1e-5, rtol=0), (backend, key)
+    assert_packing_invariant(small_model(), backend, atol=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", sorted(CUDA_BACKENDS))
+def test_packing_invariance_on_cuda(backend):
+    dtype, atol = CUDA_BACKENDS[backend]
+    assert_packing_invariant(small_model(), backend, atol, "cuda", dtype)
 
 
 @pytest.mark.parametrize("backend", ["split", "dense"])
@@ -88,18 +102,39 @@ def test_gradient_of_one_sample_never_reaches_another(backend):
     assert torch.equal(grad[~own], torch.zeros_like(grad[~own]))  # other samples and padding: exactly 0
 
 
-def test_split_agrees_with_dense_forward_and_backward():
+def outputs_and_gradients(backend, device="cpu", dtype=None):
     samples = random_samples(7, seed=3)
-    batch = make_batch([[0, 1, 2], [3, 4, 5, 6]], samples, 384, holes={4: 24})
-    grads = {}
-    for backend in ("dense", "split"):
-        model = small_model().train()
+    batch = make_batch([[0, 1, 2], [3, 4, 5, 6]], samples, 384, holes={4: 24}).to(device)
+    model = small_model().train().to(device)
+    with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
         out = model(batch, attention=backend)
         loss(out, batch.labels).backward()
-        grads[backend] = (out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()})
-    assert torch.allclose(grads["split"][0], grads["dense"][0], atol=1e-5)
-    for name, value in grads["dense"][1].items():
-        assert torch.allclose(grads["split"][1][name], value, atol=1e-5), name
+    return out.detach().float().cpu(), {n: p.grad.float().cpu() for n, p in model.named_parameters()}
+
+
+def assert_agree(a, b, atol):
+    assert torch.allclose(a[0], b[0], atol=atol)
+    for name, value in b[1].items():
+        assert torch.allclose(a[1][name], value, atol=atol, rtol=atol), name
+
+
+def test_split_agrees_with_dense_forward_and_backward():
+    assert_agree(outputs_and_gradients("split"), outputs_and_gradients("dense"), 1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend", ["flex", "varlen"])
+def test_cuda_backends_agree_with_dense_forward_and_backward(backend):
+    dtype, atol = CUDA_BACKENDS[backend]
+    assert_agree(outputs_and_gradients(backend, "cuda", dtype), outputs_and_gradients("dense", "cuda", dtype), atol)
+
+
+def test_varlen_needs_cuda_and_its_bounds_follow_the_runs():
+    ids = torch.tensor([[1, 1, 0, 0, 2, 2, 2, 0], [1, 2, 3, 3, 0, 0, 0, 0]])
+    bounds, longest = run_bounds(run_ids(ids))
+    assert bounds.tolist() == [0, 2, 4, 7, 8, 9, 10, 12, 16] and longest == 4 and bounds.dtype == torch.int32
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        small_model()(make_batch([[0]], random_samples(1, seed=0), 128), attention="varlen")
 
 
 def test_runs_separate_samples_and_padding_stretches():
@@ -121,11 +156,32 @@ def test_loss_helpers_and_padding_batches():
     assert loss(model(batch), multi) > 0
 
 
-def test_time_positions_beyond_the_table_are_refused():
-    model = small_model()
-    long_sample = [torch.randn(8 * 65, 256)]
+def test_all_padding_batches_reach_every_parameter_with_a_zero_loss():
+    """DDP needs every parameter in the graph on every rank, also on filler batches."""
+    from elasticast.ast_baseline import ASTBaseline
+
+    empty = make_batch([[]], random_samples(1, seed=0), 128)
+    torch.manual_seed(0)
+    for model in (small_model().train(), ASTBaseline(preset("tiny", num_classes=5, dim=64, depth=2, heads=4), target_frames=64)):
+        value = loss(model(empty), empty.labels)
+        value.backward()
+        assert value == 0 and all(p.grad is not None for p in model.parameters()), type(model).__name__
+
+
+def test_time_positions_beyond_the_table_are_refused_or_interpolated_per_sample():
+    samples = random_samples(3, seed=6) + [torch.randn(8 * 100, 256)]  # 100 time patches; the table has 64
     with pytest.raises(ValueError, match="crop inputs to max_frames"):
-        model(make_batch([[0]], long_sample, 8 * 65))
+        small_model()(make_batch([[3]], samples, 8 * 100))
+    strict, stretched = small_model(), small_model(beyond_table="interpolate")
+    packed = logits_by_key(stretched, make_batch([[0, 3], [1, 2]], samples, 8 * 110), "split")
+    assert torch.allclose(packed["3"], logits_by_key(stretched, make_batch([[3]], samples, 8 * 100), "split")["3"], atol=1e-5)
+    within = logits_by_key(strict, make_batch([[0], [1, 2]], samples, 128), "split")
+    for key, value in within.items():  # a sample inside the table reads it unchanged, whatever it is packed with
+        assert torch.allclose(packed[key], value, atol=1e-5), key
+    first, last = stretched.time_embedding(make_batch([[3]], samples, 8 * 100))[0, [0, -1]]
+    assert torch.equal(first, stretched.time_embed[0]) and torch.allclose(last, stretched.time_embed[-1])
+    with pytest.raises(ValueError, match="beyond_table"):
+        preset("tiny", 10, beyond_table="wrap")
 
 
 def test_presets_and_bad_configs():

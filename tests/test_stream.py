@@ -73,8 +73,6 @@ def test_rows_hold_whole_samples_with_correct_positions_and_features(demo_shards
         assert torch.all(batch.patches[batch.segment_ids == 0] == 0)
         mask = batch.attention_mask()
         assert torch.equal(mask[0], (batch.segment_ids[0][:, None] == batch.segment_ids[0][None]) & (batch.segment_ids[0] > 0)[:, None])
-        bounds, longest = batch.cu_seqlens()
-        assert bounds[0] == 0 and bounds[-1] == batch.segment_ids.numel() and longest <= 2048
     assert checked == 6
 
 

@@ -1,0 +1,97 @@
+"""The evaluation points and what each model sees at one.
+
+Length sweep (the paper's Figure 4), at a cap of L frames:
+- ElasticAST crops only clips longer than L; shorter ones are processed as they are, unpadded.
+- AST's input size becomes L: every clip is cropped or zero-padded to L frames and its time
+  positions are resampled to that grid (its trained size is one point of the sweep).
+- The `native` point: ElasticAST on whole clips (up to its `max_frames`), each AST at the
+  size it was trained at (the paper's scattered dots).
+
+Resolution sweep (Figure 5), at scale C (frame shift 10*C ms, or `avgpool` of C frames):
+every model gets whole clips at C; AST crops or pads them to its trained size.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from elasticast.evaluation.candidates import Candidate
+from elasticast.training.loop import predict_many
+from elasticast.training.metrics import score
+from loaders import PackedStream
+from loaders.tokens import N_MELS, PATCH
+
+SWEEPS = ("length", "scale")
+COMPRESSIONS = ("shift", "avgpool")
+DEFAULT_SCALES = tuple(round(1.0 + 0.2 * k, 1) for k in range(16))  # 1.0, 1.2, ..., 4.0
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluation condition. `max_frames=None` means native: no cap below the models' own."""
+
+    sweep: str
+    max_frames: int | None = None
+    scale: float = 1.0
+    compression: str = "shift"
+
+    @property
+    def name(self) -> str:
+        if self.sweep == "length":
+            return "native" if self.max_frames is None else f"{self.max_frames} frames"
+        return f"C={self.scale:g} {self.compression}"
+
+    def cap(self, native_frames: int) -> int:
+        """The frames a clip may keep: the point's cap, else the models' own table size."""
+        return native_frames if self.max_frames is None else self.max_frames
+
+    def ast_frames(self, target_frames: int) -> int:
+        """AST's input size here: the length-sweep cap, else the size it was trained at."""
+        return target_frames if self.max_frames is None else self.max_frames
+
+
+def sweep_points(sweeps: tuple[str, ...], lengths: tuple[int, ...], scales: tuple[float, ...], compressions: tuple[str, ...]) -> list[Point]:
+    """The length points (native first, then each cap) and the resolution points (each C per
+    compression; avgpool takes whole C only, the others are skipped)."""
+    for name, values, allowed in (("sweep", sweeps, SWEEPS), ("compression", compressions, COMPRESSIONS)):
+        unknown = sorted(set(values) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown {name} {unknown}; choose from {list(allowed)}")
+    bad = [length for length in lengths if length < PATCH or length % PATCH]
+    if bad:
+        raise ValueError(f"lengths {bad} must be positive multiples of {PATCH} frames")
+    points = []
+    if "length" in sweeps:
+        points += [Point("length")] + [Point("length", max_frames=length) for length in sorted(set(lengths))]
+    if "scale" in sweeps:
+        for compression in compressions:
+            kept = [c for c in scales if compression == "shift" or float(c).is_integer()]
+            points += [Point("scale", scale=round(float(c), 1), compression=compression) for c in kept]
+    return points
+
+
+def evaluate_point(
+    point: Point, split: str, candidates: list[Candidate], native_frames: int, backend: str = "local", workers: int = 1, rows_per_batch: int = 4
+) -> list[dict]:
+    """One result row per candidate at `point`: the split is featurized once and every model
+    scores the same batches."""
+    cap = point.cap(native_frames)
+    stream = PackedStream(
+        split, rows_per_batch=rows_per_batch, max_tokens=max(2048, cap // PATCH * (N_MELS // PATCH)), scales=(point.scale,),
+        compression=point.compression, max_frames=cap, shuffle=False, backend=backend, workers=workers,
+    )
+    keys, logits, labels = predict_many([c.forward_at(point) for c in candidates], stream.epoch(0))
+    stats = stream.stats[0]
+    rows = []
+    for candidate, candidate_logits in zip(candidates, logits):
+        metrics = score(candidate_logits, labels)
+        ast = candidate.kind == "ast"
+        input_frames = point.ast_frames(candidate.target_frames) if ast else None
+        rows.append({
+            "checkpoint": candidate.name, "model": candidate.kind, "sweep": point.sweep, "point": point.name,
+            "max_frames": point.max_frames or "", "scale": point.scale, "compression": point.compression,
+            "input_frames": input_frames or "",
+            "metric": metrics["metric"], "metric_name": next(k for k in metrics if k != "metric"),
+            "samples": len(keys), "failed": stats["failed"],
+            "tokens_per_clip": candidate.model.tokens_for(input_frames) if ast else stats["tokens"] / max(stats["samples"], 1),
+        })
+    return rows

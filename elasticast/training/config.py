@@ -1,0 +1,149 @@
+"""One training configuration: dataclass defaults < YAML file (`--config`) < command-line flags.
+
+Every field is a flag (`--max-tokens 1024`, `--scales 1.0 2.0 4.0`, `--no-shuffle`), so the
+dataclass is the single list of knobs.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from elasticast.config import PRESETS
+
+CHOICES = {
+    "preset": tuple(PRESETS),
+    "model": ("elasticast", "ast"),
+    "pooling": ("cls", "mean"),
+    "packing": ("first_fit", "greedy"),
+    "compression": ("shift", "avgpool"),
+    "loader": ("ray", "local"),
+    "schedule": ("cosine", "step", "constant"),
+    "label_type": ("auto", "single", "multi"),
+    "attention": ("auto", "split", "dense", "flex", "varlen"),
+    "wandb": ("offline", "online", "disabled"),
+    "device": ("auto", "cpu", "cuda"),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Defaults train the tiny preset on the demo shard set in a few minutes on 2 CPU cores."""
+
+    # data and run
+    shards: str = "shards/demo"  # a make_shards output: trains on `train`, validates on `test`
+    out: str = "runs/demo"
+    epochs: int = 6
+    seed: int = 0
+    resume: bool = False  # continue the run in `out` from its latest checkpoint
+    stop_after: int = 0  # end this invocation after that many epochs in all (0 = run to `epochs`); schedules still follow `epochs`
+    # model
+    preset: str = "tiny"
+    model: str = "elasticast"
+    target_frames: int = 1024  # ast: every sample cropped/padded to this many frames
+    pooling: str = "cls"  # ast
+    attention: str = "auto"
+    compile: bool = False  # torch.compile the model
+    # packing and features
+    packing: str = "first_fit"
+    max_tokens: int = 2048
+    rows_per_batch: int = 2
+    buffer: int = 1024
+    scales: tuple[float, ...] = (1.0,)  # temporal resolutions C drawn per sample; (1.0,) = native
+    compression: str = "shift"
+    max_frames: int = 3072
+    freq_mask: int = 0  # SpecAugment widths in bins / frames (0 = off)
+    time_mask: int = 0
+    shuffle: bool = True
+    label_type: str = "auto"  # auto: what the shard set says
+    # optimisation
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.01  # cosine ends at lr * this
+    decay_start: int = 5  # step schedule (the paper's): from this epoch ...
+    decay_every: int = 1  # ... every this many epochs ...
+    decay_factor: float = 0.85  # ... multiply lr by this
+    clip_grad: float = 1.0  # max gradient norm (0 = off)
+    # resources
+    workers: int = 1  # Ray Train workers (DDP ranks)
+    device: str = "auto"  # auto: CUDA when the cluster has GPUs
+    cpus_per_worker: float = 1.0  # Ray CPUs reserved per worker
+    threads: int = 0  # torch threads per worker; 0 = the node's cores / workers on the node
+    loader: str = "ray"  # ray: Ray Data actors assemble batches; local: in the trainer process
+    loader_workers: int = 1  # Ray Data actors per trainer rank
+    loader_cpus: float = 1.0  # CPUs per loader actor (fractions allowed)
+    max_failures: int = 1  # worker failures Ray Train recovers from (from the latest checkpoint)
+    wandb: str = "offline"
+    wandb_project: str = "elasticast"
+
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
+        self.scales = tuple(float(c) for c in self.scales)
+        positive = ("epochs", "rows_per_batch", "max_tokens", "buffer", "workers", "loader_workers", "max_frames", "target_frames")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.scales or min(self.scales) < 1.0:
+            raise ValueError(f"scales must be C >= 1.0 (1.0 = the base 10 ms frame shift), got {self.scales}")
+        if self.lr <= 0 or self.cpus_per_worker <= 0 or self.loader_cpus <= 0:
+            raise ValueError("lr, cpus_per_worker and loader_cpus must be > 0")
+        if not 0 <= self.stop_after <= self.epochs:
+            raise ValueError(f"stop_after must be in 0..epochs ({self.epochs}), got {self.stop_after}")
+
+    @property
+    def run_epochs(self) -> int:
+        """Epochs this invocation runs up to."""
+        return self.stop_after or self.epochs
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self) | {"scales": list(self.scales)}
+
+
+def load_yaml(path: str | Path) -> dict:
+    """The overrides in a YAML file; unknown keys are refused by name."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(values).__name__}")
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"{path}: unknown config keys {unknown}")
+    hints = typing.get_type_hints(TrainConfig)
+    try:  # YAML reads 1e-3 as a string: coerce scalars to the field's type
+        return {k: hints[k](v) if hints[k] in (int, float) else v for k, v in values.items()}
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
+def parse_args(argv: list[str] | None, description: str = "") -> TrainConfig:
+    """Defaults, then `--config FILE`, then the flags given; each flag is a dataclass field."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML file of config keys (flags given here override it)")
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
+        help_text = f"default: {f.default}" + (f" (one of {', '.join(CHOICES[f.name])})" if f.name in CHOICES else "")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(kind) in (tuple, list):
+            item = typing.get_args(kind)[0]
+            parser.add_argument(flag, nargs="+", type=item, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
+    args = vars(parser.parse_args(argv))
+    values = load_yaml(args.pop("config")) if args.get("config") else {}
+    values.update({name: value for name, value in args.items() if value is not None})
+    try:
+        return TrainConfig(**values)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))

@@ -1,0 +1,111 @@
+"""A plain-PyTorch training epoch and split prediction over `PackedBatch` iterables.
+
+Ray-free: `jobs/train.py` runs these inside Ray Train workers; any other trainer can run them
+on `loaders.PackedStream(..., backend="local").epoch(e)`.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from elasticast.ast_baseline import ASTBaseline
+from elasticast.config import preset
+from elasticast.model import ElasticAST, loss
+from elasticast.training.config import TrainConfig
+from loaders.batch import PackedBatch
+
+
+def build_model(config: TrainConfig, num_classes: int) -> ElasticAST | ASTBaseline:
+    model_config = preset(config.preset, num_classes, max_frames=config.max_frames, attention=config.attention)
+    if config.model == "ast":
+        return ASTBaseline(model_config, config.target_frames, config.pooling)
+    return ElasticAST(model_config)
+
+
+@dataclass
+class EpochResult:
+    """What one rank did in one epoch; token counts are as the model computed them."""
+
+    steps: int = 0
+    samples: int = 0
+    loss_sum: float = 0.0  # per-sample loss, summed
+    tokens: int = 0  # real tokens computed
+    slots: int = 0  # token slots computed (real + padding)
+    cut_tokens: int = 0
+    seconds: float = 0.0
+    data_wait_s: float = 0.0
+    failed: int = 0  # samples the loader could not read (left as padding, named in its log)
+    keys: list[str] = field(default_factory=list)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.samples, 1)
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[PackedBatch],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    device: torch.device,
+    clip_grad: float = 0.0,
+    usage: Callable[[PackedBatch], tuple[int, int, int]] | None = None,
+) -> EpochResult:
+    """One pass: a step per batch (all-padding fillers included, so DDP ranks stay in step).
+    bf16 autocast on CUDA. `usage` counts (real, slots, cut) tokens; default: the packed row."""
+    model.train()
+    usage = usage or ElasticAST.token_usage
+    result, started = EpochResult(), time.perf_counter()
+    waited = started
+    for batch in batches:
+        result.data_wait_s += time.perf_counter() - waited
+        batch = batch.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(batch)
+        value = loss(logits.float(), batch.labels)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        if clip_grad > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
+        optimizer.step()
+        scheduler.step()
+        real, slots, cut = usage(batch)
+        result.steps += 1
+        result.samples += batch.num_samples
+        result.loss_sum += float(value.detach()) * batch.num_samples
+        result.tokens, result.slots, result.cut_tokens = result.tokens + real, result.slots + slots, result.cut_tokens + cut
+        result.keys.extend(batch.keys)
+        waited = time.perf_counter()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+@torch.no_grad()
+def predict(model: nn.Module, batches: Iterable[PackedBatch], device: torch.device) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Keys, fp32 logits and labels of every sample in `batches`, in delivery order."""
+    model.eval()
+    keys, (logits,), labels = predict_many([model], batches, device)
+    return keys, logits, labels
+
+
+@torch.no_grad()
+def predict_many(
+    forwards: Sequence[Callable[[PackedBatch], torch.Tensor]], batches: Iterable[PackedBatch], device: torch.device = torch.device("cpu")
+) -> tuple[list[str], list[torch.Tensor], torch.Tensor]:
+    """Keys, each forward's fp32 logits and the labels, with every batch featurized once and
+    fed to all forwards (models in eval mode, or callables around them)."""
+    keys, logits, labels = [], [[] for _ in forwards], []
+    for batch in batches:
+        batch = batch.to(device)
+        for out, forward in zip(logits, forwards):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out.append(forward(batch).float().cpu())
+        keys.extend(batch.keys)
+        labels.append(batch.labels.cpu())
+    if not labels:
+        raise ValueError("predict: the stream delivered no batches (is the split empty?)")
+    return keys, [torch.cat(out) for out in logits], torch.cat(labels)

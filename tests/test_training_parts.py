@@ -1,0 +1,64 @@
+"""The Ray-free training parts: config layering, schedules, metrics, one epoch on real batches."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from elasticast.training.config import TrainConfig, parse_args
+from elasticast.training.metrics import mean_average_precision, score
+from elasticast.training.schedule import lr_factor, make_optimizer
+
+
+def test_flags_override_yaml_which_overrides_defaults(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("lr: 3e-4\nepochs: 7\nscales: [1.0, 2.5]\npacking: greedy\n")
+    config = parse_args(["--config", str(path), "--epochs", "9", "--no-shuffle", "--scales", "1", "4"])
+    assert (config.lr, config.epochs, config.scales, config.packing, config.shuffle) == (3e-4, 9, (1.0, 4.0), "greedy", False)
+    assert parse_args([]) == TrainConfig()
+
+
+@pytest.mark.parametrize("text, message", [("lr: 1\nbogus: 2\n", "unknown config keys \\['bogus'\\]"), ("- 1\n", "expected a mapping")])
+def test_bad_yaml_is_refused_by_name(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        parse_args(["--config", str(path)])
+
+
+@pytest.mark.parametrize("flags", [["--packing", "best"], ["--scales", "0.5"], ["--epochs", "0"], ["--stop-after", "99"]])
+def test_bad_flags_exit_with_a_message(flags, capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse_args(flags)
+    assert raised.value.code == 2 and "error" in capsys.readouterr().err
+
+
+def test_schedules():
+    cosine = TrainConfig(epochs=10, warmup_epochs=1, min_lr_ratio=0.0)
+    assert lr_factor(0, 10, cosine) == pytest.approx(0.1) and lr_factor(9, 10, cosine) == 1.0
+    assert lr_factor(10 + 45, 10, cosine) == pytest.approx(0.5) and lr_factor(99, 10, cosine) == pytest.approx(0, abs=1e-3)
+    step = TrainConfig(epochs=10, warmup_epochs=0, schedule="step", decay_start=3, decay_every=2, decay_factor=0.5)
+    assert [lr_factor(e * 10, 10, step) for e in range(8)] == [1, 1, 1, 0.5, 0.5, 0.25, 0.25, 0.125]
+    assert lr_factor(50, 10, TrainConfig(warmup_epochs=0, schedule="constant")) == 1.0
+
+
+def test_no_weight_decay_on_biases_norms_and_position_tables():
+    from elasticast.training.loop import build_model
+
+    model = build_model(TrainConfig(), num_classes=3)
+    decayed, plain = make_optimizer(model, TrainConfig()).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert {names[id(p)] for p in plain["params"]} >= {"freq_embed", "time_embed", "head.bias", "norm.weight"}
+    assert all(names[id(p)].endswith("weight") and p.ndim == 2 for p in decayed["params"])
+
+
+def test_metrics():
+    logits = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    assert score(logits, torch.tensor([0, 1, 1])) == {"metric": pytest.approx(2 / 3), "accuracy": pytest.approx(2 / 3)}
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    assert mean_average_precision(logits, targets) == 1.0
+    # class 0 ranked [0.9, 0.7, 0.2], positive at rank 2: AP 1/2; class 1 ranked [0.8, 0.3, 0.1],
+    # positives at ranks 1 and 3: AP (1 + 2/3) / 2
+    targets = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    assert math.isclose(score(logits, targets)["mAP"], (0.5 + (1 + 2 / 3) / 2) / 2, abs_tol=1e-6)
