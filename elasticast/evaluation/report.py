@@ -74,11 +74,13 @@ def _plot(path: Path, sweep: str, rows: list[dict]) -> Path:
                     x = r["input_frames"] or r["tokens_per_clip"] * 2  # 8 tokens per 16 frames
                     axes.scatter([x], [r["metric"]], s=80, marker="*", color=drawn[0].get_color(), zorder=3)
         else:
+            color = None  # the avgpool line takes its checkpoint's colour, dashed
             for compression, style in (("shift", "-"), ("avgpool", "--")):
                 line = [r for r in own if r["compression"] == compression]
                 if line:
-                    axes.plot([r["scale"] for r in line], [r["metric"] for r in line], style, marker=".",
-                              label=name if compression == "shift" else f"{name} (avgpool)")
+                    drawn = axes.plot([r["scale"] for r in line], [r["metric"] for r in line], style, marker=".", color=color,
+                                      label=name if compression == "shift" else f"{name} (avgpool)")
+                    color = drawn[0].get_color()
     if sweep == "length":
         axes.set_xscale("log", base=2)
     axes.set_xlabel("maximum length (frames)" if sweep == "length" else "resolution C (frame shift 10*C ms)")
