@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,8 @@ import yaml
 
 from elasticast import save_checkpoint
 from elasticast.training.config import TrainConfig, parse_args
-from elasticast.training.loop import EpochResult, build_model, predict, train_epoch
+from elasticast.training.epoch_report import epoch_metrics, key_counts, progress_line
+from elasticast.training.loop import build_model, predict, train_epoch
 from elasticast.training.metrics import score
 from elasticast.training.schedule import make_optimizer, make_scheduler
 from loaders import PackedStream
@@ -63,51 +63,6 @@ def gather(value, world: int) -> list:
     out = [None] * world
     torch.distributed.all_gather_object(out, value)
     return out
-
-
-def key_counts(train: PackedStream, epoch: int, seen: list[str], failed: int) -> dict:
-    """How often each training key was delivered this epoch; exactly once is the invariant."""
-    counts = Counter(seen)
-    expected = set(train.index["key"].tolist())
-    return {
-        "epoch": epoch,
-        "expected": len(expected),
-        "seen": len(counts),
-        "exactly_once": set(counts) == expected and all(c == 1 for c in counts.values()),
-        "duplicates": sorted(k for k, c in counts.items() if c > 1),
-        "missing": sorted(expected - set(counts)),
-        "failed": failed,
-        "counts": dict(sorted(counts.items())),
-    }
-
-
-def epoch_metrics(epoch: int, result: EpochResult, totals: list[EpochResult], valid: dict, lr: float) -> dict:
-    """The epoch over all ranks (`totals`); data wait is this rank's (`result`)."""
-    samples, tokens = sum(r.samples for r in totals), sum(r.tokens for r in totals)
-    slots, cut = sum(r.slots for r in totals), sum(r.cut_tokens for r in totals)
-    seconds = max(r.seconds for r in totals)
-    return {
-        "epoch": epoch + 1,
-        "train_loss": sum(r.loss_sum for r in totals) / max(samples, 1),
-        "lr": lr,
-        "samples_per_s": samples / seconds,
-        "tokens_per_s": tokens / seconds,
-        "pad_ratio": 1 - tokens / max(slots, 1),
-        "cut_ratio": cut / max(tokens + cut, 1),
-        "data_wait": result.data_wait_s / max(result.seconds, 1e-9),
-        "epoch_s": seconds,
-        "failed_samples": sum(r.failed for r in totals),
-        **{f"val_{name}": value for name, value in valid.items()},
-    }
-
-
-def progress_line(metrics: dict, epochs: int, elapsed: float, done: int) -> str:
-    eta = elapsed / max(done, 1) * (epochs - metrics["epoch"])
-    name = "accuracy" if "val_accuracy" in metrics else "mAP"
-    return (f"epoch {metrics['epoch']}/{epochs} | loss {metrics['train_loss']:.4f} | {metrics['samples_per_s']:.1f} samples/s | "
-            f"{metrics['tokens_per_s']:.0f} tokens/s | pad {metrics['pad_ratio']:.1%} | cut {metrics['cut_ratio']:.1%} | "
-            f"data wait {metrics['data_wait']:.0%} | val {name} {metrics['val_metric']:.4f} | "
-            f"{metrics['epoch_s']:.0f} s/epoch | ETA {eta / 60:.1f} min")
 
 
 def save_state(folder: Path, model, optimizer, scheduler, epoch: int, history: list, train: PackedStream, config: TrainConfig) -> None:
@@ -179,7 +134,7 @@ def train_worker(values: dict) -> None:
         history.append(metrics)
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
-                counts = key_counts(train, epoch, [k for r in results for k in r.keys], metrics["failed_samples"])
+                counts = key_counts(train.index["key"].tolist(), epoch, [k for r in results for k in r.keys], metrics["failed_samples"])
                 (run / "keys").mkdir(exist_ok=True)
                 (run / "keys" / f"epoch-{epoch:03d}.json").write_text(json.dumps(counts))
                 (run / "history.json").write_text(json.dumps(history, indent=1))

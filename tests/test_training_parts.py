@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from elasticast.training.config import TrainConfig, parse_args
+from elasticast.training.epoch_report import epoch_metrics, key_counts, progress_line
+from elasticast.training.loop import EpochResult
 from elasticast.training.metrics import mean_average_precision, score
 from elasticast.training.schedule import lr_factor, make_optimizer
 
@@ -62,3 +64,20 @@ def test_metrics():
     # positives at ranks 1 and 3: AP (1 + 2/3) / 2
     targets = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
     assert math.isclose(score(logits, targets)["mAP"], (0.5 + (1 + 2 / 3) / 2) / 2, abs_tol=1e-6)
+
+
+def test_key_counts_flag_missing_and_duplicated_keys():
+    assert key_counts(["a", "b", "c"], 0, ["c", "a", "b"], failed=0)["exactly_once"]
+    counts = key_counts(["a", "b", "c"], 3, ["a", "a", "b"], failed=1)
+    assert (counts["exactly_once"], counts["duplicates"], counts["missing"], counts["counts"]) == (False, ["a"], ["c"], {"a": 2, "b": 1})
+
+
+def test_epoch_metrics_merge_ranks_and_progress_line():
+    ranks = [EpochResult(samples=6, loss_sum=3.0, tokens=90, slots=100, cut_tokens=10, seconds=2.0, data_wait_s=0.5),
+             EpochResult(samples=4, loss_sum=1.0, tokens=90, slots=100, cut_tokens=0, seconds=3.0, data_wait_s=0.0)]
+    metrics = epoch_metrics(1, ranks[0], ranks, {"metric": 0.75, "accuracy": 0.75}, lr=1e-3)
+    assert metrics["epoch"] == 2 and metrics["train_loss"] == pytest.approx(0.4)  # per sample over both ranks
+    assert (metrics["samples_per_s"], metrics["tokens_per_s"]) == (pytest.approx(10 / 3), pytest.approx(60.0))  # slowest rank's time
+    assert (metrics["pad_ratio"], metrics["cut_ratio"], metrics["data_wait"]) == (pytest.approx(0.1), pytest.approx(10 / 190), 0.25)
+    line = progress_line(metrics, epochs=4, elapsed=6.0, done=2)
+    assert line.startswith("epoch 2/4 | loss 0.4000") and "val accuracy 0.7500" in line and line.endswith("ETA 0.1 min")
