@@ -1,8 +1,9 @@
 """The standard AST, for the paper's comparisons: every sample cropped or zero-padded to
 `target_frames`, full attention over its own fixed-size token grid, [cls] or mean pooling,
 one 2D position table. Evaluated at another input size (`frames=`), the time axis of that table
-is linearly resampled to the new grid, as AST's own code adapts its positions. Same blocks as ElasticAST; reads the same `PackedBatch`es (each
-sample's tokens are taken out of the packed rows), so one loader feeds both models.
+is linearly resampled to the new grid, as AST's own code adapts its positions. Same blocks as
+ElasticAST; reads the same `PackedBatch`es (each sample's tokens are taken out of the packed
+rows), so one loader feeds both models.
 """
 from __future__ import annotations
 

@@ -96,7 +96,6 @@ class ElasticAST(nn.Module):
             x = block(x, layout)
         return self.head(self.head_norm(self.pool(self.norm(x), batch)))
 
-
     @staticmethod
     def token_usage(batch: PackedBatch) -> tuple[int, int, int]:
         """(real tokens computed, token slots computed, tokens cut upstream) for this batch."""

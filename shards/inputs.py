@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -118,6 +119,25 @@ def read_manifest(path: str | Path, test_fraction: float) -> tuple[list[Source],
         except ValueError as exc:
             skipped.append(Skipped(str(row.get("path") or where), "invalid manifest row", f"{where}: {exc}"))
     return dedupe_keys(_keys_from_common_folder(sources)), skipped
+
+
+MANIFEST_COLUMNS = ("path", "label", "split", "start", "end")
+
+
+def write_manifest(path: str | Path, rows: Iterable[dict]) -> Path:
+    """A .csv manifest that `read_manifest` reads back: one dict per row with `path` and `label`
+    (';' joins several) and optionally `split`, `start`, `end`; columns no row uses are left out."""
+    rows = list(rows)
+    unknown = sorted({key for row in rows for key in row} - set(MANIFEST_COLUMNS))
+    if unknown:
+        raise ValueError(f"manifest columns {unknown} are not among {list(MANIFEST_COLUMNS)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[c for c in MANIFEST_COLUMNS if any(c in row for row in rows)])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def _keys_from_common_folder(sources: list[Source]) -> list[Source]:

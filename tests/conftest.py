@@ -48,7 +48,7 @@ def fsdd_dir() -> Path:
 
 def write_fsdd_manifest(recordings: Path, path: Path, every: int = 1) -> Path:
     """The FSDD example's manifest writer (conventional split: takes 0-4 test)."""
-    return load_script("examples/fsdd_digits/manifest.py").write_manifest(recordings, path, every)
+    return load_script("examples/fsdd_digits/manifest.py").digit_manifest(recordings, path, every)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """Bad input never crashes make_shards and never costs a valid sample; each skip names a reason."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import soundfile as sf
 
 from shards import ShardDataset
 from shards.audio import resample
+from shards.inputs import write_manifest as write_rows
 
 GOOD = {"good_mono16k", "good_22k", "stereo44k", "vorbis", "mpeg", "good_mono16k__200-600ms"}
 EXPECTED_SKIPS = {
@@ -58,12 +58,7 @@ def write_manifest(folder: Path) -> Path:
         {"path": "mixed/good_mono16k.wav", "label": "b", "start": "0.5", "end": "5.0"},
         {"path": "mixed/good_22k.flac", "label": ""},
     ]
-    manifest = folder.parent / "rows.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["path", "label", "start", "end"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return manifest
+    return write_rows(folder.parent / "rows.csv", rows)
 
 
 def skipped_by_name(out: Path) -> dict[str, list[str]]:

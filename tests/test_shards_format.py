@@ -13,7 +13,7 @@ from shards import ShardDataset, ShardError, ShardSample, read_shard
 from shards.audio import encode_pcm16
 from shards.build import SAMPLE_OVERHEAD_BYTES, BuildConfig, plan_shards
 from shards.dataset import write_dataset_json
-from shards.inputs import Source, dedupe_keys, make_key, split_for
+from shards.inputs import Source, dedupe_keys, make_key, read_manifest, split_for, write_manifest
 from shards.tar import ShardWriter
 
 
@@ -119,3 +119,12 @@ def test_plan_order_depends_on_the_seed():
     order = lambda seed: [s["key"] for p in plan_shards(probed, BuildConfig(out=Path("/o"), seed=seed)) for s in p["sources"]]
     assert order(0) == order(0) != order(1)
     assert order(0) != sorted(order(0))
+
+
+def test_written_manifest_reads_back_and_unknown_columns_are_refused(tmp_path):
+    rows = [{"path": "a/x.wav", "label": "dog;bark", "split": "test"}, {"path": "a/y.wav", "label": "cat", "start": "0.5", "end": "2"}]
+    sources, skipped = read_manifest(write_manifest(tmp_path / "m.csv", rows), test_fraction=0.0)
+    assert skipped == []
+    assert [(s.labels, s.split, s.start_s, s.end_s) for s in sources] == [(("dog", "bark"), "test", None, None), (("cat",), "train", 0.5, 2.0)]
+    with pytest.raises(ValueError, match=r"manifest columns \['speaker'\]"):
+        write_manifest(tmp_path / "bad.csv", [{"path": "x.wav", "label": "a", "speaker": "s"}])

@@ -6,24 +6,21 @@ the test set, takes 5-49 train; the label is the spoken digit.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
+from shards.inputs import write_manifest
 
-def write_manifest(recordings: Path, path: Path, every: int = 1) -> Path:
+
+def digit_manifest(recordings: Path, path: Path, every: int = 1) -> Path:
     """`every`: keep every n-th recording by name (a smaller set with all digits and speakers)."""
     files = sorted(Path(recordings).glob("*.wav"))[::every]
     if not files:
         raise FileNotFoundError(f"no .wav recordings in {recordings}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split"])
-        for file in files:
-            digit, _speaker, take = file.stem.split("_")
-            writer.writerow([str(file.resolve()), digit, "test" if int(take) < 5 else "train"])
-    return path
+    rows = []
+    for file in files:
+        digit, _speaker, take = file.stem.split("_")
+        rows.append({"path": str(file.resolve()), "label": digit, "split": "test" if int(take) < 5 else "train"})
+    return write_manifest(path, rows)
 
 
 if __name__ == "__main__":
@@ -32,4 +29,4 @@ if __name__ == "__main__":
     parser.add_argument("out", type=Path)
     parser.add_argument("--every", type=int, default=1)
     args = parser.parse_args()
-    print(f"wrote {write_manifest(args.recordings, args.out, args.every)}")
+    print(f"wrote {digit_manifest(args.recordings, args.out, args.every)}")

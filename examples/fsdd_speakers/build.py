@@ -12,12 +12,13 @@ ones rare, as in VoxCeleb or Epic-Sounds), stopping early at 10 s. Writes OUT/au
 from __future__ import annotations
 
 import argparse
-import csv
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import soundfile
+
+from shards.inputs import write_manifest
 
 MAX_TAKES = 20
 MAX_SECONDS = 10.0
@@ -56,13 +57,8 @@ def build(recordings: Path, out: Path, train_clips: int = 600, test_clips: int =
                 pieces.append(wave)
             path = audio / f"{split}_{speaker}_{n:04d}.wav"
             soundfile.write(path, np.concatenate(pieces), rate, subtype="PCM_16")
-            rows.append([str(path.resolve()), speaker, split])
-    manifest = out / "manifest.csv"
-    with manifest.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label", "split"])
-        writer.writerows(rows)
-    return manifest
+            rows.append({"path": str(path.resolve()), "label": speaker, "split": split})
+    return write_manifest(out / "manifest.csv", rows)
 
 
 if __name__ == "__main__":
