@@ -7,9 +7,13 @@ Same VoxCeleb-like sample mix for both (4 s + lognormal(median 2.6 s, sigma 1), 
   attention; useful tokens = the real (non-padding) tokens;
 - AST (baseline, measured in the same run): every sample cropped/padded to 1024 frames (512
   tokens + [cls]), 8 samples a step (the same 4,096 patch tokens); useful = min(tokens, 512).
-Useful tokens per step are the means over the whole 4,000-sample pool (a step's cost does not
-depend on its content at fixed shapes; a few steps' own samples would make the ratio noisy),
-divided by the measured step time. One step = forward, loss, backward, AdamW update, fp32, all
+Useful tokens per step are the means over the whole 4,000-sample pool, divided by the measured
+step time. AST's step cost does not depend on its content; a packed step's does, through its
+attention spans, so the timed packed steps are rows drawn at random (seeded) from the whole packed
+pool, as the loader shuffles rows after packing. Packing emits rows seeded with the largest pending
+samples, so the first rows in emission order are far longer-spanned than the epoch's average.
+`span` (the token-weighted mean attention span, sum n^2 / sum n) shows how representative the
+timed steps are: timed / whole pool. One step = forward, loss, backward, AdamW update, fp32, all
 torch threads. Each configuration runs in a fresh process, so its peak resident memory
 (ru_maxrss) is its own.
 """
@@ -48,26 +52,38 @@ def random_batch(tokens: np.ndarray, rows: np.ndarray, offsets: np.ndarray, leng
     return from_features(features, rows, offsets, np.ones(len(tokens)), [str(i) for i in range(len(tokens))], labels, length)
 
 
-def elastic_steps(steps: int, generator) -> tuple[list[PackedBatch], float]:
-    """Batches of 2 packed rows, and the pool's mean useful tokens per step."""
+def span(tokens: np.ndarray) -> float:
+    """Token-weighted mean attention span (sum n^2 / sum n): attention work per token."""
+    return float((tokens.astype(np.float64) ** 2).sum() / tokens.sum())
+
+
+def elastic_steps(steps: int, generator) -> tuple[list[PackedBatch], float, tuple[float, float]]:
+    """Batches of 2 packed rows drawn at random from the packed pool, the pool's mean useful
+    tokens per step, and the attention span of (the timed steps, the whole pool)."""
     tokens = sample_tokens(4000)
     layout = Packing.from_rows(tokens, pack(tokens, LENGTH, "first_fit", 256), LENGTH)
     order, starts = layout.members()
-    batches = []
+    shuffled = np.random.default_rng(0).permutation(layout.n_rows)
+    batches, timed = [], []
     for step in range(steps):
-        members = np.concatenate([order[starts[r] : starts[r + 1]] for r in range(step * ROWS, (step + 1) * ROWS)])
-        batches.append(random_batch(tokens[members], layout.row[members] - step * ROWS, layout.offset[members], LENGTH, generator))
-    return batches, ROWS * LENGTH * (1 - layout.pad_ratio)
+        rows = shuffled[step * ROWS : (step + 1) * ROWS]
+        members = np.concatenate([order[starts[r] : starts[r + 1]] for r in rows])
+        in_batch = (layout.row[members][:, None] == rows).argmax(axis=1)
+        batches.append(random_batch(tokens[members], in_batch, layout.offset[members], LENGTH, generator))
+        timed.append(tokens[members])
+    return batches, ROWS * LENGTH * (1 - layout.pad_ratio), (span(np.concatenate(timed[1:])), span(tokens))
 
 
-def ast_steps(steps: int, generator) -> tuple[list[PackedBatch], float]:
-    """Batches of 8 fixed-size samples, and the pool's mean useful tokens per step."""
+def ast_steps(steps: int, generator) -> tuple[list[PackedBatch], float, tuple[float, float]]:
+    """Batches of 8 fixed-size samples, the pool's mean useful tokens per step, and the
+    attention span (always the full grid plus [cls])."""
     kept = np.minimum(sample_tokens(4000), AST_FRAMES // 16 * 8)
     batches = [
         random_batch(kept[i : i + AST_SAMPLES], np.arange(AST_SAMPLES), np.zeros(AST_SAMPLES, np.int64), AST_FRAMES // 2, generator)
         for i in range(0, steps * AST_SAMPLES, AST_SAMPLES)
     ]
-    return batches, AST_SAMPLES * float(kept.mean())
+    grid = AST_FRAMES // 16 * 8 + 1
+    return batches, AST_SAMPLES * float(kept.mean()), (grid, grid)
 
 
 def run_one(model_name: str, preset_name: str, steps: int) -> dict:
@@ -76,9 +92,9 @@ def run_one(model_name: str, preset_name: str, steps: int) -> dict:
     generator = torch.Generator().manual_seed(0)
     config = preset(preset_name, num_classes=10, max_frames=3072)
     if model_name == "elasticast":
-        model, (batches, useful) = ElasticAST(config), elastic_steps(steps + 1, generator)
+        model, (batches, useful, spans) = ElasticAST(config), elastic_steps(steps + 1, generator)
     else:
-        model, (batches, useful) = ASTBaseline(config, target_frames=AST_FRAMES), ast_steps(steps + 1, generator)
+        model, (batches, useful, spans) = ASTBaseline(config, target_frames=AST_FRAMES), ast_steps(steps + 1, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     timings = []
     for batch in batches:
@@ -88,7 +104,7 @@ def run_one(model_name: str, preset_name: str, steps: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         timings.append(time.perf_counter() - started)
     step_s = float(np.mean(timings[1:]))  # the first step warms up allocators and kernels
-    return {"step_s": step_s, "useful_per_step": useful, "useful_per_s": useful / step_s,
+    return {"step_s": step_s, "useful_per_step": useful, "useful_per_s": useful / step_s, "span": spans,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -105,7 +121,7 @@ def main() -> None:
         print(json.dumps(run_one(*args.one, args.steps)))
         return
     print(f"# Model training-step benchmark: {torch.get_num_threads()} torch threads, torch {torch.__version__}, fp32 CPU")
-    print(f"{'preset':6} {'model':18} {'step s':>7} {'useful/step':>11} {'useful tokens/s':>16} {'peak RSS MB':>12} {'vs AST':>7}")
+    print(f"{'preset':6} {'model':18} {'step s':>7} {'useful/step':>11} {'useful tokens/s':>16} {'peak RSS MB':>12} {'vs AST':>7} {'span timed/pool':>16}")
     for preset_name in args.presets:
         results = {}
         steps = args.steps if preset_name == "tiny" else max(1, args.steps // 2)
@@ -119,7 +135,7 @@ def main() -> None:
         for model_name, label in (("ast", "AST 1024 frames"), ("elasticast", "ElasticAST packed")):
             r = results[model_name]
             print(f"{preset_name:6} {label:18} {r['step_s']:7.2f} {r['useful_per_step']:11.0f} {r['useful_per_s']:16.0f} {r['peak_rss_mb']:12.0f} "
-                  f"{r['useful_per_s'] / results['ast']['useful_per_s']:6.2f}x")
+                  f"{r['useful_per_s'] / results['ast']['useful_per_s']:6.2f}x {r['span'][0]:7.0f} /{r['span'][1]:5.0f}")
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ def default_backend(device: torch.device) -> str:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention (qkv bias, 1/sqrt(d) scaling) restricted to runs."""
+    """Multi-head self-attention (qkv bias, 1/sqrt(d) scaling) restricted to runs; with no
+    layout, each row is one sequence (fixed-size inputs, as AST's) and all rows go to SDPA at once."""
 
     def __init__(self, dim: int, heads: int):
         super().__init__()
@@ -111,17 +112,17 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, layout: RunLayout) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: RunLayout | None) -> torch.Tensor:
         rows, length, dim = x.shape
         q, k, v = self.qkv(x).reshape(rows, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
-        if layout.mask is not None:
+        if layout is None:
+            out = F.scaled_dot_product_attention(q, k, v)
+        elif layout.mask is not None:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask)
         elif layout.block_mask is not None:
             out = _flex_attention(q.is_cuda)(q, k, v, block_mask=layout.block_mask)
         elif layout.cu_seqlens is not None:
             out = _varlen(q, k, v, layout)
-        elif rows == 0:  # an all-padding batch of a per-sample model (AST): nothing to attend
-            out = q
         else:
             out = torch.cat(
                 [

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticast.attention import Attention, build_layout, default_backend, run_ids
+from elasticast.attention import Attention, RunLayout, build_layout, default_backend, run_ids
 from elasticast.config import ModelConfig
 from loaders.batch import PackedBatch
 
@@ -38,7 +38,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))  # names as in timm, so ViT weights load by name
 
-    def forward(self, x: torch.Tensor, layout) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: RunLayout | None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), layout)
         return x + self.mlp(self.norm2(x))
 
