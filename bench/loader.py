@@ -8,8 +8,9 @@ measured in the same run on the same clips:
 1. per core (one process, one torch thread): the whole stream (read, decode, fbank, patchify,
    place in packed rows) vs bare `torchaudio.compliance.kaldi.fbank` (and our faster fbank) on
    waveforms already in memory, at C=1 and at the stream's own random C per clip;
-2. Ray: the stream on 1 and 2 Ray Data workers: time to the first batch (the epoch's actor pool
-   starts) and steady throughput after it, two epochs each;
+2. Ray: the stream on 1 and 2 Ray Data workers, two epochs each: time to the first batch (the
+   first epoch starts Ray's worker processes; later ones reuse them), steady throughput after
+   it, and the whole epoch;
 3. useful (non-padding) tokens/s: the stream at native length (max 3072 frames) vs a
    standard-AST loader that crops/pads every clip to 1024 frames (512 tokens), in two forms: the
    reference code's (fbank of the whole clip, then crop/pad) and a lean one (fbank of the first
@@ -91,7 +92,7 @@ def per_core(split_dir: Path, waves: dict[str, np.ndarray], audio_s: float) -> l
 
 
 def ray_scaling(split_dir: Path, audio_s: float) -> list[tuple]:
-    """(workers, epoch, seconds to first batch, steady audio s/s after it)."""
+    """(workers, epoch, seconds to first batch, steady audio s/s after it, epoch seconds)."""
     rows = []
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     for workers in (1, 2):
@@ -103,7 +104,7 @@ def ray_scaling(split_dir: Path, audio_s: float) -> list[tuple]:
             first = time.perf_counter() - started
             delivered = sum(1 for _ in batches)
             steady = time.perf_counter() - started - first
-            rows.append((workers, epoch, first, audio_s * delivered / (delivered + 1) / steady))
+            rows.append((workers, epoch, first, audio_s * delivered / (delivered + 1) / steady, first + steady))
     ray.shutdown()
     return rows
 
@@ -172,9 +173,9 @@ def main() -> None:
               f"AST {1 - result['AST, lean'][1]:.3f} ({(1 - elastic[1]) / (1 - result['AST, lean'][1]):.2f}x)")
         print("\n## Ray Data workers (Ray with 2 CPUs), random C")
         scaling = ray_scaling(split_dir, audio_s)
-        for workers, epoch, first, steady in scaling:
+        for workers, epoch, first, steady, whole in scaling:
             print(f"workers {workers} epoch {epoch}: first batch after {first:4.1f} s, then {steady:6.0f} s of audio/s "
-                  f"({steady / scaling[0][3]:4.2f}x 1 worker, epoch 0)")
+                  f"({steady / scaling[0][3]:4.2f}x 1 worker, epoch 0); epoch {whole:4.1f} s")
     hash_s, plan_s, pad = plan_million()
     print(f"\n## Planning 1,000,000 samples (random C, first_fit, buffer 1024): key hash {hash_s:.2f} s once per stream, "
           f"plan {plan_s:.2f} s per epoch, pad {100 * pad:.2f} %")

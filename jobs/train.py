@@ -4,7 +4,7 @@
     python jobs/train.py --shards OUT --out runs/x --workers 2 --epochs 20 --config my.yaml
     ray job submit --working-dir . -- python jobs/train.py --shards /shared/OUT --out /shared/runs/x
 
-Each Ray Train worker is one DDP rank fed by its own `PackedStream` split (Ray Data actors
+Each Ray Train worker is one DDP rank fed by its own `PackedStream` split (Ray Data tasks
 assemble its batches). Every epoch: train, validate on `test` at native length, checkpoint
 (Ray Train format: full state to resume), log. The run folder `--out` gets `config.yaml`,
 `history.json`, `keys/epoch-NNN.json` (how often each training key was seen), `best.pt` and

@@ -1,6 +1,6 @@
 """Planned batch → arrays: read each sample by its byte offset, featurize, place it in its row.
 
-The one function both backends run (`local` in-process, `ray` in Ray Data actors). A batch's
+The one function both backends run (`local` in-process, `ray` in Ray Data tasks). A batch's
 samples are read sorted by (shard, offset), so reads move forward through a few neighbouring
 shards. A sample that cannot be read or decoded leaves its planned place as padding: the
 batch keeps its shape and its other samples, and the failure is reported by shard and key.

@@ -5,7 +5,7 @@
         ...
 
 Plan from metadata (`loaders.plan`), then featurize (`loaders.assemble`): `backend="ray"` runs
-the assembly in a pool of Ray Data actors streaming batches in step order; `backend="local"`
+the assembly as Ray Data tasks streaming batches in step order; `backend="local"`
 runs the very same function in-process.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ class PackedStream:
 
     shards: a split folder (`OUT/train`), or a shard-set folder with `subset` naming the split.
     split: `(rank, world)` for data-parallel training; every rank gets the same step count.
-    workers / worker_cpus: Ray Data actors assembling batches (fractional CPUs allowed).
+    workers / worker_cpus: concurrent Ray Data tasks assembling batches, CPUs each (fractional allowed).
     freq_mask / time_mask: SpecAugment widths (0 = off), keyed by (seed, epoch, key).
     """
 
@@ -155,11 +155,11 @@ class PackedStream:
         try:
             dataset = ray.data.from_items([{"spec": json.dumps(s)} for s in specs], override_num_blocks=len(specs))
             dataset = dataset.map_batches(
-                _Assembler,
-                fn_constructor_args=(self.features,),
+                _assemble_one,
+                fn_kwargs={"features": self.features},
                 batch_size=1,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=self.workers),
+                compute=ray.data.TaskPoolStrategy(size=self.workers),
                 num_cpus=self.worker_cpus,
             )
             for item in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=self.prefetch):
@@ -167,15 +167,12 @@ class PackedStream:
         finally:
             options.preserve_order, context.enable_progress_bars, context.print_on_execution_start = saved
 
-class _Assembler:
-    """Ray Data actor: keeps the feature config, assembles one batch spec per call."""
-
-    def __init__(self, features: FeatureConfig):
-        self.features = features
-
-    def __call__(self, batch: dict) -> dict:
-        arrays = assemble(json.loads(str(batch["spec"][0])), self.features)
-        return {name: np.asarray([value]) if name != "meta" else np.array([value], dtype=object) for name, value in arrays.items()}
+def _assemble_one(batch: dict, features: FeatureConfig) -> dict:
+    """Ray Data task: one batch spec in, its arrays out. Tasks rather than an actor pool: Ray
+    reuses its worker processes (imports and feature caches warm) from one epoch to the next,
+    where a pool of actors would start afresh with every epoch's dataset."""
+    arrays = assemble(json.loads(str(batch["spec"][0])), features)
+    return {name: np.asarray([value]) if name != "meta" else np.array([value], dtype=object) for name, value in arrays.items()}
 
 
 def _open(path: Path, subset: str | None) -> tuple[ShardDataset, str]:

@@ -75,9 +75,9 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA when the cluster has GPUs
     cpus_per_worker: float = 1.0  # Ray CPUs reserved per worker
     threads: int = 0  # torch threads per worker; 0 = the node's cores / workers on the node
-    loader: str = "ray"  # ray: Ray Data actors assemble batches; local: in the trainer process
-    loader_workers: int = 1  # Ray Data actors per trainer rank
-    loader_cpus: float = 1.0  # CPUs per loader actor (fractions allowed)
+    loader: str = "ray"  # ray: Ray Data tasks assemble batches; local: in the trainer process
+    loader_workers: int = 1  # concurrent Ray Data tasks per trainer rank
+    loader_cpus: float = 1.0  # CPUs per loader task (fractions allowed)
     max_failures: int = 1  # worker failures Ray Train recovers from (from the latest checkpoint)
     wandb: str = "offline"
     wandb_project: str = "elasticast"
