@@ -91,7 +91,7 @@ class ElasticAST(nn.Module):
         """Logits `[S, classes]`, one row per sample of the batch, in its sample order."""
         backend = attention or self.config.attention
         layout = build_layout(batch.segment_ids, default_backend(batch.patches.device) if backend == "auto" else backend)
-        x = self.patch_embed(batch.patches) + self.freq_embed[batch.freq_pos] + self.time_embedding(batch)
+        x = self.patch_embed(batch.patches) + F.embedding(batch.freq_pos, self.freq_embed) + self.time_embedding(batch)
         for block in self.blocks:
             x = block(x, layout)
         return self.head(self.head_norm(self.pool(self.norm(x), batch)))
@@ -108,7 +108,7 @@ class ElasticAST(nn.Module):
         rows = self.config.time_patches
         longest = int(batch.time_pos.max()) + 1
         if longest <= rows:
-            return self.time_embed[batch.time_pos]
+            return F.embedding(batch.time_pos, self.time_embed)
         if self.config.beyond_table == "error":
             raise ValueError(
                 f"time position {longest - 1} is beyond the table ({rows} patches = max_frames "
@@ -120,7 +120,7 @@ class ElasticAST(nn.Module):
         where = torch.where(span > rows, batch.time_pos * (rows - 1) / (span - 1).clamp(min=1), batch.time_pos.float())
         low = where.floor().long().clamp(max=rows - 1)
         frac = (where - low).unsqueeze(-1)
-        return self.time_embed[low] * (1 - frac) + self.time_embed[(low + 1).clamp(max=rows - 1)] * frac
+        return F.embedding(low, self.time_embed) * (1 - frac) + F.embedding((low + 1).clamp(max=rows - 1), self.time_embed) * frac
 
 
 def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

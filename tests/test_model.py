@@ -168,6 +168,29 @@ def test_all_padding_batches_reach_every_parameter_with_a_zero_loss():
         assert value == 0 and all(p.grad is not None for p in model.parameters()), type(model).__name__
 
 
+def test_training_steps_are_bitwise_reproducible_on_several_cpu_threads():
+    """Same seed, same batches, same weights after training: no op accumulates gradients in a
+    thread-dependent order (tensor indexing's backward on CPU does; embedding lookups do not).
+    The second batch holds a sample longer than the time table (its interpolated positions)."""
+    samples = random_samples(9, seed=3) + [torch.randn(8 * 100, 256, generator=torch.Generator().manual_seed(3))]
+    batches = [make_batch([[0, 1, 2, 3], [4, 5], [6, 7, 8]], samples, 320), make_batch([[9, 2], [5, 0, 7]], samples, 8 * 110)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        weights = []
+        for _ in range(2):
+            model = small_model(beyond_table="interpolate").train()
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+            for batch in batches * 3:
+                loss(model(batch), batch.labels).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(weights[0], weights[1])
+
+
 def test_time_positions_beyond_the_table_are_refused_or_interpolated_per_sample():
     samples = random_samples(3, seed=6) + [torch.randn(8 * 100, 256)]  # 100 time patches; the table has 64
     with pytest.raises(ValueError, match="crop inputs to max_frames"):
