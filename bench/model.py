@@ -121,7 +121,8 @@ def main() -> None:
         print(json.dumps(run_one(*args.one, args.steps)))
         return
     print(f"# Model training-step benchmark: {torch.get_num_threads()} torch threads, torch {torch.__version__}, fp32 CPU")
-    print(f"{'preset':6} {'model':18} {'step s':>7} {'useful/step':>11} {'useful tokens/s':>16} {'peak RSS MB':>12} {'vs AST':>7} {'span timed/pool':>16}")
+    print(f"{'preset':6} {'model':18} {'step s':>7} {'useful/step':>11} {'useful tokens/s':>16} {'peak RSS MB':>12} "
+          f"{'vs AST':>7} {'span timed/pool':>16}")
     for preset_name in args.presets:
         results = {}
         steps = args.steps if preset_name == "tiny" else max(1, args.steps // 2)

@@ -120,7 +120,8 @@ class ElasticAST(nn.Module):
         where = torch.where(span > rows, batch.time_pos * (rows - 1) / (span - 1).clamp(min=1), batch.time_pos.float())
         low = where.floor().long().clamp(max=rows - 1)
         frac = (where - low).unsqueeze(-1)
-        return F.embedding(low, self.time_embed) * (1 - frac) + F.embedding((low + 1).clamp(max=rows - 1), self.time_embed) * frac
+        high = (low + 1).clamp(max=rows - 1)
+        return F.embedding(low, self.time_embed) * (1 - frac) + F.embedding(high, self.time_embed) * frac
 
 
 def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
