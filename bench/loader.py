@@ -34,13 +34,13 @@ import torch
 
 from loaders import PackedStream
 from loaders.features import fbank, kaldi_fbank, patchify, spectrogram
-from loaders.plan import Index, PlanConfig, plan_epoch
-from loaders.tokens import shift_for_scale
+from loaders.config import StreamConfig
+from loaders.plan import Index, plan_epoch
+from loaders.tokens import SCALE_GRID, shift_for_scale
 from shards import ShardDataset, ShardSample
 from shards.demo import DEMO_CLASSES, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
-GRID = tuple(np.round(np.arange(1.0, 4.01, 0.2), 1))
 AST_FRAMES = 1024
 
 
@@ -80,8 +80,8 @@ def stream_epoch(stream: PackedStream, epoch: int = 0) -> tuple[list, float]:
 def per_core(split_dir: Path, waves: dict[str, np.ndarray], audio_s: float) -> list[tuple]:
     """(label, kaldi.fbank s/s, our fbank s/s, stream s/s) at C=1 and at the stream's random C."""
     rows = []
-    for name, scales in (("C = 1", (1.0,)), ("random C in 1.0..4.0", GRID)):
-        stream = PackedStream(split_dir, 2, scales=scales, backend="local")
+    for name, scales in (("C = 1", (1.0,)), ("random C in 1.0..4.0", SCALE_GRID)):
+        stream = PackedStream(split_dir, rows_per_batch=2, scales=scales, backend="local")
         plan = stream.plan(0)
         scale_of = dict(zip(stream.index["key"][plan.sample], plan.scale))
         bare = [timed(lambda: [f(w, 16000, float(shift_for_scale(scale_of[k]))) for k, w in waves.items()])[1]
@@ -96,7 +96,7 @@ def ray_scaling(split_dir: Path, audio_s: float) -> list[tuple]:
     rows = []
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     for workers in (1, 2):
-        stream = PackedStream(split_dir, 2, scales=GRID, workers=workers)
+        stream = PackedStream(split_dir, rows_per_batch=2, scales=SCALE_GRID, workers=workers)
         for epoch in (0, 1):
             started = time.perf_counter()
             batches = stream.epoch(epoch)
@@ -130,7 +130,7 @@ def useful_tokens(split_dir: Path, waves: dict[str, np.ndarray]) -> dict:
     for name, whole in (("AST, reference-style", True), ("AST, lean", False)):
         (useful, total, cut), seconds = timed(lambda: ast_loader(waves, stats["mean"], stats["std"], whole))
         result[name] = (useful / seconds, 1 - useful / total, cut / (useful + cut))
-    stream = PackedStream(split_dir, 2, max_frames=3072, backend="local")
+    stream = PackedStream(split_dir, rows_per_batch=2, max_frames=3072, backend="local")
     _, seconds = stream_epoch(stream)
     s = stream.stats[0]
     result["ElasticAST stream"] = (s["tokens"] / seconds, s["pad_ratio"], s["cut_ratio"])
@@ -143,7 +143,7 @@ def plan_million() -> tuple[float, float, float]:
     index = Index(np.array([f"spk{i % 1251}/utt{i:07d}" for i in range(n)]), np.arange(n) // 500,
                   (voxceleb_seconds(n, rng) * 16000).astype(np.int64), np.full(n, 16000))
     key_hash, hash_s = timed(lambda: index.key_hash)
-    config = PlanConfig(rows_per_batch=8, scales=GRID)
+    config = StreamConfig(rows_per_batch=8, scales=SCALE_GRID)
     plan_epoch(index, config, 0, key_hash)  # loads the Numba kernels
     plan, plan_s = timed(lambda: plan_epoch(index, config, 1, key_hash))
     return hash_s, plan_s, plan.pad_ratio

@@ -22,12 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as a plain script from a checkout
 
 from loaders import Packing, pack, shift_for_scale, token_counts  # noqa: E402
+from loaders.tokens import SCALE_GRID  # noqa: E402
 
 CAPACITY = 2048
 SAMPLE_RATE = 16_000
 N_SAMPLES = 20_000
 SPEED_SAMPLES = 1_000_000
-SCALES = np.round(np.arange(1.0, 4.01, 0.2), 1)
+SCALES = np.asarray(SCALE_GRID)
 BUFFERS = (12, 64, 128, 256, 1024)
 SPEED_CASES = (("greedy", 128), ("first_fit", 12), ("first_fit", 256), ("first_fit", 1024))
 PAPER_GREEDY_PAD = {12: 19.2, 64: 14.4, 128: 13.9}  # Table 1, VoxCeleb, % pad

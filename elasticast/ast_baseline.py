@@ -27,7 +27,7 @@ class ASTBaseline(nn.Module):
             raise ValueError(f"pooling {pooling!r} is not one of {POOLINGS}")
         if target_frames % config.patch or target_frames < config.patch:
             raise ValueError(f"target_frames {target_frames} must be a positive multiple of {config.patch}")
-        self.config, self.pooling = config, pooling
+        self.config, self.pooling, self.target_frames = config, pooling, target_frames
         self.tokens = target_frames // config.patch * config.freq_patches
         self.patch_embed = nn.Linear(config.patch * config.patch, config.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
@@ -42,7 +42,7 @@ class ASTBaseline(nn.Module):
     def forward(self, batch: PackedBatch, frames: int | None = None) -> torch.Tensor:
         """Logits `[S, classes]` in the batch's sample order. `frames`: the input size (every
         sample cropped or padded to it); default `target_frames`, the size it was trained at."""
-        count = self.tokens if frames is None else self.tokens_for(frames)
+        count = self.tokens if frames is None else self.input_tokens(frames)
         x = self.patch_embed(fixed_size_tokens(batch, count)) + self.grid_positions(count)
         if self.pooling == "cls":
             x = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1), x], dim=1)
@@ -52,7 +52,7 @@ class ASTBaseline(nn.Module):
         pooled = x[:, 0] if self.pooling == "cls" else x.mean(dim=1)
         return self.head(self.head_norm(pooled))
 
-    def tokens_for(self, frames: int) -> int:
+    def input_tokens(self, frames: int) -> int:
         """Tokens of a `frames`-long input (whole patches only)."""
         if frames < self.config.patch:
             raise ValueError(f"frames {frames} is shorter than one {self.config.patch}-frame patch")

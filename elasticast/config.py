@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from elasticast.attention import BACKENDS
+from loaders.tokens import N_MELS, PATCH
+
 PRESETS = {
     "tiny": dict(dim=192, depth=6, heads=3),
     "small": dict(dim=384, depth=12, heads=6),
@@ -21,8 +24,8 @@ class ModelConfig:
     depth: int = 12
     heads: int = 12
     mlp_ratio: float = 4.0
-    patch: int = 16
-    n_mels: int = 128
+    patch: int = PATCH
+    n_mels: int = N_MELS
     max_frames: int = 3072
     attention: str = "auto"  # auto | split | dense | flex | varlen
     beyond_table: str = "error"  # error | interpolate
@@ -30,6 +33,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.attention not in ("auto", *BACKENDS):
+            raise ValueError(f"attention must be 'auto' or one of {BACKENDS}, got {self.attention!r}")
         if self.beyond_table not in ("error", "interpolate"):
             raise ValueError(f"beyond_table must be 'error' or 'interpolate', got {self.beyond_table!r}")
         if self.dim % self.heads:

@@ -1,24 +1,27 @@
 """Inference on audio files or waveforms of any length and number: `Classifier.predict`.
 
-Features come from the loader's own functions (`loaders.features.spectrogram`, `patchify`) with
-the checkpoint's fbank statistics, so inference sees exactly what training saw. Clips are planned
+Serves every checkpoint the trainer writes (`elasticast.checkpoint`): ElasticAST or the AST
+baseline, trained with frame-shift or avgpool resolutions. Features come from the loader's own
+functions (`loaders.features.spectrogram`, `patchify`) with the checkpoint's fbank statistics and
+compression, so inference sees exactly what training saw. Clips are planned
 from their lengths alone (`loaders.tokens.token_counts`), packed first-fit into rows of
 `max_tokens`, and featurized batch by batch.
 
 Resolution: a fixed `scale` C (frame shift 10*C ms), or `token_budget=N` to pick per clip the
 smallest C in {1.0, 1.2, ..., 4.0} whose whole clip fits in N tokens.
 
-Long clips (sliding windows): a clip with more than F frames at its scale, F being the model's
-`max_frames` floored to whole 16-frame patches, is cut into windows of the WAVEFORM, each exactly
-F frames long: W = window + (F - 1) * shift samples, with window = 25 ms and shift = 10*C ms in
-samples. Windows start every H = (F // 2) * shift samples (50 % overlap, on the clip's frame
-grid) at 0, H, 2H, ... below n - W, and a last window starts at n - W so that it ends at the
-clip's end: no sample is skipped. The windows' logits are averaged, then turned into
-probabilities. E.g. 16 kHz, C = 1, F = 3072: W = 491,760 samples (30.7 s), H = 245,760 (15.4 s).
+Long clips (sliding windows): a clip with more than F frames at its scale, F being the frames one
+model input holds (ElasticAST: its `max_frames` in whole 16-frame patches; AST: the size it was
+trained at), is cut into windows of the WAVEFORM, each exactly F frames long: W = window +
+(F * p - 1) * shift samples, with window = 25 ms, shift = 10*C ms (avgpool: 10 ms) in samples and
+p = 1 (avgpool: p = C frames pooled into one). Windows start every H = (F // 2) * p * shift samples
+(50 % overlap, on the clip's frame grid) at 0, H, 2H, ... below n - W, and a last window starts at
+n - W so that it ends at the clip's end: no sample is skipped. The windows' logits are averaged,
+then turned into probabilities. E.g. 16 kHz, C = 1, F = 3072: W = 491,760 samples (30.7 s),
+H = 245,760 (15.4 s). An AST input shorter than F is zero-padded to F, as in its training.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,19 +29,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from elasticast.config import ModelConfig
-from elasticast.model import ElasticAST
+from elasticast.ast_baseline import ASTBaseline
+from elasticast.checkpoint import Model, TrainedFeatures, load_checkpoint, model_from_checkpoint
 from loaders.batch import from_features
-from loaders.features import NUM_MEL_BINS, PATCH, patchify, spectrogram
+from loaders.features import patchify, spectrogram
 from loaders.pack import Packing, pack
-from loaders.tokens import FRAME_LENGTH_MS, TokenCounts, frame_samples, shift_for_scale, token_counts
+from loaders.tokens import FRAME_LENGTH_MS, N_MELS, PATCH, SCALE_GRID, SCALE_RANGE, TokenCounts, frame_samples, resolution, token_counts
 from shards.audio import load_source, resample
 
-FORMAT = "elasticast-checkpoint"
-FORMAT_VERSION = 1
-BUDGET_SCALES = tuple(round(1.0 + 0.2 * k, 1) for k in range(16))  # the training grid 1.0 .. 4.0
-SCALE_RANGE = (1.0, 8.0)  # the range `loaders.plan.PlanConfig` accepts
-FREQ_TOKENS = NUM_MEL_BINS // PATCH
+FREQ_TOKENS = N_MELS // PATCH
 
 AudioInput = str | Path | np.ndarray | torch.Tensor
 
@@ -47,7 +46,7 @@ AudioInput = str | Path | np.ndarray | torch.Tensor
 class Prediction:
     """One clip's result. `logits` are the window-averaged logits the probabilities come from
     (softmax if single-label, sigmoid if multi-label); `windows` is 1 unless the clip was longer
-    than the model's `max_frames` at `scale`."""
+    than the model's input frames at `scale`."""
 
     probabilities: np.ndarray
     logits: np.ndarray
@@ -68,98 +67,33 @@ class _Window:
     tokens: int
 
 
-def save_checkpoint(
-    path: str | Path,
-    model: ElasticAST,
-    labels: Sequence[str],
-    fbank_stats: dict,
-    sample_rate: int,
-    multi_label: bool,
-    extra: dict | None = None,
-    compression: str = "shift",
-) -> None:
-    """Everything inference needs in one `torch.save` dict, so a checkpoint alone predicts.
-
-    fbank_stats: at least "mean" and "std" (as `ShardDataset.fbank_stats`). extra: anything the
-    trainer wants back (plain Python values and tensors: loading uses `weights_only=True`).
-    compression: how the model saw C > 1 in training ("shift" or "avgpool").
-    """
-    missing = {"mean", "std"} - set(fbank_stats or {})
-    if missing:
-        raise ValueError(f"fbank_stats lacks {sorted(missing)}: pass the shard set's fbank statistics")
-    _check_labels(labels, model.config)
-    torch.save(
-        {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "config": dataclasses.asdict(model.config),
-            "state_dict": model.state_dict(),
-            "labels": [str(label) for label in labels],
-            "fbank": {"mean": float(fbank_stats["mean"]), "std": float(fbank_stats["std"])},
-            "sample_rate": int(sample_rate),
-            "multi_label": bool(multi_label),
-            "compression": compression,
-            "extra": extra or {},
-        },
-        Path(path),
-    )
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
-    """The checkpoint dict, validated: a missing file or another format is refused by name."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an ElasticAST checkpoint (no format {FORMAT!r}); write it with save_checkpoint")
-    if checkpoint.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path} has checkpoint format_version {checkpoint.get('format_version')!r}; this code reads {FORMAT_VERSION}"
-        )
-    return checkpoint
-
-
 class Classifier:
-    """Probabilities and label names for clips of any length, from a trained ElasticAST.
+    """Probabilities and label names for clips of any length, from a trained ElasticAST or AST.
 
+    `features`: how the model was trained to see audio (rate, fbank statistics, compression).
     `predict` puts the model in eval mode; the model stays on its own device.
     """
 
-    def __init__(
-        self, model: ElasticAST, labels: Sequence[str], mean: float, std: float, sample_rate: int, multi_label: bool = False
-    ):
+    def __init__(self, model: Model, labels: Sequence[str], features: TrainedFeatures):
         config = model.config
-        if config.patch != PATCH or config.n_mels != NUM_MEL_BINS:
+        if config.patch != PATCH or config.n_mels != N_MELS:
             raise ValueError(
                 f"model has patch {config.patch} and n_mels {config.n_mels}; the loader's features "
-                f"are {PATCH}x{PATCH} patches of {NUM_MEL_BINS} mel bins"
+                f"are {PATCH}x{PATCH} patches of {N_MELS} mel bins"
             )
-        _check_labels(labels, config)
-        if std <= 0:
-            raise ValueError(f"fbank std must be > 0, got {std}")
+        if len(labels) != config.num_classes:
+            raise ValueError(f"{len(labels)} labels for a model with num_classes {config.num_classes}")
         self.model = model
         self.labels = tuple(str(label) for label in labels)
-        self.mean, self.std = float(mean), float(std)
-        self.sample_rate = _positive_int("sample_rate", sample_rate)
-        self.multi_label = bool(multi_label)
-        self.max_frames = config.time_patches * PATCH
+        self.features = features
+        self.frames = model.target_frames if isinstance(model, ASTBaseline) else config.time_patches * PATCH
+        self.budget_scales = SCALE_GRID if features.compression == "shift" else tuple(c for c in SCALE_GRID if c.is_integer())
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Classifier:
         """A classifier from a `save_checkpoint` file, its model on `device`."""
         checkpoint = load_checkpoint(path, device)
-        if checkpoint.get("compression", "shift") != "shift":
-            raise ValueError(
-                f"{path} was trained with {checkpoint['compression']!r} compression; Classifier featurizes "
-                "with frame-shift resolutions only, so its predictions would not match the training features"
-            )
-        model = ElasticAST(ModelConfig(**checkpoint["config"]))
-        model.load_state_dict(checkpoint["state_dict"])
-        fbank = checkpoint["fbank"]
-        return cls(
-            model.to(device), checkpoint["labels"], fbank["mean"], fbank["std"], checkpoint["sample_rate"], checkpoint["multi_label"]
-        )
+        return cls(model_from_checkpoint(checkpoint, device), checkpoint.labels, checkpoint.features)
 
     def predict(
         self,
@@ -174,24 +108,25 @@ class Classifier:
 
         inputs: audio file paths (decoded and resampled to the model's rate) and/or 1-D mono
             waveforms, which need `sample_rate` (resampled if it differs from the model's).
-        scale: resolution C for every clip (default 1.0). token_budget: per clip, the smallest C
-            in {1.0, 1.2, ..., 4.0} whose whole-clip token count (without the max_frames crop)
-            is <= token_budget; if even C = 4.0 exceeds it, C = 4.0 is used. Either way a clip
-            longer than max_frames at its C is windowed (module docstring), which then costs
-            about twice its token count (50 % overlap).
-        max_tokens: tokens per packed row (must hold one max_frames window).
+        scale: resolution C for every clip (default 1.0; avgpool models take whole C only).
+            token_budget: per clip, the smallest C of the training grid {1.0, 1.2, ..., 4.0}
+            (avgpool: {1, 2, 3, 4}) whose whole-clip token count (without the crop) is
+            <= token_budget; if even C = 4.0 exceeds it, C = 4.0 is used. Either way a clip
+            longer than the model's input frames at its C is windowed (module docstring), which
+            then costs about twice its token count (50 % overlap).
+        max_tokens: tokens per packed row (must hold one window).
         batch_rows: rows per model call.
         """
         if isinstance(inputs, (str, Path, np.ndarray, torch.Tensor)):
             raise TypeError(f"predict takes a list of inputs, got a single {type(inputs).__name__}: pass [x]")
         if scale is not None and token_budget is not None:
             raise ValueError(f"pass scale ({scale}) or token_budget ({token_budget}), not both")
-        fixed = _checked_scale(1.0 if scale is None else scale)
+        fixed = self._checked_scale(1.0 if scale is None else scale)
         budget = None if token_budget is None else _positive_int("token_budget", token_budget)
-        window_tokens = self.max_frames // PATCH * FREQ_TOKENS
+        window_tokens = self.frames // PATCH * FREQ_TOKENS
         if _positive_int("max_tokens", max_tokens) < window_tokens:
             raise ValueError(
-                f"max_tokens {max_tokens} cannot hold one window of max_frames {self.max_frames} "
+                f"max_tokens {max_tokens} cannot hold one window of {self.frames} frames "
                 f"({window_tokens} tokens): use max_tokens >= {window_tokens}"
             )
         _positive_int("batch_rows", batch_rows)
@@ -208,8 +143,9 @@ class Classifier:
 
     def _waveform(self, item: AudioInput, sample_rate: int | None, index: int) -> np.ndarray:
         """Mono float32 at the model's rate; errors name the input by position."""
+        rate = self.features.sample_rate
         if isinstance(item, (str, Path)):
-            return load_source(item, self.sample_rate)[0]
+            return load_source(item, rate)[0]
         if not isinstance(item, (np.ndarray, torch.Tensor)):
             raise TypeError(f"input {index} is a {type(item).__name__}: expected a path or a 1-D waveform")
         if sample_rate is None:
@@ -219,27 +155,37 @@ class Classifier:
             raise ValueError(f"input {index} has shape {wave.shape}: expected a non-empty 1-D mono waveform")
         if not np.isfinite(wave).all():
             raise ValueError(f"input {index} contains NaN or Inf")
-        rate = _positive_int("sample_rate", sample_rate)
-        return wave if rate == self.sample_rate else resample(wave, rate, self.sample_rate)
+        given = _positive_int("sample_rate", sample_rate)
+        return wave if given == rate else resample(wave, given, rate)
+
+    def _checked_scale(self, scale: float) -> float:
+        """C rounded to one decimal, as `shift_for_scale` applies it; whole for avgpool models."""
+        if not SCALE_RANGE[0] <= float(scale) <= SCALE_RANGE[1]:
+            raise ValueError(f"scale {scale} is outside {list(SCALE_RANGE)}")
+        resolution(scale, self.features.compression)
+        return round(float(scale), 1)
 
     def _counts(self, num_samples: int, scale: float | Sequence[float]) -> TokenCounts:
-        return token_counts(num_samples, self.sample_rate, shift_for_scale(scale), max_frames=self.max_frames)
+        shift, pool = resolution(scale, self.features.compression)
+        return token_counts(num_samples, self.features.sample_rate, shift, max_frames=self.frames, pool=pool)
 
     def _scale_within(self, num_samples: int, token_budget: int) -> float:
-        """The smallest grid C whose whole clip (tokens + max_frames cut) fits, else the largest."""
-        counts = self._counts(num_samples, BUDGET_SCALES)
+        """The smallest grid C whose whole clip (tokens + cut) fits, else the largest."""
+        counts = self._counts(num_samples, self.budget_scales)
         fits = counts.tokens + counts.cut <= token_budget
-        return BUDGET_SCALES[int(np.argmax(fits))] if fits.any() else BUDGET_SCALES[-1]
+        return self.budget_scales[int(np.argmax(fits))] if fits.any() else self.budget_scales[-1]
 
     def _windows(self, clip: int, num_samples: int, scale: float) -> list[_Window]:
-        """The whole clip, or max_frames windows at a 50 % hop, the last one ending at the end."""
+        """The whole clip, or windows of the model's input frames at a 50 % hop, the last one
+        ending at the clip's end."""
         counts = self._counts(num_samples, scale)
         if not counts.cut:
             return [_Window(clip, 0, num_samples, scale, int(counts.tokens))]
-        shift = int(frame_samples(self.sample_rate, shift_for_scale(scale)))
-        size = int(frame_samples(self.sample_rate, FRAME_LENGTH_MS)) + (self.max_frames - 1) * shift
-        starts = [*range(0, num_samples - size, self.max_frames // 2 * shift), num_samples - size]
-        tokens = self.max_frames // PATCH * FREQ_TOKENS
+        shift_ms, pool = resolution(scale, self.features.compression)
+        shift, rate = int(frame_samples(self.features.sample_rate, shift_ms)), self.features.sample_rate
+        size = int(frame_samples(rate, FRAME_LENGTH_MS)) + (self.frames * int(pool) - 1) * shift
+        starts = [*range(0, num_samples - size, self.frames // 2 * int(pool) * shift), num_samples - size]
+        tokens = self.frames // PATCH * FREQ_TOKENS
         return [_Window(clip, start, size, scale, tokens) for start in starts]
 
     def _window_logits(self, waveforms: list[np.ndarray], windows: list[_Window], max_tokens: int, batch_rows: int) -> torch.Tensor:
@@ -261,11 +207,13 @@ class Classifier:
 
     def _features(self, waveform: np.ndarray, window: _Window) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         span = waveform[window.start : window.start + window.length]
-        spec = spectrogram(span, self.sample_rate, window.scale, mean=self.mean, std=self.std, max_frames=self.max_frames)
+        features = self.features
+        spec = spectrogram(span, features.sample_rate, window.scale, compression=features.compression, mean=features.mean,
+                           std=features.std, max_frames=self.frames)
         return patchify(spec)
 
     def _prediction(self, logits: torch.Tensor, scale: float, windows: int) -> Prediction:
-        probabilities = logits.sigmoid() if self.multi_label else logits.softmax(dim=0)
+        probabilities = logits.sigmoid() if self.features.multi_label else logits.softmax(dim=0)
         return Prediction(
             probabilities=probabilities.numpy(),
             logits=logits.numpy(),
@@ -274,18 +222,6 @@ class Classifier:
             scale=scale,
             windows=windows,
         )
-
-
-def _check_labels(labels: Sequence[str], config: ModelConfig) -> None:
-    if len(labels) != config.num_classes:
-        raise ValueError(f"{len(labels)} labels for a model with num_classes {config.num_classes}")
-
-
-def _checked_scale(scale: float) -> float:
-    """C rounded to one decimal, as `shift_for_scale` applies it."""
-    if not SCALE_RANGE[0] <= float(scale) <= SCALE_RANGE[1]:
-        raise ValueError(f"scale {scale} is outside {list(SCALE_RANGE)}")
-    return round(float(scale), 1)
 
 
 def _positive_int(name: str, value: int) -> int:

@@ -20,9 +20,10 @@ import numpy as np
 from tqdm import tqdm
 
 from elasticast.evaluation import evaluate_point, load_candidate, sweep_points, training_usage, write_report
-from elasticast.evaluation.sweep import COMPRESSIONS, DEFAULT_SCALES, SWEEPS
-from loaders.tokens import PATCH, token_counts
+from elasticast.evaluation.sweep import SWEEPS
+from loaders.tokens import COMPRESSIONS, PATCH, SCALE_GRID, token_counts
 from shards.dataset import ShardDataset
+from shards.parallel import BACKENDS
 
 SHORTEST_CAP = 64
 
@@ -36,9 +37,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=SWEEPS)
     parser.add_argument("--lengths", nargs="+", type=int, help="caps in frames (default: 64, 128, ... doubling, the data's "
                         "longest clip, and each AST's trained length)")
-    parser.add_argument("--scales", nargs="+", type=float, default=list(DEFAULT_SCALES))
+    parser.add_argument("--scales", nargs="+", type=float, default=list(SCALE_GRID))
     parser.add_argument("--compressions", nargs="+", default=list(COMPRESSIONS), choices=COMPRESSIONS)
-    parser.add_argument("--loader", default="local", choices=("local", "ray"))
+    parser.add_argument("--loader", default="local", choices=BACKENDS)
     parser.add_argument("--loader-workers", type=int, default=1)
     parser.add_argument("--rows-per-batch", type=int, default=4)
     args = parser.parse_args(argv)
@@ -67,8 +68,8 @@ def check_compatible(candidates, dataset: ShardDataset) -> str | None:
     for c in candidates:
         if list(c.labels) != list(dataset.labels):
             return f"{c.name}: its labels {c.labels[:5]}... differ from {dataset.root}'s {dataset.labels[:5]}..."
-        if not np.allclose([c.fbank["mean"], c.fbank["std"]], [stats["mean"], stats["std"]], rtol=1e-4):
-            return (f"{c.name}: trained with fbank mean/std {c.fbank['mean']:.4f}/{c.fbank['std']:.4f}, but {dataset.root} "
+        if not np.allclose([c.features.mean, c.features.std], [stats["mean"], stats["std"]], rtol=1e-4):
+            return (f"{c.name}: trained with fbank mean/std {c.features.mean:.4f}/{c.features.std:.4f}, but {dataset.root} "
                     f"normalises with {stats['mean']:.4f}/{stats['std']:.4f}: evaluate on the shard set it was trained on")
     return None
 
@@ -112,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: {failed} clips could not be read at some points (named above); they are not scored", file=sys.stderr)
     train_split = split.parent / "train"
     usage = training_usage(train_split, candidates) if train_split.is_dir() else []
+    unrecorded = [c.name for c in candidates if c.stream is None]
+    if unrecorded:
+        print(f"note: {', '.join(unrecorded)} record no training stream settings: left out of usage.csv", file=sys.stderr)
     write_report(out, results, usage)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.csv, usage.csv, results.md and the plots", flush=True)

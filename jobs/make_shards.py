@@ -22,6 +22,7 @@ from loaders.stats import fbank_stats
 from shards.build import BuildConfig, build_shards, prepare_output, summary, write_metadata
 from shards.demo import write_demo_corpus
 from shards.inputs import list_folder, read_manifest
+from shards.parallel import BACKENDS
 from shards.tar import ShardSample, read_shard
 
 DEMO_OUT = Path("shards/demo")
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--shard-samples", type=int, help="also close a shard after this many samples")
     parser.add_argument("--seed", type=int, default=0, help="order of samples across shards (and the demo corpus)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing shard set in --out")
-    parser.add_argument("--backend", choices=("ray", "local"), default="ray", help="ray (default) or in-process")
+    parser.add_argument("--backend", choices=BACKENDS, default="ray", help="ray (default) or in-process")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--stats-samples", type=int, default=1000, help="train clips used for fbank mean/std")

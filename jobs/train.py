@@ -13,6 +13,7 @@ assemble its batches). Every epoch: train, validate on `test` at native length, 
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -28,11 +29,12 @@ import numpy as np
 import torch
 import yaml
 
-from elasticast import save_checkpoint
+from elasticast.checkpoint import TrainedFeatures, save_checkpoint
+from elasticast.metrics import score
+from elasticast.predict import predict
 from elasticast.training.config import TrainConfig, parse_args
 from elasticast.training.epoch_report import epoch_metrics, key_counts, progress_line
-from elasticast.training.loop import build_model, predict, train_epoch
-from elasticast.training.metrics import score
+from elasticast.training.loop import build_model, train_epoch
 from elasticast.training.schedule import make_optimizer, make_scheduler
 from loaders import PackedStream
 from shards.dataset import DATASET_FILE
@@ -44,12 +46,9 @@ RAY_DIR = "ray"
 def streams(config: TrainConfig, rank: int, world: int) -> tuple[PackedStream, PackedStream]:
     """This rank's training stream (the configured packing and scales) and validation stream
     (native length: C = 1, no augmentation, no shuffling)."""
-    common = dict(rows_per_batch=config.rows_per_batch, max_tokens=config.max_tokens, packing=config.packing,
-                  buffer=config.buffer, compression=config.compression, max_frames=config.max_frames, seed=config.seed,
-                  split=(rank, world), backend=config.loader, workers=config.loader_workers, worker_cpus=config.loader_cpus)
-    train = PackedStream(Path(config.shards) / "train", scales=config.scales, shuffle=config.shuffle,
-                         freq_mask=config.freq_mask, time_mask=config.time_mask, **common)
-    valid = PackedStream(Path(config.shards) / "test", scales=(1.0,), shuffle=False, **common)
+    train = PackedStream(Path(config.shards) / "train", config.stream(), rank=rank, world=world)
+    valid_config = config.stream(scales=(1.0,), shuffle=False, freq_mask=0, time_mask=0)
+    valid = PackedStream(Path(config.shards) / "test", valid_config, rank=rank, world=world)
     label_type = "multi" if train.features.multi_label else "single"
     if config.label_type not in ("auto", label_type):
         raise ValueError(f"label_type={config.label_type!r} but {config.shards} holds {label_type}-label data")
@@ -71,8 +70,8 @@ def save_state(folder: Path, model, optimizer, scheduler, epoch: int, history: l
                 "next_epoch": epoch + 1, "next_step": 0, "history": history,
                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
                folder / "state.pt")
-    save_checkpoint(folder / "model.pt", model, train.labels, train.dataset.fbank_stats, train.dataset.sample_rate,
-                    train.features.multi_label, extra={"train_config": config.to_dict()}, compression=config.compression)
+    save_checkpoint(folder / "model.pt", model, train.labels, TrainedFeatures.of_stream(train.features),
+                    extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(train.config)})
 
 
 def restore_state(model, optimizer, scheduler) -> tuple[int, list]:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from loaders.batch import PATCH_VALUES, PackedBatch
+from loaders.config import StreamConfig
 from loaders.features import patchify, spec_augment, spectrogram
 from loaders.plan import EpochPlan
 from shards.audio import decode_pcm16
@@ -25,88 +27,120 @@ _SALT_AUGMENT = 0xA6
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Everything a worker needs to featurize and lay out a batch (picklable, no Ray)."""
+    """What a worker needs besides the batch spec: the stream's settings and the shard set's
+    facts (picklable, no Ray)."""
 
+    stream: StreamConfig
     split_dir: str
     sample_rate: int
-    rows_per_batch: int
-    max_tokens: int
     num_classes: int
     multi_label: bool
     mean: float
     std: float
-    compression: str = "shift"
-    max_frames: int = 3072
-    seed: int = 0
-    freq_mask: int = 0
-    time_mask: int = 0
 
 
-def batch_spec(plan: EpochPlan, index: dict[str, np.ndarray], batch: int | None, step: int) -> dict:
-    """The JSON-able work item of one batch; `batch=None` is an all-padding filler."""
-    spec = {"epoch": plan.epoch, "step": step, "is_padding": batch is None, "samples": []}
+@dataclass(frozen=True)
+class SampleSpec:
+    """One planned sample: where its bytes are, what it is, and where it goes in the batch."""
+
+    key: str
+    shard: str
+    offset: int  # of its wav bytes in the shard
+    nbytes: int
+    num_samples: int
+    label_ids: tuple[int, ...]
+    row: int
+    start: int  # its first token in the row
+    tokens: int
+    cut: int
+    scale: float
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """The work item of one batch, from the plan to a worker; `is_padding`: an all-padding filler."""
+
+    epoch: int
+    step: int
+    is_padding: bool = False
+    samples: tuple[SampleSpec, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> BatchSpec:
+        values = json.loads(text)
+        samples = tuple(SampleSpec(**(s | {"label_ids": tuple(s["label_ids"])})) for s in values.pop("samples"))
+        return cls(**values, samples=samples)
+
+
+def batch_spec(plan: EpochPlan, index: dict[str, np.ndarray], batch: int | None, step: int) -> BatchSpec:
+    """The work item of one planned batch; `batch=None` is an all-padding filler."""
     if batch is None:
-        return spec
+        return BatchSpec(plan.epoch, step, is_padding=True)
+    samples = []
     for i in range(plan.batch_starts[batch], plan.batch_starts[batch + 1]):
         position = int(plan.sample[i])
-        spec["samples"].append(
-            {
-                "key": str(index["key"][position]),
-                "shard": str(index["shard"][position]),
-                "offset": int(index["offset"][position]),
-                "nbytes": int(index["nbytes"][position]),
-                "num_samples": int(index["num_samples"][position]),
-                "label_ids": [int(x) for x in index["label_ids"][position]],
-                "row": int(plan.row[i]),
-                "start": int(plan.offset[i]),
-                "tokens": int(plan.tokens[i]),
-                "cut": int(plan.cut[i]),
-                "scale": float(plan.scale[i]),
-            }
+        samples.append(
+            SampleSpec(
+                key=str(index["key"][position]),
+                shard=str(index["shard"][position]),
+                offset=int(index["offset"][position]),
+                nbytes=int(index["nbytes"][position]),
+                num_samples=int(index["num_samples"][position]),
+                label_ids=tuple(int(x) for x in index["label_ids"][position]),
+                row=int(plan.row[i]),
+                start=int(plan.offset[i]),
+                tokens=int(plan.tokens[i]),
+                cut=int(plan.cut[i]),
+                scale=float(plan.scale[i]),
+            )
         )
-    return spec
+    return BatchSpec(plan.epoch, step, samples=tuple(samples))
 
 
-def assemble(spec: dict, config: FeatureConfig) -> dict:
+def assemble(spec: BatchSpec, config: FeatureConfig) -> dict:
     """Arrays of one batch: patches, segment ids, positions, and per-sample metadata as JSON."""
-    rows, length = config.rows_per_batch, config.max_tokens
+    rows, length = config.stream.rows_per_batch, config.stream.max_tokens
     patches = np.zeros((rows, length, PATCH_VALUES), np.float32)
     segment_ids = np.zeros((rows, length), np.int32)
     freq_pos = np.zeros((rows, length), np.int32)
     time_pos = np.zeros((rows, length), np.int32)
-    audio, failed = read_audio(spec["samples"], Path(config.split_dir))
+    audio, failed = read_audio(spec.samples, Path(config.split_dir))
     placed, slots = [], defaultdict(int)
-    for sample in spec["samples"]:
-        if sample["key"] not in audio:
+    for sample in spec.samples:
+        if sample.key not in audio:
             continue
-        tokens, freqs, times = featurize(audio[sample["key"]], sample, spec["epoch"], config)
-        if tokens.shape[0] != sample["tokens"]:
-            failed.append(_failure(sample, f"{tokens.shape[0]} tokens where the plan has {sample['tokens']}"))
+        tokens, freqs, times = featurize(audio[sample.key], sample, spec.epoch, config)
+        if tokens.shape[0] != sample.tokens:
+            failed.append(_failure(sample, f"{tokens.shape[0]} tokens where the plan has {sample.tokens}"))
             continue
-        r, start, end = sample["row"], sample["start"], sample["start"] + sample["tokens"]
+        r, start, end = sample.row, sample.start, sample.start + sample.tokens
         slots[r] += 1
         patches[r, start:end] = tokens.numpy()
         segment_ids[r, start:end] = slots[r]
         freq_pos[r, start:end] = freqs.numpy()
         time_pos[r, start:end] = times.numpy()
-        placed.append({**sample, "slot": slots[r]})
+        placed.append({"key": sample.key, "label_ids": sample.label_ids, "row": r, "slot": slots[r], "tokens": sample.tokens,
+                       "scale": sample.scale})
     meta = {
-        "epoch": spec["epoch"],
-        "step": spec["step"],
-        "is_padding": spec["is_padding"],
-        "samples": [{k: s[k] for k in ("key", "label_ids", "row", "slot", "tokens", "scale")} for s in placed],
+        "epoch": spec.epoch,
+        "step": spec.step,
+        "is_padding": spec.is_padding,
+        "samples": placed,
         "failed": failed,
-        "cut_tokens": sum(s["cut"] for s in spec["samples"]),
+        "cut_tokens": sum(s.cut for s in spec.samples),
     }
     return {"patches": patches, "segment_ids": segment_ids, "freq_pos": freq_pos, "time_pos": time_pos, "meta": json.dumps(meta)}
 
 
-def read_audio(samples: list[dict], split_dir: Path) -> tuple[dict[str, np.ndarray], list[dict]]:
+def read_audio(samples: Sequence[SampleSpec], split_dir: Path) -> tuple[dict[str, np.ndarray], list[dict]]:
     """Waveforms by key, read shard by shard in offset order; failures named by shard and key."""
     audio, failed = {}, []
-    by_shard: dict[str, list[dict]] = defaultdict(list)
+    by_shard: dict[str, list[SampleSpec]] = defaultdict(list)
     for sample in samples:
-        by_shard[sample["shard"]].append(sample)
+        by_shard[sample.shard].append(sample)
     for shard, members in sorted(by_shard.items()):
         try:
             handle = open(split_dir / shard, "rb")
@@ -114,39 +148,42 @@ def read_audio(samples: list[dict], split_dir: Path) -> tuple[dict[str, np.ndarr
             failed += [_failure(s, f"shard unreadable: {exc}") for s in members]
             continue
         with handle:
-            for sample in sorted(members, key=lambda s: s["offset"]):
-                handle.seek(sample["offset"])
-                data = handle.read(sample["nbytes"])
-                if len(data) < sample["nbytes"]:
-                    failed.append(_failure(sample, f"shard truncated: {len(data)} of {sample['nbytes']} bytes"))
+            for sample in sorted(members, key=lambda s: s.offset):
+                handle.seek(sample.offset)
+                data = handle.read(sample.nbytes)
+                if len(data) < sample.nbytes:
+                    failed.append(_failure(sample, f"shard truncated: {len(data)} of {sample.nbytes} bytes"))
                     continue
                 try:
                     waveform, _ = decode_pcm16(data)
                 except Exception as exc:  # any undecodable member costs only its own sample
                     failed.append(_failure(sample, f"undecodable audio: {exc}"))
                     continue
-                if len(waveform) != sample["num_samples"]:
-                    failed.append(_failure(sample, f"{len(waveform)} samples where the index has {sample['num_samples']}"))
+                if len(waveform) != sample.num_samples:
+                    failed.append(_failure(sample, f"{len(waveform)} samples where the index has {sample.num_samples}"))
                     continue
-                audio[sample["key"]] = waveform
+                audio[sample.key] = waveform
     return audio, failed
 
 
-def featurize(waveform: np.ndarray, sample: dict, epoch: int, config: FeatureConfig):
+def featurize(
+    waveform: np.ndarray, sample: SampleSpec, epoch: int, config: FeatureConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised spectrogram at the sample's scale, optionally masked, as patches + positions."""
+    stream = config.stream
     spec = spectrogram(
         waveform,
         config.sample_rate,
-        sample["scale"],
-        compression=config.compression,
+        sample.scale,
+        compression=stream.compression,
         mean=config.mean,
         std=config.std,
-        max_frames=config.max_frames,
-        capacity=config.max_tokens,
+        max_frames=stream.max_frames,
+        capacity=stream.max_tokens,
     )
-    if config.freq_mask or config.time_mask:
-        rng = np.random.default_rng([config.seed, epoch, _SALT_AUGMENT, *sample["key"].encode()])
-        spec = spec_augment(spec, rng, config.freq_mask, config.time_mask)
+    if stream.freq_mask or stream.time_mask:
+        rng = np.random.default_rng([stream.seed, epoch, _SALT_AUGMENT, *sample.key.encode()])
+        spec = spec_augment(spec, rng, stream.freq_mask, stream.time_mask)
     return patchify(spec)
 
 
@@ -186,5 +223,5 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
-def _failure(sample: dict, reason: str) -> dict:
-    return {"key": sample["key"], "shard": sample["shard"], "reason": reason}
+def _failure(sample: SampleSpec, reason: str) -> dict:
+    return {"key": sample.key, "shard": sample.shard, "reason": reason}

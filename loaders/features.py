@@ -11,14 +11,12 @@ import numpy as np
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-from loaders.tokens import BASE_SHIFT_MS as FRAME_SHIFT_MS
-from loaders.tokens import FRAME_LENGTH_MS, PATCH, frame_samples, shift_for_scale, token_counts
-from loaders.tokens import N_MELS as NUM_MEL_BINS
+from loaders.tokens import BASE_SHIFT_MS, FRAME_LENGTH_MS, N_MELS, PATCH, frame_samples, resolution, token_counts
 
 FBANK_SETTINGS = {
-    "num_mel_bins": NUM_MEL_BINS,
+    "num_mel_bins": N_MELS,
     "frame_length_ms": FRAME_LENGTH_MS,
-    "frame_shift_ms": FRAME_SHIFT_MS,
+    "frame_shift_ms": BASE_SHIFT_MS,
     "window_type": "hanning",
     "htk_compat": True,
     "use_energy": False,
@@ -27,7 +25,7 @@ FBANK_SETTINGS = {
 }
 
 
-def kaldi_fbank(waveform: np.ndarray | torch.Tensor, sample_rate: int, frame_shift_ms: float = FRAME_SHIFT_MS) -> torch.Tensor:
+def kaldi_fbank(waveform: np.ndarray | torch.Tensor, sample_rate: int, frame_shift_ms: float = BASE_SHIFT_MS) -> torch.Tensor:
     """The reference: `torchaudio.compliance.kaldi.fbank` with the settings above."""
     wave = _checked_wave(waveform, sample_rate)
     return kaldi.fbank(
@@ -36,14 +34,14 @@ def kaldi_fbank(waveform: np.ndarray | torch.Tensor, sample_rate: int, frame_shi
         sample_frequency=sample_rate,
         use_energy=False,
         window_type="hanning",
-        num_mel_bins=NUM_MEL_BINS,
+        num_mel_bins=N_MELS,
         dither=0.0,
         frame_shift=frame_shift_ms,
         frame_length=FRAME_LENGTH_MS,
     )
 
 
-def fbank(waveform: np.ndarray | torch.Tensor, sample_rate: int, frame_shift_ms: float = FRAME_SHIFT_MS) -> torch.Tensor:
+def fbank(waveform: np.ndarray | torch.Tensor, sample_rate: int, frame_shift_ms: float = BASE_SHIFT_MS) -> torch.Tensor:
     """Log-mel fbank `[frames, 128]` of a mono waveform; the same numbers as `kaldi_fbank`.
 
     Kaldi's steps (snip-edges framing, per-frame DC removal, 0.97 pre-emphasis, Hanning window,
@@ -72,7 +70,7 @@ def _analysis(sample_rate: int, size: int) -> tuple[torch.Tensor, torch.Tensor, 
     """Hanning window, mel matrix `[fft_size // 2 + 1, mels]` and FFT size, as Kaldi builds them."""
     fft_size = 1 << (size - 1).bit_length()
     window = torch.hann_window(size, periodic=False)
-    banks, _ = kaldi.get_mel_banks(NUM_MEL_BINS, fft_size, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
+    banks, _ = kaldi.get_mel_banks(N_MELS, fft_size, float(sample_rate), 20.0, 0.0, 100.0, -500.0, 1.0)
     banks = torch.nn.functional.pad(banks, (0, 1)).T.contiguous().float()
     return window, banks, fft_size
 
@@ -83,9 +81,6 @@ def _checked_wave(waveform: np.ndarray | torch.Tensor, sample_rate: int) -> torc
     if wave.numel() < window:
         raise ValueError(f"waveform of {wave.numel()} samples is shorter than one {FRAME_LENGTH_MS} ms window ({window})")
     return wave
-
-COMPRESSIONS = ("shift", "avgpool")
-
 
 def spectrogram(
     waveform: np.ndarray | torch.Tensor,
@@ -106,17 +101,15 @@ def spectrogram(
     multiple of 16, the first frames kept when cropping, clips shorter than one window or one
     patch padded at the end with zeros (the dataset mean after normalisation).
     """
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"compression {compression!r} is not one of {COMPRESSIONS}")
+    shifts, pools = resolution(scale, compression)
+    shift, pool = float(shifts), int(pools)
     wave = torch.as_tensor(waveform, dtype=torch.float32).reshape(-1)
-    pool = int(scale) if compression == "avgpool" else 1
-    shift = float(shift_for_scale(scale)) if compression == "shift" else FRAME_SHIFT_MS
     window = int(frame_samples(sample_rate, FRAME_LENGTH_MS))
     spec = fbank(torch.nn.functional.pad(wave, (0, max(window - wave.numel(), 0))), sample_rate, shift)
     if pool > 1:
         spec = spec[: spec.shape[0] // pool * pool].reshape(-1, pool, spec.shape[1]).mean(dim=1)
     counts = token_counts(wave.numel(), sample_rate, shift, max_frames=max_frames, capacity=capacity, pool=pool)
-    kept = int(counts.tokens) // (NUM_MEL_BINS // PATCH) * PATCH
+    kept = int(counts.tokens) // (N_MELS // PATCH) * PATCH
     spec = (spec[:kept] - mean) / (2 * std)
     return torch.nn.functional.pad(spec, (0, 0, 0, kept - spec.shape[0]))
 

@@ -16,34 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from loaders.config import StreamConfig
 from loaders.pack import Packing, pack
-from loaders.tokens import shift_for_scale, token_counts
+from loaders.tokens import resolution, token_counts
 
 _SALT_SCALE, _SALT_ORDER = 0x5CA1E, 0x0DE5
-
-
-@dataclass(frozen=True)
-class PlanConfig:
-    rows_per_batch: int
-    max_tokens: int = 2048
-    packing: str = "first_fit"
-    buffer: int = 1024
-    scales: tuple[float, ...] = (1.0,)
-    compression: str = "shift"
-    max_frames: int = 3072
-    shuffle: bool = True
-    seed: int = 0
-    max_per_row: int | None = None
-
-    def __post_init__(self):
-        if self.rows_per_batch < 1:
-            raise ValueError(f"rows_per_batch must be >= 1, got {self.rows_per_batch}")
-        if not self.scales or any(not 1.0 <= c <= 8.0 for c in self.scales):
-            raise ValueError(f"scales {self.scales} must be a non-empty set of values in [1, 8]")
-        if self.compression not in ("shift", "avgpool"):
-            raise ValueError(f"compression {self.compression!r} must be 'shift' or 'avgpool'")
-        if self.compression == "avgpool" and any(c != int(c) for c in self.scales):
-            raise ValueError(f"avgpool compression needs whole scales (e.g. 1, 2, 3, 4), got {self.scales}")
 
 
 @dataclass(frozen=True)
@@ -93,15 +70,14 @@ class EpochPlan:
         return batch if batch < self.n_batches else None
 
 
-def plan_epoch(index: Index, config: PlanConfig, epoch: int, key_hash: np.ndarray | None = None) -> EpochPlan:
-    """The plan of one epoch (see the module docstring); pure function of index, config, epoch."""
+def plan_epoch(index: Index, config: StreamConfig, epoch: int, key_hash: np.ndarray | None = None) -> EpochPlan:
+    """The plan of one epoch (see the module docstring); a pure function of index, config and
+    epoch (of the config, only the packing and feature settings matter: not the backend)."""
     key_hash = index.key_hash if key_hash is None else key_hash
     scales = np.asarray(config.scales, dtype=np.float64)
     pick = (keyed_uniform(key_hash, config.seed, epoch, _SALT_SCALE) * len(scales)).astype(np.int64)
     scale = scales[np.minimum(pick, len(scales) - 1)]
-    shift, pool = (
-        (shift_for_scale(scale), 1) if config.compression == "shift" else (np.full_like(scale, 10.0), scale.astype(np.int64))
-    )
+    shift, pool = resolution(scale, config.compression)
     counts = token_counts(
         index.num_samples, index.sample_rate, shift, max_frames=config.max_frames, capacity=config.max_tokens, pool=pool
     )
@@ -146,7 +122,7 @@ def plan_epoch(index: Index, config: PlanConfig, epoch: int, key_hash: np.ndarra
 
 
 def _pack_group(
-    tokens: np.ndarray, config: PlanConfig, rng: np.random.Generator
+    tokens: np.ndarray, config: StreamConfig, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pack one group and shuffle its rows: group positions row by row (by offset), their
     offsets, and the length of each row in samples."""

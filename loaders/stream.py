@@ -1,6 +1,7 @@
 """`PackedStream`: shards in, fixed-shape `PackedBatch`es out, exactly once per epoch.
 
-    stream = PackedStream("shards/demo/train", rows_per_batch=4, split=(rank, world))
+    stream = PackedStream("shards/demo/train", rows_per_batch=4, rank=rank, world=world)
+    stream = PackedStream("shards/demo/train", StreamConfig(rows_per_batch=4, scales=SCALE_GRID))
     for batch in stream.epoch(e):           # or stream.epoch(e, start_step=k) to resume
         ...
 
@@ -10,83 +11,63 @@ runs the very same function in-process.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
+import warnings
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from loaders.assemble import FeatureConfig, assemble, batch_spec, to_batch
+from loaders.assemble import BatchSpec, FeatureConfig, assemble, batch_spec, to_batch
 from loaders.batch import PackedBatch
-from loaders.plan import EpochPlan, Index, PlanConfig, plan_epoch
+from loaders.config import StreamConfig
+from loaders.plan import EpochPlan, Index, plan_epoch
 from shards.dataset import DATASET_FILE, ShardDataset
-
-BACKENDS = ("ray", "local")
+from shards.parallel import quiet_ray_data
 
 
 class PackedStream:
     """Packed batches of one split of a shard set, for one trainer rank (see module docstring).
 
     shards: a split folder (`OUT/train`), or a shard-set folder with `subset` naming the split.
-    split: `(rank, world)` for data-parallel training; every rank gets the same step count.
-    workers / worker_cpus: concurrent Ray Data tasks assembling batches, CPUs each (fractional allowed).
-    freq_mask / time_mask: SpecAugment widths (0 = off), keyed by (seed, epoch, key).
+    config: a `StreamConfig`; keyword settings (its field names) build one or override its fields.
+    rank / world: this data-parallel rank among `world`; every rank gets the same step count.
     """
 
     def __init__(
         self,
         shards: str | Path,
-        rows_per_batch: int,
-        max_tokens: int = 2048,
-        packing: str = "first_fit",
-        buffer: int = 1024,
-        scales: tuple[float, ...] = (1.0,),
-        compression: str = "shift",
-        max_frames: int = 3072,
-        shuffle: bool = True,
-        seed: int = 0,
-        split: tuple[int, int] | None = None,
-        backend: str = "ray",
+        config: StreamConfig | None = None,
         *,
         subset: str | None = None,
-        workers: int = 2,
-        worker_cpus: float = 1.0,
-        prefetch: int = 2,
-        max_per_row: int | None = None,
-        freq_mask: int = 0,
-        time_mask: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        split: tuple[int, int] | None = None,
+        **settings,
     ):
-        if backend not in BACKENDS:
-            raise ValueError(f"backend {backend!r} is not one of {BACKENDS}")
-        self.rank, self.world = split or (0, 1)
-        if not 0 <= self.rank < self.world:
-            raise ValueError(f"split {split} must be (rank, world) with 0 <= rank < world")
-        if workers < 1 or worker_cpus <= 0:
-            raise ValueError(f"workers ({workers}) must be >= 1 and worker_cpus ({worker_cpus}) > 0")
+        if config is not None and not isinstance(config, StreamConfig):
+            raise TypeError(f"config must be a StreamConfig, got {config!r}: pass settings by name (rows_per_batch=...)")
+        self.config = replace(config, **settings) if config is not None else StreamConfig(**settings)
+        if split is not None:
+            warnings.warn("PackedStream(split=(rank, world)) is renamed: pass rank= and world=", DeprecationWarning, stacklevel=2)
+            rank, world = split
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} and world {world} must satisfy 0 <= rank < world")
+        self.rank, self.world = rank, world
         self.dataset, self.subset = _open(Path(shards), subset)
-        self.backend, self.workers, self.worker_cpus, self.prefetch = backend, workers, worker_cpus, prefetch
-        self.plan_config = PlanConfig(
-            rows_per_batch, max_tokens, packing, buffer, tuple(scales), compression, max_frames, shuffle, seed, max_per_row
-        )
         stats = self.dataset.fbank_stats
         if not stats:
             raise ValueError(f"{self.dataset.root / DATASET_FILE} has no fbank statistics: rebuild it with make_shards")
         self.features = FeatureConfig(
+            stream=self.config,
             split_dir=str(self.dataset.root / self.subset),
             sample_rate=self.dataset.sample_rate,
-            rows_per_batch=rows_per_batch,
-            max_tokens=max_tokens,
             num_classes=len(self.dataset.labels),
             multi_label=bool(self.dataset.meta.get("multi_label")),
             mean=stats["mean"],
             std=stats["std"],
-            compression=compression,
-            max_frames=max_frames,
-            seed=seed,
-            freq_mask=freq_mask,
-            time_mask=time_mask,
         )
         self.dataset.shard_paths(self.subset)  # a missing shard is an error now, not mid-epoch
         table = self.dataset.index(self.subset)
@@ -104,20 +85,25 @@ class PackedStream:
     def labels(self) -> list[str]:
         return self.dataset.labels
 
-    def __len__(self) -> int:
+    @property
+    def num_samples(self) -> int:
+        """Samples in the split (all ranks together)."""
         return len(self.index["key"])
+
+    def __len__(self) -> int:
+        return self.num_samples
 
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's plan (identical on every rank); the latest one is kept."""
         if epoch not in self._plans:
-            self._plans = {epoch: plan_epoch(self._plan_index, self.plan_config, epoch, self._key_hash)}
+            self._plans = {epoch: plan_epoch(self._plan_index, self.config, epoch, self._key_hash)}
         return self._plans[epoch]
 
     def steps(self, epoch: int) -> int:
         """Batches this rank receives in `epoch` (equal on all ranks; varies with the epoch's scales)."""
         return self.plan(epoch).steps(self.world)
 
-    def specs(self, epoch: int, start_step: int = 0) -> list[dict]:
+    def specs(self, epoch: int, start_step: int = 0) -> list[BatchSpec]:
         plan = self.plan(epoch)
         if not 0 <= start_step <= plan.steps(self.world):
             raise ValueError(f"start_step {start_step} is not in 0..{plan.steps(self.world)}")
@@ -129,7 +115,7 @@ class PackedStream:
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[PackedBatch]:
         """This rank's batches of `epoch` from `start_step` on, in step order."""
         specs = self.specs(epoch, start_step)
-        arrays = self._assemble_ray(specs) if self.backend == "ray" else (assemble(s, self.features) for s in specs)
+        arrays = self._assemble_ray(specs) if self.config.backend == "ray" else (assemble(s, self.features) for s in specs)
         stats = self.stats[epoch] = _empty_stats()
         plan = self.plan(epoch)
         stats["plan_pad_ratio"] = plan.pad_ratio
@@ -143,35 +129,30 @@ class PackedStream:
             yield batch
             waited = time.perf_counter()
 
-    def _assemble_ray(self, specs: list[dict]) -> Iterator[dict]:
+    def _assemble_ray(self, specs: list[BatchSpec]) -> Iterator[dict]:
         import ray.data
 
         if not specs:
             return
-        context = ray.data.DataContext.get_current()
-        options = context.execution_options
-        saved = options.preserve_order, context.enable_progress_bars, context.print_on_execution_start
-        options.preserve_order, context.enable_progress_bars, context.print_on_execution_start = True, False, False
-        try:
-            dataset = ray.data.from_items([{"spec": json.dumps(s)} for s in specs], override_num_blocks=len(specs))
+        with quiet_ray_data(preserve_order=True):
+            dataset = ray.data.from_items([{"spec": s.to_json()} for s in specs], override_num_blocks=len(specs))
             dataset = dataset.map_batches(
                 _assemble_one,
                 fn_kwargs={"features": self.features},
                 batch_size=1,
                 batch_format="numpy",
-                compute=ray.data.TaskPoolStrategy(size=self.workers),
-                num_cpus=self.worker_cpus,
+                compute=ray.data.TaskPoolStrategy(size=self.config.workers),
+                num_cpus=self.config.worker_cpus,
             )
-            for item in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=self.prefetch):
+            for item in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=self.config.prefetch):
                 yield {name: value[0] for name, value in item.items()}
-        finally:
-            options.preserve_order, context.enable_progress_bars, context.print_on_execution_start = saved
+
 
 def _assemble_one(batch: dict, features: FeatureConfig) -> dict:
     """Ray Data task: one batch spec in, its arrays out. Tasks rather than an actor pool: Ray
     reuses its worker processes (imports and feature caches warm) from one epoch to the next,
     where a pool of actors would start afresh with every epoch's dataset."""
-    arrays = assemble(json.loads(str(batch["spec"][0])), features)
+    arrays = assemble(BatchSpec.from_json(str(batch["spec"][0])), features)
     return {name: np.asarray([value]) if name != "meta" else np.array([value], dtype=object) for name, value in arrays.items()}
 
 

@@ -33,6 +33,9 @@ N_MELS = 128
 FRAME_LENGTH_MS = 25.0
 BASE_SHIFT_MS = 10.0
 MILLISECONDS_TO_SECONDS = 0.001  # the constant kaldi.fbank multiplies by
+COMPRESSIONS = ("shift", "avgpool")  # how a resolution C > 1 is made: frame shift 10*C ms, or C frames average-pooled
+SCALE_GRID = tuple(round(1.0 + 0.2 * k, 1) for k in range(16))  # the training grid of C: 1.0, 1.2, ..., 4.0
+SCALE_RANGE = (1.0, 8.0)  # the values of C a plan or a prediction accepts
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +59,19 @@ def shift_for_scale(scale: ArrayLike) -> np.ndarray:
     reproducible however C was produced (``1.0 + 0.2 * k`` accumulates error).
     """
     return BASE_SHIFT_MS * np.round(np.asarray(scale, dtype=np.float64), 1)
+
+
+def resolution(scale: ArrayLike, compression: str = "shift") -> tuple[np.ndarray, np.ndarray]:
+    """(frame shift in ms, average-pooling factor) that make resolution C under `compression`:
+    "shift" moves the frame shift to 10*C ms; "avgpool" keeps 10 ms frames and pools whole C of them."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression {compression!r} is not one of {COMPRESSIONS}")
+    scale = np.asarray(scale, dtype=np.float64)
+    if compression == "shift":
+        return shift_for_scale(scale), np.ones(scale.shape, np.int64)
+    if np.any(scale != np.round(scale)):
+        raise ValueError(f"avgpool compression needs whole scales (e.g. 1, 2, 3, 4), got {scale}")
+    return np.full(scale.shape, BASE_SHIFT_MS), scale.astype(np.int64)
 
 
 def frame_samples(sample_rate: ArrayLike, milliseconds: ArrayLike) -> np.ndarray:

@@ -7,7 +7,8 @@ cross Ray as JSON text: no Arrow schema guessing on nested or sometimes-null fie
 from __future__ import annotations
 
 import json
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 BACKENDS = ("ray", "local")
 
@@ -39,13 +40,26 @@ def parallel_map(fn: Callable[[dict], dict], items: list[dict], backend: str = "
         return
     import ray.data
 
-    context = ray.data.DataContext.get_current()
-    saved = context.enable_progress_bars, context.print_on_execution_start
-    context.enable_progress_bars, context.print_on_execution_start = False, False
-    try:
+    with quiet_ray_data():
         rows = [{"item": json.dumps(item)} for item in items]
         dataset = ray.data.from_items(rows, override_num_blocks=len(rows)).map(_JsonCall(fn))
         for row in dataset.iter_rows():
             yield json.loads(row["result"])
+
+
+@contextmanager
+def quiet_ray_data(preserve_order: bool | None = None) -> Iterator[None]:
+    """Ray Data's global context without progress bars and start-up lines (callers report
+    progress in their own units), `preserve_order` set if given; all restored on exit."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    options = context.execution_options
+    saved = options.preserve_order, context.enable_progress_bars, context.print_on_execution_start
+    context.enable_progress_bars = context.print_on_execution_start = False
+    if preserve_order is not None:
+        options.preserve_order = preserve_order
+    try:
+        yield
     finally:
-        context.enable_progress_bars, context.print_on_execution_start = saved
+        options.preserve_order, context.enable_progress_bars, context.print_on_execution_start = saved

@@ -3,12 +3,12 @@ arithmetic, and `jobs/evaluate.py` end to end on a small demo shard set."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 
-import numpy as np
 import pytest
 import torch
 
-from elasticast import save_checkpoint
+from elasticast import TrainedFeatures, save_checkpoint
 from elasticast.ast_baseline import fixed_size_tokens, fixed_size_usage
 from elasticast.evaluation import Point, load_candidate, sweep_points
 from elasticast.training.config import TrainConfig
@@ -32,8 +32,10 @@ def write_checkpoint(path, shards, labels=None, **overrides):
     config = TrainConfig(**overrides)
     torch.manual_seed(0)
     model = build_model(config, len(labels or dataset.labels))
-    save_checkpoint(path, model, labels or dataset.labels, dataset.fbank_stats, dataset.sample_rate, False,
-                    extra={"train_config": config.to_dict()})
+    features = TrainedFeatures(dataset.sample_rate, dataset.fbank_stats["mean"], dataset.fbank_stats["std"], config.compression,
+                               config.max_frames)
+    save_checkpoint(path, model, labels or dataset.labels, features,
+                    extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(config.stream())})
     return path
 
 
@@ -70,7 +72,7 @@ def test_at_a_cap_elasticast_crops_only_longer_clips_and_ast_crops_or_pads_every
 def test_ast_positions_are_its_own_at_its_size_and_resampled_elsewhere(demo_shards, tmp_path):
     ast = load_candidate(write_checkpoint(tmp_path / "ast.pt", demo_shards, model="ast", target_frames=256)).model
     assert torch.equal(ast.grid_positions(ast.tokens), ast.pos_embed[:, 1:])
-    longer = ast.grid_positions(ast.tokens_for(512)).reshape(32, 8, -1)
+    longer = ast.grid_positions(ast.input_tokens(512)).reshape(32, 8, -1)
     table = ast.pos_embed[0, 1:].reshape(16, 8, -1)
     assert longer.shape[0] == 32 and torch.allclose(longer[0], table[0]) and torch.allclose(longer[-1], table[-1])
     batch = next(iter(PackedStream(demo_shards / "test", rows_per_batch=2, max_tokens=2048, shuffle=False, backend="local").epoch(0)))

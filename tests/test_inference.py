@@ -6,14 +6,16 @@ import pytest
 import soundfile as sf
 import torch
 
-from elasticast import Classifier, ElasticAST, load_checkpoint, preset, save_checkpoint
+from dataclasses import replace
+
+from elasticast import Classifier, ElasticAST, TrainedFeatures, load_checkpoint, preset, save_checkpoint
 from loaders.tokens import shift_for_scale, token_counts
 from shards.audio import AudioError
 
 RATE = 16000
 LABELS = ["a", "b", "c"]
-STATS = {"mean": -5.0, "std": 4.0, "count": 10}
 MAX_FRAMES = 512
+FEATURES = TrainedFeatures(sample_rate=RATE, mean=-5.0, std=4.0, max_frames=MAX_FRAMES)
 WINDOW_SAMPLES = 400 + (MAX_FRAMES - 1) * 160  # 25 ms window + 511 shifts of 10 ms: exactly 512 frames
 HOP_SAMPLES = MAX_FRAMES // 2 * 160
 
@@ -26,7 +28,7 @@ def model() -> ElasticAST:
 
 @pytest.fixture(scope="module")
 def classifier(model) -> Classifier:
-    return Classifier(model, LABELS, STATS["mean"], STATS["std"], RATE)
+    return Classifier(model, LABELS, FEATURES)
 
 
 def noise(seconds: float, seed: int) -> np.ndarray:
@@ -39,10 +41,10 @@ def probabilities(predictions) -> np.ndarray:
 
 def test_checkpoint_round_trip_predicts_like_the_model_in_memory(tmp_path, model, classifier):
     path = tmp_path / "model.pt"
-    save_checkpoint(path, model, LABELS, STATS, RATE, multi_label=False, extra={"epoch": 3})
+    save_checkpoint(path, model, LABELS, FEATURES, extra={"epoch": 3})
     loaded = Classifier.from_checkpoint(path)
-    assert (loaded.labels, loaded.mean, loaded.std, loaded.sample_rate) == (tuple(LABELS), -5.0, 4.0, RATE)
-    assert load_checkpoint(path)["extra"] == {"epoch": 3}
+    assert (loaded.labels, loaded.features) == (tuple(LABELS), FEATURES)
+    assert load_checkpoint(path).extra == {"epoch": 3}
     clips = [noise(0.7, 1), noise(2.3, 2)]
     assert np.array_equal(probabilities(loaded.predict(clips, sample_rate=RATE)), probabilities(classifier.predict(clips, sample_rate=RATE)))
 
@@ -51,7 +53,7 @@ def test_checkpoint_errors_name_the_file(tmp_path, model):
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
         Classifier.from_checkpoint(tmp_path / "nowhere.pt")
     path = tmp_path / "old.pt"
-    save_checkpoint(path, model, LABELS, STATS, RATE, multi_label=False)
+    save_checkpoint(path, model, LABELS, FEATURES)
     torch.save({**torch.load(path, weights_only=True), "format_version": 99}, path)
     with pytest.raises(ValueError, match="format_version 99"):
         Classifier.from_checkpoint(path)
@@ -59,12 +61,9 @@ def test_checkpoint_errors_name_the_file(tmp_path, model):
     with pytest.raises(ValueError, match="not an ElasticAST checkpoint"):
         load_checkpoint(path)
     with pytest.raises(ValueError, match="2 labels for a model with num_classes 3"):
-        save_checkpoint(path, model, ["a", "b"], STATS, RATE, multi_label=False)
-    with pytest.raises(ValueError, match="fbank_stats lacks"):
-        save_checkpoint(path, model, LABELS, {"mean": 0.0}, RATE, multi_label=False)
-    save_checkpoint(path, model, LABELS, STATS, RATE, multi_label=False, compression="avgpool")
-    with pytest.raises(ValueError, match="'avgpool' compression"):
-        Classifier.from_checkpoint(path)
+        save_checkpoint(path, model, ["a", "b"], FEATURES)
+    with pytest.raises(ValueError, match="std"):
+        TrainedFeatures(sample_rate=RATE, mean=0.0, std=0.0)
 
 
 def test_clips_predicted_together_equal_each_alone(classifier):
@@ -77,7 +76,7 @@ def test_clips_predicted_together_equal_each_alone(classifier):
 
 
 def test_multi_label_uses_sigmoid_single_label_softmax(model, classifier):
-    multi = Classifier(model, LABELS, STATS["mean"], STATS["std"], RATE, multi_label=True)
+    multi = Classifier(model, LABELS, replace(FEATURES, multi_label=True))
     clip = [noise(1.5, 7)]
     single, sigmoid = classifier.predict(clip, sample_rate=RATE)[0], multi.predict(clip, sample_rate=RATE)[0]
     assert np.allclose(sigmoid.probabilities, 1 / (1 + np.exp(-sigmoid.logits)), atol=1e-6)
@@ -138,7 +137,7 @@ def test_bad_inputs_are_refused_by_name(classifier, tmp_path):
         classifier.predict([tmp_path / "absent.wav"])
     with pytest.raises(ValueError, match="input 0 has shape"):
         classifier.predict([np.zeros((2, 100))], sample_rate=RATE)
-    with pytest.raises(ValueError, match="max_tokens 128 cannot hold one window of max_frames 512 \\(256 tokens\\)"):
+    with pytest.raises(ValueError, match="max_tokens 128 cannot hold one window of 512 frames \\(256 tokens\\)"):
         classifier.predict([clip], sample_rate=RATE, max_tokens=128)
     with pytest.raises(ValueError, match="scale 9.0 is outside"):
         classifier.predict([clip], sample_rate=RATE, scale=9.0)

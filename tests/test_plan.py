@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loaders.plan import Index, PlanConfig, fnv1a64, keyed_uniform, plan_epoch
+from loaders.config import StreamConfig
+from loaders.plan import Index, fnv1a64, keyed_uniform, plan_epoch
+from loaders.tokens import SCALE_GRID
 
-GRID = tuple(np.round(np.arange(1.0, 4.01, 0.2), 1))
 
 
 @st.composite
@@ -27,12 +28,12 @@ def corpora(draw):
 
 @st.composite
 def configs(draw):
-    return PlanConfig(
+    return StreamConfig(
         rows_per_batch=draw(st.integers(1, 5)),
         max_tokens=draw(st.sampled_from([64, 256, 2048])),
         packing=draw(st.sampled_from(["first_fit", "greedy"])),
         buffer=draw(st.integers(1, 64)),
-        scales=draw(st.sampled_from([(1.0,), GRID])),
+        scales=draw(st.sampled_from([(1.0,), SCALE_GRID])),
         max_frames=draw(st.sampled_from([64, 3072])),
         shuffle=draw(st.booleans()),
         seed=draw(st.integers(0, 3)),
@@ -68,14 +69,14 @@ def test_every_sample_once_across_ranks_with_equal_steps_and_no_overflow(index, 
 
 def test_a_samples_scale_depends_on_seed_epoch_and_key_only():
     index = Index(np.array([f"k{i}" for i in range(200)]), np.zeros(200, np.int64), np.full(200, 48000), np.full(200, 16000))
-    config = PlanConfig(rows_per_batch=2, scales=GRID)
+    config = StreamConfig(rows_per_batch=2, scales=SCALE_GRID)
     scale_of = lambda plan: dict(zip(plan.sample.tolist(), plan.scale.tolist()))
     base = scale_of(plan_epoch(index, config, 0))
     reordered = Index(index.keys[::-1], index.shard, index.num_samples, index.sample_rate)
     flipped = scale_of(plan_epoch(reordered, config, 0))
     assert all(base[i] == flipped[199 - i] for i in range(200))  # follows the key, not the position
     assert base != scale_of(plan_epoch(index, config, 1))
-    assert set(base.values()) == set(GRID)
+    assert set(base.values()) == set(SCALE_GRID)
 
 
 def test_key_hash_and_uniforms_are_stable():
@@ -91,4 +92,4 @@ def test_bad_plan_configurations_are_refused():
     for bad in (dict(rows_per_batch=0), dict(rows_per_batch=1, scales=()), dict(rows_per_batch=1, scales=(0.5,)),
                 dict(rows_per_batch=1, compression="mel"), dict(rows_per_batch=1, compression="avgpool", scales=(1.5,))):
         with pytest.raises(ValueError):
-            PlanConfig(**bad)
+            StreamConfig(**bad)

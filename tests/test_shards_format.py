@@ -1,7 +1,6 @@
 """The shard format itself: atomic, deterministic tars; robust reading; exact shard planning."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

@@ -2,15 +2,16 @@
 backend equality, resume, bad data."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 
-from loaders import PackedStream
+from loaders import PackedStream, StreamConfig
+from loaders.assemble import BatchSpec
 from loaders.features import patchify, spectrogram
 from shards import ShardDataset
 
@@ -39,8 +40,8 @@ def same_batches(a, b) -> bool:
 def test_exactly_once_across_two_ranks_with_two_ray_workers(fsdd_shards, ray_local):
     split_dir = fsdd_shards / "test"
     expected = set(ShardDataset(fsdd_shards).index("test").column("key").to_pylist())
-    ranks = [collect(PackedStream(split_dir, 2, 256, buffer=64, scales=SCALES, split=(r, 2), workers=2)) for r in (0, 1)]
-    plan = PackedStream(split_dir, 2, 256, buffer=64, scales=SCALES, backend="local").plan(0)
+    ranks = [collect(PackedStream(split_dir, rows_per_batch=2, max_tokens=256, buffer=64, scales=SCALES, rank=r, world=2, workers=2)) for r in (0, 1)]
+    plan = PackedStream(split_dir, rows_per_batch=2, max_tokens=256, buffer=64, scales=SCALES, backend="local").plan(0)
     assert plan.n_batches % 2 == 1, "this test needs a batch count that 2 ranks cannot share evenly"
     assert len(ranks[0]) == len(ranks[1]) == plan.steps(2)
     assert [b.is_padding for b in ranks[1]] == [False] * (plan.steps(2) - 1) + [True]
@@ -52,7 +53,7 @@ def test_exactly_once_across_two_ranks_with_two_ray_workers(fsdd_shards, ray_loc
 
 
 def test_rows_hold_whole_samples_with_correct_positions_and_features(demo_shards):
-    stream = PackedStream(demo_shards / "train", 2, 2048, buffer=32, scales=SCALES, backend="local")
+    stream = PackedStream(demo_shards / "train", rows_per_batch=2, max_tokens=2048, buffer=32, scales=SCALES, backend="local")
     dataset = ShardDataset(demo_shards)
     stats = dataset.fbank_stats
     checked = 0
@@ -77,14 +78,14 @@ def test_rows_hold_whole_samples_with_correct_positions_and_features(demo_shards
 
 
 def test_same_batches_with_one_or_two_ray_workers_and_locally(demo_shards, ray_local):
-    args = dict(shards=demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, split=(1, 2))
+    args = dict(shards=demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, rank=1, world=2)
     local = collect(PackedStream(**args, backend="local"))
     assert same_batches(local, collect(PackedStream(**args, workers=1)))
     assert same_batches(local, collect(PackedStream(**args, workers=2, worker_cpus=0.5)))
 
 
 def test_seed_and_epoch_fix_the_batches(demo_shards):
-    make = lambda seed: PackedStream(demo_shards / "train", 2, buffer=32, scales=SCALES, seed=seed, backend="local")
+    make = lambda seed: PackedStream(demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, seed=seed, backend="local")
     first = collect(make(0), epoch=3)
     assert same_batches(first, collect(make(0), epoch=3))
     assert [b.keys for b in first] != [b.keys for b in collect(make(0), epoch=4)]
@@ -92,7 +93,7 @@ def test_seed_and_epoch_fix_the_batches(demo_shards):
 
 
 def test_resume_mid_epoch_gives_exactly_the_remaining_batches(demo_shards):
-    stream = PackedStream(demo_shards / "train", 1, 1024, buffer=32, scales=SCALES, backend="local")
+    stream = PackedStream(demo_shards / "train", rows_per_batch=1, max_tokens=1024, buffer=32, scales=SCALES, backend="local")
     full = collect(stream, epoch=2)
     assert len(full) > 4
     assert same_batches(full[3:], collect(stream, epoch=2, start_step=3))
@@ -101,15 +102,15 @@ def test_resume_mid_epoch_gives_exactly_the_remaining_batches(demo_shards):
 
 def test_avgpool_compression_uses_whole_scales(demo_shards):
     with pytest.raises(ValueError, match="avgpool"):
-        PackedStream(demo_shards / "train", 2, scales=(1.0, 1.5), compression="avgpool", backend="local")
-    stream = PackedStream(demo_shards / "train", 2, scales=(1, 2, 3, 4), compression="avgpool", backend="local")
+        PackedStream(demo_shards / "train", rows_per_batch=2, scales=(1.0, 1.5), compression="avgpool", backend="local")
+    stream = PackedStream(demo_shards / "train", rows_per_batch=2, scales=(1, 2, 3, 4), compression="avgpool", backend="local")
     batches = collect(stream)
     assert {float(s) for b in batches for s in b.scale} == {1.0, 2.0, 3.0, 4.0}
     assert sum(b.num_samples for b in batches) == len(stream)
 
 
 def test_stream_stats_add_up(demo_shards):
-    stream = PackedStream(demo_shards / "train", 2, buffer=32, scales=SCALES, max_frames=512, backend="local")
+    stream = PackedStream(demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, max_frames=512, backend="local")
     batches = collect(stream)
     stats = stream.stats[0]
     assert stats["samples"] == len(stream) and stats["batches"] == len(batches)
@@ -130,8 +131,8 @@ def test_a_corrupt_member_leaves_a_hole_and_costs_nothing_else(demo_shards, tmp_
     with open(root / "train" / victim["shard"], "r+b") as handle:
         handle.seek(victim["offset"])
         handle.write(b"garbage!" * 8)
-    stream = PackedStream(root / "train", 2, buffer=32, scales=SCALES, backend="local")
-    reference = collect(PackedStream(demo_shards / "train", 2, buffer=32, scales=SCALES, backend="local"))
+    stream = PackedStream(root / "train", rows_per_batch=2, buffer=32, scales=SCALES, backend="local")
+    reference = collect(PackedStream(demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, backend="local"))
     batches = collect(stream)
     assert len(batches) == len(reference)
     failed = [f for b in batches for f in b.failed]
@@ -149,7 +150,7 @@ def test_a_truncated_shard_loses_only_the_samples_past_the_break(demo_shards, tm
     path = root / "train" / shard
     cut_at = members[len(members) // 2]["offset"] + 100
     path.write_bytes(path.read_bytes()[:cut_at])
-    batches = collect(PackedStream(root / "train", 2, buffer=32, scales=SCALES, backend="local"))
+    batches = collect(PackedStream(root / "train", rows_per_batch=2, buffer=32, scales=SCALES, backend="local"))
     lost = {f["key"] for b in batches for f in b.failed}
     assert lost == {r["key"] for r in members if r["offset"] + r["nbytes"] > cut_at}
     assert all("truncated" in f["reason"] for b in batches for f in b.failed)
@@ -161,16 +162,44 @@ def test_configuration_errors_name_the_problem(demo_shards, tmp_path):
     shard = ShardDataset(root).meta["splits"]["train"]["shards"][0]
     (root / "train" / shard).unlink()
     with pytest.raises(FileNotFoundError, match=shard):
-        PackedStream(root / "train", 2, backend="local")
+        PackedStream(root / "train", rows_per_batch=2, backend="local")
     with pytest.raises(FileNotFoundError, match="neither a shard set"):
-        PackedStream(tmp_path, 2, backend="local")
-    with pytest.raises(ValueError, match="split"):
-        PackedStream(demo_shards / "train", 2, split=(2, 2), backend="local")
+        PackedStream(tmp_path, rows_per_batch=2, backend="local")
+    with pytest.raises(ValueError, match="rank 2 and world 2"):
+        PackedStream(demo_shards / "train", rows_per_batch=2, rank=2, world=2, backend="local")
+    with pytest.raises(TypeError, match="rows_per_batch"):
+        PackedStream(demo_shards / "train", 2, backend="local")
     with pytest.raises(ValueError, match="backend"):
-        PackedStream(demo_shards / "train", 2, backend="spark")
+        PackedStream(demo_shards / "train", rows_per_batch=2, backend="spark")
     meta = json.loads((root / "dataset.json").read_text())
     meta["fbank"] = None
     (root / "dataset.json").write_text(json.dumps(meta))
     (root / "train" / shard).write_bytes(b"")
     with pytest.raises(ValueError, match="fbank statistics"):
-        PackedStream(root / "train", 2, backend="local")
+        PackedStream(root / "train", rows_per_batch=2, backend="local")
+
+
+def test_one_stream_config_whether_given_whole_by_name_or_from_a_train_config(demo_shards):
+    """A `StreamConfig`, the same settings by name, and `TrainConfig.stream()` plan identically;
+    the deprecated `split=(rank, world)` still deals like `rank=`/`world=`."""
+    from elasticast.training.config import TrainConfig
+
+    settings = dict(rows_per_batch=2, max_tokens=1024, buffer=32, scales=SCALES, seed=3, freq_mask=8, backend="local", workers=1)
+    config = StreamConfig(**settings)
+    by_name = PackedStream(demo_shards / "train", **settings, rank=1, world=2)
+    trained = TrainConfig(rows_per_batch=2, max_tokens=1024, buffer=32, scales=SCALES, seed=3, freq_mask=8, loader="local").stream()
+    assert trained == config == by_name.config
+    with pytest.warns(DeprecationWarning, match="rank= and world="):
+        old = PackedStream(demo_shards / "train", config, split=(1, 2))
+    assert (old.rank, old.world) == (1, 2)
+    assert old.specs(1) == by_name.specs(1)
+    assert PackedStream(demo_shards / "train", config, seed=4).config == dataclasses.replace(config, seed=4)
+    with pytest.raises(ValueError, match="packing 'best_fit'"):
+        StreamConfig(rows_per_batch=2, packing="best_fit")
+
+
+def test_batch_specs_cross_to_workers_unchanged(demo_shards):
+    stream = PackedStream(demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, backend="local")
+    specs = stream.specs(0)
+    assert specs[0].samples and all(BatchSpec.from_json(s.to_json()) == s for s in specs)
+    assert all(isinstance(s.samples[0].label_ids, tuple) for s in specs)

@@ -49,7 +49,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, fsdd_dir, fs
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4) and a["val_metric"] == pytest.approx(b["val_metric"], abs=0.02)
     assert [k["counts"] for k in key_files(tmp_path / "full")] == [k["counts"] for k in key_files(tmp_path / "cut")]
     assert all(k["exactly_once"] for k in key_files(tmp_path / "full"))
-    weights = [load_checkpoint(tmp_path / run / "last.pt")["state_dict"] for run in ("full", "cut")]
+    weights = [load_checkpoint(tmp_path / run / "last.pt").state_dict for run in ("full", "cut")]
     for name, value in weights[0].items():
         assert torch.allclose(value, weights[1][name], atol=1e-4), name
     summary = json.loads((tmp_path / "full" / "metrics.json").read_text())

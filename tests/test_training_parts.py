@@ -9,7 +9,7 @@ import torch
 from elasticast.training.config import TrainConfig, parse_args
 from elasticast.training.epoch_report import epoch_metrics, key_counts, progress_line
 from elasticast.training.loop import EpochResult
-from elasticast.training.metrics import mean_average_precision, score
+from elasticast.metrics import mean_average_precision, score
 from elasticast.training.schedule import lr_factor, make_optimizer
 
 

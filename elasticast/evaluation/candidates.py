@@ -8,11 +8,9 @@ from pathlib import Path
 
 import torch
 
-from elasticast.ast_baseline import ASTBaseline
-from elasticast.config import ModelConfig
-from elasticast.inference import load_checkpoint
-from elasticast.model import ElasticAST
+from elasticast.checkpoint import Model, TrainedFeatures, load_checkpoint, model_from_checkpoint
 from loaders.batch import PackedBatch
+from loaders.config import StreamConfig
 
 CHECKPOINT_IN_RUN = "best.pt"
 
@@ -21,14 +19,14 @@ CHECKPOINT_IN_RUN = "best.pt"
 class Candidate:
     name: str
     kind: str  # "elasticast" | "ast"
-    model: ElasticAST | ASTBaseline
+    model: Model
     labels: list[str]
-    fbank: dict
-    train_config: dict
+    features: TrainedFeatures
+    stream: StreamConfig | None  # the training stream's settings, when the trainer recorded them
 
     @property
     def target_frames(self) -> int:
-        return int(self.train_config.get("target_frames", 0))
+        return self.model.target_frames if self.kind == "ast" else 0
 
     @property
     def max_frames(self) -> int:
@@ -46,16 +44,7 @@ def load_candidate(path: str | Path, name: str | None = None) -> Candidate:
     """A run folder (its `best.pt`) or a checkpoint file written by `jobs/train.py`, in eval mode.
     Named after the run folder unless `name` is given."""
     path = Path(path)
-    file = path / CHECKPOINT_IN_RUN if path.is_dir() else path
-    checkpoint = load_checkpoint(file)
-    train_config = checkpoint["extra"].get("train_config", {})
-    kind = train_config.get("model", "elasticast")
-    config = ModelConfig(**checkpoint["config"])
-    if kind == "ast":
-        model = ASTBaseline(config, train_config["target_frames"], train_config["pooling"])
-    else:
-        model = ElasticAST(config)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
-    return Candidate(name or (path.name if path.is_dir() else path.stem), kind, model, checkpoint["labels"],
-                     checkpoint["fbank"], train_config)
+    checkpoint = load_checkpoint(path / CHECKPOINT_IN_RUN if path.is_dir() else path)
+    stream = checkpoint.extra.get("stream")
+    return Candidate(name or (path.name if path.is_dir() else path.stem), checkpoint.kind, model_from_checkpoint(checkpoint),
+                     checkpoint.labels, checkpoint.features, StreamConfig(**stream) if stream else None)

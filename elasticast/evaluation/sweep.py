@@ -15,14 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from elasticast.evaluation.candidates import Candidate
-from elasticast.training.loop import predict_many
-from elasticast.training.metrics import score
-from loaders import PackedStream
-from loaders.tokens import N_MELS, PATCH
+from elasticast.metrics import score
+from elasticast.predict import predict_many
+from loaders import PackedStream, StreamConfig
+from loaders.tokens import COMPRESSIONS, N_MELS, PATCH
 
 SWEEPS = ("length", "scale")
-COMPRESSIONS = ("shift", "avgpool")
-DEFAULT_SCALES = tuple(round(1.0 + 0.2 * k, 1) for k in range(16))  # 1.0, 1.2, ..., 4.0
 
 
 @dataclass(frozen=True)
@@ -75,10 +73,10 @@ def evaluate_point(
     """One result row per candidate at `point`: the split is featurized once and every model
     scores the same batches."""
     cap = point.cap(native_frames)
-    stream = PackedStream(
-        split, rows_per_batch=rows_per_batch, max_tokens=max(2048, cap // PATCH * (N_MELS // PATCH)), scales=(point.scale,),
-        compression=point.compression, max_frames=cap, shuffle=False, backend=backend, workers=workers,
-    )
+    config = StreamConfig(rows_per_batch=rows_per_batch, max_tokens=max(2048, cap // PATCH * (N_MELS // PATCH)),
+                          scales=(point.scale,), compression=point.compression, max_frames=cap, shuffle=False,
+                          backend=backend, workers=workers)
+    stream = PackedStream(split, config)
     keys, logits, labels = predict_many([c.forward_at(point) for c in candidates], stream.epoch(0))
     stats = stream.stats[0]
     rows = []
@@ -92,6 +90,6 @@ def evaluate_point(
             "input_frames": input_frames or "",
             "metric": metrics["metric"], "metric_name": next(k for k in metrics if k != "metric"),
             "samples": len(keys), "failed": stats["failed"],
-            "tokens_per_clip": candidate.model.tokens_for(input_frames) if ast else stats["tokens"] / max(stats["samples"], 1),
+            "tokens_per_clip": candidate.model.input_tokens(input_frames) if ast else stats["tokens"] / max(stats["samples"], 1),
         })
     return rows

@@ -4,6 +4,7 @@ each checkpoint's own training configuration. AST: every clip cropped or padded 
 ElasticAST: the epoch-0 packing plan, for each packing mode."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from elasticast.ast_baseline import fixed_size_usage
@@ -11,33 +12,31 @@ from elasticast.evaluation.candidates import Candidate
 from loaders import PackedStream
 from loaders.pack import MODES
 
-PLAN_KEYS = ("rows_per_batch", "max_tokens", "buffer", "scales", "compression", "max_frames", "seed")
-
 
 def training_usage(train_split: str | Path, candidates: list[Candidate]) -> list[dict]:
-    """One row per (training configuration, packing mode); duplicates are listed once."""
+    """One row per (training configuration, packing mode); duplicates are listed once.
+    Candidates whose checkpoint does not record its training stream are left out."""
     rows, seen = [], set()
     for candidate in candidates:
-        config = candidate.train_config
-        plan_args = {key: tuple(config[key]) if key == "scales" else config[key] for key in PLAN_KEYS if key in config}
-        modes = [config.get("packing", "first_fit")] if candidate.kind == "ast" else list(MODES)
+        if candidate.stream is None:
+            continue
+        modes = [candidate.stream.packing] if candidate.kind == "ast" else list(MODES)
         for mode in modes:
-            stream = PackedStream(train_split, packing=mode, shuffle=True, backend="local", **plan_args)
-            plan = stream.plan(0)
+            config = replace(candidate.stream, packing=mode, shuffle=True, backend="local")
+            plan = PackedStream(train_split, config).plan(0)
             if candidate.kind == "ast":
-                size = candidate.model.tokens
-                real, slots, cut = fixed_size_usage(plan.tokens, size, int(plan.cut.sum()))
+                real, slots, cut = fixed_size_usage(plan.tokens, candidate.model.tokens, int(plan.cut.sum()))
                 setting = f"{candidate.target_frames} frames"
                 pad = 1 - real / max(slots, 1)
             else:
                 real, cut = int(plan.tokens.sum()), int(plan.cut.sum())
-                setting = f"{mode}, {stream.plan_config.rows_per_batch} x {stream.plan_config.max_tokens} tokens"
+                setting = f"{mode}, {config.rows_per_batch} x {config.max_tokens} tokens"
                 pad = plan.pad_ratio
-            key = (candidate.kind, setting, tuple(stream.plan_config.scales), stream.plan_config.max_frames)
+            key = (candidate.kind, setting, config.scales, config.max_frames)
             if key in seen:
                 continue
             seen.add(key)
             rows.append({"checkpoint": candidate.name, "model": candidate.kind, "setting": setting,
-                         "scales": " ".join(f"{c:g}" for c in stream.plan_config.scales),
+                         "scales": " ".join(f"{c:g}" for c in config.scales),
                          "pad_ratio": pad, "cut_ratio": cut / max(real + cut, 1), "samples": len(plan.sample)})
     return rows

@@ -13,18 +13,25 @@ from pathlib import Path
 
 import yaml
 
+from elasticast.ast_baseline import POOLINGS
+from elasticast.attention import BACKENDS as ATTENTION_BACKENDS
+from elasticast.checkpoint import MODEL_KINDS
 from elasticast.config import PRESETS
+from loaders.config import StreamConfig
+from loaders.pack import MODES
+from loaders.tokens import COMPRESSIONS
+from shards.parallel import BACKENDS
 
 CHOICES = {
     "preset": tuple(PRESETS),
-    "model": ("elasticast", "ast"),
-    "pooling": ("cls", "mean"),
-    "packing": ("first_fit", "greedy"),
-    "compression": ("shift", "avgpool"),
-    "loader": ("ray", "local"),
+    "model": MODEL_KINDS,
+    "pooling": POOLINGS,
+    "packing": MODES,
+    "compression": COMPRESSIONS,
+    "loader": BACKENDS,
     "schedule": ("cosine", "step", "constant"),
     "label_type": ("auto", "single", "multi"),
-    "attention": ("auto", "split", "dense", "flex", "varlen"),
+    "attention": ("auto", *ATTENTION_BACKENDS),
     "wandb": ("offline", "online", "disabled"),
     "device": ("auto", "cpu", "cuda"),
 }
@@ -102,6 +109,16 @@ class TrainConfig:
     def run_epochs(self) -> int:
         """Epochs this invocation runs up to."""
         return self.stop_after or self.epochs
+
+    def stream(self, **changes) -> StreamConfig:
+        """The training stream's settings (`changes` override them, e.g. for validation)."""
+        settings = dict(
+            rows_per_batch=self.rows_per_batch, max_tokens=self.max_tokens, packing=self.packing, buffer=self.buffer,
+            scales=self.scales, compression=self.compression, max_frames=self.max_frames, shuffle=self.shuffle, seed=self.seed,
+            freq_mask=self.freq_mask, time_mask=self.time_mask, backend=self.loader, workers=self.loader_workers,
+            worker_cpus=self.loader_cpus,
+        )
+        return StreamConfig(**(settings | changes))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {"scales": list(self.scales)}

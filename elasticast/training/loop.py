@@ -6,24 +6,23 @@ on `loaders.PackedStream(..., backend="local").epoch(e)`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from elasticast.ast_baseline import ASTBaseline
+from elasticast.checkpoint import Model, make_model
 from elasticast.config import preset
 from elasticast.model import ElasticAST, loss
 from elasticast.training.config import TrainConfig
 from loaders.batch import PackedBatch
 
 
-def build_model(config: TrainConfig, num_classes: int) -> ElasticAST | ASTBaseline:
+def build_model(config: TrainConfig, num_classes: int) -> Model:
+    """The model `config` asks for, freshly initialised."""
     model_config = preset(config.preset, num_classes, max_frames=config.max_frames, attention=config.attention)
-    if config.model == "ast":
-        return ASTBaseline(model_config, config.target_frames, config.pooling)
-    return ElasticAST(model_config)
+    return make_model(config.model, model_config, config.target_frames, config.pooling)
 
 
 @dataclass
@@ -82,30 +81,3 @@ def train_epoch(
         waited = time.perf_counter()
     result.seconds = time.perf_counter() - started
     return result
-
-
-@torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[PackedBatch], device: torch.device) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """Keys, fp32 logits and labels of every sample in `batches`, in delivery order."""
-    model.eval()
-    keys, (logits,), labels = predict_many([model], batches, device)
-    return keys, logits, labels
-
-
-@torch.no_grad()
-def predict_many(
-    forwards: Sequence[Callable[[PackedBatch], torch.Tensor]], batches: Iterable[PackedBatch], device: torch.device = torch.device("cpu")
-) -> tuple[list[str], list[torch.Tensor], torch.Tensor]:
-    """Keys, each forward's fp32 logits and the labels, with every batch featurized once and
-    fed to all forwards (models in eval mode, or callables around them)."""
-    keys, logits, labels = [], [[] for _ in forwards], []
-    for batch in batches:
-        batch = batch.to(device)
-        for out, forward in zip(logits, forwards):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                out.append(forward(batch).float().cpu())
-        keys.extend(batch.keys)
-        labels.append(batch.labels.cpu())
-    if not labels:
-        raise ValueError("predict: the stream delivered no batches (is the split empty?)")
-    return keys, [torch.cat(out) for out in logits], torch.cat(labels)

@@ -1,0 +1,54 @@
+"""`StreamConfig`: every setting of a packed stream, declared once.
+
+The plan (`loaders.plan`) reads its packing fields, the workers (`loaders.assemble`) its feature
+fields, and `PackedStream` its execution fields; trainers build one (`TrainConfig.stream`) and
+pass it on, so no caller maps settings by hand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from loaders.pack import MODES
+from loaders.tokens import COMPRESSIONS, SCALE_RANGE, resolution
+from shards.parallel import BACKENDS
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """rows_per_batch x max_tokens: every batch's shape. packing/buffer/max_per_row: the packer.
+    scales: resolutions C drawn per sample (keyed by seed, epoch and key). compression: how C is made.
+    max_frames: the crop of over-long clips. freq_mask/time_mask: SpecAugment widths (0 = off).
+    backend: "ray" (Ray Data tasks) or "local" (in-process); workers/worker_cpus/prefetch: Ray tasks
+    assembling batches concurrently, CPUs each (fractions allowed), batches fetched ahead."""
+
+    rows_per_batch: int
+    max_tokens: int = 2048
+    packing: str = "first_fit"
+    buffer: int = 1024
+    scales: tuple[float, ...] = (1.0,)
+    compression: str = "shift"
+    max_frames: int = 3072
+    shuffle: bool = True
+    seed: int = 0
+    max_per_row: int | None = None
+    freq_mask: int = 0
+    time_mask: int = 0
+    backend: str = "ray"
+    workers: int = 2
+    worker_cpus: float = 1.0
+    prefetch: int = 2
+
+    def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(float(c) for c in self.scales))
+        for name, allowed in (("packing", MODES), ("compression", COMPRESSIONS), ("backend", BACKENDS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} {getattr(self, name)!r} is not one of {allowed}")
+        for name in ("rows_per_batch", "max_tokens", "buffer", "max_frames", "workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.scales or any(not SCALE_RANGE[0] <= c <= SCALE_RANGE[1] for c in self.scales):
+            raise ValueError(f"scales {self.scales} must be a non-empty set of values in {list(SCALE_RANGE)}")
+        resolution(self.scales, self.compression)  # avgpool refuses fractional C here, not mid-epoch
+        if self.freq_mask < 0 or self.time_mask < 0 or self.worker_cpus <= 0 or self.prefetch < 0:
+            raise ValueError("freq_mask, time_mask and prefetch must be >= 0 and worker_cpus > 0")
+
