@@ -48,8 +48,9 @@ def voxceleb_seconds(n: int, rng: np.random.Generator) -> np.ndarray:
     return np.minimum(4.0 + rng.lognormal(np.log(2.6), 1.0, n), 30.0)
 
 
-def make_corpus(work: Path, clips: int) -> Path:
-    """Synthetic clips with VoxCeleb-like lengths → shards (train split only)."""
+def make_corpus(work: Path, clips: int, test_every: int = 0) -> Path:
+    """Synthetic clips with VoxCeleb-like lengths → shards; the train split's folder is returned.
+    `test_every`: every that many-th clip goes to a `test` split (0: train only)."""
     rng = np.random.default_rng(0)
     (work / "wav").mkdir(parents=True)
     with (work / "rows.csv").open("w", newline="") as handle:
@@ -58,7 +59,8 @@ def make_corpus(work: Path, clips: int) -> Path:
         for i, seconds in enumerate(voxceleb_seconds(clips, rng)):
             label = DEMO_CLASSES[i % len(DEMO_CLASSES)]
             sf.write(work / "wav" / f"{i:05d}.wav", synthesize(label, seconds, rng), 16000, subtype="PCM_16")
-            writer.writerow([f"wav/{i:05d}.wav", label, "train"])
+            split = "test" if test_every and i % test_every == test_every - 1 else "train"
+            writer.writerow([f"wav/{i:05d}.wav", label, split])
     spec = importlib.util.spec_from_file_location("make_shards_job", REPO / "jobs" / "make_shards.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)

@@ -33,15 +33,18 @@ import torch
 from elasticast import ElasticAST, loss, preset
 from elasticast.ast_baseline import ASTBaseline
 from loaders import Packing, pack, token_counts
+from loaders.tokens import shift_for_scale
 from loaders.batch import PackedBatch, from_features
 
 ROWS, LENGTH, AST_FRAMES, AST_SAMPLES = 2, 2048, 1024, 8
 
 
-def sample_tokens(n: int, seed: int = 0) -> np.ndarray:
+def sample_tokens(n: int, seed: int = 0, length: int = LENGTH, scales: tuple[float, ...] = (1.0,)) -> np.ndarray:
+    """VoxCeleb-like token counts, each clip at a temporal resolution C drawn from `scales`."""
     rng = np.random.default_rng(seed)
     seconds = np.minimum(4.0 + rng.lognormal(np.log(2.6), 1.0, n), 30.0)
-    return token_counts((seconds * 16000).astype(np.int64), 16000, max_frames=3072, capacity=LENGTH).tokens
+    shift = shift_for_scale(rng.choice(np.asarray(scales, dtype=np.float64), n))
+    return token_counts((seconds * 16000).astype(np.int64), 16000, shift, max_frames=3072, capacity=length).tokens
 
 
 def random_batch(tokens: np.ndarray, rows: np.ndarray, offsets: np.ndarray, length: int, generator) -> PackedBatch:
@@ -57,33 +60,36 @@ def span(tokens: np.ndarray) -> float:
     return float((tokens.astype(np.float64) ** 2).sum() / tokens.sum())
 
 
-def elastic_steps(steps: int, generator) -> tuple[list[PackedBatch], float, tuple[float, float]]:
-    """Batches of 2 packed rows drawn at random from the packed pool, the pool's mean useful
-    tokens per step, and the attention span of (the timed steps, the whole pool)."""
-    tokens = sample_tokens(4000)
-    layout = Packing.from_rows(tokens, pack(tokens, LENGTH, "first_fit", 256), LENGTH)
+def elastic_steps(steps: int, generator, rows_per_step: int = ROWS, length: int = LENGTH, scales: tuple[float, ...] = (1.0,),
+                  seed: int = 0) -> tuple[list[PackedBatch], float, tuple[float, float]]:
+    """Batches of `rows_per_step` packed rows drawn at random (by `seed`) from the packed pool, the
+    pool's mean useful tokens per step, and the attention span of (the timed steps, the whole pool)."""
+    tokens = sample_tokens(4000, length=length, scales=scales)
+    layout = Packing.from_rows(tokens, pack(tokens, length, "first_fit", 256), length)
     order, starts = layout.members()
-    shuffled = np.random.default_rng(0).permutation(layout.n_rows)
+    shuffled = np.random.default_rng(seed).permutation(layout.n_rows)
+    if steps * rows_per_step > layout.n_rows:
+        raise ValueError(f"{steps} steps of {rows_per_step} rows need more than the pool's {layout.n_rows} rows")
     batches, timed = [], []
     for step in range(steps):
-        rows = shuffled[step * ROWS : (step + 1) * ROWS]
+        rows = shuffled[step * rows_per_step : (step + 1) * rows_per_step]
         members = np.concatenate([order[starts[r] : starts[r + 1]] for r in rows])
         in_batch = (layout.row[members][:, None] == rows).argmax(axis=1)
-        batches.append(random_batch(tokens[members], in_batch, layout.offset[members], LENGTH, generator))
+        batches.append(random_batch(tokens[members], in_batch, layout.offset[members], length, generator))
         timed.append(tokens[members])
-    return batches, ROWS * LENGTH * (1 - layout.pad_ratio), (span(np.concatenate(timed[1:])), span(tokens))
+    return batches, rows_per_step * length * (1 - layout.pad_ratio), (span(np.concatenate(timed[1:] or timed)), span(tokens))
 
 
-def ast_steps(steps: int, generator) -> tuple[list[PackedBatch], float, tuple[float, float]]:
-    """Batches of 8 fixed-size samples, the pool's mean useful tokens per step, and the
-    attention span (always the full grid plus [cls])."""
-    kept = np.minimum(sample_tokens(4000), AST_FRAMES // 16 * 8)
+def ast_steps(steps: int, generator, samples: int = AST_SAMPLES, frames: int = AST_FRAMES) -> tuple[list[PackedBatch], float, tuple[float, float]]:
+    """Batches of `samples` fixed-size samples of `frames` frames, the pool's mean useful tokens
+    per step, and the attention span (always the full grid plus [cls])."""
+    kept = np.minimum(sample_tokens(4000), frames // 16 * 8)
     batches = [
-        random_batch(kept[i : i + AST_SAMPLES], np.arange(AST_SAMPLES), np.zeros(AST_SAMPLES, np.int64), AST_FRAMES // 2, generator)
-        for i in range(0, steps * AST_SAMPLES, AST_SAMPLES)
+        random_batch(kept[i : i + samples], np.arange(samples), np.zeros(samples, np.int64), frames // 2, generator)
+        for i in range(0, steps * samples, samples)
     ]
-    grid = AST_FRAMES // 16 * 8 + 1
-    return batches, AST_SAMPLES * float(kept.mean()), (grid, grid)
+    grid = frames // 16 * 8 + 1
+    return batches, samples * float(kept.mean()), (grid, grid)
 
 
 def run_one(model_name: str, preset_name: str, steps: int) -> dict:

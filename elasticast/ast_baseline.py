@@ -43,7 +43,12 @@ class ASTBaseline(nn.Module):
         """Logits `[S, classes]` in the batch's sample order. `frames`: the input size (every
         sample cropped or padded to it); default `target_frames`, the size it was trained at."""
         count = self.tokens if frames is None else self.input_tokens(frames)
-        x = self.patch_embed(fixed_size_tokens(batch, count)) + self.grid_positions(count)
+        return self.forward_fixed(fixed_size_tokens(batch, count))
+
+    def forward_fixed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits `[S, classes]` from inputs already cropped or padded to one size, `[S, tokens, 256]`
+        (time-major), as a plain AST loader delivers them: no gathering out of packed rows."""
+        x = self.patch_embed(tokens) + self.grid_positions(tokens.shape[1])
         if self.pooling == "cls":
             x = torch.cat([(self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1), x], dim=1)
         for block in self.blocks:

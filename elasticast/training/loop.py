@@ -55,13 +55,19 @@ def train_epoch(
     usage: Callable[[PackedBatch], tuple[int, int, int]] | None = None,
 ) -> EpochResult:
     """One pass: a step per batch (all-padding fillers included, so DDP ranks stay in step).
-    bf16 autocast on CUDA. `usage` counts (real, slots, cut) tokens; default: the packed row."""
+    bf16 autocast on CUDA. `usage` counts (real, slots, cut) tokens; default: the packed row.
+    Nothing in a step waits for the device: token counts come from the host batch and the loss
+    sum stays on the device until the epoch ends, so the host fetches and copies the next batch
+    while the GPU still runs this step."""
     model.train()
     usage = usage or ElasticAST.token_usage
     result, started = EpochResult(), time.perf_counter()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     waited = started
     for batch in batches:
         result.data_wait_s += time.perf_counter() - waited
+        real, slots, cut = usage(batch)
+        samples = batch.num_samples
         batch = batch.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(batch)
@@ -72,12 +78,12 @@ def train_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
         scheduler.step()
-        real, slots, cut = usage(batch)
+        loss_sum += value.detach() * samples
         result.steps += 1
-        result.samples += batch.num_samples
-        result.loss_sum += float(value.detach()) * batch.num_samples
+        result.samples += samples
         result.tokens, result.slots, result.cut_tokens = result.tokens + real, result.slots + slots, result.cut_tokens + cut
         result.keys.extend(batch.keys)
         waited = time.perf_counter()
+    result.loss_sum = float(loss_sum)
     result.seconds = time.perf_counter() - started
     return result
