@@ -3,6 +3,7 @@
     python jobs/make_shards.py                                   # built-in demo corpus → shards/demo
     python jobs/make_shards.py --input DIR --out OUT             # label = parent folder name
     python jobs/make_shards.py --manifest rows.csv --out OUT     # path,label[,split,start,end]
+    python jobs/make_shards.py --verify OUT                      # check a shard set: index, tars, checksums, counts
 
 Runs on Ray Data: a local instance by default, a cluster with --address or RAY_ADDRESS.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -18,12 +18,25 @@ from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
 
-from loaders.stats import fbank_stats
-from shards.build import BuildConfig, build_shards, prepare_output, summary, write_metadata
+from loaders.stats import fbank_stats, source_frame_cap
+from shards.build import (
+    DEFAULT_MAX_DURATION_S,
+    LONG_CLIP_POLICIES,
+    BuildConfig,
+    OutputError,
+    build_shards,
+    discard,
+    prepare_output,
+    publish,
+    summary,
+    warnings,
+    write_metadata,
+)
 from shards.demo import write_demo_corpus
 from shards.inputs import list_folder, read_manifest
 from shards.parallel import BACKENDS
 from shards.tar import ShardSample, read_shard
+from shards.verify import verify_shard_set
 
 DEMO_OUT = Path("shards/demo")
 DEMO_SHARD_SIZE = "8MB"
@@ -45,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", type=Path, help="folder searched recursively for .wav/.flac/.ogg/.mp3")
     source.add_argument("--manifest", type=Path, help=".csv or .jsonl with path,label[,split,start,end]")
+    source.add_argument("--verify", type=Path, metavar="OUT", help="check the shard set in OUT and exit (1 if anything disagrees)")
     parser.add_argument("--out", type=Path, help=f"output folder (default for the demo: {DEMO_OUT})")
     parser.add_argument("--label-regex", help="with --input: regex on the file name with a (?P<label>...) group")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of the test split (hash of path)")
@@ -57,11 +71,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--stats-samples", type=int, default=1000, help="train clips used for fbank mean/std")
+    parser.add_argument("--max-duration", type=float, default=DEFAULT_MAX_DURATION_S,
+                        help=f"seconds; longer sources are cut into equal segments (or skipped, --long-clips) "
+                             f"(default {DEFAULT_MAX_DURATION_S:g}; 0: no limit)")
+    parser.add_argument("--long-clips", choices=LONG_CLIP_POLICIES, default="segment",
+                        help="what happens to sources over --max-duration (default: segment)")
+    parser.add_argument("--keep-duplicates", action="store_true", help="keep manifest rows naming the same file and segment twice")
     parser.add_argument("--demo-clips", type=int, default=320, help="size of the built-in demo corpus")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if not 0 <= args.test_fraction < 1:
         parser.error(f"--test-fraction {args.test_fraction} must be in [0, 1)")
+    if args.max_duration < 0 or 0 < args.max_duration < 1:
+        parser.error(f"--max-duration {args.max_duration} must be 0 (no limit) or >= 1 second")
     if (args.input or args.manifest) and args.out is None:
         parser.error("--out is required with --input or --manifest")
     return args
@@ -69,9 +91,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.verify:
+        return verify(args.verify)
     demo = args.input is None and args.manifest is None
     started = time.perf_counter()
-    config = None
+    out, created = args.out or DEMO_OUT, None
     try:
         with tempfile.TemporaryDirectory(prefix="elasticast-demo-") if demo else nullcontext() as demo_dir:
             if demo:
@@ -80,36 +104,55 @@ def main(argv: list[str] | None = None) -> int:
             sources, skipped = (
                 list_folder(args.input, args.test_fraction, args.label_regex)
                 if args.input
-                else read_manifest(args.manifest, args.test_fraction)
+                else read_manifest(args.manifest, args.test_fraction, args.keep_duplicates)
             )
-            built = BuildConfig(
-                out=args.out or DEMO_OUT,
+            if not sources:
+                raise ValueError(f"no valid input: {len(skipped)} input(s) listed, all skipped")
+            created = not out.exists()
+            config = BuildConfig(
+                out=prepare_output(out, args.overwrite),
                 sample_rate=args.sample_rate,
                 shard_bytes=args.shard_size or parse_size(DEMO_SHARD_SIZE if demo else DEFAULT_SHARD_SIZE),
                 shard_samples=args.shard_samples,
                 seed=args.seed,
                 backend=args.backend,
                 progress=not args.quiet,
+                max_duration_s=args.max_duration or None,
+                long_clips=args.long_clips,
             )
-            if not sources:
-                raise ValueError(f"no valid input: {len(skipped)} input(s) listed, all skipped")
-            prepare_output(built.out, args.overwrite)
-            config = built
             if config.backend == "ray":
                 start_ray(args.address, args.num_cpus)
             result = build_shards(sources, skipped, config)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
-        if config is not None:  # this run created the folder: leave nothing half-built behind
-            shutil.rmtree(config.out, ignore_errors=True)
+            stats_split = "train" if "train" in result.rows else min(result.rows)
+            parameters = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+            parameters["input_kind"] = "demo" if demo else "folder" if args.input else "manifest"
+            stats = fbank_stats(train_clips(config, result.rows[stats_split], stats_split), max_samples=args.stats_samples,
+                                frames_per_source=source_frame_cap([r["num_samples"] for r in result.rows[stats_split]],
+                                                                   config.sample_rate))
+            write_metadata(result, config, parameters, {**stats, "split": stats_split})
+            publish(out)
+    except (OSError, OutputError, ValueError) as exc:
+        if created is not None:  # this run staged output: leave nothing half-built behind
+            discard(out, created)
+        if created is not None and isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, FileExistsError)):
+            exc = f"cannot write to --out {out}: {exc.strerror or exc}"
         print(f"make_shards: error: {exc}", file=sys.stderr)
         return 2
-    stats_split = "train" if "train" in result.rows else min(result.rows)
-    parameters = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    parameters["input_kind"] = "demo" if demo else "folder" if args.input else "manifest"
-    stats = fbank_stats(train_waveforms(config, stats_split), max_samples=args.stats_samples)
-    write_metadata(result, config, parameters, {**stats, "split": stats_split})
-    report(result, config, time.perf_counter() - started)
+    report(result, out, time.perf_counter() - started)
     return 0
+
+
+def verify(root: Path) -> int:
+    """`--verify OUT`: print every problem found; 0 when none, 1 when any, 2 if OUT is no shard set."""
+    try:
+        problems = verify_shard_set(root)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"make_shards: error: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"{problem.kind}: {problem.where}: {problem.detail}")
+    print(f"{root}: {len(problems)} problem(s)" if problems else f"{root}: shard set consistent")
+    return 1 if problems else 0
 
 
 def start_ray(address: str | None, num_cpus: int | None) -> None:
@@ -120,20 +163,24 @@ def start_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False)
 
 
-def train_waveforms(config: BuildConfig, split: str):
+def train_clips(config: BuildConfig, rows: list[dict], split: str):
+    """(waveform, rate, source file) of the split's clips as written, each checked against its CRC32."""
+    checksums = {row["key"]: row["crc32"] for row in rows}
     for shard in sorted((config.out / split).glob("shard-*.tar")):
-        for item in read_shard(shard):
+        for item in read_shard(shard, checksums):
             if isinstance(item, ShardSample):
-                yield item.audio, item.sample_rate
+                yield item.audio, item.sample_rate, item.meta["source"]
 
 
-def report(result, config: BuildConfig, seconds: float) -> None:
+def report(result, out: Path, seconds: float) -> None:
     for skip in islice(result.skipped, SHOWN_SKIPS):
         print(f"skipped {skip.path}: {skip.reason} ({skip.detail})", file=sys.stderr)
     if len(result.skipped) > SHOWN_SKIPS:
-        print(f"... and {len(result.skipped) - SHOWN_SKIPS} more, all listed in {config.out}/dataset.json", file=sys.stderr)
+        print(f"... and {len(result.skipped) - SHOWN_SKIPS} more, all listed in {out}/dataset.json", file=sys.stderr)
+    for line in warnings(result, SHOWN_SKIPS):
+        print(line, file=sys.stderr)
     print(summary(result))
-    print(f"wrote {config.out} in {seconds:.1f} s")
+    print(f"wrote {out} in {seconds:.1f} s")
 
 
 if __name__ == "__main__":

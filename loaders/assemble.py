@@ -2,12 +2,18 @@
 
 The one function both backends run (`local` in-process, `ray` in Ray Data tasks). A batch's
 samples are read sorted by (shard, offset), so reads move forward through a few neighbouring
-shards. A sample that cannot be read or decoded leaves its planned place as padding: the
-batch keeps its shape and its other samples, and the failure is reported by shard and key.
+shards. Each read takes the member's tar header with its bytes in one request: the header must
+name the key and the CRC32 of the bytes must match the index. Only the audio the features keep
+is decoded (the rest is only checksummed, in chunks). A sample that cannot be read, decoded or
+verified leaves its planned place as padding: the batch keeps its shape and its other samples,
+and the failure is reported by shard and key.
 """
 from __future__ import annotations
 
 import json
+import os
+import tarfile
+import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -18,11 +24,13 @@ import torch
 
 from loaders.batch import PATCH_VALUES, PackedBatch
 from loaders.config import StreamConfig
-from loaders.features import patchify, spec_augment, spectrogram
+from loaders.features import patchify, samples_needed, spec_augment, spectrogram
 from loaders.plan import EpochPlan
-from shards.audio import decode_pcm16
+from shards.audio import PCM16_HEADER_BYTES, pcm16_header, pcm16_samples
+from shards.tar import Member, checksum_problem, header_problem, span_problem
 
 _SALT_AUGMENT = 0xA6
+_CHECKSUM_CHUNK = 8 * 2**20  # bytes read at a time past the kept audio, only to checksum them
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,7 @@ class SampleSpec:
     tokens: int
     cut: int
     scale: float
+    crc32: int | None = None  # of its wav bytes; None for shard sets made before checksums
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,7 @@ def batch_spec(plan: EpochPlan, index: dict[str, np.ndarray], batch: int | None,
                 tokens=int(plan.tokens[i]),
                 cut=int(plan.cut[i]),
                 scale=float(plan.scale[i]),
+                crc32=None if index["crc32"][position] is None else int(index["crc32"][position]),
             )
         )
     return BatchSpec(plan.epoch, step, samples=tuple(samples))
@@ -107,7 +117,7 @@ def assemble(spec: BatchSpec, config: FeatureConfig) -> dict:
     segment_ids = np.zeros((rows, length), np.int32)
     freq_pos = np.zeros((rows, length), np.int32)
     time_pos = np.zeros((rows, length), np.int32)
-    audio, failed = read_audio(spec.samples, Path(config.split_dir))
+    audio, failed = read_audio(spec.samples, config)
     placed, slots = [], defaultdict(int)
     for sample in spec.samples:
         if sample.key not in audio:
@@ -135,35 +145,58 @@ def assemble(spec: BatchSpec, config: FeatureConfig) -> dict:
     return {"patches": patches, "segment_ids": segment_ids, "freq_pos": freq_pos, "time_pos": time_pos, "meta": json.dumps(meta)}
 
 
-def read_audio(samples: Sequence[SampleSpec], split_dir: Path) -> tuple[dict[str, np.ndarray], list[dict]]:
-    """Waveforms by key, read shard by shard in offset order; failures named by shard and key."""
+def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Waveforms by key (cut to the samples their features need), read shard by shard in offset
+    order and verified; failures named by shard and key."""
     audio, failed = {}, []
     by_shard: dict[str, list[SampleSpec]] = defaultdict(list)
     for sample in samples:
         by_shard[sample.shard].append(sample)
     for shard, members in sorted(by_shard.items()):
         try:
-            handle = open(split_dir / shard, "rb")
+            handle = open(Path(config.split_dir) / shard, "rb")
         except OSError as exc:
             failed += [_failure(s, f"shard unreadable: {exc}") for s in members]
             continue
         with handle:
+            size = os.fstat(handle.fileno()).st_size
             for sample in sorted(members, key=lambda s: s.offset):
-                handle.seek(sample.offset)
-                data = handle.read(sample.nbytes)
-                if len(data) < sample.nbytes:
-                    failed.append(_failure(sample, f"shard truncated: {len(data)} of {sample.nbytes} bytes"))
-                    continue
+                stream = config.stream
+                keep = samples_needed(sample.num_samples, config.sample_rate, sample.scale, compression=stream.compression,
+                                      max_frames=stream.max_frames, capacity=stream.max_tokens)
                 try:
-                    waveform, _ = decode_pcm16(data)
-                except Exception as exc:  # any undecodable member costs only its own sample
-                    failed.append(_failure(sample, f"undecodable audio: {exc}"))
-                    continue
-                if len(waveform) != sample.num_samples:
-                    failed.append(_failure(sample, f"{len(waveform)} samples where the index has {sample.num_samples}"))
-                    continue
-                audio[sample.key] = waveform
+                    audio[sample.key] = _read_member(handle, size, sample, keep)
+                except ValueError as exc:  # a bad member costs only its own sample
+                    failed.append(_failure(sample, str(exc)))
     return audio, failed
+
+
+def _read_member(handle, shard_bytes: int, sample: SampleSpec, keep: int) -> np.ndarray:
+    """The first `keep` samples of one member, after checking its place, tar header and CRC32."""
+    problem = span_problem(Member(sample.offset, sample.nbytes, sample.crc32), shard_bytes)
+    if problem:
+        raise ValueError(problem)
+    handle.seek(sample.offset - tarfile.BLOCKSIZE)
+    data = handle.read(tarfile.BLOCKSIZE + min(PCM16_HEADER_BYTES + 2 * keep, sample.nbytes))
+    problem = header_problem(data[: tarfile.BLOCKSIZE], sample.key, sample.nbytes)
+    if problem:
+        raise ValueError(problem)
+    wav = data[tarfile.BLOCKSIZE :]
+    crc, remaining = zlib.crc32(wav), sample.nbytes - len(wav)
+    while remaining > 0:
+        chunk = handle.read(min(_CHECKSUM_CHUNK, remaining))
+        if not chunk:
+            raise ValueError(f"shard truncated inside the member ({remaining} bytes missing)")
+        crc, remaining = zlib.crc32(chunk, crc), remaining - len(chunk)
+    if sample.crc32 is not None and crc != sample.crc32:
+        raise ValueError(checksum_problem(crc, sample.crc32))
+    try:
+        stored, _ = pcm16_header(wav)
+    except ValueError as exc:
+        raise ValueError(f"undecodable audio: {exc}") from None
+    if stored != sample.num_samples:
+        raise ValueError(f"{stored} samples where the index has {sample.num_samples}")
+    return pcm16_samples(wav[PCM16_HEADER_BYTES : PCM16_HEADER_BYTES + 2 * keep])
 
 
 def featurize(

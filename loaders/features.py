@@ -82,6 +82,28 @@ def _checked_wave(waveform: np.ndarray | torch.Tensor, sample_rate: int) -> torc
         raise ValueError(f"waveform of {wave.numel()} samples is shorter than one {FRAME_LENGTH_MS} ms window ({window})")
     return wave
 
+
+def samples_needed(
+    num_samples: int,
+    sample_rate: int,
+    scale: float = 1.0,
+    *,
+    compression: str = "shift",
+    max_frames: int | None = None,
+    capacity: int | None = None,
+) -> int:
+    """Samples of a clip that its kept frames read: all of them unless `max_frames`/`capacity`
+    crop it, else the window and shifts of the kept frames. What the loader reads and the fbank
+    sees, so memory and time per sample stay bounded however long the file is."""
+    shifts, pools = resolution(scale, compression)
+    shift, pool = float(shifts), int(pools)
+    counts = token_counts(num_samples, sample_rate, shift, max_frames=max_frames, capacity=capacity, pool=pool)
+    if not counts.cut:
+        return num_samples
+    kept = int(counts.tokens) // (N_MELS // PATCH) * PATCH * pool
+    return int(frame_samples(sample_rate, FRAME_LENGTH_MS)) + (kept - 1) * int(frame_samples(sample_rate, shift))
+
+
 def spectrogram(
     waveform: np.ndarray | torch.Tensor,
     sample_rate: int,
@@ -98,12 +120,16 @@ def spectrogram(
 
     compression="shift": frame shift 10*C ms; "avgpool": 10 ms frames average-pooled by C.
     Normalised as `(x - mean) / (2 * std)`. Policies (see `loaders.tokens`): frames floored to a
-    multiple of 16, the first frames kept when cropping, clips shorter than one window or one
-    patch padded at the end with zeros (the dataset mean after normalisation).
+    multiple of 16, the first frames kept when cropping (the waveform is cut to `samples_needed`
+    before the fbank, so a cropped clip's features are those of its kept audio alone), clips
+    shorter than one window or one patch padded at the end with zeros (the dataset mean after
+    normalisation).
     """
     shifts, pools = resolution(scale, compression)
     shift, pool = float(shifts), int(pools)
     wave = torch.as_tensor(waveform, dtype=torch.float32).reshape(-1)
+    wave = wave[: samples_needed(wave.numel(), sample_rate, scale, compression=compression, max_frames=max_frames,
+                                 capacity=capacity)]
     window = int(frame_samples(sample_rate, FRAME_LENGTH_MS))
     spec = fbank(torch.nn.functional.pad(wave, (0, max(window - wave.numel(), 0))), sample_rate, shift)
     if pool > 1:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from functools import lru_cache
 from pathlib import Path
 
@@ -41,8 +42,19 @@ def probe(path: str | Path) -> tuple[int, int]:
 def _open(path: str | Path) -> sf.SoundFile:
     """Open a source, turning every way it can be unusable into an `AudioError` naming it."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise AudioError("not a file", f"{path} is a directory")
+    if not path.exists():
         raise AudioError("missing file", f"{path} does not exist")
+    if not path.is_file():
+        raise AudioError("not a file", f"{path} is not a regular file")
+    try:
+        with open(path, "rb"):
+            pass
+    except PermissionError:
+        raise AudioError("permission denied", f"{path} cannot be read by this user") from None
+    except OSError as exc:
+        raise AudioError("unreadable file", f"{path}: {exc.strerror or exc}") from None
     try:
         handle = sf.SoundFile(str(path))
     except Exception as exc:  # libsndfile raises several types for unreadable input
@@ -64,7 +76,13 @@ def _open(path: str | Path) -> sf.SoundFile:
 def segment_frames(
     frames: int, sample_rate: int, start_s: float | None, end_s: float | None, path: str
 ) -> tuple[int, int]:
-    """Frame range [first, last) of a segment in seconds, validated against the file length."""
+    """Frame range [first, last) of a segment in seconds, validated against the file length
+    (bounds are compared in seconds first, so no value, however large, overflows)."""
+    for name, seconds in (("start", start_s), ("end", end_s)):
+        if seconds is not None and not 0 <= seconds <= frames / sample_rate + 1.0:
+            raise AudioError(
+                "segment out of range", f"{path}: {name}={seconds} s, file lasts {frames / sample_rate:.3f} s"
+            )
     first = 0 if start_s is None else int(round(start_s * sample_rate))
     last = frames if end_s is None else int(round(end_s * sample_rate))
     if first < 0 or last <= first:
@@ -134,6 +152,28 @@ def decode_pcm16(data: bytes) -> tuple[np.ndarray, int]:
     return waveform, int(rate)
 
 
+PCM16_HEADER_BYTES = 44
+_PCM16_HEADER = struct.Struct("<4sI4s4sIHHIIHH4sI")
+
+
 def pcm16_wav_bytes(num_samples: int) -> int:
     """Size of `encode_pcm16` output: 44-byte header plus 2 bytes a sample."""
-    return 44 + 2 * num_samples
+    return PCM16_HEADER_BYTES + 2 * num_samples
+
+
+def pcm16_header(head: bytes) -> tuple[int, int]:
+    """(samples, sample rate) from the 44-byte header `encode_pcm16` writes; ValueError naming
+    what differs for anything else, so a member can be decoded from a prefix of its bytes."""
+    if len(head) < PCM16_HEADER_BYTES:
+        raise ValueError(f"{len(head)} bytes are too few for a WAV header")
+    riff, _, wave, fmt, fmt_size, tag, channels, rate, _, _, bits, data, size = _PCM16_HEADER.unpack_from(head)
+    if (riff, wave, fmt, data) != (b"RIFF", b"WAVE", b"fmt ", b"data") or fmt_size != 16:
+        raise ValueError("not a canonical 44-byte WAV header")
+    if (tag, channels, bits) != (1, 1, 16):
+        raise ValueError(f"not mono PCM16 (format {tag}, {channels} channel(s), {bits} bits)")
+    return size // 2, rate
+
+
+def pcm16_samples(data: bytes) -> np.ndarray:
+    """PCM16 little-endian bytes → float32 in [-1, 1), the same numbers libsndfile gives."""
+    return np.frombuffer(data, "<i2").astype(np.float32) / np.float32(32768.0)

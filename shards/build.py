@@ -1,20 +1,26 @@
 """Sources → shards + index, in two parallel passes.
 
 1. probe: read each file's header (no decoding) for its length after resampling, rejecting
-   unreadable, empty and truncated files early;
+   unreadable, empty and truncated files early, and cutting (or skipping) files longer than
+   `max_duration_s`, so no single file can exhaust a worker's memory;
 2. plan: shuffle each split (seeded) and cut it into shards of a byte/sample target; PCM16 sizes
    are exact, so shards come out evenly sized;
 3. write: each shard is one task that decodes, validates, resamples and writes its samples.
 
-Every input ends up either as an index row or as a `Skipped` record with a reason.
+Every input ends up either as an index row or as a `Skipped` record with a reason. The set is
+built in `OUT/.building` and moved into place only when complete, so a failed build (a full or
+read-only disk) leaves a former shard set in OUT as it was.
 """
 from __future__ import annotations
 
+import math
+import os
 import shutil
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from shards.audio import (
@@ -27,12 +33,20 @@ from shards.audio import (
     segment_frames,
 )
 from shards.dataset import DATASET_FILE, describe_split, write_dataset_json, write_index
-from shards.inputs import Skipped, Source, stable_fraction
+from shards.inputs import Skipped, Source, dedupe_keys, stable_fraction
 from shards.parallel import parallel_map
 from shards.tar import ShardWriter
 
 PROBE_CHUNK = 256
 SAMPLE_OVERHEAD_BYTES = 3 * 512 + 512  # two tar headers, json payload, padding (an estimate)
+LONG_CLIP_POLICIES = ("segment", "skip")
+DEFAULT_MAX_DURATION_S = 600.0
+FAR_LONGER = 10  # clips this many times longer than the median are listed as outliers
+STAGING = ".building"
+
+
+class OutputError(Exception):
+    """The output folder cannot take the shard set (read-only, full, ...); names the path."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,8 @@ class BuildConfig:
     seed: int = 0
     backend: str = "ray"
     progress: bool = True
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S  # None: no limit
+    long_clips: str = "segment"  # what happens to longer sources: LONG_CLIP_POLICIES
 
     def __post_init__(self):
         if self.sample_rate < 1000:
@@ -52,6 +68,10 @@ class BuildConfig:
             raise ValueError(f"shard size {self.shard_bytes} bytes is too small (>= 4096)")
         if self.shard_samples is not None and self.shard_samples < 1:
             raise ValueError(f"shard_samples {self.shard_samples} must be >= 1")
+        if self.max_duration_s is not None and not self.max_duration_s >= 1.0:
+            raise ValueError(f"max duration {self.max_duration_s} s must be >= 1 s")
+        if self.long_clips not in LONG_CLIP_POLICIES:
+            raise ValueError(f"long-clip policy {self.long_clips!r} is not one of {LONG_CLIP_POLICIES}")
 
 
 @dataclass
@@ -61,6 +81,7 @@ class BuildResult:
     skipped: list[Skipped]
     clipped: list[str] = field(default_factory=list)
     files_in: int = 0
+    silent: list[str] = field(default_factory=list)  # keys of digitally silent samples (all zeros)
 
     @property
     def samples_out(self) -> int:
@@ -70,16 +91,52 @@ class BuildResult:
     def hours(self) -> float:
         return sum(row["duration_s"] for rows in self.rows.values() for row in rows) / 3600
 
+    @property
+    def duplicates(self) -> list[Skipped]:
+        return [s for s in self.skipped if s.reason == "duplicate"]
 
-def prepare_output(out: Path, overwrite: bool) -> None:
-    """Refuse to mix with an existing folder; with `overwrite`, replace only a former shard set."""
-    if out.exists() and any(out.iterdir()):
+    @property
+    def far_longer(self) -> list[str]:
+        """Keys of clips over FAR_LONGER x the median duration: outliers a person should look at."""
+        rows = [row for split_rows in self.rows.values() for row in split_rows]
+        median = float(np.median([row["duration_s"] for row in rows])) if rows else 0.0
+        return sorted(row["key"] for row in rows if row["duration_s"] > FAR_LONGER * median)
+
+
+def prepare_output(out: Path, overwrite: bool) -> Path:
+    """Refuse to mix with an existing folder (with `overwrite`, accept only a former shard set,
+    which stays untouched until the new one is complete); returns the empty staging folder."""
+    if out.exists() and any(p.name != STAGING for p in out.iterdir()):
         if not overwrite:
             raise FileExistsError(f"output folder {out} exists and is not empty (use --overwrite to replace it)")
         if not (out / DATASET_FILE).is_file() and not any(out.glob("*/.shard-*.partial")):
             raise FileExistsError(f"refusing to --overwrite {out}: it does not look like a shard set (no {DATASET_FILE})")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    staging = out / STAGING
+    try:
+        shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
+        staging.mkdir(parents=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
+    return staging
+
+
+def publish(out: Path) -> None:
+    """Move the staged set into `out`, replacing the former one: renames within one folder."""
+    staging, replaced = out / STAGING, out / ".replaced"
+    shutil.rmtree(replaced, ignore_errors=True)
+    replaced.mkdir()
+    for entry in out.iterdir():
+        if entry.name not in (STAGING, replaced.name):
+            os.replace(entry, replaced / entry.name)
+    for entry in sorted(staging.iterdir(), key=lambda p: p.name == DATASET_FILE):  # dataset.json last
+        os.replace(entry, out / entry.name)
+    staging.rmdir()
+    shutil.rmtree(replaced)
+
+
+def discard(out: Path, created: bool) -> None:
+    """After a failed build: drop the staging folder, and `out` too if this run created it."""
+    shutil.rmtree(out if created else out / STAGING, ignore_errors=True)
 
 
 def build_shards(sources: list[Source], listing_skips: list[Skipped], config: BuildConfig) -> BuildResult:
@@ -90,7 +147,7 @@ def build_shards(sources: list[Source], listing_skips: list[Skipped], config: Bu
     if not probed:
         raise ValueError(f"no valid input: all {len(sources)} file(s) failed to open; first: {skipped[0].detail}")
     plans = plan_shards(probed, config)
-    rows, write_skips, clipped = _write(plans, config)
+    rows, write_skips, clipped, silent = _write(plans, config)
     skipped = listing_skips + skipped + write_skips
     if not rows:
         raise ValueError(f"no valid input: every sample failed to decode; first: {skipped[0].detail}")
@@ -101,9 +158,13 @@ def build_shards(sources: list[Source], listing_skips: list[Skipped], config: Bu
         split = row.pop("split")
         row["label_ids"] = [label_id[label] for label in row["labels"]]
         by_split.setdefault(split, []).append(row)
-    for split, split_rows in by_split.items():
-        write_index(config.out / split, split_rows)
-    return BuildResult(by_split, labels, skipped, sorted(clipped), files_in=len(sources) + len(listing_skips))
+    try:
+        for split, split_rows in by_split.items():
+            write_index(config.out / split, split_rows)
+    except OSError as exc:
+        raise OutputError(f"cannot write the index in {config.out}: {exc.strerror or exc}") from None
+    return BuildResult(by_split, labels, skipped, sorted(clipped), files_in=len(sources) + len(listing_skips),
+                       silent=sorted(silent))
 
 
 def plan_shards(probed: list[tuple[Source, int]], config: BuildConfig) -> list[dict]:
@@ -139,7 +200,8 @@ def _plan(config: BuildConfig, split: str, number: int, sources: list[dict]) -> 
 
 def _probe(sources: list[Source], config: BuildConfig) -> tuple[list[tuple[Source, int]], list[Skipped]]:
     chunks = [
-        {"sample_rate": config.sample_rate, "sources": [asdict(s) for s in sources[i : i + PROBE_CHUNK]]}
+        {"sample_rate": config.sample_rate, "max_duration_s": config.max_duration_s, "long_clips": config.long_clips,
+         "sources": [asdict(s) for s in sources[i : i + PROBE_CHUNK]]}
         for i in range(0, len(sources), PROBE_CHUNK)
     ]
     probed, skipped = [], []
@@ -148,80 +210,125 @@ def _probe(sources: list[Source], config: BuildConfig) -> tuple[list[tuple[Sourc
             probed += [(_source(s), n) for s, n in result["ok"]]
             skipped += [Skipped(**s) for s in result["skipped"]]
             bar.update(len(result["ok"]) + len(result["skipped"]))
-    return probed, skipped
+    unique = dedupe_keys([source for source, _ in probed])  # segment keys may meet a listed key
+    return [(source, n) for source, (_, n) in zip(unique, probed)], skipped
 
 
-def _write(plans: list[dict], config: BuildConfig) -> tuple[list[dict], list[Skipped], list[str]]:
-    for split in {plan["split"] for plan in plans}:
-        (config.out / split).mkdir(parents=True, exist_ok=True)
-    rows, skipped, clipped = [], [], []
+def _write(plans: list[dict], config: BuildConfig) -> tuple[list[dict], list[Skipped], list[str], list[str]]:
+    try:
+        for split in {plan["split"] for plan in plans}:
+            (config.out / split).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write to {config.out}: {exc.strerror or exc}") from None
+    rows, skipped, clipped, silent = [], [], [], []
     with tqdm(total=len(plans), unit="shard", desc="write", disable=not config.progress) as bar:
         for result in parallel_map(write_shard, plans, config.backend):
+            if result.get("output_error"):
+                raise OutputError(result["output_error"])
             rows += result["rows"]
             skipped += [Skipped(**s) for s in result["skipped"]]
             clipped += result["clipped"]
+            silent += result["silent"]
             bar.update(1)
             bar.set_postfix(hours=f"{sum(r['duration_s'] for r in rows) / 3600:.2f}")
-    return rows, skipped, clipped
+    return rows, skipped, clipped, silent
 
 
 def probe_chunk(item: dict) -> dict:
-    """Worker: header-only length (after resampling) of each source, or why it is skipped."""
+    """Worker: header-only length (after resampling) of each source, or why it is skipped;
+    sources over `max_duration_s` come back as equal segments, or skipped (`long_clips`)."""
     ok, skipped = [], []
     for raw in item["sources"]:
         source = _source(raw)
         try:
             frames, rate = probe(source.path)
             first, last = segment_frames(frames, rate, source.start_s, source.end_s, source.path)
-            ok.append((raw, output_frames(last - first, rate, item["sample_rate"])))
+            limit = item["max_duration_s"]
+            if limit is None or last - first <= limit * rate:
+                ok.append((raw, output_frames(last - first, rate, item["sample_rate"])))
+            elif item["long_clips"] == "skip":
+                raise AudioError("too long", f"{source.path}: {(last - first) / rate:.1f} s is over --max-duration {limit:g} s")
+            else:
+                ok += [(asdict(part), output_frames(n, rate, item["sample_rate"])) for part, n in _segments(source, first, last, rate, limit)]
         except AudioError as exc:
-            skipped.append(asdict(Skipped(source.path, exc.reason, exc.detail)))
+            skipped.append(asdict(_skip(source, exc)))
     return {"ok": ok, "skipped": skipped}
 
 
+def _segments(source: Source, first: int, last: int, rate: int, limit_s: float) -> list[tuple[Source, int]]:
+    """A long source cut into the fewest equal segments of at most `limit_s`, each its own sample
+    (key suffixed with its bounds in ms), with its length in source frames."""
+    count = math.ceil((last - first) / (limit_s * rate))
+    bounds = [first + (last - first) * i // count for i in range(count + 1)]
+    parts = []
+    for start, end in zip(bounds, bounds[1:]):
+        key = f"{source.key}__{1000 * start // rate}-{1000 * end // rate}ms"
+        parts.append((replace(source, key=key, start_s=start / rate, end_s=end / rate), end - start))
+    return parts
+
+
+def _skip(source: Source, exc: AudioError) -> Skipped:
+    """A skip that names the manifest line too, when the source came from one."""
+    return Skipped(source.path, exc.reason, f"{source.origin}: {exc.detail}" if source.origin else exc.detail)
+
+
 def write_shard(plan: dict) -> dict:
-    """Worker: decode, validate and resample each source, write one shard; index rows back."""
-    rows, skipped, clipped = [], [], []
+    """Worker: decode, validate and resample each source, write one shard; index rows back.
+    A write that fails (full or read-only disk) comes back as `output_error`, whatever the backend."""
     path = Path(plan["path"])
-    writer = ShardWriter(path)
     try:
-        for raw in plan["sources"]:
-            source = _source(raw)
-            try:
-                waveform, clips = load_source(source.path, plan["sample_rate"], source.start_s, source.end_s)
-            except AudioError as exc:
-                skipped.append(asdict(Skipped(source.path, exc.reason, exc.detail)))
-                continue
-            meta = {
-                "key": source.key,
-                "labels": list(source.labels),
-                "num_samples": len(waveform),
-                "sample_rate": plan["sample_rate"],
-                "source": source.path,
-                "start_s": source.start_s,
-                "end_s": source.end_s,
-            }
-            member = writer.add(source.key, encode_pcm16(waveform, plan["sample_rate"]), meta)
-            if clips:
-                clipped.append(source.key)
-            rows.append(
-                {
-                    **meta,
-                    "split": plan["split"],
-                    "shard": path.name,
-                    "offset": member.offset,
-                    "nbytes": member.nbytes,
-                    "duration_s": len(waveform) / plan["sample_rate"],
-                }
-            )
+        writer = ShardWriter(path)
+    except OSError as exc:
+        return {"output_error": f"cannot write {path}: {exc.strerror or exc}"}
+    try:
+        return _fill_shard(writer, plan)
+    except OSError as exc:
+        writer.abort()
+        return {"output_error": f"cannot write {path}: {exc.strerror or exc}"}
     except BaseException:
         writer.abort()
         raise
+
+
+def _fill_shard(writer: ShardWriter, plan: dict) -> dict:
+    rows, skipped, clipped, silent = [], [], [], []
+    for raw in plan["sources"]:
+        source = _source(raw)
+        try:
+            waveform, clips = load_source(source.path, plan["sample_rate"], source.start_s, source.end_s)
+        except AudioError as exc:
+            skipped.append(asdict(_skip(source, exc)))
+            continue
+        meta = {
+            "key": source.key,
+            "labels": list(source.labels),
+            "num_samples": len(waveform),
+            "sample_rate": plan["sample_rate"],
+            "source": source.path,
+            "start_s": source.start_s,
+            "end_s": source.end_s,
+        }
+        member = writer.add(source.key, encode_pcm16(waveform, plan["sample_rate"]), meta)
+        if clips:
+            clipped.append(source.key)
+        if not np.any(waveform):
+            silent.append(source.key)
+        rows.append(
+            {
+                **meta,
+                "split": plan["split"],
+                "shard": writer.path.name,
+                "offset": member.offset,
+                "nbytes": member.nbytes,
+                "crc32": member.crc32,
+                "duration_s": len(waveform) / plan["sample_rate"],
+            }
+        )
     if rows:
         writer.close()
     else:
         writer.abort()
-    return {"rows": rows, "skipped": skipped, "clipped": clipped}
+    return {"rows": rows, "skipped": skipped, "clipped": clipped, "silent": silent}
 
 
 def _source(raw: dict) -> Source:
@@ -241,9 +348,14 @@ def write_metadata(result: BuildResult, config: BuildConfig, parameters: dict, f
         "parameters": parameters,
         "files_in": result.files_in,
         "clipped": result.clipped,
+        "silent": result.silent,
+        "far_longer": result.far_longer,
         "skipped": [asdict(s) for s in result.skipped],
     }
-    write_dataset_json(config.out, meta)
+    try:
+        write_dataset_json(config.out, meta)
+    except OSError as exc:
+        raise OutputError(f"cannot write {config.out / DATASET_FILE}: {exc.strerror or exc}") from None
     return meta
 
 
@@ -258,4 +370,17 @@ def summary(result: BuildResult) -> str:
     ]
     if result.clipped:
         lines.append(f"clipped to +-1.0 when stored as PCM16: {len(result.clipped)} sample(s)")
+    if result.duplicates:
+        lines.append(f"duplicates kept once: {len(result.duplicates)} row(s) (--keep-duplicates keeps them)")
     return "\n".join(lines)
+
+
+def warnings(result: BuildResult, shown: int) -> list[str]:
+    """Outliers worth a look, listed by key: digitally silent clips and clips far longer than the rest."""
+    lines = []
+    for keys, what in ((result.silent, "digitally silent (all samples zero; left out of the fbank statistics)"),
+                       (result.far_longer, f"over {FAR_LONGER}x the median duration")):
+        if keys:
+            more = f" ... and {len(keys) - shown} more (all in dataset.json)" if len(keys) > shown else ""
+            lines.append(f"warning: {len(keys)} clip(s) {what}: {', '.join(keys[:shown])}{more}")
+    return lines

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -24,7 +25,8 @@ from shards.tar import Member, ShardError, ShardSample, read_member, read_shard
 
 DATASET_FILE = "dataset.json"
 INDEX_FILE = "index.parquet"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: index.parquet has a crc32 column
+READABLE_VERSIONS = (1, 2)
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -40,6 +42,7 @@ INDEX_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("start_s", pa.float64()),
         ("end_s", pa.float64()),
+        ("crc32", pa.int64()),  # of the wav bytes; null in format 1 (no checksums)
     ]
 )
 
@@ -56,8 +59,15 @@ class ShardDataset:
                 "(build it with `python jobs/make_shards.py`; an interrupted build has no dataset.json)"
             )
         self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: format_version {self.meta.get('format_version')} is not {FORMAT_VERSION}")
+        if self.meta.get("format_version") not in READABLE_VERSIONS:
+            raise ValueError(f"{meta_path}: format_version {self.meta.get('format_version')} is not one of {READABLE_VERSIONS}")
+        if not self.has_checksums:
+            print(f"note: {self.root} was built before member checksums (format 1): its audio is read without "
+                  "integrity checks; rebuild it with make_shards to add them", file=sys.stderr)
+
+    @property
+    def has_checksums(self) -> bool:
+        return self.meta["format_version"] >= 2
 
     @property
     def labels(self) -> list[str]:
@@ -76,7 +86,12 @@ class ShardDataset:
         return self.meta.get("fbank")
 
     def index(self, split: str) -> pa.Table:
-        return pq.read_table(self._split_dir(split) / INDEX_FILE, schema=INDEX_SCHEMA)
+        """The split's index; a format-1 index gets a null `crc32` column (nothing to check)."""
+        path = self._split_dir(split) / INDEX_FILE
+        if self.has_checksums:
+            return pq.read_table(path, schema=INDEX_SCHEMA)
+        table = pq.read_table(path, schema=pa.schema([f for f in INDEX_SCHEMA if f.name != "crc32"]))
+        return table.append_column(INDEX_SCHEMA.field("crc32"), pa.nulls(table.num_rows, pa.int64()))
 
     def shard_paths(self, split: str) -> list[Path]:
         """The split's shards, in order; a missing one is an error naming it."""
@@ -87,17 +102,21 @@ class ShardDataset:
         return paths
 
     def samples(self, split: str) -> Iterator[ShardSample | ShardError]:
-        """Every sample of a split, shard after shard (errors come as `ShardError`s)."""
+        """Every sample of a split, shard after shard, checked against the index (errors, including
+        checksum mismatches and members the index lacks, come as `ShardError`s)."""
+        index = self.index(split)
+        checksums = dict(zip(index.column("key").to_pylist(), index.column("crc32").to_pylist()))
         for path in self.shard_paths(split):
-            yield from read_shard(path)
+            yield from read_shard(path, checksums)
 
     def read_sample(self, split: str, key: str):
-        """One sample's (audio, sample rate) by key, through the index's byte offset."""
+        """One sample's (audio, sample rate) by key, through the index's byte offset; its tar
+        header and checksum are checked (`shards.tar.IntegrityError` otherwise)."""
         table = self.index(split).filter(pc.field("key") == key)
         if table.num_rows != 1:
             raise KeyError(f"{key!r} not in split {split!r} of {self.root}")
         row = table.to_pylist()[0]
-        return read_member(self._split_dir(split) / row["shard"], Member(row["offset"], row["nbytes"]))
+        return read_member(self._split_dir(split) / row["shard"], key, Member(row["offset"], row["nbytes"], row["crc32"]))
 
     def _split_dir(self, split: str) -> Path:
         if split not in self.meta["splits"]:

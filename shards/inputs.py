@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ class Source:
     split: str
     start_s: float | None = None
     end_s: float | None = None
+    origin: str = ""  # where it was listed ("rows.csv:7"), for messages
 
 
 @dataclass(frozen=True)
@@ -57,20 +59,25 @@ def make_key(relative_path: str, start_s: float | None = None, end_s: float | No
     stem = os.path.splitext(relative_path)[0]
     key = _KEY_UNSAFE.sub("_", stem).strip("_") or "sample"
     if start_s is not None or end_s is not None:
-        first = "0" if start_s is None else f"{round(start_s * 1000)}"
-        last = "end" if end_s is None else f"{round(end_s * 1000)}"
+        first = "0" if start_s is None else f"{start_s * 1000:.0f}"
+        last = "end" if end_s is None else f"{end_s * 1000:.0f}"
         key = f"{key}__{first}-{last}ms"
     return key
 
 
 def dedupe_keys(sources: list[Source]) -> list[Source]:
-    """Keys must be unique within a dataset; colliding ones get a suffix from their full path."""
+    """Keys must be unique within a dataset; colliding ones get a suffix from their full path
+    (and a counter when even that collides: the same file kept twice with --keep-duplicates)."""
     seen: set[str] = set()
     unique = []
     for source in sources:
         key = source.key
         if key in seen:
-            key = f"{key}-{hashlib.sha1(f'{source.path}|{source.start_s}|{source.end_s}'.encode()).hexdigest()[:10]}"
+            base = f"{key}-{hashlib.sha1(f'{source.path}|{source.start_s}|{source.end_s}'.encode()).hexdigest()[:10]}"
+            key, copy = base, 1
+            while key in seen:
+                copy += 1
+                key = f"{base}-{copy}"
         seen.add(key)
         unique.append(replace(source, key=key))
     return unique
@@ -104,21 +111,49 @@ def list_folder(
     return dedupe_keys(sources), skipped
 
 
-def read_manifest(path: str | Path, test_fraction: float) -> tuple[list[Source], list[Skipped]]:
+def read_manifest(
+    path: str | Path, test_fraction: float, keep_duplicates: bool = False
+) -> tuple[list[Source], list[Skipped]]:
     """Rows of a .csv or .jsonl manifest: `path`, `label` (';' joins several), optional `split`,
-    `start`, `end` (seconds). Relative paths resolve against the manifest's folder."""
+    `start`, `end` (seconds). Relative paths resolve against the manifest's folder. A row naming
+    the same file and segment as an earlier one is kept once (a "duplicate" skip names both
+    lines) unless `keep_duplicates`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--manifest {path} does not exist")
-    rows = list(_manifest_rows(path))
+    try:
+        rows = list(_manifest_rows(path))
+    except csv.Error as exc:
+        raise ValueError(f"manifest {path} is not readable CSV: {exc}") from None
     sources, skipped = [], []
     for number, row in rows:
         where = f"{path}:{number}"
         try:
-            sources.append(_source_from_row(row, path.parent, test_fraction))
-        except ValueError as exc:
-            skipped.append(Skipped(str(row.get("path") or where), "invalid manifest row", f"{where}: {exc}"))
+            sources.append(_source_from_row(row, path.parent, test_fraction, where))
+        except (ValueError, TypeError) as exc:
+            shown = row.get("path") if isinstance(row.get("path"), str) and row.get("path") else where
+            skipped.append(Skipped(shown, "invalid manifest row", f"{where}: {exc}"))
+    if not keep_duplicates:
+        sources, duplicates = drop_duplicates(sources)
+        skipped += duplicates
     return dedupe_keys(_keys_from_common_folder(sources)), skipped
+
+
+def drop_duplicates(sources: list[Source]) -> tuple[list[Source], list[Skipped]]:
+    """The first source of each (real file, start, end); later ones as "duplicate" skips naming
+    both places, so one recording is not trained twice per epoch under two keys."""
+    first_seen: dict[tuple, Source] = {}
+    kept, duplicates = [], []
+    for source in sources:
+        identity = (os.path.realpath(source.path), source.start_s, source.end_s)
+        if identity in first_seen:
+            duplicates.append(Skipped(source.path, "duplicate",
+                                      f"{source.origin}: same file and segment as {first_seen[identity].origin}; "
+                                      "kept once (--keep-duplicates keeps both)"))
+            continue
+        first_seen[identity] = source
+        kept.append(source)
+    return kept, duplicates
 
 
 MANIFEST_COLUMNS = ("path", "label", "split", "start", "end")
@@ -176,21 +211,32 @@ def _manifest_rows(path: Path):
         raise ValueError(f"manifest {path} must end in .csv or .jsonl")
 
 
-def _source_from_row(row: dict, base: Path, test_fraction: float) -> Source:
+def _source_from_row(row: dict, base: Path, test_fraction: float, where: str) -> Source:
     if "_error" in row:
         raise ValueError(row["_error"])
-    raw_path = str(row.get("path") or "").strip()
+    value = row.get("path")
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"path {value!r} is not text")
+    raw_path = (value or "").strip()
     if not raw_path:
         raise ValueError("empty path")
+    if "\0" in raw_path:
+        raise ValueError(f"path {raw_path!r} contains a NUL character")
+    try:
+        os.fsencode(raw_path)
+    except UnicodeError:
+        raise ValueError(f"path {raw_path!r} cannot be a file name on this system") from None
     labels = _parse_labels(row.get("label"))
     if not labels:
         raise ValueError("empty label")
     file_path = Path(raw_path) if os.path.isabs(raw_path) else base / raw_path
     start_s, end_s = _parse_seconds(row.get("start"), "start"), _parse_seconds(row.get("end"), "end")
+    if start_s is not None and end_s is not None and end_s <= start_s:
+        raise ValueError(f"end={end_s} s is not after start={start_s} s")
     split = str(row.get("split") or "").strip() or split_for(raw_path, test_fraction)
     if not SPLIT_NAME.match(split):
         raise ValueError(f"split {split!r} must be letters, digits, '_' or '-'")
-    return Source("", str(file_path), labels, split, start_s, end_s)
+    return Source("", str(file_path), labels, split, start_s, end_s, origin=where)
 
 
 def _parse_labels(value) -> tuple[str, ...]:
@@ -199,12 +245,16 @@ def _parse_labels(value) -> tuple[str, ...]:
 
 
 def _parse_seconds(value, name: str) -> float | None:
-    if value is None or str(value).strip() == "":
+    if value is None or (isinstance(value, str) and value.strip() == ""):
         return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{name}={value!r} is not a number of seconds")
     try:
         seconds = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(f"{name}={value!r} is not a number of seconds") from None
-    if not seconds >= 0:
+    if not math.isfinite(seconds):
+        raise ValueError(f"{name}={value!r} is not a finite number of seconds")
+    if seconds < 0:
         raise ValueError(f"{name}={value!r} must be >= 0 seconds")
     return seconds

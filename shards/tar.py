@@ -2,7 +2,9 @@
 
 Written with plain `tarfile` and fixed member metadata so the same input gives byte-identical
 shards; read back in streaming mode so a truncated shard still yields every whole sample
-before it, and each failure names the shard and key.
+before it, and each failure names the shard and key. Each wav's CRC32 goes into the index;
+readers check it, and random access also checks the tar header in front of the bytes, so a
+flipped byte or a misplaced offset is a named failure, never another clip delivered.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import io
 import json
 import os
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -25,6 +28,11 @@ class Member:
 
     offset: int
     nbytes: int
+    crc32: int | None = None  # of the wav bytes; None in shard sets made before checksums
+
+
+class IntegrityError(ValueError):
+    """A member whose bytes are not what the index says they are."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +64,7 @@ class ShardWriter:
     def add(self, key: str, wav: bytes, meta: dict) -> Member:
         member = self._add_file(f"{key}.wav", wav)
         self._add_file(f"{key}.json", json.dumps(meta, sort_keys=True).encode())
-        return member
+        return Member(member.offset, member.nbytes, zlib.crc32(wav))
 
     def _add_file(self, name: str, data: bytes) -> Member:
         info = tarfile.TarInfo(name)
@@ -70,12 +78,20 @@ class ShardWriter:
         os.replace(self._partial, self.path)
 
     def abort(self) -> None:
-        self._tar.close()
+        """Drop the partial file; never raises (it runs while another error, e.g. a full disk,
+        is on its way up)."""
+        try:
+            self._tar.close()
+        except OSError:
+            pass
         self._partial.unlink(missing_ok=True)
 
 
-def read_shard(path: str | Path) -> Iterator[ShardSample | ShardError]:
-    """Every sample of a shard in stored order; unreadable ones come as `ShardError`s."""
+def read_shard(path: str | Path, checksums: dict[str, int | None] | None = None) -> Iterator[ShardSample | ShardError]:
+    """Every sample of a shard in stored order; unreadable ones come as `ShardError`s.
+
+    `checksums` (key -> CRC32 from the index): each wav is checked against it, and a member
+    the index does not list is an error too (it would never be used)."""
     path = str(path)
     pending: dict[str, dict[str, bytes]] = {}
     last_key = None
@@ -84,7 +100,7 @@ def read_shard(path: str | Path) -> Iterator[ShardSample | ShardError]:
             for info in tar:
                 key, _, ext = info.name.partition(".")
                 if last_key is not None and key != last_key:
-                    yield _sample_or_error(path, last_key, pending.pop(last_key))
+                    yield _sample_or_error(path, last_key, pending.pop(last_key), checksums)
                 last_key = key
                 pending.setdefault(key, {})[ext] = tar.extractfile(info).read() if info.isfile() else b""
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -92,19 +108,67 @@ def read_shard(path: str | Path) -> Iterator[ShardSample | ShardError]:
         yield ShardError(path, None, f"shard unreadable after key {last_key!r}: {exc}")
         return
     if last_key is not None:
-        yield _sample_or_error(path, last_key, pending.pop(last_key))
+        yield _sample_or_error(path, last_key, pending.pop(last_key), checksums)
 
 
-def read_member(path: str | Path, member: Member) -> tuple[np.ndarray, int]:
-    """One sample's audio by its index offset: a seek and a read, no scan of the shard."""
+def read_member(path: str | Path, key: str, member: Member) -> tuple[np.ndarray, int]:
+    """One sample's audio by its index offset: one seek and one read of its tar header and
+    bytes, both checked (`IntegrityError` says what is wrong), no scan of the shard."""
     with open(path, "rb") as handle:
-        handle.seek(member.offset)
-        return decode_pcm16(handle.read(member.nbytes))
+        if member.offset >= tarfile.BLOCKSIZE:
+            handle.seek(member.offset - tarfile.BLOCKSIZE)
+        data = handle.read(tarfile.BLOCKSIZE + member.nbytes)
+        size = os.fstat(handle.fileno()).st_size
+    problem = span_problem(member, size) or header_problem(data[: tarfile.BLOCKSIZE], key, member.nbytes)
+    data = data[tarfile.BLOCKSIZE :]
+    if problem is None and member.crc32 is not None and zlib.crc32(data) != member.crc32:
+        problem = checksum_problem(zlib.crc32(data), member.crc32)
+    if problem:
+        raise IntegrityError(f"{path} {key}: {problem}")
+    return decode_pcm16(data)
 
 
-def _sample_or_error(shard: str, key: str, parts: dict[str, bytes]) -> ShardSample | ShardError:
+def span_problem(member: Member, shard_bytes: int) -> str | None:
+    """Why a member's byte range cannot lie in a shard of `shard_bytes` (None if it can)."""
+    if member.offset < tarfile.BLOCKSIZE or member.offset % tarfile.BLOCKSIZE:
+        return f"offset {member.offset} is not where a tar member's data can start"
+    if member.offset >= shard_bytes:
+        return f"offset {member.offset} is past the end of the shard ({shard_bytes} bytes)"
+    if member.offset + member.nbytes > shard_bytes:
+        return f"shard truncated: it ends {member.offset + member.nbytes - shard_bytes} bytes before the member does"
+    return None
+
+
+def header_problem(header: bytes, key: str, nbytes: int) -> str | None:
+    """Why the 512-byte tar header in front of a member's data is not `key`'s wav of `nbytes`
+    bytes (None if it is). Names over 100 characters sit in a PAX record before it; the header
+    itself keeps their first 100."""
+    try:
+        info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return "no tar header in front of the indexed offset (the index does not match this shard)"
+    expected = f"{key}.wav"[:100]
+    if info.name != expected:
+        return f"the tar member at this offset is {info.name!r}, not {expected!r} (the index does not match this shard)"
+    if info.size != nbytes:
+        return f"the tar member holds {info.size} bytes where the index has {nbytes}"
+    return None
+
+
+def checksum_problem(actual: int, expected: int) -> str:
+    return f"checksum mismatch: CRC32 {actual:08x} where the index has {expected:08x} (corrupt bytes)"
+
+
+def _sample_or_error(
+    shard: str, key: str, parts: dict[str, bytes], checksums: dict[str, int | None] | None
+) -> ShardSample | ShardError:
     if "wav" not in parts or "json" not in parts:
         return ShardError(shard, key, f"incomplete sample: has {sorted(parts)}, needs wav and json")
+    if checksums is not None:
+        if key not in checksums:
+            return ShardError(shard, key, "member not in the index (it would never be read by a stream)")
+        if checksums[key] is not None and zlib.crc32(parts["wav"]) != checksums[key]:
+            return ShardError(shard, key, checksum_problem(zlib.crc32(parts["wav"]), checksums[key]))
     try:
         audio, rate = decode_pcm16(parts["wav"])
         meta = json.loads(parts["json"])
