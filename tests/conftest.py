@@ -71,3 +71,46 @@ def fsdd_small_shards(tmp_path_factory, fsdd_dir, make_shards) -> Path:
     code = make_shards.main(["--manifest", str(manifest), "--out", str(out), "--shard-size", "300KB", "--backend", "local", "--quiet"])
     assert code == 0
     return out
+
+
+# Synthetic clips of exact lengths: clip i lasts PATCHES[i] patches of 16 frames at C = 1 (plus
+# a few frames the 16-frame floor drops), so token counts, packings and round-robin dealing are
+# known by hand. Audio depends on the length only: clips of equal length are identical, which
+# tells keyed randomness (SpecAugment) from content. Labels cycle through SYNTHETIC_LABELS.
+SYNTHETIC_PATCHES = (6, 4, 7, 3, 5, 5, 2, 8) * 3 + (1,)
+SYNTHETIC_LABELS = ("hum", "tone", "whistle")
+SYNTHETIC_RATE = 16000
+
+
+def synthetic_num_samples(patches: int, extra_frames: int = 5) -> int:
+    """Samples giving 16 * patches + extra_frames Kaldi frames (25 ms window, 10 ms shift)."""
+    return 400 + (16 * patches + extra_frames - 1) * 160
+
+
+def write_synthetic_manifest(folder: Path, labels: list[str]) -> Path:
+    """One WAV per entry of `labels` (";" for several), lengths from SYNTHETIC_PATCHES."""
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir(parents=True)
+    rows = ["path,label,split"]
+    for i, label in enumerate(labels):
+        patches = SYNTHETIC_PATCHES[i % len(SYNTHETIC_PATCHES)]
+        t = np.arange(synthetic_num_samples(patches)) / SYNTHETIC_RATE
+        wave = 0.3 * np.sin(2 * np.pi * 110 * patches * t) + 0.05 * np.random.default_rng(patches).standard_normal(len(t))
+        sf.write(folder / f"clip{i:02d}.wav", wave.astype(np.float32), SYNTHETIC_RATE, subtype="PCM_16")
+        rows.append(f"clip{i:02d}.wav,{label},train")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory, make_shards) -> Path:
+    """The synthetic clips, single-label, in shards of 4 samples (local backend, no Ray)."""
+    work = tmp_path_factory.mktemp("synthetic")
+    labels = [SYNTHETIC_LABELS[i % 3] for i in range(len(SYNTHETIC_PATCHES))]
+    manifest = write_synthetic_manifest(work / "audio", labels)
+    out = work / "shards"
+    assert make_shards.main(["--manifest", str(manifest), "--out", str(out), "--shard-samples", "4", "--backend", "local", "--quiet"]) == 0
+    return out
