@@ -73,6 +73,18 @@ def fsdd_small_shards(tmp_path_factory, fsdd_dir, make_shards) -> Path:
     return out
 
 
+def kaldi_reference_fbank(wave, rate: int, shift_ms: float = 10.0):
+    """The paper's fbank call, verbatim, as float64 numpy: the reference for feature values."""
+    import torch
+    from torchaudio.compliance import kaldi
+
+    x = torch.as_tensor(wave, dtype=torch.float32)
+    return kaldi.fbank(
+        (x - x.mean()).unsqueeze(0), htk_compat=True, sample_frequency=rate, use_energy=False,
+        window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=shift_ms, frame_length=25,
+    ).double().numpy()
+
+
 # Synthetic clips of exact lengths: clip i lasts PATCHES[i] patches of 16 frames at C = 1 (plus
 # a few frames the 16-frame floor drops), so token counts, packings and round-robin dealing are
 # known by hand. Audio depends on the length only: clips of equal length are identical, which
@@ -105,12 +117,17 @@ def write_synthetic_manifest(folder: Path, labels: list[str]) -> Path:
     return manifest
 
 
-@pytest.fixture(scope="session")
-def synthetic_shards(tmp_path_factory, make_shards) -> Path:
-    """The synthetic clips, single-label, in shards of 4 samples (local backend, no Ray)."""
-    work = tmp_path_factory.mktemp("synthetic")
-    labels = [SYNTHETIC_LABELS[i % 3] for i in range(len(SYNTHETIC_PATCHES))]
+def build_synthetic_shards(make_shards, work: Path, labels: list[str] | None = None, *flags: str) -> Path:
+    """The synthetic clips (labels cycling through SYNTHETIC_LABELS unless given), sharded
+    in-process by the make_shards job with its extra `flags`."""
+    labels = labels or [SYNTHETIC_LABELS[i % len(SYNTHETIC_LABELS)] for i in range(len(SYNTHETIC_PATCHES))]
     manifest = write_synthetic_manifest(work / "audio", labels)
     out = work / "shards"
-    assert make_shards.main(["--manifest", str(manifest), "--out", str(out), "--shard-samples", "4", "--backend", "local", "--quiet"]) == 0
+    assert make_shards.main(["--manifest", str(manifest), "--out", str(out), "--backend", "local", "--quiet", *flags]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory, make_shards) -> Path:
+    """The synthetic clips, single-label, in shards of 4 samples (no Ray)."""
+    return build_synthetic_shards(make_shards, tmp_path_factory.mktemp("synthetic"), None, "--shard-samples", "4")

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SYNTHETIC_LABELS, SYNTHETIC_PATCHES, write_synthetic_manifest
 from loaders import PackedStream
 from shards import ShardDataset
+
+from conftest import SYNTHETIC_PATCHES, build_synthetic_shards
 
 GRID = tuple(np.round(np.arange(1.0, 4.01, 0.2), 1))
 CAPACITY = 80  # 10 patches: the synthetic lengths 6+4, 7+3, 8+2, 5+5 fill rows exactly
@@ -43,13 +44,7 @@ def row_keys(shards: Path, epoch: int, **options) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def reshuffled_shards(tmp_path_factory, make_shards) -> Path:
     """The same clips and keys, cut into other shards in another order (--seed, --shard-samples)."""
-    work = tmp_path_factory.mktemp("reshuffled")
-    labels = [SYNTHETIC_LABELS[i % 3] for i in range(len(SYNTHETIC_PATCHES))]
-    manifest = write_synthetic_manifest(work / "audio", labels)
-    out = work / "shards"
-    assert make_shards.main(["--manifest", str(manifest), "--out", str(out), "--shard-samples", "3", "--seed", "5",
-                             "--backend", "local", "--quiet"]) == 0
-    return out
+    return build_synthetic_shards(make_shards, tmp_path_factory.mktemp("reshuffled"), None, "--shard-samples", "3", "--seed", "5")
 
 
 def test_greedy_plan_is_next_fit_in_shard_order(synthetic_shards):
@@ -87,7 +82,7 @@ def test_a_samples_c_is_fixed_by_seed_epoch_and_key_whatever_the_shard_layout(sy
 @pytest.mark.parametrize("changed", [{"seed": 1}, {"epoch": 1}])
 def test_the_shuffle_follows_seed_and_epoch(synthetic_shards, changed):
     """At one fixed C, only the shuffle can change the rows: shards, members and row order."""
-    base = dict(seed=0, epoch=0)
+    base = {"seed": 0, "epoch": 0}
     rows = lambda seed, epoch, **options: row_keys(synthetic_shards, epoch, seed=seed, **options)
     first = rows(**base)
     assert rows(**base) == first
@@ -106,7 +101,7 @@ def same_batch(a, b) -> bool:
 
 @pytest.mark.parametrize("scales", [(1.0,), (1.0, 1.6, 2.4, 3.0)])
 def test_ranks_are_dealt_round_robin_with_fillers_and_see_every_key_once(synthetic_shards, scales):
-    options = dict(scales=scales, freq_mask=24, time_mask=24, seed=0)
+    options = {"scales": scales, "freq_mask": 24, "time_mask": 24, "seed": 0}
     alone = list(stream(synthetic_shards, **options).epoch(1))
     n = len(alone)
     assert n % 2 and n % 3, f"this test needs a batch count 2 and 3 ranks cannot share evenly, got {n}"
@@ -150,11 +145,8 @@ def test_spec_augment_is_keyed_by_key_epoch_and_seed(synthetic_shards):
 
 @pytest.fixture(scope="module")
 def multi_label_shards(tmp_path_factory, make_shards) -> Path:
-    work = tmp_path_factory.mktemp("multi")
-    manifest = write_synthetic_manifest(work / "audio", ["hum;tone", "tone", "whistle;hum", "hum;tone;whistle", "whistle"])
-    out = work / "shards"
-    assert make_shards.main(["--manifest", str(manifest), "--out", str(out), "--backend", "local", "--quiet"]) == 0
-    return out
+    labels = ["hum;tone", "tone", "whistle;hum", "hum;tone;whistle", "whistle"]
+    return build_synthetic_shards(make_shards, tmp_path_factory.mktemp("multi"), labels)
 
 
 def test_labels_are_class_ids_or_multi_hot_as_the_manifest_says(synthetic_shards, multi_label_shards):
@@ -164,3 +156,15 @@ def test_labels_are_class_ids_or_multi_hot_as_the_manifest_says(synthetic_shards
     multi = {key: label.tolist() for b in batches for key, label in zip(b.keys, b.labels)}
     assert all(b.labels.dtype == torch.float32 for b in batches)
     assert multi == {"clip00": [1, 1, 0], "clip01": [0, 1, 0], "clip02": [1, 0, 1], "clip03": [1, 1, 1], "clip04": [0, 0, 1]}
+
+
+def test_rows_are_shuffled_out_of_packing_order(synthetic_shards):
+    """first_fit emits rows largest sample first; the plan must not hand that order on (the
+    step's workload would fall through the epoch). Unshuffled, it does, as a check of the check."""
+    def row_maxima(**options) -> list[int]:
+        plan = stream(synthetic_shards, **options).plan(0)
+        return [int(plan.tokens[plan.batch == b].max()) for b in range(plan.n_batches)]
+
+    assert row_maxima(shuffle=False) == sorted(row_maxima(shuffle=False), reverse=True)
+    for seed in range(4):
+        assert row_maxima(seed=seed) != sorted(row_maxima(seed=seed), reverse=True), seed

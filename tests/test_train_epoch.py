@@ -2,8 +2,6 @@
 (gradient clipping, filler batches, what it counts), the optimiser's decay groups by name."""
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,13 @@ from torch import nn
 
 from elasticast import ElasticAST, loss, preset
 from elasticast.ast_baseline import ASTBaseline
-from elasticast.training import TrainConfig, make_optimizer, make_scheduler, predict, train_epoch
+from elasticast.training import (
+    TrainConfig,
+    make_optimizer,
+    make_scheduler,
+    predict,
+    train_epoch,
+)
 from loaders.batch import PackedBatch, from_features
 from loaders.features import patchify
 

@@ -8,24 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
-import torchaudio.compliance.kaldi as kaldi
 
 from loaders import PackedStream
 from loaders.features import patchify, spectrogram
 from loaders.stats import fbank_stats
 from shards import ShardDataset, ShardSample
 
+from conftest import kaldi_reference_fbank
+
 MEAN, STD = -3.0, 2.5  # far apart, so a swapped mean/std or a missing 2 shows
 EPSILON_LOG = math.log(torch.finfo(torch.float32).eps)  # Kaldi's log floor for a zero power spectrum
-
-
-def reference_fbank(wave: np.ndarray, rate: int, shift_ms: float = 10.0) -> np.ndarray:
-    """The paper's fbank call, verbatim (float64 out for the statistics)."""
-    x = torch.from_numpy(np.asarray(wave, np.float32))
-    return kaldi.fbank(
-        (x - x.mean()).unsqueeze(0), htk_compat=True, sample_frequency=rate, use_energy=False,
-        window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=shift_ms, frame_length=25,
-    ).double().numpy()
 
 
 def reference_spectrogram(wave: np.ndarray, rate: int, scale: float, compression: str, mean: float, std: float,
@@ -34,7 +26,7 @@ def reference_spectrogram(wave: np.ndarray, rate: int, scale: float, compression
     (x - mean) / (2 * std), frames floored to 16, at least 16 (zero-padded), at most max_frames."""
     window = int(rate * 0.025)
     wave = np.pad(np.asarray(wave, np.float32), (0, max(window - len(wave), 0)))
-    values = reference_fbank(wave, rate, 10.0 * round(scale, 1) if compression == "shift" else 10.0)
+    values = kaldi_reference_fbank(wave, rate, 10.0 * round(scale, 1) if compression == "shift" else 10.0)
     if compression == "avgpool":
         pool = int(scale)
         values = values[: len(values) // pool * pool].reshape(-1, pool, 128).mean(axis=1)
@@ -98,7 +90,7 @@ def test_fbank_stats_are_numpys_mean_and_std_over_the_first_usable_clips():
         (rng.standard_normal(7000).astype(np.float32), 16000),  # beyond max_samples usable clips
     ]
     stats = fbank_stats(iter(clips), max_samples=3)
-    values = np.concatenate([reference_fbank(w, r).ravel() for w, r in (clips[0], clips[2], clips[3])])
+    values = np.concatenate([kaldi_reference_fbank(w, r).ravel() for w, r in (clips[0], clips[2], clips[3])])
     assert (stats["samples"], stats["too_short"]) == (3, 1)
     assert stats["mean"] == pytest.approx(values.mean(), rel=1e-6)
     assert stats["std"] == pytest.approx(values.std(), rel=1e-6)
@@ -108,7 +100,7 @@ def test_make_shards_records_the_statistics_of_its_train_clips(synthetic_shards)
     dataset = ShardDataset(synthetic_shards)
     waves = [item.audio for item in dataset.samples("train") if isinstance(item, ShardSample)]
     assert len(waves) == len(dataset.index("train"))
-    values = np.concatenate([reference_fbank(w, dataset.sample_rate).ravel() for w in waves])
+    values = np.concatenate([kaldi_reference_fbank(w, dataset.sample_rate).ravel() for w in waves])
     stats = dataset.fbank_stats
     assert (stats["split"], stats["samples"]) == ("train", len(dataset.index("train")))
     assert stats["mean"] == pytest.approx(values.mean(), rel=1e-5)
