@@ -71,3 +71,63 @@ def fsdd_small_shards(tmp_path_factory, fsdd_dir, make_shards) -> Path:
     code = make_shards.main(["--manifest", str(manifest), "--out", str(out), "--shard-size", "300KB", "--backend", "local", "--quiet"])
     assert code == 0
     return out
+
+
+def kaldi_reference_fbank(wave, rate: int, shift_ms: float = 10.0):
+    """The paper's fbank call, verbatim, as float64 numpy: the reference for feature values."""
+    import torch
+    from torchaudio.compliance import kaldi
+
+    x = torch.as_tensor(wave, dtype=torch.float32)
+    return kaldi.fbank(
+        (x - x.mean()).unsqueeze(0), htk_compat=True, sample_frequency=rate, use_energy=False,
+        window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=shift_ms, frame_length=25,
+    ).double().numpy()
+
+
+# Synthetic clips of exact lengths: clip i lasts PATCHES[i] patches of 16 frames at C = 1 (plus
+# a few frames the 16-frame floor drops), so token counts, packings and round-robin dealing are
+# known by hand. Audio depends on the length only: clips of equal length are identical, which
+# tells keyed randomness (SpecAugment) from content. Labels cycle through SYNTHETIC_LABELS.
+SYNTHETIC_PATCHES = (6, 4, 7, 3, 5, 5, 2, 8) * 3 + (1,)
+SYNTHETIC_LABELS = ("hum", "tone", "whistle")
+SYNTHETIC_RATE = 16000
+
+
+def synthetic_num_samples(patches: int, extra_frames: int = 5) -> int:
+    """Samples giving 16 * patches + extra_frames Kaldi frames (25 ms window, 10 ms shift)."""
+    return 400 + (16 * patches + extra_frames - 1) * 160
+
+
+def write_synthetic_manifest(folder: Path, labels: list[str]) -> Path:
+    """One WAV per entry of `labels` (";" for several), lengths from SYNTHETIC_PATCHES."""
+    import numpy as np
+    import soundfile as sf
+
+    folder.mkdir(parents=True)
+    rows = ["path,label,split"]
+    for i, label in enumerate(labels):
+        patches = SYNTHETIC_PATCHES[i % len(SYNTHETIC_PATCHES)]
+        t = np.arange(synthetic_num_samples(patches)) / SYNTHETIC_RATE
+        wave = 0.3 * np.sin(2 * np.pi * 110 * patches * t) + 0.05 * np.random.default_rng(patches).standard_normal(len(t))
+        sf.write(folder / f"clip{i:02d}.wav", wave.astype(np.float32), SYNTHETIC_RATE, subtype="PCM_16")
+        rows.append(f"clip{i:02d}.wav,{label},train")
+    manifest = folder / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def build_synthetic_shards(make_shards, work: Path, labels: list[str] | None = None, *flags: str) -> Path:
+    """The synthetic clips (labels cycling through SYNTHETIC_LABELS unless given), sharded
+    in-process by the make_shards job with its extra `flags`."""
+    labels = labels or [SYNTHETIC_LABELS[i % len(SYNTHETIC_LABELS)] for i in range(len(SYNTHETIC_PATCHES))]
+    manifest = write_synthetic_manifest(work / "audio", labels)
+    out = work / "shards"
+    assert make_shards.main(["--manifest", str(manifest), "--out", str(out), "--backend", "local", "--quiet", *flags]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory, make_shards) -> Path:
+    """The synthetic clips, single-label, in shards of 4 samples (no Ray)."""
+    return build_synthetic_shards(make_shards, tmp_path_factory.mktemp("synthetic"), None, "--shard-samples", "4")

@@ -115,7 +115,8 @@ def test_stream_stats_add_up(demo_shards):
     stats = stream.stats[0]
     assert stats["samples"] == len(stream) and stats["batches"] == len(batches)
     assert stats["tokens"] == sum(int(b.n_tokens.sum()) for b in batches)
-    assert 0 < stats["pad_ratio"] < 0.5 and stats["cut_tokens"] > 0 and stats["failed"] == 0
+    assert stats["slots"] == len(batches) * 2 * 2048 and stats["pad_ratio"] == pytest.approx(1 - stats["tokens"] / stats["slots"])
+    assert stats["cut_tokens"] == int(stream.plan(0).cut.sum()) > 0 and stats["failed"] == 0
     assert stats["pad_ratio"] == pytest.approx(stream.plan(0).pad_ratio)
 
 
