@@ -164,8 +164,8 @@ def start_ray(address: str | None, num_cpus: int | None) -> None:
 
 
 def train_clips(config: BuildConfig, rows: list[dict], split: str):
-    """(waveform, rate, source file) of the split's clips as written, each checked against its CRC32."""
-    checksums = {row["key"]: row["crc32"] for row in rows}
+    """(waveform, rate, source file) of the split's clips as written, each checked against its XXH3-64."""
+    checksums = {row["key"]: row["xxh3_64"] for row in rows}
     for shard in sorted((config.out / split).glob("shard-*.tar")):
         for item in read_shard(shard, checksums):
             if isinstance(item, ShardSample):

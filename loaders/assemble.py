@@ -3,7 +3,7 @@
 The one function both backends run (`local` in-process, `ray` in Ray Data tasks). A batch's
 samples are read sorted by (shard, offset), so reads move forward through a few neighbouring
 shards. Each read takes the member's tar header with its bytes in one request: the header must
-name the key and the CRC32 of the bytes must match the index. Only the audio the features keep
+name the key and the XXH3-64 of the bytes must match the index. Only the audio the features keep
 is decoded (the rest is only checksummed, in chunks). A sample that cannot be read, decoded or
 verified leaves its planned place as padding: the batch keeps its shape and its other samples,
 and the failure is reported by shard and key.
@@ -13,10 +13,10 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,10 @@ from loaders.config import StreamConfig
 from loaders.features import patchify, samples_needed, spec_augment, spectrogram
 from loaders.plan import EpochPlan
 from shards.audio import PCM16_HEADER_BYTES, pcm16_header, pcm16_samples
-from shards.tar import Member, checksum_problem, header_problem, span_problem
+from shards.checksum import checksum_chunks, checksum_problem, read_chunks
+from shards.tar import Member, header_problem, span_problem
 
 _SALT_AUGMENT = 0xA6
-_CHECKSUM_CHUNK = 8 * 2**20  # bytes read at a time past the kept audio, only to checksum them
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class SampleSpec:
     tokens: int
     cut: int
     scale: float
-    crc32: int | None = None  # of its wav bytes; None for shard sets made before checksums
+    xxh3_64: int | None = None  # of its wav bytes; None for shard sets made before checksums
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def batch_spec(plan: EpochPlan, index: dict[str, np.ndarray], batch: int | None,
                 tokens=int(plan.tokens[i]),
                 cut=int(plan.cut[i]),
                 scale=float(plan.scale[i]),
-                crc32=None if index["crc32"][position] is None else int(index["crc32"][position]),
+                xxh3_64=None if index["xxh3_64"][position] is None else int(index["xxh3_64"][position]),
             )
         )
     return BatchSpec(plan.epoch, step, samples=tuple(samples))
@@ -172,8 +172,9 @@ def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> tuple[di
 
 
 def _read_member(handle, shard_bytes: int, sample: SampleSpec, keep: int) -> np.ndarray:
-    """The first `keep` samples of one member, after checking its place, tar header and CRC32."""
-    problem = span_problem(Member(sample.offset, sample.nbytes, sample.crc32), shard_bytes)
+    """The first `keep` samples of one member, after checking its place, tar header and XXH3-64 (the bytes
+    past the kept audio are read in chunks, only to checksum them)."""
+    problem = span_problem(Member(sample.offset, sample.nbytes, sample.xxh3_64), shard_bytes)
     if problem:
         raise ValueError(problem)
     handle.seek(sample.offset - tarfile.BLOCKSIZE)
@@ -182,14 +183,11 @@ def _read_member(handle, shard_bytes: int, sample: SampleSpec, keep: int) -> np.
     if problem:
         raise ValueError(problem)
     wav = data[tarfile.BLOCKSIZE :]
-    crc, remaining = zlib.crc32(wav), sample.nbytes - len(wav)
-    while remaining > 0:
-        chunk = handle.read(min(_CHECKSUM_CHUNK, remaining))
-        if not chunk:
-            raise ValueError(f"shard truncated inside the member ({remaining} bytes missing)")
-        crc, remaining = zlib.crc32(chunk, crc), remaining - len(chunk)
-    if sample.crc32 is not None and crc != sample.crc32:
-        raise ValueError(checksum_problem(crc, sample.crc32))
+    if sample.xxh3_64 is not None:
+        rest = read_chunks(handle, sample.nbytes - len(wav))
+        problem = checksum_problem(checksum_chunks(chain([wav], rest)), sample.xxh3_64)
+        if problem:
+            raise ValueError(problem)
     try:
         stored, _ = pcm16_header(wav)
     except ValueError as exc:

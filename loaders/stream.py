@@ -71,7 +71,7 @@ class PackedStream:
         )
         self.dataset.shard_paths(self.subset)  # a missing shard is an error now, not mid-epoch
         table = self.dataset.index(self.subset)
-        self.index = {name: np.asarray(table.column(name).to_pylist(), dtype=object) for name in ("key", "shard", "label_ids", "crc32")}
+        self.index = {name: np.asarray(table.column(name).to_pylist(), dtype=object) for name in ("key", "shard", "label_ids", "xxh3_64")}
         for name in ("offset", "nbytes", "num_samples", "sample_rate"):
             self.index[name] = table.column(name).to_numpy()
         shard_id = {name: i for i, name in enumerate(self.dataset.meta["splits"][self.subset]["shards"])}

@@ -320,7 +320,7 @@ def _fill_shard(writer: ShardWriter, plan: dict) -> dict:
                 "shard": writer.path.name,
                 "offset": member.offset,
                 "nbytes": member.nbytes,
-                "crc32": member.crc32,
+                "xxh3_64": member.xxh3_64,
                 "duration_s": len(waveform) / plan["sample_rate"],
             }
         )

@@ -25,7 +25,7 @@ from shards.tar import Member, ShardError, ShardSample, read_member, read_shard
 
 DATASET_FILE = "dataset.json"
 INDEX_FILE = "index.parquet"
-FORMAT_VERSION = 2  # 2: index.parquet has a crc32 column
+FORMAT_VERSION = 2  # 2: index.parquet has an xxh3_64 column (XXH3-64 of each wav member)
 READABLE_VERSIONS = (1, 2)
 
 INDEX_SCHEMA = pa.schema(
@@ -42,7 +42,7 @@ INDEX_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("start_s", pa.float64()),
         ("end_s", pa.float64()),
-        ("crc32", pa.int64()),  # of the wav bytes; null in format 1 (no checksums)
+        ("xxh3_64", pa.uint64()),  # of the wav bytes (shards/checksum.py); null in format 1 (no checksums)
     ]
 )
 
@@ -86,12 +86,12 @@ class ShardDataset:
         return self.meta.get("fbank")
 
     def index(self, split: str) -> pa.Table:
-        """The split's index; a format-1 index gets a null `crc32` column (nothing to check)."""
+        """The split's index; a format-1 index gets a null `xxh3_64` column (nothing to check)."""
         path = self._split_dir(split) / INDEX_FILE
         if self.has_checksums:
             return pq.read_table(path, schema=INDEX_SCHEMA)
-        table = pq.read_table(path, schema=pa.schema([f for f in INDEX_SCHEMA if f.name != "crc32"]))
-        return table.append_column(INDEX_SCHEMA.field("crc32"), pa.nulls(table.num_rows, pa.int64()))
+        table = pq.read_table(path, schema=pa.schema([f for f in INDEX_SCHEMA if f.name != "xxh3_64"]))
+        return table.append_column(INDEX_SCHEMA.field("xxh3_64"), pa.nulls(table.num_rows, pa.uint64()))
 
     def shard_paths(self, split: str) -> list[Path]:
         """The split's shards, in order; a missing one is an error naming it."""
@@ -105,7 +105,7 @@ class ShardDataset:
         """Every sample of a split, shard after shard, checked against the index (errors, including
         checksum mismatches and members the index lacks, come as `ShardError`s)."""
         index = self.index(split)
-        checksums = dict(zip(index.column("key").to_pylist(), index.column("crc32").to_pylist()))
+        checksums = dict(zip(index.column("key").to_pylist(), index.column("xxh3_64").to_pylist()))
         for path in self.shard_paths(split):
             yield from read_shard(path, checksums)
 
@@ -116,7 +116,7 @@ class ShardDataset:
         if table.num_rows != 1:
             raise KeyError(f"{key!r} not in split {split!r} of {self.root}")
         row = table.to_pylist()[0]
-        return read_member(self._split_dir(split) / row["shard"], key, Member(row["offset"], row["nbytes"], row["crc32"]))
+        return read_member(self._split_dir(split) / row["shard"], key, Member(row["offset"], row["nbytes"], row["xxh3_64"]))
 
     def _split_dir(self, split: str) -> Path:
         if split not in self.meta["splits"]:

@@ -2,7 +2,7 @@
 
 Written with plain `tarfile` and fixed member metadata so the same input gives byte-identical
 shards; read back in streaming mode so a truncated shard still yields every whole sample
-before it, and each failure names the shard and key. Each wav's CRC32 goes into the index;
+before it, and each failure names the shard and key. Each wav's XXH3-64 goes into the index;
 readers check it, and random access also checks the tar header in front of the bytes, so a
 flipped byte or a misplaced offset is a named failure, never another clip delivered.
 """
@@ -12,7 +12,6 @@ import io
 import json
 import os
 import tarfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from shards.audio import decode_pcm16
+from shards.checksum import checksum, checksum_problem
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class Member:
 
     offset: int
     nbytes: int
-    crc32: int | None = None  # of the wav bytes; None in shard sets made before checksums
+    xxh3_64: int | None = None  # of the wav bytes; None in shard sets made before checksums
 
 
 class IntegrityError(ValueError):
@@ -64,7 +64,7 @@ class ShardWriter:
     def add(self, key: str, wav: bytes, meta: dict) -> Member:
         member = self._add_file(f"{key}.wav", wav)
         self._add_file(f"{key}.json", json.dumps(meta, sort_keys=True).encode())
-        return Member(member.offset, member.nbytes, zlib.crc32(wav))
+        return Member(member.offset, member.nbytes, checksum(wav))
 
     def _add_file(self, name: str, data: bytes) -> Member:
         info = tarfile.TarInfo(name)
@@ -90,7 +90,7 @@ class ShardWriter:
 def read_shard(path: str | Path, checksums: dict[str, int | None] | None = None) -> Iterator[ShardSample | ShardError]:
     """Every sample of a shard in stored order; unreadable ones come as `ShardError`s.
 
-    `checksums` (key -> CRC32 from the index): each wav is checked against it, and a member
+    `checksums` (key -> XXH3-64 from the index): each wav is checked against it, and a member
     the index does not list is an error too (it would never be used)."""
     path = str(path)
     pending: dict[str, dict[str, bytes]] = {}
@@ -121,8 +121,8 @@ def read_member(path: str | Path, key: str, member: Member) -> tuple[np.ndarray,
         size = os.fstat(handle.fileno()).st_size
     problem = span_problem(member, size) or header_problem(data[: tarfile.BLOCKSIZE], key, member.nbytes)
     data = data[tarfile.BLOCKSIZE :]
-    if problem is None and member.crc32 is not None and zlib.crc32(data) != member.crc32:
-        problem = checksum_problem(zlib.crc32(data), member.crc32)
+    if problem is None and member.xxh3_64 is not None:
+        problem = checksum_problem(checksum(data), member.xxh3_64)
     if problem:
         raise IntegrityError(f"{path} {key}: {problem}")
     return decode_pcm16(data)
@@ -155,10 +155,6 @@ def header_problem(header: bytes, key: str, nbytes: int) -> str | None:
     return None
 
 
-def checksum_problem(actual: int, expected: int) -> str:
-    return f"checksum mismatch: CRC32 {actual:08x} where the index has {expected:08x} (corrupt bytes)"
-
-
 def _sample_or_error(
     shard: str, key: str, parts: dict[str, bytes], checksums: dict[str, int | None] | None
 ) -> ShardSample | ShardError:
@@ -167,8 +163,8 @@ def _sample_or_error(
     if checksums is not None:
         if key not in checksums:
             return ShardError(shard, key, "member not in the index (it would never be read by a stream)")
-        if checksums[key] is not None and zlib.crc32(parts["wav"]) != checksums[key]:
-            return ShardError(shard, key, checksum_problem(zlib.crc32(parts["wav"]), checksums[key]))
+        if checksums[key] is not None and (problem := checksum_problem(checksum(parts["wav"]), checksums[key])):
+            return ShardError(shard, key, problem)
     try:
         audio, rate = decode_pcm16(parts["wav"])
         meta = json.loads(parts["json"])

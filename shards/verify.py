@@ -1,21 +1,18 @@
 """Walk a shard set and list everything that disagrees: what `make_shards --verify OUT` runs.
 
 Checked per split: every tar member against the index (members the index lacks, index rows no
-tar holds, byte ranges that differ, CRC32 of each wav), shards listed in dataset.json against
+tar holds, byte ranges that differ, XXH3-64 of each wav), shards listed in dataset.json against
 the files present, wav members without their json, and the counts dataset.json records
 (samples, shards, labels, duration) against the index.
 """
 from __future__ import annotations
 
 import tarfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from shards.dataset import DATASET_FILE, ShardDataset, describe_split
-from shards.tar import checksum_problem
-
-_CHUNK = 8 * 2**20
+from shards.checksum import checksum_chunks, checksum_problem, read_chunks
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ def _verify_shard(path: Path, split: str, rows: dict, seen: set) -> list[Problem
                 parts.setdefault(key, set()).add(ext)
                 if ext != "wav":
                     continue
-                crc = _crc(tar.extractfile(info))
+                digest = checksum_chunks(read_chunks(tar.extractfile(info)))
                 row = rows.get((path.name, key))
                 if row is None:
                     problems.append(Problem("not in index", f"{where} {key}", "tar member the index does not list (never read)"))
@@ -78,17 +75,10 @@ def _verify_shard(path: Path, split: str, rows: dict, seen: set) -> list[Problem
                 if (row["offset"], row["nbytes"]) != (info.offset_data, info.size):
                     problems.append(Problem("byte range", f"{where} {key}", f"index has offset {row['offset']} and {row['nbytes']} "
                                                                            f"bytes, the tar {info.offset_data} and {info.size}"))
-                elif row["crc32"] is not None and crc != row["crc32"]:
-                    problems.append(Problem("checksum", f"{where} {key}", checksum_problem(crc, row["crc32"])))
+                elif problem := checksum_problem(digest, row["xxh3_64"]):
+                    problems.append(Problem("checksum", f"{where} {key}", problem))
     except (tarfile.TarError, EOFError, OSError) as exc:
         problems.append(Problem("shard", where, f"unreadable: {exc}"))
     problems += [Problem("incomplete", f"{where} {key}", f"has {sorted(exts)}, needs json and wav")
                  for key, exts in parts.items() if exts != {"json", "wav"}]
     return problems
-
-
-def _crc(handle) -> int:
-    crc = 0
-    while chunk := handle.read(_CHUNK):
-        crc = zlib.crc32(chunk, crc)
-    return crc

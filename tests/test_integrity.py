@@ -1,4 +1,4 @@
-"""No silent damage: every read is checked against the index (CRC32 of the wav, tar header name),
+"""No silent damage: every read is checked against the index (XXH3-64 of the wav, tar header name),
 mismatches are counted holes named by shard and key, and `make_shards --verify` finds the rest."""
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
+import xxhash
 
 from loaders import PackedStream
 from shards import ShardDataset, ShardError, ShardSample
@@ -56,6 +58,18 @@ def stream_failures(root: Path) -> tuple[list[dict], dict, set[str]]:
     stream = PackedStream(root / "train", rows_per_batch=2, max_tokens=256, buffer=8, backend="local")
     batches = list(stream.epoch(0))
     return [f for b in batches for f in b.failed], stream.stats[0], {k for b in batches for k in b.keys}
+
+
+def test_the_index_holds_the_xxh3_64_of_each_wav_member_as_written(tone_shards):
+    """Against xxhash itself over the tar's bytes, and the XXH3 reference vector of empty input."""
+    index = ShardDataset(tone_shards).index("train")
+    assert index.schema.field("xxh3_64").type == pa.uint64() and xxhash.xxh3_64_intdigest(b"") == 0x2D06800538D394C2
+    expected = {}
+    for shard in sorted((tone_shards / "train").glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            expected |= {info.name[:-4]: xxhash.xxh3_64_intdigest(tar.extractfile(info).read()) for info in tar if info.name.endswith(".wav")}
+    assert dict(zip(index.column("key").to_pylist(), index.column("xxh3_64").to_pylist())) == expected
+    assert len(expected) == CLIPS and any(value >= 2**63 for value in expected.values())  # the full unsigned range round-trips
 
 
 def test_flipped_bytes_in_pcm_data_are_a_named_hole_everywhere(tone_shards, tmp_path, capsys):
@@ -131,7 +145,7 @@ def test_verify_finds_unindexed_members_missing_rows_bad_checksums_and_counts(to
 def test_a_shard_set_from_before_checksums_still_streams_with_a_note(tone_shards, tmp_path, capsys):
     root, index = damaged_copy(tone_shards, tmp_path / "old")
     path = root / "train" / "index.parquet"
-    pq.write_table(pq.read_table(path).drop(["crc32"]), path)
+    pq.write_table(pq.read_table(path).drop(["xxh3_64"]), path)
     meta = json.loads((root / "dataset.json").read_text())
     (root / "dataset.json").write_text(json.dumps(meta | {"format_version": 1}))
     failed, stats, delivered = stream_failures(root)

@@ -60,7 +60,7 @@ def test_the_loader_reads_and_decodes_only_the_audio_it_keeps(tmp_path, make_sha
     stream = StreamConfig(rows_per_batch=1, max_tokens=2048, max_frames=128, backend="local")
     config = FeatureConfig(stream, str(out / "train"), 16000, 1, False, 0.0, 0.5)
     spec = SampleSpec(row["key"], row["shard"], row["offset"], row["nbytes"], row["num_samples"], (0,), 0, 0, 64, 0, 1.0,
-                      row["crc32"])
+                      row["xxh3_64"])
     audio, failed = read_audio([spec], config)
     full, _ = ShardDataset(out).read_sample("train", row["key"])
     assert failed == [] and len(audio[row["key"]]) == 400 + 127 * 160 < len(full)
