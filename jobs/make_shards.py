@@ -19,6 +19,7 @@ from itertools import islice
 from pathlib import Path
 
 from loaders.stats import fbank_stats
+from loaders.threads import torch_threads
 from shards.build import BuildConfig, build_shards, prepare_output, summary, write_metadata
 from shards.demo import write_demo_corpus
 from shards.inputs import list_folder, read_manifest
@@ -59,9 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stats-samples", type=int, default=1000, help="train clips used for fbank mean/std")
     parser.add_argument("--demo-clips", type=int, default=320, help="size of the built-in demo corpus")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads for decoding, resampling and fbank stats (default 1)")
     args = parser.parse_args(argv)
     if not 0 <= args.test_fraction < 1:
         parser.error(f"--test-fraction {args.test_fraction} must be in [0, 1)")
+    if args.torch_threads < 1:
+        parser.error(f"--torch-threads {args.torch_threads} must be >= 1")
     if (args.input or args.manifest) and args.out is None:
         parser.error("--out is required with --input or --manifest")
     return args
@@ -69,6 +73,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with torch_threads(args.torch_threads):  # the caller's count comes back when run in-process
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     demo = args.input is None and args.manifest is None
     started = time.perf_counter()
     config = None
