@@ -106,14 +106,14 @@ def test_avgpool_compression_uses_whole_scales(demo_shards):
     stream = PackedStream(demo_shards / "train", rows_per_batch=2, scales=(1, 2, 3, 4), compression="avgpool", backend="local")
     batches = collect(stream)
     assert {float(s) for b in batches for s in b.scale} == {1.0, 2.0, 3.0, 4.0}
-    assert sum(b.num_samples for b in batches) == len(stream)
+    assert sum(b.num_samples for b in batches) == stream.num_samples
 
 
 def test_stream_stats_add_up(demo_shards):
     stream = PackedStream(demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, max_frames=512, backend="local")
     batches = collect(stream)
     stats = stream.stats[0]
-    assert stats["samples"] == len(stream) and stats["batches"] == len(batches)
+    assert stats["samples"] == stream.num_samples and stats["batches"] == len(batches)
     assert stats["tokens"] == sum(int(b.n_tokens.sum()) for b in batches)
     assert 0 < stats["pad_ratio"] < 0.5 and stats["cut_tokens"] > 0 and stats["failed"] == 0
     assert stats["pad_ratio"] == pytest.approx(stream.plan(0).pad_ratio)
