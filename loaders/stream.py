@@ -147,12 +147,16 @@ class PackedStream(IterableDataset):
                 "use DataLoader(stream, batch_size=None, num_workers=0) (Ray tasks already featurize in parallel), "
                 "or backend='local' to featurize in the DataLoader workers"
             )
-        return self._iterate(epoch, min(start + turn, self.steps(epoch)), turns, turn)
+        steps = self.steps(epoch)
+        if not 0 <= start <= steps:
+            raise ValueError(f"next_step {start} is not in 0..{steps} (epoch {epoch} has {steps} steps on this rank)")
+        self._delivered = {"epoch": epoch, "next_step": start}
+        return self._iterate(epoch, start, turn, turns)
 
-    def _iterate(self, epoch: int, first: int, stride: int, turn: int) -> Iterator[PackedBatch]:
-        self._delivered = {"epoch": epoch, "next_step": first - turn}
-        for batch in self.epoch(epoch, first, stride):
-            self._delivered = {"epoch": epoch, "next_step": batch.step - turn + stride}
+    def _iterate(self, epoch: int, start: int, turn: int, turns: int) -> Iterator[PackedBatch]:
+        steps = self.steps(epoch)
+        for batch in self.epoch(epoch, min(start + turn, steps), turns):
+            self._delivered = {"epoch": epoch, "next_step": min(batch.step - turn + turns, steps)}
             yield batch
 
     def plan(self, epoch: int) -> EpochPlan:
