@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from loaders import PackedStream, StreamConfig
 from loaders.assemble import BatchSpec
@@ -82,6 +83,7 @@ def test_same_batches_with_one_or_two_ray_workers_and_locally(demo_shards, ray_l
     local = collect(PackedStream(**args, backend="local"))
     assert same_batches(local, collect(PackedStream(**args, workers=1)))
     assert same_batches(local, collect(PackedStream(**args, workers=2, worker_cpus=0.5)))
+    assert same_batches(local, list(DataLoader(PackedStream(**args, workers=2), batch_size=None)))  # Ray under a DataLoader
 
 
 def test_seed_and_epoch_fix_the_batches(demo_shards):

@@ -101,7 +101,7 @@ def test_featurizing_uses_one_thread_and_the_trainer_keeps_its_own(shards):
         with torch_threads(1):
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
-        for batch in PackedStream(shards / "train", **SETTINGS).epoch(0):
+        for _, _ in zip(PackedStream(shards / "train", **SETTINGS).epoch(0), range(3)):
             assert torch.get_num_threads() == 2  # what the trainer's step between batches runs with
         with pytest.raises(ValueError, match="torch_threads"):
             PackedStream(shards / "train", **(SETTINGS | {"torch_threads": 0}))
