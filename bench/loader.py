@@ -1,4 +1,5 @@
-"""Loader throughput: PackedStream vs bare kaldi.fbank, Ray scaling, useful tokens vs an AST loader.
+"""Loader throughput: PackedStream vs bare kaldi.fbank, Ray scaling, DataLoader workers, torch
+threads under load, useful tokens vs an AST loader.
 
     .venv/bin/python bench/loader.py [--clips 160]
 
@@ -11,17 +12,24 @@ measured in the same run on the same clips:
 2. Ray: the stream on 1 and 2 Ray Data workers, two epochs each: time to the first batch (the
    first epoch starts Ray's worker processes; later ones reuse them), steady throughput after
    it, and the whole epoch;
-3. useful (non-padding) tokens/s: the stream at native length (max 3072 frames) vs a
+3. the ways a trainer can take batches, whole epochs 0 and 1 in audio s/s: the in-process
+   stream (`stream.epoch(e)`), `DataLoader(stream, batch_size=None, num_workers=0/1/2)` on the
+   local backend, and the Ray backend with 2 workers (its rows from 2.);
+4. featurizing threads under load: a local epoch in a process with torch's 2 threads, featurizing
+   with them (`torch_threads=None`, as before issue 13) or with one (the default), on an idle
+   machine and beside a process busy-looping on one core;
+5. useful (non-padding) tokens/s: the stream at native length (max 3072 frames) vs a
    standard-AST loader that crops/pads every clip to 1024 frames (512 tokens), in two forms: the
    reference code's (fbank of the whole clip, then crop/pad) and a lean one (fbank of the first
    10.24 s only);
-4. planning an epoch of 1,000,000 VoxCeleb-like samples from metadata alone.
+6. planning an epoch of 1,000,000 VoxCeleb-like samples from metadata alone.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import importlib.util
+import multiprocessing
 import os
 import tempfile
 import time
@@ -31,11 +39,13 @@ import numpy as np
 import ray
 import soundfile as sf
 import torch
+from torch.utils.data import DataLoader
 
 from loaders import PackedStream
 from loaders.features import fbank, kaldi_fbank, patchify, spectrogram
 from loaders.config import StreamConfig
 from loaders.plan import Index, plan_epoch
+from loaders.threads import torch_threads
 from loaders.tokens import SCALE_GRID, shift_for_scale
 from shards import ShardDataset, ShardSample
 from shards.demo import DEMO_CLASSES, synthesize
@@ -111,6 +121,45 @@ def ray_scaling(split_dir: Path, audio_s: float) -> list[tuple]:
     return rows
 
 
+def trainer_paths(split_dir: Path, audio_s: float) -> list[tuple]:
+    """(path, epoch, audio s/s over the whole epoch) for the in-process stream and DataLoaders."""
+    rows = []
+    stream = PackedStream(split_dir, rows_per_batch=2, scales=SCALE_GRID, backend="local")
+    for epoch in (0, 1):
+        rows.append(("in-process stream.epoch(e)", epoch, audio_s / stream_epoch(stream, epoch)[1]))
+    for workers in (0, 1, 2):
+        loader = DataLoader(stream, batch_size=None, num_workers=workers)
+        for epoch in (0, 1):
+            stream.set_epoch(epoch)
+            _, seconds = timed(lambda: sum(1 for _ in loader))
+            rows.append((f"DataLoader, num_workers={workers}", epoch, audio_s / seconds))
+    return rows
+
+
+def busy_loop() -> None:
+    while True:
+        pass
+
+
+def threads_under_load(split_dir: Path, audio_s: float) -> list[tuple]:
+    """(background, threads while featurizing, audio s/s of a local epoch) in a process that keeps
+    torch's 2 threads for itself, as a trainer does."""
+    rows = []
+    for busy in (False, True):
+        hog = multiprocessing.Process(target=busy_loop, daemon=True)
+        if busy:
+            hog.start()
+        with torch_threads(2):
+            for threads in (None, 1):
+                stream = PackedStream(split_dir, rows_per_batch=2, scales=SCALE_GRID, backend="local", torch_threads=threads)
+                _, seconds = stream_epoch(stream)
+                rows.append(("1 busy core" if busy else "idle", threads or torch.get_num_threads(), audio_s / seconds))
+        if busy:
+            hog.terminate()
+            hog.join()
+    return rows
+
+
 def ast_loader(waves: dict[str, np.ndarray], mean: float, std: float, whole_clip: bool) -> tuple[int, int, int]:
     """Standard AST input at C=1: the first 1024 frames, zero-padded when shorter. `whole_clip`
     computes the fbank of the whole clip first, as the AST reference code does.
@@ -178,6 +227,14 @@ def main() -> None:
         for workers, epoch, first, steady, whole in scaling:
             print(f"workers {workers} epoch {epoch}: first batch after {first:4.1f} s, then {steady:6.0f} s of audio/s "
                   f"({steady / scaling[0][3]:4.2f}x 1 worker, epoch 0); epoch {whole:4.1f} s")
+        print("\n## Taking batches in a trainer: whole epochs, seconds of audio per second, random C")
+        paths = trainer_paths(split_dir, audio_s)
+        paths += [("Ray backend, 2 workers", epoch, audio_s / whole) for workers, epoch, _, _, whole in scaling if workers == 2]
+        for name, epoch, rate in paths:
+            print(f"{name:28} epoch {epoch}: {rate:6.0f} s of audio/s ({rate / paths[0][2]:4.2f}x in-process, epoch 0)")
+        print("\n## Featurizing threads, local epoch in a process with 2 torch threads, random C")
+        for background, threads, rate in threads_under_load(split_dir, audio_s):
+            print(f"{background:11} featurizing on {threads} thread(s): {rate:6.0f} s of audio/s")
     hash_s, plan_s, pad = plan_million()
     print(f"\n## Planning 1,000,000 samples (random C, first_fit, buffer 1024): key hash {hash_s:.2f} s once per stream, "
           f"plan {plan_s:.2f} s per epoch, pad {100 * pad:.2f} %")

@@ -19,6 +19,7 @@ from itertools import islice
 from pathlib import Path
 
 from loaders.stats import fbank_stats, source_frame_cap
+from loaders.threads import torch_threads
 from shards.build import (
     DEFAULT_MAX_DURATION_S,
     LONG_CLIP_POLICIES,
@@ -79,11 +80,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-duplicates", action="store_true", help="keep manifest rows naming the same file and segment twice")
     parser.add_argument("--demo-clips", type=int, default=320, help="size of the built-in demo corpus")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads for decoding, resampling and fbank stats (default 1)")
     args = parser.parse_args(argv)
     if not 0 <= args.test_fraction < 1:
         parser.error(f"--test-fraction {args.test_fraction} must be in [0, 1)")
     if args.max_duration < 0 or 0 < args.max_duration < 1:
         parser.error(f"--max-duration {args.max_duration} must be 0 (no limit) or >= 1 second")
+    if args.torch_threads < 1:
+        parser.error(f"--torch-threads {args.torch_threads} must be >= 1")
     if (args.input or args.manifest) and args.out is None:
         parser.error("--out is required with --input or --manifest")
     return args
@@ -93,6 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.verify:
         return verify(args.verify)
+    with torch_threads(args.torch_threads):  # the caller's count comes back when run in-process
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
     demo = args.input is None and args.manifest is None
     started = time.perf_counter()
     out, created = args.out or DEMO_OUT, None

@@ -70,12 +70,14 @@ def from_features(
     keys: Sequence[str],
     labels: torch.Tensor | None = None,
     length: int | None = None,
+    rows: int | None = None,
 ) -> PackedBatch:
     """A `PackedBatch` from (patches, freq_pos, time_pos) per sample, its row, first token,
-    scale, key and label (zeros when absent, e.g. for inference). Rows are `length` tokens, or as
-    long as the fullest one; samples are listed row by row in offset order, as `PackedBatch` is."""
+    scale, key and label (zeros when absent, e.g. for inference). `rows` rows of `length` tokens,
+    or as many and as long as the samples need; no samples and both given: an all-padding batch.
+    Samples are listed row by row in offset order, as `PackedBatch` is."""
     sizes = np.array([f[0].shape[0] for f in features], dtype=np.int64)
-    rows, length = int(row.max()) + 1, length or int((offset + sizes).max())
+    rows, length = rows or int(row.max()) + 1, length or int((offset + sizes).max())
     patches = torch.zeros(rows, length, PATCH_VALUES)
     segment_ids = torch.zeros(rows, length, dtype=torch.int32)
     freq_pos = torch.zeros(rows, length, dtype=torch.int64)
@@ -100,4 +102,5 @@ def from_features(
         n_tokens=torch.from_numpy(sizes[order]),
         scale=torch.as_tensor(scale[order], dtype=torch.float32),
         keys=[keys[i] for i in order],
+        is_padding=not len(order),
     )

@@ -19,7 +19,9 @@ class StreamConfig:
     scales: resolutions C drawn per sample (keyed by seed, epoch and key). compression: how C is made.
     max_frames: the crop of over-long clips. freq_mask/time_mask: SpecAugment widths (0 = off).
     backend: "ray" (Ray Data tasks) or "local" (in-process); workers/worker_cpus/prefetch: Ray tasks
-    assembling batches concurrently, CPUs each (fractions allowed), batches fetched ahead."""
+    assembling batches concurrently, CPUs each (fractions allowed), batches fetched ahead.
+    torch_threads: torch threads while featurizing (None: the caller's), in-process, in DataLoader
+    workers and in Ray tasks; the caller's count is restored after each batch."""
 
     rows_per_batch: int
     max_tokens: int = 2048
@@ -37,6 +39,7 @@ class StreamConfig:
     workers: int = 2
     worker_cpus: float = 1.0
     prefetch: int = 2
+    torch_threads: int | None = 1
 
     def __post_init__(self):
         object.__setattr__(self, "scales", tuple(float(c) for c in self.scales))
@@ -49,6 +52,8 @@ class StreamConfig:
         if not self.scales or any(not SCALE_RANGE[0] <= c <= SCALE_RANGE[1] for c in self.scales):
             raise ValueError(f"scales {self.scales} must be a non-empty set of values in {list(SCALE_RANGE)}")
         resolution(self.scales, self.compression)  # avgpool refuses fractional C here, not mid-epoch
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError(f"torch_threads must be >= 1 or None (the caller's), got {self.torch_threads}")
         if self.freq_mask < 0 or self.time_mask < 0 or self.worker_cpus <= 0 or self.prefetch < 0:
             raise ValueError("freq_mask, time_mask and prefetch must be >= 0 and worker_cpus > 0")
 

@@ -81,26 +81,40 @@ def plan_epoch(index: Index, config: StreamConfig, epoch: int, key_hash: np.ndar
     counts = token_counts(
         index.num_samples, index.sample_rate, shift, max_frames=config.max_frames, capacity=config.max_tokens, pool=pool
     )
+    return plan_tokens(counts.tokens, index.shard, config, epoch, cut=counts.cut, scale=scale)
+
+
+def plan_tokens(
+    tokens: np.ndarray,
+    shard: np.ndarray,
+    config: StreamConfig,
+    epoch: int,
+    cut: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+) -> EpochPlan:
+    """Steps 2-4 of the module docstring from token counts alone (`cut`, `scale`: per sample, for
+    the record). `PackingSampler` plans a map-style dataset with it, each sample its own shard."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    cut = np.zeros_like(tokens) if cut is None else cut
+    scale = np.ones(len(tokens)) if scale is None else scale
     rng = np.random.default_rng([config.seed, epoch, _SALT_ORDER])
-    n_shards = int(index.shard.max()) + 1 if len(index.shard) else 0
+    n_shards = int(shard.max()) + 1 if len(shard) else 0
     shard_order = rng.permutation(n_shards) if config.shuffle else np.arange(n_shards)
-    by_shard = np.argsort(index.shard, kind="stable")
-    shard_starts = np.searchsorted(index.shard[by_shard], np.arange(n_shards + 1))
+    rank_of_shard = np.empty(n_shards, np.int64)
+    rank_of_shard[shard_order] = np.arange(n_shards)
+    by_order = np.argsort(rank_of_shard[shard], kind="stable")  # samples shard by shard, in shard order
+    group_ends = _group_ends(np.bincount(shard, minlength=n_shards)[shard_order], config.buffer)
     samples: list[np.ndarray] = []  # index positions, row by row, by offset
     offsets: list[np.ndarray] = []
     row_lengths: list[np.ndarray] = []
-    group: list[np.ndarray] = []
-    for position, shard in enumerate(shard_order):
-        group.append(by_shard[shard_starts[shard] : shard_starts[shard + 1]])
-        if sum(len(g) for g in group) >= config.buffer or position == n_shards - 1:
-            members = np.concatenate(group)
-            group = []
-            if config.shuffle:
-                members = members[rng.permutation(len(members))]
-            order, offset, lengths = _pack_group(counts.tokens[members], config, rng)
-            samples.append(members[order])
-            offsets.append(offset)
-            row_lengths.append(lengths)
+    for start, end in zip(np.concatenate([[0], group_ends[:-1]]), group_ends):
+        members = by_order[start:end]
+        if config.shuffle:
+            members = members[rng.permutation(len(members))]
+        order, offset, lengths = _pack_group(tokens[members], config, rng)
+        samples.append(members[order])
+        offsets.append(offset)
+        row_lengths.append(lengths)
     lengths = np.concatenate(row_lengths) if row_lengths else np.zeros(0, np.int64)
     sample = np.concatenate(samples) if samples else np.zeros(0, np.int64)
     row_global = np.repeat(np.arange(len(lengths)), lengths)
@@ -113,12 +127,24 @@ def plan_epoch(index: Index, config: StreamConfig, epoch: int, key_hash: np.ndar
         batch=batch,
         row=row_global % config.rows_per_batch,
         offset=np.concatenate(offsets) if offsets else np.zeros(0, np.int64),
-        tokens=counts.tokens[sample],
-        cut=counts.cut[sample],
+        tokens=tokens[sample],
+        cut=cut[sample],
         scale=scale[sample],
         batch_starts=np.searchsorted(batch, np.arange(n_batches + 1)),
-        pad_ratio=1.0 - float(counts.tokens.sum()) / capacity_total if capacity_total else 0.0,
+        pad_ratio=1.0 - float(tokens.sum()) / capacity_total if capacity_total else 0.0,
     )
+
+
+def _group_ends(shard_sizes: np.ndarray, buffer: int) -> np.ndarray:
+    """Where each group of whole shards (in order) ends, in samples: a group closes once it holds
+    at least `buffer` samples, the last one with the last shard. One step per group, not per shard."""
+    total = np.cumsum(shard_sizes)
+    ends, shard = [], 0
+    while shard < len(shard_sizes):
+        before = total[shard - 1] if shard else 0
+        shard = min(int(np.searchsorted(total, before + buffer, side="left")), len(shard_sizes) - 1) + 1
+        ends.append(int(total[shard - 1]))
+    return np.asarray(ends, dtype=np.int64)
 
 
 def _pack_group(

@@ -4,10 +4,15 @@
     stream = PackedStream("shards/demo/train", StreamConfig(rows_per_batch=4, scales=SCALE_GRID))
     for batch in stream.epoch(e):           # or stream.epoch(e, start_step=k) to resume
         ...
+    loader = DataLoader(stream, batch_size=None, num_workers=2)   # a torch IterableDataset too
+    stream.set_epoch(e)
+    for batch in loader:                    # the batches of stream.epoch(e), in order, each once
+        ...
 
 Plan from metadata (`loaders.plan`), then featurize (`loaders.assemble`): `backend="ray"` runs
 the assembly as Ray Data tasks streaming batches in step order; `backend="local"`
-runs the very same function in-process.
+runs the very same function in-process, or in DataLoader workers (worker w of k takes steps
+w, w+k, ...; DataLoader fetches from its workers in turn, which restores step order).
 """
 from __future__ import annotations
 
@@ -19,21 +24,28 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
 
 from loaders.assemble import BatchSpec, FeatureConfig, assemble, batch_spec, to_batch
 from loaders.batch import PackedBatch
 from loaders.config import StreamConfig
 from loaders.plan import EpochPlan, Index, plan_epoch
+from loaders.threads import torch_threads
 from shards.dataset import DATASET_FILE, ShardDataset
 from shards.parallel import quiet_ray_data
 
 
-class PackedStream:
+class PackedStream(IterableDataset):
     """Packed batches of one split of a shard set, for one trainer rank (see module docstring).
 
     shards: a split folder (`OUT/train`), or a shard-set folder with `subset` naming the split.
     config: a `StreamConfig`; keyword settings (its field names) build one or override its fields.
     rank / world: this data-parallel rank among `world`; every rank gets the same step count.
+
+    As a torch `IterableDataset`: `set_epoch(e)` picks the epoch `iter()` delivers, `len()` is its
+    step count, and `state_dict()` / `load_state_dict()` hold the position (epoch, next step),
+    as torchdata's `StatefulDataLoader` expects.
     """
 
     def __init__(
@@ -80,6 +92,10 @@ class PackedStream:
         self._key_hash = self._plan_index.key_hash
         self._plans: dict[int, EpochPlan] = {}
         self.stats: dict[int, dict] = {}
+        # (epoch, first step) of the next iter(): in shared memory, so that DataLoader workers,
+        # persistent ones included, see set_epoch() and load_state_dict() made in the trainer
+        self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
+        self._delivered: dict[str, int] | None = None  # state_dict() of the pass under way in this process
 
     @property
     def labels(self) -> list[str]:
@@ -91,7 +107,57 @@ class PackedStream:
         return len(self.index["key"])
 
     def __len__(self) -> int:
-        return self.num_samples
+        """Steps this rank runs in the epoch set by `set_epoch` (`num_samples` counts samples)."""
+        return self.steps(int(self._position[0]))
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch `iter()` delivers next, from step 0; the epoch already set keeps a step
+        restored by `load_state_dict`, so a resumed loop may call this as usual."""
+        if epoch != int(self._position[0]):
+            self._move(epoch, 0)
+
+    def state_dict(self) -> dict[str, int]:
+        """Where delivery stands: {"epoch", "next_step"} (in a DataLoader worker: the first step
+        of its next round of turns). `batch.epoch` and `batch.step + 1` of the last batch a trainer
+        took say the same, whatever the number of workers."""
+        return dict(self._delivered) if self._delivered else {"epoch": int(self._position[0]), "next_step": int(self._position[1])}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue at (epoch, next_step): `iter()` then yields exactly the remaining batches."""
+        missing = {"epoch", "next_step"} - set(state)
+        if missing:
+            raise KeyError(f"PackedStream state {state!r} lacks {sorted(missing)}")
+        if get_worker_info() is not None:  # torchdata restores each worker: its own position, unshared
+            self._position = torch.zeros(2, dtype=torch.int64)
+        self._move(int(state["epoch"]), int(state["next_step"]))
+
+    def _move(self, epoch: int, step: int) -> None:
+        self._position[0], self._position[1] = epoch, step
+        self._delivered = None
+
+    def __iter__(self) -> Iterator[PackedBatch]:
+        """This rank's batches of the set epoch from the set step on; inside DataLoader worker w of
+        k, the steps w, w+k, ... of those (each step once, in order once DataLoader interleaves)."""
+        epoch, start = int(self._position[0]), int(self._position[1])
+        worker = get_worker_info()
+        turn, turns = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        if worker is not None and self.config.backend == "ray":
+            raise RuntimeError(
+                "PackedStream(backend='ray') inside DataLoader workers would start Ray in every worker: "
+                "use DataLoader(stream, batch_size=None, num_workers=0) (Ray tasks already featurize in parallel), "
+                "or backend='local' to featurize in the DataLoader workers"
+            )
+        steps = self.steps(epoch)
+        if not 0 <= start <= steps:
+            raise ValueError(f"next_step {start} is not in 0..{steps} (epoch {epoch} has {steps} steps on this rank)")
+        self._delivered = {"epoch": epoch, "next_step": start}
+        return self._iterate(epoch, start, turn, turns)
+
+    def _iterate(self, epoch: int, start: int, turn: int, turns: int) -> Iterator[PackedBatch]:
+        steps = self.steps(epoch)
+        for batch in self.epoch(epoch, min(start + turn, steps), turns):
+            self._delivered = {"epoch": epoch, "next_step": min(batch.step - turn + turns, steps)}
+            yield batch
 
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's plan (identical on every rank); the latest one is kept."""
@@ -103,19 +169,20 @@ class PackedStream:
         """Batches this rank receives in `epoch` (equal on all ranks; varies with the epoch's scales)."""
         return self.plan(epoch).steps(self.world)
 
-    def specs(self, epoch: int, start_step: int = 0) -> list[BatchSpec]:
+    def specs(self, epoch: int, start_step: int = 0, stride: int = 1) -> list[BatchSpec]:
+        """Work items of this rank's steps start_step, start_step + stride, ... of `epoch`."""
         plan = self.plan(epoch)
         if not 0 <= start_step <= plan.steps(self.world):
             raise ValueError(f"start_step {start_step} is not in 0..{plan.steps(self.world)}")
         return [
             batch_spec(plan, self.index, plan.batch_for(step, self.rank, self.world), step)
-            for step in range(start_step, plan.steps(self.world))
+            for step in range(start_step, plan.steps(self.world), stride)
         ]
 
-    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[PackedBatch]:
-        """This rank's batches of `epoch` from `start_step` on, in step order."""
-        specs = self.specs(epoch, start_step)
-        arrays = self._assemble_ray(specs) if self.config.backend == "ray" else (assemble(s, self.features) for s in specs)
+    def epoch(self, epoch: int, start_step: int = 0, stride: int = 1) -> Iterator[PackedBatch]:
+        """This rank's batches of `epoch` from `start_step` on (every `stride`-th), in step order."""
+        specs = self.specs(epoch, start_step, stride)
+        arrays = self._assemble_ray(specs) if self.config.backend == "ray" else (featurize_batch(s, self.features) for s in specs)
         stats = self.stats[epoch] = _empty_stats()
         plan = self.plan(epoch)
         stats["plan_pad_ratio"] = plan.pad_ratio
@@ -148,11 +215,17 @@ class PackedStream:
                 yield {name: value[0] for name, value in item.items()}
 
 
+def featurize_batch(spec: BatchSpec, features: FeatureConfig) -> dict:
+    """`assemble` with the stream's torch thread count, the caller's restored afterwards."""
+    with torch_threads(features.stream.torch_threads):
+        return assemble(spec, features)
+
+
 def _assemble_one(batch: dict, features: FeatureConfig) -> dict:
     """Ray Data task: one batch spec in, its arrays out. Tasks rather than an actor pool: Ray
     reuses its worker processes (imports and feature caches warm) from one epoch to the next,
     where a pool of actors would start afresh with every epoch's dataset."""
-    arrays = assemble(BatchSpec.from_json(str(batch["spec"][0])), features)
+    arrays = featurize_batch(BatchSpec.from_json(str(batch["spec"][0])), features)
     return {name: np.asarray([value]) if name != "meta" else np.array([value], dtype=object) for name, value in arrays.items()}
 
 

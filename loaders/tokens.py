@@ -122,6 +122,18 @@ def token_counts(
     ``max_frames`` and ``capacity`` (tokens per packed row) bound the kept frames; what
     they remove is reported in ``cut`` (see the module docstring for all policies).
     """
+    pool = np.asarray(pool, dtype=np.int64)
+    if np.any(pool < 1):
+        raise ValueError(f"pool must be >= 1, got {pool.min()}")
+    frames = kaldi_frames(num_samples, sample_rate, frame_shift_ms, frame_length_ms) // pool
+    return frame_tokens(frames, patch=patch, n_mels=n_mels, max_frames=max_frames, capacity=capacity)
+
+
+def frame_tokens(
+    frames: ArrayLike, *, patch: int = PATCH, n_mels: int = N_MELS, max_frames: int | None = None, capacity: int | None = None
+) -> TokenCounts:
+    """Tokens of spectrograms `frames` long, by the policies of the module docstring: what
+    `token_counts` does once it knows the frames, and what callers with ready fbanks count with."""
     if patch < 1 or n_mels < patch or n_mels % patch:
         raise ValueError(f"n_mels ({n_mels}) must be a positive multiple of patch ({patch})")
     freq_tokens = n_mels // patch
@@ -134,10 +146,7 @@ def token_counts(
         if capacity < freq_tokens:
             raise ValueError(f"capacity ({capacity}) is below one patch of tokens ({freq_tokens})")
         limit = min(limit, capacity // freq_tokens * patch)
-    pool = np.asarray(pool, dtype=np.int64)
-    if np.any(pool < 1):
-        raise ValueError(f"pool must be >= 1, got {pool.min()}")
-    frames = kaldi_frames(num_samples, sample_rate, frame_shift_ms, frame_length_ms) // pool
+    frames = np.asarray(frames, dtype=np.int64)
     whole = frames // patch * patch
     kept = np.clip(whole, patch, limit)
     cut_frames = np.maximum(whole - limit, 0)

@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from loaders import PackedStream, StreamConfig
 from loaders.assemble import BatchSpec
@@ -82,6 +83,7 @@ def test_same_batches_with_one_or_two_ray_workers_and_locally(demo_shards, ray_l
     local = collect(PackedStream(**args, backend="local"))
     assert same_batches(local, collect(PackedStream(**args, workers=1)))
     assert same_batches(local, collect(PackedStream(**args, workers=2, worker_cpus=0.5)))
+    assert same_batches(local, list(DataLoader(PackedStream(**args, workers=2), batch_size=None)))  # Ray under a DataLoader
 
 
 def test_seed_and_epoch_fix_the_batches(demo_shards):
@@ -106,14 +108,14 @@ def test_avgpool_compression_uses_whole_scales(demo_shards):
     stream = PackedStream(demo_shards / "train", rows_per_batch=2, scales=(1, 2, 3, 4), compression="avgpool", backend="local")
     batches = collect(stream)
     assert {float(s) for b in batches for s in b.scale} == {1.0, 2.0, 3.0, 4.0}
-    assert sum(b.num_samples for b in batches) == len(stream)
+    assert sum(b.num_samples for b in batches) == stream.num_samples
 
 
 def test_stream_stats_add_up(demo_shards):
     stream = PackedStream(demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, max_frames=512, backend="local")
     batches = collect(stream)
     stats = stream.stats[0]
-    assert stats["samples"] == len(stream) and stats["batches"] == len(batches)
+    assert stats["samples"] == stream.num_samples and stats["batches"] == len(batches)
     assert stats["tokens"] == sum(int(b.n_tokens.sum()) for b in batches)
     assert stats["slots"] == len(batches) * 2 * 2048 and stats["pad_ratio"] == pytest.approx(1 - stats["tokens"] / stats["slots"])
     assert stats["cut_tokens"] == int(stream.plan(0).cut.sum()) > 0 and stats["failed"] == 0

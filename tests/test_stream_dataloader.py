@@ -1,0 +1,107 @@
+"""PackedStream as a torch IterableDataset: DataLoader workers deliver each step once and in
+order, epochs and resume positions reach the workers, featurizing runs on one torch thread."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from loaders import PackedStream
+from loaders.threads import torch_threads
+from shards import ShardDataset
+
+SETTINGS = dict(rows_per_batch=1, max_tokens=256, max_frames=256, buffer=16, scales=(1.0, 2.0, 3.0), backend="local")
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, make_shards):
+    out = tmp_path_factory.mktemp("dataloader") / "shards"
+    assert make_shards.main(["--out", str(out), "--demo-clips", "40", "--backend", "local", "--quiet", "--shard-size", "1MB"]) == 0
+    return out
+
+
+def delivered(batches) -> list[tuple]:
+    return [(b.epoch, b.step, tuple(b.keys), b.is_padding) for b in batches]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2])
+def test_dataloader_workers_deliver_every_step_once_in_step_order_on_two_ranks(shards, num_workers):
+    streams = [PackedStream(shards / "train", **SETTINGS, rank=rank, world=2) for rank in (0, 1)]
+    uneven = [e for e in range(40) if streams[0].plan(e).n_batches % 2]  # rank 1 gets a filler batch
+    epoch = uneven[num_workers]
+    plan = streams[0].plan(epoch)
+    seen = Counter()
+    for stream in streams:
+        stream.set_epoch(epoch)
+        assert len(stream) == plan.steps(2) and stream.num_samples == len(ShardDataset(shards).index("train"))
+        got = delivered(DataLoader(stream, batch_size=None, num_workers=num_workers))
+        assert got == delivered(stream.epoch(epoch))
+        assert [step for _, step, _, _ in got] == list(range(plan.steps(2)))
+        seen.update(key for _, _, keys, _ in got for key in keys)
+    assert [padding for *_, padding in got] == [False] * (plan.steps(2) - 1) + [True]  # rank 1 ends on a filler
+    assert set(seen) == set(streams[0].index["key"]) and set(seen.values()) == {1}
+
+
+def test_set_epoch_reaches_persistent_workers_and_changes_the_order(shards):
+    stream = PackedStream(shards / "train", **SETTINGS)
+    loader = DataLoader(stream, batch_size=None, num_workers=2, persistent_workers=True)
+    passes = []
+    for epoch in (0, 1):
+        stream.set_epoch(epoch)
+        passes.append(delivered(loader))
+        assert passes[-1] == delivered(stream.epoch(epoch))
+    assert [keys for _, _, keys, _ in passes[0]] != [keys for _, _, keys, _ in passes[1]]
+
+
+def test_resume_from_a_state_dict_yields_exactly_the_remaining_batches(shards):
+    stream = PackedStream(shards / "train", **SETTINGS, rank=1, world=2)
+    stream.set_epoch(2)
+    full = delivered(stream.epoch(2))
+    taken = iter(stream)
+    for _ in range(3):
+        next(taken)
+    state = stream.state_dict()
+    assert state == {"epoch": 2, "next_step": 3}
+    resumed = PackedStream(shards / "train", **SETTINGS, rank=1, world=2)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)  # the epoch already set keeps its restored step
+    assert delivered(DataLoader(resumed, batch_size=None, num_workers=2)) == full[3:]
+    assert delivered(resumed) == full[3:]
+    resumed.set_epoch(3)
+    assert delivered(resumed) == delivered(stream.epoch(3))
+    with pytest.raises(KeyError, match="next_step"):
+        resumed.load_state_dict({"epoch": 1})
+
+
+def test_torchdata_stateful_dataloader_resumes_mid_epoch(shards):
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+    stream = PackedStream(shards / "train", **SETTINGS)
+    stream.set_epoch(1)
+    full = delivered(stream.epoch(1))
+    for num_workers in (0, 2):
+        loader = stateful.StatefulDataLoader(stream, batch_size=None, num_workers=num_workers)
+        taken = iter(loader)
+        head = delivered([next(taken) for _ in range(3)])
+        state = loader.state_dict()
+        again = stateful.StatefulDataLoader(PackedStream(shards / "train", **SETTINGS), batch_size=None, num_workers=num_workers)
+        again.load_state_dict(state)
+        assert head + delivered(again) == full
+
+
+def test_ray_backend_is_refused_inside_dataloader_workers(shards):
+    stream = PackedStream(shards / "train", **(SETTINGS | {"backend": "ray"}))
+    with pytest.raises(RuntimeError, match="num_workers=0"):
+        next(iter(DataLoader(stream, batch_size=None, num_workers=1)))
+
+
+def test_featurizing_uses_one_thread_and_the_trainer_keeps_its_own(shards):
+    with torch_threads(2):
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        for _, _ in zip(PackedStream(shards / "train", **SETTINGS).epoch(0), range(3)):
+            assert torch.get_num_threads() == 2  # what the trainer's step between batches runs with
+        with pytest.raises(ValueError, match="torch_threads"):
+            PackedStream(shards / "train", **(SETTINGS | {"torch_threads": 0}))
