@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 DEMO   := shards/demo
 RUN    := runs/demo
 
-.PHONY: demo test clean
+.PHONY: demo test test-fast clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,9 @@ demo: $(RUN)/eval/results.csv
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not ray and not fsdd"
 
 clean:
 	rm -rf $(VENV) $(DEMO) $(RUN)

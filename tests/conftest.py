@@ -131,3 +131,16 @@ def build_synthetic_shards(make_shards, work: Path, labels: list[str] | None = N
 def synthetic_shards(tmp_path_factory, make_shards) -> Path:
     """The synthetic clips, single-label, in shards of 4 samples (no Ray)."""
     return build_synthetic_shards(make_shards, tmp_path_factory.mktemp("synthetic"), None, "--shard-samples", "4")
+
+
+# Markers by what a test needs (`make test-fast` runs the tests that need neither): `ray` for a
+# local Ray instance or cluster, `fsdd` for the real recordings; `slow` is set by hand on tests
+# that take more than a few seconds on 2 cores for another reason.
+_MARKERS_BY_FIXTURE = {"ray_local": "ray", "two_node_cluster": "ray", "fsdd_dir": "fsdd"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for fixture, marker in _MARKERS_BY_FIXTURE.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)

@@ -83,6 +83,7 @@ def test_fixed_size_usage_counts_padding_and_cut():
     assert fixed_size_usage([10, 40, 25], size=25, upstream_cut=7) == (60, 75, 22)
 
 
+@pytest.mark.slow
 def test_evaluate_job_writes_tables_plots_and_usage_for_both_model_kinds(demo_shards, tmp_path):
     job = load_script("jobs/evaluate.py")
     elastic = write_checkpoint(tmp_path / "elastic.pt", demo_shards)
