@@ -1,8 +1,13 @@
-"""The ElasticAST model: packed encoder, masked attention pooling, presets (never imports Ray)."""
-from elasticast.config import PRESETS, ModelConfig, preset
-from elasticast.checkpoint import TrainedFeatures, load_checkpoint, model_from_checkpoint, save_checkpoint
-from elasticast.inference import Classifier, Prediction
-from elasticast.model import ElasticAST, loss
+"""The ElasticAST model: packed encoder, masked attention pooling, presets (never imports Ray).
+Names load on first use, so that a command's `--help` does not wait for torch."""
+import lazy_loader
 
-__all__ = ["PRESETS", "Classifier", "ElasticAST", "ModelConfig", "Prediction", "TrainedFeatures", "load_checkpoint", "loss",
-           "model_from_checkpoint", "preset", "save_checkpoint"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "config": ["PRESETS", "ModelConfig", "preset"],
+        "checkpoint": ["TrainedFeatures", "load_checkpoint", "model_from_checkpoint", "save_checkpoint"],
+        "inference": ["Classifier", "Prediction"],
+        "model": ["ElasticAST", "loss"],
+    },
+)

@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from elasticast.config import ModelConfig
+from elasticast.config import POOLINGS, ModelConfig
 from elasticast.model import LAYER_NORM_EPS, Block
 from loaders.batch import PATCH_VALUES, PackedBatch
 
-POOLINGS = ("cls", "mean")
 
 
 class ASTBaseline(nn.Module):

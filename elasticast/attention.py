@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BACKENDS = ("split", "dense", "flex", "varlen")
+from elasticast.config import ATTENTION_BACKENDS
+
 
 
 @dataclass
@@ -51,8 +52,8 @@ def run_bounds(runs: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 def build_layout(segment_ids: torch.Tensor, backend: str) -> RunLayout:
-    if backend not in BACKENDS:
-        raise ValueError(f"attention backend {backend!r} is not one of {BACKENDS}")
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend {backend!r} is not one of {ATTENTION_BACKENDS}")
     runs = run_ids(segment_ids)
     length = segment_ids.shape[1]
     layout = RunLayout(runs, [])

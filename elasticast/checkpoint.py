@@ -12,15 +12,14 @@ from pathlib import Path
 
 import torch
 
-from elasticast.ast_baseline import POOLINGS, ASTBaseline
-from elasticast.config import ModelConfig
+from elasticast.ast_baseline import ASTBaseline
+from elasticast.config import MODEL_KINDS, POOLINGS, ModelConfig
 from elasticast.model import ElasticAST
 from loaders.assemble import FeatureConfig
 from loaders.tokens import COMPRESSIONS
 
 FORMAT = "elasticast-checkpoint"
 FORMAT_VERSION = 2
-MODEL_KINDS = ("elasticast", "ast")
 
 Model = ElasticAST | ASTBaseline
 

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from elasticast.attention import BACKENDS
 from loaders.tokens import N_MELS, PATCH
 
+MODEL_KINDS = ("elasticast", "ast")  # ElasticAST, or the fixed-size AST baseline of the paper's comparisons
+ATTENTION_BACKENDS = ("split", "dense", "flex", "varlen")  # see elasticast.attention
+POOLINGS = ("cls", "mean")  # the AST baseline's head
 PRESETS = {
     "tiny": dict(dim=192, depth=6, heads=3),
     "small": dict(dim=384, depth=12, heads=6),
@@ -33,8 +35,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
-        if self.attention not in ("auto", *BACKENDS):
-            raise ValueError(f"attention must be 'auto' or one of {BACKENDS}, got {self.attention!r}")
+        if self.attention not in ("auto", *ATTENTION_BACKENDS):
+            raise ValueError(f"attention must be 'auto' or one of {ATTENTION_BACKENDS}, got {self.attention!r}")
         if self.beyond_table not in ("error", "interpolate"):
             raise ValueError(f"beyond_table must be 'error' or 'interpolate', got {self.beyond_table!r}")
         if self.dim % self.heads:

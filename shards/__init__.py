@@ -1,6 +1,11 @@
 """The shard format: WebDataset tars of PCM16 audio, a parquet index with precomputed lengths,
-and dataset.json. Writing lives in `shards.build`; this package root is the reading side."""
-from shards.dataset import ShardDataset
-from shards.tar import ShardError, ShardSample, read_shard
+and dataset.json. Writing lives in `shards.build`; this package root is the reading side (loaded on first use)."""
+import lazy_loader
 
-__all__ = ["ShardDataset", "ShardError", "ShardSample", "read_shard"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "dataset": ["ShardDataset"],
+        "tar": ["ShardError", "ShardSample", "read_shard"],
+    },
+)

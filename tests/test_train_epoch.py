@@ -9,11 +9,11 @@ from torch import nn
 
 from elasticast import ElasticAST, loss, preset
 from elasticast.ast_baseline import ASTBaseline
+from elasticast.predict import predict
 from elasticast.training import (
     TrainConfig,
     make_optimizer,
     make_scheduler,
-    predict,
     train_epoch,
 )
 from loaders.batch import PackedBatch, from_features

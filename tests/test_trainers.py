@@ -1,6 +1,6 @@
-"""Every trainer recipe of the README ("Use it in your trainer") trains on real FSDD shards:
+"""Every trainer recipe of the README and docs/trainers.md ("Use it in your trainer") trains on real FSDD shards:
 the plain loop, a DataLoader with workers, a lightning.Trainer, an Accelerate loop, and a
-map-style dataset through PackingSampler; each README snippet is a piece of the file run here."""
+map-style dataset through PackingSampler; each snippet shown is a piece of the file run here."""
 from __future__ import annotations
 
 import re
@@ -85,7 +85,7 @@ def test_own_map_style_dataset_trains_through_the_packing_sampler():
 def test_each_readme_snippet_is_part_of_the_example_it_names():
     readme = (REPO / "README.md").read_text()
     section = re.search(r"^## Use it in your trainer\n(.*?)^## ", readme, re.S | re.M).group(1)
-    snippets = re.findall(r"```python\n(.*?)```", section, re.S)
+    snippets = re.findall(r"```python\n(.*?)```", section + (REPO / "docs" / "trainers.md").read_text(), re.S)
     named = set()
     for snippet in snippets:
         first, body = snippet.split("\n", 1)

@@ -1,10 +1,12 @@
-"""Ray-free training parts shared by `jobs/train.py` and any other PyTorch trainer."""
-from elasticast.training.config import TrainConfig, parse_args
-from elasticast.training.epoch_report import epoch_metrics, key_counts, progress_line
-from elasticast.metrics import score
-from elasticast.predict import predict
-from elasticast.training.loop import EpochResult, build_model, train_epoch
-from elasticast.training.schedule import make_optimizer, make_scheduler
+"""Ray-free training parts shared by `jobs/train.py` and any other PyTorch trainer (loaded on first use)."""
+import lazy_loader
 
-__all__ = ["EpochResult", "TrainConfig", "build_model", "epoch_metrics", "key_counts", "make_optimizer", "make_scheduler", "parse_args",
-           "predict", "progress_line", "score", "train_epoch"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "config": ["TrainConfig", "parse_args"],
+        "epoch_report": ["epoch_metrics", "key_counts", "progress_line"],
+        "loop": ["EpochResult", "build_model", "train_epoch"],
+        "schedule": ["make_optimizer", "make_scheduler"],
+    },
+)

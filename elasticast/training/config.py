@@ -13,10 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from elasticast.ast_baseline import POOLINGS
-from elasticast.attention import BACKENDS as ATTENTION_BACKENDS
-from elasticast.checkpoint import MODEL_KINDS
-from elasticast.config import PRESETS
+from elasticast.config import ATTENTION_BACKENDS, MODEL_KINDS, POOLINGS, PRESETS
 from loaders.config import StreamConfig
 from loaders.pack import MODES
 from loaders.tokens import COMPRESSIONS
