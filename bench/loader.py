@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import multiprocessing
 import os
 import tempfile
@@ -41,6 +40,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
+from elasticast.cli import make_shards
 from loaders import PackedStream
 from loaders.features import fbank, kaldi_fbank, patchify, spectrogram
 from loaders.config import StreamConfig
@@ -71,11 +71,8 @@ def make_corpus(work: Path, clips: int, test_every: int = 0) -> Path:
             sf.write(work / "wav" / f"{i:05d}.wav", synthesize(label, seconds, rng), 16000, subtype="PCM_16")
             split = "test" if test_every and i % test_every == test_every - 1 else "train"
             writer.writerow([f"wav/{i:05d}.wav", label, split])
-    spec = importlib.util.spec_from_file_location("make_shards_job", REPO / "jobs" / "make_shards.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
     out = work / "shards"
-    assert job.main(["--manifest", str(work / "rows.csv"), "--out", str(out), "--backend", "local", "--quiet", "--shard-size", "16MB"]) == 0
+    assert make_shards.main(["--manifest", str(work / "rows.csv"), "--out", str(out), "--backend", "local", "--quiet", "--shard-size", "16MB"]) == 0
     return out / "train"
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import io
 import json
 import shutil
@@ -28,6 +27,7 @@ import numpy as np
 import ray
 import soundfile as sf
 
+from elasticast.cli import make_shards
 from loaders.features import fbank
 from shards.build import BuildConfig, _probe, plan_shards, write_shard
 from shards.demo import write_demo_corpus
@@ -35,13 +35,6 @@ from shards.inputs import read_manifest
 from shards.parallel import parallel_map
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_job():
-    spec = importlib.util.spec_from_file_location("make_shards_job", REPO / "jobs" / "make_shards.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fsdd_manifest(recordings: Path, path: Path) -> Path:
@@ -130,7 +123,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fsdd", type=Path, default=REPO.parent / "shared" / "data" / "fsdd" / "recordings")
     args = parser.parse_args()
-    job = load_job()
+    job = make_shards
     rows, passes = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

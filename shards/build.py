@@ -34,13 +34,12 @@ from shards.audio import (
 )
 from shards.dataset import DATASET_FILE, describe_split, write_dataset_json, write_index
 from shards.inputs import Skipped, Source, dedupe_keys, stable_fraction
+from shards.options import DEFAULT_MAX_DURATION_S, LONG_CLIP_POLICIES
 from shards.parallel import parallel_map
 from shards.tar import ShardWriter
 
 PROBE_CHUNK = 256
 SAMPLE_OVERHEAD_BYTES = 3 * 512 + 512  # two tar headers, json payload, padding (an estimate)
-LONG_CLIP_POLICIES = ("segment", "skip")
-DEFAULT_MAX_DURATION_S = 600.0
 FAR_LONGER = 10  # clips this many times longer than the median are listed as outliers
 STAGING = ".building"
 

@@ -21,9 +21,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from shards.options import DATASET_FILE
 from shards.tar import Member, ShardError, ShardSample, read_member, read_shard
 
-DATASET_FILE = "dataset.json"
 INDEX_FILE = "index.parquet"
 FORMAT_VERSION = 2  # 2: index.parquet has an xxh3_64 column (XXH3-64 of each wav member)
 READABLE_VERSIONS = (1, 2)

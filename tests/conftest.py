@@ -31,12 +31,16 @@ def load_script(relative: str):
 
 @pytest.fixture(scope="session")
 def make_shards():
-    return load_script("jobs/make_shards.py")
+    from elasticast.cli import make_shards
+
+    return make_shards
 
 
 @pytest.fixture(scope="session")
 def train_job():
-    return load_script("jobs/train.py")
+    from elasticast.cli import train
+
+    return train
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +61,7 @@ def fsdd_shards(tmp_path_factory, fsdd_dir, ray_local, make_shards) -> Path:
     work = tmp_path_factory.mktemp("fsdd")
     manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv")
     out = work / "shards"
-    code = make_shards.main(["--manifest", str(manifest), "--out", str(out), "--shard-size", "2MB", "--quiet"])
+    code = make_shards.main(["--manifest", str(manifest), "--out", str(out), "--shard-size", "2MB", "--backend", "ray", "--quiet"])
     assert code == 0
     return out
 

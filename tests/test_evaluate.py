@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from elasticast import TrainedFeatures, save_checkpoint
+from elasticast.cli import evaluate as evaluate_job
 from elasticast.ast_baseline import fixed_size_tokens, fixed_size_usage
 from elasticast.evaluation import Point, load_candidate, sweep_points
 from elasticast.training.config import TrainConfig
@@ -16,7 +17,6 @@ from elasticast.training.loop import build_model
 from loaders import PackedStream
 from shards import ShardDataset
 
-from conftest import load_script
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_fixed_size_usage_counts_padding_and_cut():
 
 @pytest.mark.slow
 def test_evaluate_job_writes_tables_plots_and_usage_for_both_model_kinds(demo_shards, tmp_path):
-    job = load_script("jobs/evaluate.py")
+    job = evaluate_job
     elastic = write_checkpoint(tmp_path / "elastic.pt", demo_shards)
     ast = write_checkpoint(tmp_path / "ast.pt", demo_shards, model="ast", target_frames=128)
     out = tmp_path / "eval"
@@ -118,7 +118,7 @@ def test_evaluate_job_writes_tables_plots_and_usage_for_both_model_kinds(demo_sh
 
 
 def test_evaluate_job_refuses_a_checkpoint_of_other_labels_by_name(demo_shards, tmp_path, capsys):
-    job = load_script("jobs/evaluate.py")
+    job = evaluate_job
     labels = [f"class{i}" for i in range(len(ShardDataset(demo_shards).labels))]
     other = write_checkpoint(tmp_path / "other.pt", demo_shards, labels=labels)
     assert job.main(["--checkpoint", str(other), "--shards", str(demo_shards / "test"), "--out", str(tmp_path / "e")]) == 2

@@ -2,7 +2,6 @@
 (it joins the Ray instance running here, or starts one), with its own history as the measurement."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -11,16 +10,9 @@ from pathlib import Path
 import torch
 
 from gpu_parts.common import Sizes
+from elasticast.cli import train
 from loader import make_corpus  # bench/loader.py
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def train_job():
-    spec = importlib.util.spec_from_file_location("train_job", REPO / "jobs" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def arguments(sizes: Sizes, device: torch.device, shards: Path, out: Path, loader_workers: int) -> list[str]:
@@ -41,7 +33,7 @@ def run(sizes: Sizes, device: torch.device, work: Path, loader_workers: int | No
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the trainer is another process on the same GPU
     started = time.perf_counter()
-    code = train_job().main(arguments(sizes, device, shards, out, loader_workers))
+    code = train.main(arguments(sizes, device, shards, out, loader_workers))
     wall = time.perf_counter() - started
     if code != 0:
         return {"failed": f"jobs/train.py exited with {code}", "wall_s": wall}

@@ -1,8 +1,14 @@
 """Evaluation across lengths and resolutions (the paper's Figures 4 and 5) and training-token
-usage (its Table 1); `jobs/evaluate.py` is the entry point. Ray-free."""
-from elasticast.evaluation.candidates import Candidate, load_candidate
-from elasticast.evaluation.report import write_report
-from elasticast.evaluation.sweep import Point, evaluate_point, sweep_points
-from elasticast.evaluation.usage import training_usage
+usage (its Table 1); `elasticast-evaluate` is the entry point. Ray-free; names load on first use."""
+import lazy_loader
 
-__all__ = ["Candidate", "Point", "evaluate_point", "load_candidate", "sweep_points", "training_usage", "write_report"]
+__getattr__, __dir__, __all__ = lazy_loader.attach(
+    __name__,
+    submod_attrs={
+        "candidates": ["Candidate", "load_candidate"],
+        "points": ["SWEEPS", "Point", "sweep_points"],
+        "report": ["write_report"],
+        "sweep": ["evaluate_point"],
+        "usage": ["training_usage"],
+    },
+)

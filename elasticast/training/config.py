@@ -33,6 +33,51 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
 }
 
+HELP = {
+    "shards": "shard set made by elasticast-make-shards; trains on its train split, validates on test",
+    "out": "run folder: checkpoints, history, metrics, wandb and Ray Train state",
+    "epochs": "epochs in all; the learning-rate schedule spans them",
+    "seed": "fixes initial weights, data order, resolutions and masks",
+    "resume": "continue the run in --out from its latest checkpoint",
+    "stop_after": "end this invocation after this many epochs in all (0: run to --epochs); the schedule still follows --epochs",
+    "preset": "model size: tiny, small or base (ViT-B/16)",
+    "model": "elasticast (packed, any length) or ast (the fixed-size baseline)",
+    "target_frames": "ast only: every sample cropped or zero-padded to this many frames",
+    "pooling": "ast only: the head reads the [cls] token or the mean of all tokens",
+    "attention": "attention kernel; auto: split on CPU, flex on CUDA",
+    "compile": "torch.compile the model",
+    "packing": "first_fit (tight rows) or greedy (the paper's next-fit)",
+    "max_tokens": "tokens per packed row (a 10 s clip at C = 1 is 496 tokens)",
+    "rows_per_batch": "packed rows per training step",
+    "buffer": "samples the packer considers at once (larger: tighter rows, more memory)",
+    "scales": "temporal resolutions C drawn per sample (frame shift 10*C ms); 1.0 alone trains at native resolution",
+    "compression": "how C > 1 is made: a longer frame shift, or average-pooling whole C frames",
+    "max_frames": "frames a clip may keep (longer clips are cropped, counted as cut); also the position table's length",
+    "freq_mask": "SpecAugment: widest masked band in mel bins (0: off)",
+    "time_mask": "SpecAugment: widest masked span in frames (0: off)",
+    "shuffle": "shuffle shards and rows every epoch",
+    "label_type": "auto: what the shard set says; single or multi to insist",
+    "lr": "peak learning rate (AdamW)",
+    "weight_decay": "AdamW weight decay (not on biases, norms, position tables, [cls])",
+    "warmup_epochs": "linear warm-up, in epochs (fractions allowed)",
+    "schedule": "after warm-up: cosine to lr x --min-lr-ratio, the paper's step decay, or constant",
+    "min_lr_ratio": "cosine: final learning rate as a share of --lr",
+    "decay_start": "step schedule: first epoch that decays",
+    "decay_every": "step schedule: epochs between decays",
+    "decay_factor": "step schedule: learning rate multiplied by this at each decay",
+    "clip_grad": "clip the gradient norm to this (0: off)",
+    "workers": "Ray Train workers, one DDP rank each",
+    "device": "auto: CUDA when the Ray cluster has GPUs, else CPU",
+    "cpus_per_worker": "Ray CPUs reserved per training worker",
+    "threads": "torch threads per training worker (0: the node's cores / its workers)",
+    "loader": "ray: Ray Data tasks featurize batches; local: the training process does",
+    "loader_workers": "concurrent Ray Data tasks per rank (--loader ray)",
+    "loader_cpus": "Ray CPUs per loader task (fractions allowed)",
+    "max_failures": "worker failures Ray Train recovers from, each from the latest checkpoint",
+    "wandb": "wandb mode: offline (default; wandb sync later), online or disabled",
+    "wandb_project": "wandb project name",
+}
+
 
 @dataclass
 class TrainConfig:
@@ -146,14 +191,14 @@ def parse_args(argv: list[str] | None, description: str = "") -> TrainConfig:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
-        help_text = f"default: {f.default}" + (f" (one of {', '.join(CHOICES[f.name])})" if f.name in CHOICES else "")
+        default = " ".join(f"{c:g}" for c in f.default) if isinstance(f.default, tuple) else f.default
+        help_text = f"{HELP[f.name]} (default: {default})"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) in (tuple, list):
-            item = typing.get_args(kind)[0]
-            parser.add_argument(flag, nargs="+", type=item, default=None, help=help_text)
+            parser.add_argument(flag, nargs="+", type=typing.get_args(kind)[0], default=None, metavar="C", help=help_text)
         else:
-            parser.add_argument(flag, type=kind, default=None, help=help_text)
+            parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name), help=help_text)
     args = vars(parser.parse_args(argv))
     values = load_yaml(args.pop("config")) if args.get("config") else {}
     values.update({name: value for name, value in args.items() if value is not None})
