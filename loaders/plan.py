@@ -119,14 +119,15 @@ def plan_tokens(
     batch = row_global // config.rows_per_batch
     n_batches = -(-len(lengths) // config.rows_per_batch)
     capacity_total = n_batches * config.rows_per_batch * config.max_tokens
+    small = np.int32  # every count here is far below 2^31; halves what each rank holds per epoch
     return EpochPlan(
         epoch=epoch,
-        sample=sample,
-        batch=batch,
-        row=row_global % config.rows_per_batch,
-        offset=layout.offset[slots],
-        tokens=tokens[sample],
-        cut=cut[sample],
+        sample=sample.astype(small),
+        batch=batch.astype(small),
+        row=(row_global % config.rows_per_batch).astype(small),
+        offset=layout.offset[slots].astype(small),
+        tokens=tokens[sample].astype(small),
+        cut=cut[sample].astype(small),
         scale=scale[sample],
         batch_starts=np.searchsorted(batch, np.arange(n_batches + 1)),
         pad_ratio=1.0 - float(tokens.sum()) / capacity_total if capacity_total else 0.0,
@@ -162,30 +163,32 @@ def _group_ends(shard_sizes: np.ndarray, buffer: int) -> np.ndarray:
 
 
 def fnv1a64(keys) -> np.ndarray:
-    """64-bit FNV-1a of each key's UTF-8 bytes, vectorised over keys through Arrow's string
-    buffers (a key's hash is its own, whatever other keys stand beside it)."""
+    """64-bit FNV-1a of each key's UTF-8 bytes, read straight from Arrow's string buffers (a key's
+    hash is its own, whatever other keys stand beside it)."""
+    from loaders._hash_numba import fnv1a64_spans
+
     strings = keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(keys, dtype=str))
-    strings = strings.cast(pa.large_string())
     strings = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
-    offsets = np.frombuffer(strings.buffers()[1], np.int64)[strings.offset : strings.offset + len(strings) + 1]
-    data = np.frombuffer(strings.buffers()[2], np.uint8) if strings.buffers()[2] else np.zeros(1, np.uint8)
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    digest = np.full(len(strings), 0xCBF29CE484222325, np.uint64)
-    with np.errstate(over="ignore"):
-        for position in range(int(lengths.max(initial=0))):
-            live = position < lengths
-            byte = data[np.minimum(starts + position, len(data) - 1)].astype(np.uint64)
-            digest = np.where(live, (digest ^ byte) * np.uint64(0x100000001B3), digest)
-    return digest
+    if not pa.types.is_string(strings.type) and not pa.types.is_large_string(strings.type):
+        strings = strings.cast(pa.string())
+    width = np.int64 if pa.types.is_large_string(strings.type) else np.int32
+    offsets = np.frombuffer(strings.buffers()[1], width)[strings.offset : strings.offset + len(strings) + 1]
+    data = np.frombuffer(strings.buffers()[2], np.uint8) if strings.buffers()[2] else np.zeros(0, np.uint8)
+    return fnv1a64_spans(data, offsets)
 
 
 def keyed_uniform(key_hash: np.ndarray, *salts: int) -> np.ndarray:
-    """A uniform [0, 1) number per key, fixed by (key, salts) alone (splitmix64 finaliser)."""
+    """A uniform [0, 1) number per key, fixed by (key, salts) alone."""
+    return (keyed_bits(key_hash, *salts) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def keyed_bits(key_hash: np.ndarray, *salts: int) -> np.ndarray:
+    """64 random-looking bits per key, fixed by (key, salts) alone (splitmix64 finaliser)."""
     x = key_hash.astype(np.uint64)
     with np.errstate(over="ignore"):
         for salt in salts:
             x = _splitmix(x ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return x
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
