@@ -1,8 +1,10 @@
-"""Packing benchmark (issue 3): padding of greedy vs first_fit, packer speed, JIT time.
+"""Packing benchmark (issue 3): padding of greedy vs first_fit, packer speed, JIT time; the
+stream's epoch plan over shards (issue 15).
 
 Run from the repository root: .venv/bin/python bench/packing.py
 Baselines are measured in the same run: first_fit against greedy at the same buffer,
-Numba against the pure-Python reference on the same lengths.
+Numba against the pure-Python reference on the same lengths, the plan's carried-over packing
+against packing each shard group on its own (the plan before issue 15).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as a plain script from a checkout
 
 from loaders import Packing, pack, shift_for_scale, token_counts  # noqa: E402
+from loaders.config import StreamConfig  # noqa: E402
+from loaders.plan import plan_tokens  # noqa: E402
 from loaders.tokens import SCALE_GRID  # noqa: E402
 
 CAPACITY = 2048
@@ -36,6 +40,10 @@ PAPER_AST = (31.1, 15.2)  # Table 1: AST at a fixed 1024 frames, % pad and % cut
 PAD_TARGET = 0.02  # first_fit at buffer 256
 SPEED_TARGET = 5e6  # Numba samples/s on one core
 GAIN_TARGET = 50  # Numba vs reference
+PLAN_ROWS = 2  # rows per batch, TrainConfig's default
+PLAN_BUFFERS = (64, 256, 1024)  # 256: the default of StreamConfig, TrainConfig, PackingSampler and pack()
+SHARD_SAMPLES = (250, 1000)
+PLAN_PAD_TARGETS = {N_SAMPLES: 0.003, SPEED_SAMPLES: 0.001}
 
 
 def voxceleb_samples(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -135,6 +143,33 @@ def print_epoch_plan(samples: np.ndarray, shifts: np.ndarray) -> None:
           f"(token counts + first_fit@256 + layout): {seconds:.2f} s, pad {packing.pad_ratio:.3%}")
 
 
+def per_group_pad(counts: np.ndarray, shard_samples: int, buffer: int) -> float:
+    """The plan before issue 15: groups of whole shards (>= buffer samples) packed each on its
+    own, rows cut into batches of PLAN_ROWS (lengths are i.i.d., so the shard order does not matter)."""
+    group = -(-buffer // shard_samples) * shard_samples
+    rows = sum(int(pack(counts[start : start + group], CAPACITY, "first_fit", buffer).max()) + 1
+               for start in range(0, counts.size, group))
+    return 1.0 - counts.sum() / (-(-rows // PLAN_ROWS) * PLAN_ROWS * CAPACITY)
+
+
+def print_stream_plan(name: str, counts: np.ndarray) -> float:
+    """Epoch-plan pad of the stream (`plan_tokens`) over shards; returns the pad at the default buffer."""
+    print(f"\n## Stream epoch plan, {name}: {counts.size:,} samples in shards, {PLAN_ROWS} rows of {CAPACITY} tokens a batch")
+    rows, at_default = [], 0.0
+    for shard_samples in SHARD_SAMPLES:
+        shard = np.arange(counts.size) // shard_samples
+        for buffer in PLAN_BUFFERS:
+            plan = plan_tokens(counts, shard, StreamConfig(rows_per_batch=PLAN_ROWS, buffer=buffer), epoch=0)
+            before = per_group_pad(counts, shard_samples, buffer)
+            at_default = max(at_default, plan.pad_ratio) if buffer == StreamConfig.buffer else at_default
+            rows.append((f"{shard_samples} x {-(-counts.size // shard_samples)}", str(buffer), f"{before:.3%}",
+                         f"{plan.pad_ratio:.3%}", f"{before / plan.pad_ratio:.1f}x" if plan.pad_ratio else "inf"))
+    print_table(("samples x shards", "buffer", "each group alone", "carried over", "ratio"), rows)
+    whole = -(-counts.sum() // CAPACITY)
+    print(f"lower bound (whole rows, whole batches): {1 - counts.sum() / (-(-whole // PLAN_ROWS) * PLAN_ROWS * CAPACITY):.3%}")
+    return at_default
+
+
 def print_first_call() -> None:
     """Import + first pack/layout calls in fresh processes: cold compile, then cache load."""
     script = (
@@ -177,8 +212,19 @@ def main() -> None:
     speed_counts = token_counts(voxceleb_samples(SPEED_SAMPLES, rng), SAMPLE_RATE, capacity=CAPACITY).tokens
     speed, gain = print_speed(speed_counts)
     print_epoch_plan(voxceleb_samples(SPEED_SAMPLES, rng), random_shifts(SPEED_SAMPLES, rng))
+    plan_pads = [
+        print_stream_plan("VoxCeleb-like, C = 1", vox.tokens),
+        print_stream_plan("VoxCeleb-like, C = 1", speed_counts),
+        print_stream_plan("VoxCeleb-like, C drawn from {1.0, 1.2, ..., 4.0}",
+                          token_counts(voxceleb_samples(SPEED_SAMPLES, rng), SAMPLE_RATE, random_shifts(SPEED_SAMPLES, rng),
+                                       capacity=CAPACITY).tokens),
+    ]
     print_first_call()
-    print(f"\nTargets: first_fit pad <= 2 % at buffer 256: {verdict(max(vox_pad, clips_pad) <= PAD_TARGET)} "
+    print(f"\nTargets (issue 15), epoch-plan pad at the default buffer {StreamConfig.buffer}: "
+          f"<= 0.3 % on {N_SAMPLES:,} samples: {verdict(plan_pads[0] <= PLAN_PAD_TARGETS[N_SAMPLES])} ({plan_pads[0]:.3%}); "
+          f"<= 0.1 % on {SPEED_SAMPLES:,}: C = 1 {verdict(plan_pads[1] <= PLAN_PAD_TARGETS[SPEED_SAMPLES])} ({plan_pads[1]:.3%}), "
+          f"random C {verdict(plan_pads[2] <= PLAN_PAD_TARGETS[SPEED_SAMPLES])} ({plan_pads[2]:.3%})")
+    print(f"Targets (issue 3): first_fit pad <= 2 % at buffer 256: {verdict(max(vox_pad, clips_pad) <= PAD_TARGET)} "
           f"({vox_pad:.2%}, {clips_pad:.2%}); Numba first_fit >= 5 M samples/s: {verdict(speed >= SPEED_TARGET)} "
           f"(slowest {speed / 1e6:.1f} M/s); >= {GAIN_TARGET}x the reference: {verdict(gain >= GAIN_TARGET)} "
           f"(lowest {gain:.0f}x)")

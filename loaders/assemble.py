@@ -25,6 +25,7 @@ import torch
 from loaders.batch import PATCH_VALUES, PackedBatch
 from loaders.config import StreamConfig
 from loaders.features import patchify, samples_needed, spec_augment, spectrogram
+from loaders.index import StreamIndex
 from loaders.plan import EpochPlan
 from shards.audio import PCM16_HEADER_BYTES, pcm16_header, pcm16_samples
 from shards.checksum import checksum_chunks, checksum_problem, read_chunks
@@ -84,30 +85,33 @@ class BatchSpec:
         return cls(**values, samples=samples)
 
 
-def batch_spec(plan: EpochPlan, index: dict[str, np.ndarray], batch: int | None, step: int) -> BatchSpec:
+def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int) -> BatchSpec:
     """The work item of one planned batch; `batch=None` is an all-padding filler."""
     if batch is None:
         return BatchSpec(plan.epoch, step, is_padding=True)
-    samples = []
-    for i in range(plan.batch_starts[batch], plan.batch_starts[batch + 1]):
-        position = int(plan.sample[i])
-        samples.append(
-            SampleSpec(
-                key=str(index["key"][position]),
-                shard=str(index["shard"][position]),
-                offset=int(index["offset"][position]),
-                nbytes=int(index["nbytes"][position]),
-                num_samples=int(index["num_samples"][position]),
-                label_ids=tuple(int(x) for x in index["label_ids"][position]),
-                row=int(plan.row[i]),
-                start=int(plan.offset[i]),
-                tokens=int(plan.tokens[i]),
-                cut=int(plan.cut[i]),
-                scale=float(plan.scale[i]),
-                xxh3_64=None if index["xxh3_64"][position] is None else int(index["xxh3_64"][position]),
-            )
-        )
-    return BatchSpec(plan.epoch, step, samples=tuple(samples))
+    planned = slice(plan.batch_starts[batch], plan.batch_starts[batch + 1])
+    positions = plan.sample[planned]
+    checksums = [None] * len(positions) if index.xxh3_64 is None else index.xxh3_64[positions].tolist()
+    columns = zip(
+        positions.tolist(),
+        index.keys.take(positions).to_pylist(),
+        index.shard[positions].tolist(),
+        index.offset[positions].tolist(),
+        index.nbytes[positions].tolist(),
+        index.num_samples[positions].tolist(),
+        plan.row[planned].tolist(),
+        plan.offset[planned].tolist(),
+        plan.tokens[planned].tolist(),
+        plan.cut[planned].tolist(),
+        plan.scale[planned].tolist(),
+        checksums,
+    )
+    samples = tuple(
+        SampleSpec(key=key, shard=index.shard_names[shard], offset=offset, nbytes=nbytes, num_samples=num_samples,
+                   label_ids=index.label_ids(position), row=row, start=start, tokens=tokens, cut=cut, scale=scale, xxh3_64=checksum)
+        for position, key, shard, offset, nbytes, num_samples, row, start, tokens, cut, scale, checksum in columns
+    )
+    return BatchSpec(plan.epoch, step, samples=samples)
 
 
 def assemble(spec: BatchSpec, config: FeatureConfig) -> dict:

@@ -26,7 +26,7 @@ class StreamConfig:
     rows_per_batch: int
     max_tokens: int = 2048
     packing: str = "first_fit"
-    buffer: int = 1024
+    buffer: int = 256
     scales: tuple[float, ...] = (1.0,)
     compression: str = "shift"
     max_frames: int = 3072

@@ -2,9 +2,13 @@
 
 1. Each sample's scale C comes from a hash of (seed, epoch, key): the same on every rank and
    worker, whatever the order or number of either.
-2. Shards are shuffled (seed, epoch) and taken in groups of at least `buffer` samples; each
-   group is packed on its own, so a row's samples come from a few neighbouring shards.
-3. A group's rows are shuffled (packing order sorts rows by length otherwise), then all rows
+2. Shards are shuffled (seed, epoch) and taken in groups of at least `buffer` samples; the
+   samples of a group are shuffled, and the groups go through one packer one after another.
+   The packer carries its pending samples from a group into the next, so only the epoch's end
+   leaves part-filled rows, and reads stay local: a sample waits at most `max_wait + buffer`
+   arrivals (`loaders.pack`), so a row's samples come from a few neighbouring shards.
+3. Each row belongs to the group being read when it closed (the latest sample read by then); rows
+   are shuffled within their group (packing order sorts rows by length otherwise), then all rows
    are cut into batches of `rows_per_batch`.
 4. Batches are dealt round-robin to ranks; ranks short of a batch get an all-padding one, so
    every rank runs the same number of steps and no sample is dropped or repeated.
@@ -98,41 +102,52 @@ def plan_tokens(
     cut = np.zeros_like(tokens) if cut is None else cut
     scale = np.ones(len(tokens)) if scale is None else scale
     rng = np.random.default_rng([config.seed, epoch, _SALT_ORDER])
-    n_shards = int(shard.max()) + 1 if len(shard) else 0
-    shard_order = rng.permutation(n_shards) if config.shuffle else np.arange(n_shards)
-    rank_of_shard = np.empty(n_shards, np.int64)
-    rank_of_shard[shard_order] = np.arange(n_shards)
-    by_order = np.argsort(rank_of_shard[shard], kind="stable")  # samples shard by shard, in shard order
-    group_ends = _group_ends(np.bincount(shard, minlength=n_shards)[shard_order], config.buffer)
-    samples: list[np.ndarray] = []  # index positions, row by row, by offset
-    offsets: list[np.ndarray] = []
-    row_lengths: list[np.ndarray] = []
-    for start, end in zip(np.concatenate([[0], group_ends[:-1]]), group_ends):
-        members = by_order[start:end]
-        if config.shuffle:
-            members = members[rng.permutation(len(members))]
-        order, offset, lengths = _pack_group(tokens[members], config, rng)
-        samples.append(members[order])
-        offsets.append(offset)
-        row_lengths.append(lengths)
-    lengths = np.concatenate(row_lengths) if row_lengths else np.zeros(0, np.int64)
-    sample = np.concatenate(samples) if samples else np.zeros(0, np.int64)
+    arrival, group = _arrival_order(np.asarray(shard, dtype=np.int64), config, rng)
+    arriving = tokens[arrival]
+    rows = pack(arriving, config.max_tokens, config.packing, config.buffer, max_per_row=config.max_per_row)
+    layout = Packing.from_rows(arriving, rows, config.max_tokens)
+    by_row, row_starts = layout.members()  # arrival slots row by row, in arrival (= offset) order
+    read = np.maximum.accumulate(by_row[row_starts[1:] - 1]) if layout.n_rows else row_starts[1:]
+    closed_in = group[read]  # rows are numbered as made: the group being read when each row closed
+    shuffle_key = rng.random(layout.n_rows) if config.shuffle else np.zeros(layout.n_rows)
+    row_order = np.lexsort((shuffle_key, closed_in))  # rows in delivery order
+    lengths = np.diff(row_starts)[row_order]
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)  # of each row, once reordered
+    slots = by_row[np.arange(len(by_row)) + np.repeat(row_starts[row_order] - first, lengths)]
+    sample = arrival[slots]
     row_global = np.repeat(np.arange(len(lengths)), lengths)
     batch = row_global // config.rows_per_batch
     n_batches = -(-len(lengths) // config.rows_per_batch)
     capacity_total = n_batches * config.rows_per_batch * config.max_tokens
+    small = np.int32  # every count here is far below 2^31; halves what each rank holds per epoch
     return EpochPlan(
         epoch=epoch,
-        sample=sample,
-        batch=batch,
-        row=row_global % config.rows_per_batch,
-        offset=np.concatenate(offsets) if offsets else np.zeros(0, np.int64),
-        tokens=tokens[sample],
-        cut=cut[sample],
+        sample=sample.astype(small),
+        batch=batch.astype(small),
+        row=(row_global % config.rows_per_batch).astype(small),
+        offset=layout.offset[slots].astype(small),
+        tokens=tokens[sample].astype(small),
+        cut=cut[sample].astype(small),
         scale=scale[sample],
         batch_starts=np.searchsorted(batch, np.arange(n_batches + 1)),
         pad_ratio=1.0 - float(tokens.sum()) / capacity_total if capacity_total else 0.0,
     )
+
+
+def _arrival_order(shard: np.ndarray, config: StreamConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Index positions in the order the packer takes them (shard group by shard group, each group
+    shuffled) and the group of each arrival."""
+    n_shards = int(shard.max()) + 1 if len(shard) else 0
+    shard_order = rng.permutation(n_shards) if config.shuffle else np.arange(n_shards)
+    rank_of_shard = np.empty(n_shards, np.int64)
+    rank_of_shard[shard_order] = np.arange(n_shards)
+    arrival = np.argsort(rank_of_shard[shard], kind="stable")  # samples shard by shard, in shard order
+    ends = _group_ends(np.bincount(shard, minlength=n_shards)[shard_order], config.buffer)
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    if config.shuffle:
+        for start, end in zip(starts, ends):
+            arrival[start:end] = arrival[start:end][rng.permutation(end - start)]
+    return arrival, np.repeat(np.arange(len(ends)), ends - starts)
 
 
 def _group_ends(shard_sizes: np.ndarray, buffer: int) -> np.ndarray:
@@ -147,46 +162,33 @@ def _group_ends(shard_sizes: np.ndarray, buffer: int) -> np.ndarray:
     return np.asarray(ends, dtype=np.int64)
 
 
-def _pack_group(
-    tokens: np.ndarray, config: StreamConfig, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pack one group and shuffle its rows: group positions row by row (by offset), their
-    offsets, and the length of each row in samples."""
-    layout = Packing.from_rows(
-        tokens,
-        pack(tokens, config.max_tokens, config.packing, config.buffer, max_per_row=config.max_per_row),
-        config.max_tokens,
-    )
-    rank = rng.permutation(layout.n_rows) if config.shuffle else np.arange(layout.n_rows)
-    order = np.lexsort((layout.offset, rank[layout.row]))
-    return order, layout.offset[order], np.bincount(rank[layout.row], minlength=layout.n_rows)
-
-
 def fnv1a64(keys) -> np.ndarray:
-    """64-bit FNV-1a of each key's UTF-8 bytes, vectorised over keys through Arrow's string
-    buffers (a key's hash is its own, whatever other keys stand beside it)."""
+    """64-bit FNV-1a of each key's UTF-8 bytes, read straight from Arrow's string buffers (a key's
+    hash is its own, whatever other keys stand beside it)."""
+    from loaders._hash_numba import fnv1a64_spans
+
     strings = keys if isinstance(keys, (pa.Array, pa.ChunkedArray)) else pa.array(np.asarray(keys, dtype=str))
-    strings = strings.cast(pa.large_string())
     strings = strings.combine_chunks() if isinstance(strings, pa.ChunkedArray) else strings
-    offsets = np.frombuffer(strings.buffers()[1], np.int64)[strings.offset : strings.offset + len(strings) + 1]
-    data = np.frombuffer(strings.buffers()[2], np.uint8) if strings.buffers()[2] else np.zeros(1, np.uint8)
-    starts, lengths = offsets[:-1], np.diff(offsets)
-    digest = np.full(len(strings), 0xCBF29CE484222325, np.uint64)
-    with np.errstate(over="ignore"):
-        for position in range(int(lengths.max(initial=0))):
-            live = position < lengths
-            byte = data[np.minimum(starts + position, len(data) - 1)].astype(np.uint64)
-            digest = np.where(live, (digest ^ byte) * np.uint64(0x100000001B3), digest)
-    return digest
+    if not pa.types.is_string(strings.type) and not pa.types.is_large_string(strings.type):
+        strings = strings.cast(pa.string())
+    width = np.int64 if pa.types.is_large_string(strings.type) else np.int32
+    offsets = np.frombuffer(strings.buffers()[1], width)[strings.offset : strings.offset + len(strings) + 1]
+    data = np.frombuffer(strings.buffers()[2], np.uint8) if strings.buffers()[2] else np.zeros(0, np.uint8)
+    return fnv1a64_spans(data, offsets)
 
 
 def keyed_uniform(key_hash: np.ndarray, *salts: int) -> np.ndarray:
-    """A uniform [0, 1) number per key, fixed by (key, salts) alone (splitmix64 finaliser)."""
+    """A uniform [0, 1) number per key, fixed by (key, salts) alone."""
+    return (keyed_bits(key_hash, *salts) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def keyed_bits(key_hash: np.ndarray, *salts: int) -> np.ndarray:
+    """64 random-looking bits per key, fixed by (key, salts) alone (splitmix64 finaliser)."""
     x = key_hash.astype(np.uint64)
     with np.errstate(over="ignore"):
         for salt in salts:
             x = _splitmix(x ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
-    return (x >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return x
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ class PackingSampler(Sampler[list[int]]):
         *,
         max_frames: int | None = None,
         mode: str = "first_fit",
-        buffer: int = 1024,
+        buffer: int = 256,
         max_per_row: int | None = None,
         shuffle: bool = True,
         seed: int = 0,

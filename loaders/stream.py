@@ -30,7 +30,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from loaders.assemble import BatchSpec, FeatureConfig, assemble, batch_spec, to_batch
 from loaders.batch import PackedBatch
 from loaders.config import StreamConfig
-from loaders.plan import EpochPlan, Index, plan_epoch
+from loaders.index import StreamIndex
+from loaders.plan import EpochPlan, plan_epoch
 from loaders.threads import torch_threads
 from shards.dataset import DATASET_FILE, ShardDataset
 from shards.parallel import quiet_ray_data
@@ -82,14 +83,8 @@ class PackedStream(IterableDataset):
             std=stats["std"],
         )
         self.dataset.shard_paths(self.subset)  # a missing shard is an error now, not mid-epoch
-        table = self.dataset.index(self.subset)
-        self.index = {name: np.asarray(table.column(name).to_pylist(), dtype=object) for name in ("key", "shard", "label_ids", "xxh3_64")}
-        for name in ("offset", "nbytes", "num_samples", "sample_rate"):
-            self.index[name] = table.column(name).to_numpy()
-        shard_id = {name: i for i, name in enumerate(self.dataset.meta["splits"][self.subset]["shards"])}
-        shard_ids = np.array([shard_id[s] for s in self.index["shard"]], dtype=np.int64)
-        self._plan_index = Index(self.index["key"].astype(str), shard_ids, self.index["num_samples"], self.index["sample_rate"])
-        self._key_hash = self._plan_index.key_hash
+        self.index = StreamIndex.read(self.dataset, self.subset)
+        self._plan_index = self.index.plan_index
         self._plans: dict[int, EpochPlan] = {}
         self.stats: dict[int, dict] = {}
         # (epoch, first step) of the next iter(): in shared memory, so that DataLoader workers,
@@ -104,7 +99,7 @@ class PackedStream(IterableDataset):
     @property
     def num_samples(self) -> int:
         """Samples in the split (all ranks together)."""
-        return len(self.index["key"])
+        return len(self.index)
 
     def __len__(self) -> int:
         """Steps this rank runs in the epoch set by `set_epoch` (`num_samples` counts samples)."""
@@ -162,7 +157,7 @@ class PackedStream(IterableDataset):
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's plan (identical on every rank); the latest one is kept."""
         if epoch not in self._plans:
-            self._plans = {epoch: plan_epoch(self._plan_index, self.config, epoch, self._key_hash)}
+            self._plans = {epoch: plan_epoch(self._plan_index, self.config, epoch, self.index.key_hash)}
         return self._plans[epoch]
 
     def steps(self, epoch: int) -> int:

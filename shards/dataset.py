@@ -85,12 +85,20 @@ class ShardDataset:
     def fbank_stats(self) -> dict | None:
         return self.meta.get("fbank")
 
-    def index(self, split: str) -> pa.Table:
-        """The split's index; a format-1 index gets a null `xxh3_64` column (nothing to check)."""
+    def index(self, split: str, columns: list[str] | None = None) -> pa.Table:
+        """The split's index (only `columns`, if given: the others are not read); a format-1 index
+        gets a null `xxh3_64` column (nothing to check)."""
         path = self._split_dir(split) / INDEX_FILE
+        wanted = INDEX_SCHEMA.names if columns is None else columns
+        unknown = sorted(set(wanted) - set(INDEX_SCHEMA.names))
+        if unknown:
+            raise KeyError(f"{path} has no column(s) {unknown}")
         if self.has_checksums:
-            return pq.read_table(path, schema=INDEX_SCHEMA)
-        table = pq.read_table(path, schema=pa.schema([f for f in INDEX_SCHEMA if f.name != "xxh3_64"]))
+            return pq.read_table(path, schema=INDEX_SCHEMA, columns=list(wanted))
+        stored = [name for name in wanted if name != "xxh3_64"]
+        table = pq.read_table(path, schema=pa.schema([f for f in INDEX_SCHEMA if f.name != "xxh3_64"]), columns=stored)
+        if "xxh3_64" not in wanted:
+            return table
         return table.append_column(INDEX_SCHEMA.field("xxh3_64"), pa.nulls(table.num_rows, pa.uint64()))
 
     def shard_paths(self, split: str) -> list[Path]:

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loaders.config import StreamConfig
-from loaders.plan import Index, fnv1a64, keyed_uniform, plan_epoch
+from loaders.pack import DEFAULT_WAIT_BUFFERS, pack
+from loaders.plan import Index, fnv1a64, keyed_uniform, plan_epoch, plan_tokens
 from loaders.tokens import SCALE_GRID
-
 
 
 @st.composite
@@ -65,6 +65,38 @@ def test_every_sample_once_across_ranks_with_equal_steps_and_no_overflow(index, 
             assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
     again = plan_epoch(index, config, epoch)
     assert np.array_equal(plan.sample, again.sample) and np.array_equal(plan.offset, again.offset)
+
+
+@settings(deadline=None, max_examples=100)
+@given(index=corpora(), config=configs(), epoch=st.integers(0, 3))
+def test_packing_runs_on_across_shard_groups_and_keeps_rows_local(index, config, epoch):
+    """Unshuffled, shards arrive in order: the plan's rows are those of one `pack()` call over the
+    whole epoch (no group boundary cuts a row), and no row spans more arrivals than the packer's
+    wait bound (first_fit: max_wait + buffer; greedy: its runs of `buffer`)."""
+    config = StreamConfig(**{**config.__dict__, "shuffle": False})
+    plan = plan_epoch(index, config, epoch)
+    arrival = np.argsort(index.shard, kind="stable")
+    slot = np.empty(len(arrival), np.int64)
+    slot[arrival] = np.arange(len(arrival))
+    row_of_plan = plan.batch * config.rows_per_batch + plan.row
+    rows = {tuple(sorted(slot[plan.sample[row_of_plan == r]].tolist())) for r in np.unique(row_of_plan)}
+    tokens = np.zeros(len(arrival), np.int64)
+    tokens[slot[plan.sample]] = plan.tokens
+    once = pack(tokens, config.max_tokens, config.packing, config.buffer, max_per_row=config.max_per_row)
+    assert rows == {tuple(np.flatnonzero(once == r).tolist()) for r in range(once.max(initial=-1) + 1)}
+    window = (DEFAULT_WAIT_BUFFERS + 1) * config.buffer if config.packing == "first_fit" else config.buffer
+    assert all(row[-1] - row[0] < window for row in rows)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_part_filled_rows_carry_into_the_next_group(shuffle):
+    """8 shards of five 512-token samples, buffer 4: every shard is a group of its own. Packed
+    group by group, each would leave a row of 512 tokens (16 rows); carried over, 40 x 512 fill 10 rows."""
+    config = StreamConfig(rows_per_batch=2, buffer=4, shuffle=shuffle)
+    plan = plan_tokens(np.full(40, 512), np.arange(40) // 5, config, epoch=0)
+    fills = np.bincount(plan.batch * 2 + plan.row, weights=plan.tokens)
+    assert fills.tolist() == [2048.0] * 10 and plan.n_batches == 5 and plan.pad_ratio == 0.0
+    assert sorted(plan.sample.tolist()) == list(range(40))
 
 
 def test_a_samples_scale_depends_on_seed_epoch_and_key_only():

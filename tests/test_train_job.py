@@ -47,7 +47,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, fsdd_dir, fs
     assert len(full) == len(cut) == 2
     for a, b in zip(full, cut):
         assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4) and a["val_metric"] == pytest.approx(b["val_metric"], abs=0.02)
-    assert [k["counts"] for k in key_files(tmp_path / "full")] == [k["counts"] for k in key_files(tmp_path / "cut")]
+    assert [k["delivered_digest"] for k in key_files(tmp_path / "full")] == [k["delivered_digest"] for k in key_files(tmp_path / "cut")]
     assert all(k["exactly_once"] for k in key_files(tmp_path / "full"))
     weights = [load_checkpoint(tmp_path / run / "last.pt").state_dict for run in ("full", "cut")]
     for name, value in weights[0].items():
@@ -124,7 +124,7 @@ def test_ray_job_submit_on_a_two_node_cluster_trains_every_key_once(tmp_path, fs
     assert len(runs) == 2 and runs[1]["train_loss"] < runs[0]["train_loss"]
     assert list((tmp_path / "run" / "ray").glob("checkpoint_*")) and (tmp_path / "run" / "best.pt").is_file()
     counts = key_files(tmp_path / "run")
-    assert len(counts) == 2 and all(c["exactly_once"] and c["seen"] == c["expected"] for c in counts)
+    assert len(counts) == 2 and all(c["exactly_once"] and c["delivered"] == c["expected"] for c in counts)
 
 
 def test_a_killed_worker_is_replaced_and_the_run_finishes(tmp_path, fsdd_small_shards, two_node_cluster):

@@ -19,7 +19,7 @@ from elasticast.checkpoint import TrainedFeatures, save_checkpoint
 from elasticast.metrics import score
 from elasticast.predict import predict
 from elasticast.training.config import TrainConfig
-from elasticast.training.epoch_report import epoch_metrics, key_counts, progress_line
+from elasticast.training.epoch_report import delivery_check, epoch_metrics, progress_line
 from elasticast.training.loop import build_model, train_epoch
 from elasticast.training.schedule import make_optimizer, make_scheduler
 from loaders import PackedStream
@@ -115,7 +115,7 @@ def train_worker(values: dict) -> None:
         history.append(metrics)
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
-                counts = key_counts(train.index["key"].tolist(), epoch, [k for r in results for k in r.keys], metrics["failed_samples"])
+                counts = delivery_check(train.index, epoch, [k for r in results for k in r.keys], metrics["failed_samples"])
                 (run / "keys").mkdir(exist_ok=True)
                 (run / "keys" / f"epoch-{epoch:03d}.json").write_text(json.dumps(counts))
                 (run / "history.json").write_text(json.dumps(history, indent=1))

@@ -101,7 +101,7 @@ class TrainConfig:
     packing: str = "first_fit"
     max_tokens: int = 2048
     rows_per_batch: int = 2
-    buffer: int = 1024
+    buffer: int = 256
     scales: tuple[float, ...] = (1.0,)  # temporal resolutions C drawn per sample; (1.0,) = native
     compression: str = "shift"
     max_frames: int = 3072

@@ -1,0 +1,100 @@
+"""`StreamIndex`: a split's `index.parquet` as the columns a rank holds, lean at millions of samples.
+
+Every rank plans the whole epoch, so every rank holds the whole index. Python objects per sample
+(a str per key and shard, a list per label set, an int per checksum) cost ~1 GiB a rank at 1 M
+samples; here keys stay one Arrow string array, shards and labels become integer ids, numbers
+numpy arrays, and only the columns the stream uses are read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from loaders.plan import Index, fnv1a64
+from shards.dataset import INDEX_FILE, ShardDataset
+
+COLUMNS = ("key", "shard", "offset", "nbytes", "num_samples", "sample_rate", "label_ids", "xxh3_64")
+
+
+@dataclass(frozen=True, eq=False)
+class StreamIndex:
+    """One entry per sample, in index order; `shard` ids are positions in `shard_names` (the
+    split's shard list in dataset.json); the label ids of sample i are
+    `label_values[label_starts[i]:label_starts[i + 1]]`; `xxh3_64` is None for a shard set made
+    before checksums; `key_hash` is `fnv1a64` of each key (planning and the exactly-once check)."""
+
+    keys: pa.StringArray
+    shard_names: tuple[str, ...]
+    shard: np.ndarray
+    offset: np.ndarray
+    nbytes: np.ndarray
+    num_samples: np.ndarray
+    sample_rate: np.ndarray
+    label_starts: np.ndarray
+    label_values: np.ndarray
+    xxh3_64: np.ndarray | None
+    key_hash: np.ndarray
+
+    @classmethod
+    def read(cls, dataset: ShardDataset, split: str) -> StreamIndex:
+        """The split's index, its shards named by dataset.json's list (an unlisted one is an error)."""
+        table = dataset.index(split, columns=list(COLUMNS))
+        where = dataset.root / split / INDEX_FILE
+        shard_names = tuple(dataset.meta["splits"][split]["shards"])
+        shards = pc.dictionary_encode(table.column("shard")).combine_chunks()
+        position = {name: i for i, name in enumerate(shard_names)}
+        unlisted = [name for name in shards.dictionary.to_pylist() if name not in position]
+        if unlisted:
+            raise ValueError(f"{where} names shards that {dataset.root / 'dataset.json'} does not list for {split!r}: {unlisted[:5]}")
+        shard_of_code = np.array([position[name] for name in shards.dictionary.to_pylist()], dtype=np.int32)
+        labels = table.column("label_ids").combine_chunks()
+        checksums = table.column("xxh3_64")
+        if 0 < checksums.null_count < len(checksums):
+            raise ValueError(f"{where}: {checksums.null_count} of {len(checksums)} samples lack an xxh3_64 checksum")
+        keys = table.column("key").combine_chunks()
+        index = cls(
+            keys=keys,
+            shard_names=shard_names,
+            shard=shard_of_code[shards.indices.to_numpy(zero_copy_only=False)] if len(shards) else np.zeros(0, np.int32),
+            offset=_numbers(table, "offset"),
+            nbytes=_numbers(table, "nbytes"),
+            num_samples=_numbers(table, "num_samples"),
+            sample_rate=_numbers(table, "sample_rate"),
+            label_starts=labels.offsets.to_numpy().astype(np.int64),
+            label_values=labels.values.to_numpy(zero_copy_only=False),
+            xxh3_64=None if checksums.null_count else _numbers(table, "xxh3_64"),
+            key_hash=fnv1a64(keys),
+        )
+        del table, shards, labels, checksums
+        pa.default_memory_pool().release_unused()  # the Parquet decode and the shard names: no longer held
+        return index
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def plan_index(self) -> Index:
+        """What `loaders.plan` needs (shard ids, lengths, rates; keys only through `key_hash`)."""
+        return Index(self.keys, self.shard.astype(np.int64), self.num_samples, self.sample_rate)
+
+    def label_ids(self, position: int) -> tuple[int, ...]:
+        return tuple(self.label_values[self.label_starts[position] : self.label_starts[position + 1]].tolist())
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """A column by its index.parquet name, as numpy (`key` and `shard` as str arrays, made on
+        each call: for inspection and tests, not for a loop over samples)."""
+        if name == "key":
+            return np.asarray(self.keys.to_numpy(zero_copy_only=False), dtype=str)
+        if name == "shard":
+            return np.asarray(self.shard_names, dtype=str)[self.shard]
+        if name in ("offset", "nbytes", "num_samples", "sample_rate"):
+            return getattr(self, name)
+        raise KeyError(f"{name!r}: StreamIndex columns by name are key, shard, offset, nbytes, num_samples, sample_rate")
+
+
+def _numbers(table: pa.Table, name: str) -> np.ndarray:
+    column = table.column(name)
+    return column.combine_chunks().to_numpy() if column.num_chunks != 1 else column.chunk(0).to_numpy()
