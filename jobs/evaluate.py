@@ -1,6 +1,6 @@
 """Evaluate trained checkpoints across maximum lengths and temporal resolutions.
 
-    python jobs/evaluate.py --checkpoint runs/demo --shards shards/demo/test
+    python jobs/evaluate.py --checkpoint runs/demo --shards shards/demo        # its test split
     python jobs/evaluate.py --checkpoint runs/elastic runs/ast-256 --shards OUT/test --out runs/eval \
         --lengths 128 256 512 1024 --scales 1 2 3 4 --loader ray
 
@@ -22,16 +22,17 @@ from tqdm import tqdm
 from elasticast.evaluation import evaluate_point, load_candidate, sweep_points, training_usage, write_report
 from elasticast.evaluation.sweep import SWEEPS
 from loaders.tokens import COMPRESSIONS, PATCH, SCALE_GRID, token_counts
-from shards.dataset import ShardDataset
+from shards.dataset import DATASET_FILE, ShardDataset
 from shards.parallel import BACKENDS
 
 SHORTEST_CAP = 64
+DEFAULT_SPLIT = "test"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", nargs="+", required=True, help="run folders or checkpoint files")
-    parser.add_argument("--shards", required=True, help="the split to evaluate on, e.g. OUT/test")
+    parser.add_argument("--shards", required=True, help="the split to evaluate on, e.g. OUT/test, or a shard set OUT: its test split")
     parser.add_argument("--out", help="output folder (default: eval/ in the first run folder)")
     parser.add_argument("--names", nargs="+", help="display names, one per checkpoint (default: run folder names)")
     parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=SWEEPS)
@@ -77,6 +78,8 @@ def check_compatible(candidates, dataset: ShardDataset) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     split = Path(args.shards).resolve()
+    if (split / DATASET_FILE).is_file():  # a whole shard set: results are reported on test, never on the split that chose best.pt
+        split = split / DEFAULT_SPLIT
     dataset = ShardDataset(split.parent)
     if split.name not in dataset.meta.get("splits", {}):
         print(f"error: {split} is not a split of {split.parent} (splits: {sorted(dataset.meta.get('splits', {}))})", file=sys.stderr)
