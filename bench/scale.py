@@ -174,7 +174,7 @@ def main() -> None:
     if args.measure:
         print(json.dumps(measure(args.measure, args.split)))
         return
-    print(f"# Scale benchmark: rank-side cost of the index; each figure from a fresh process")
+    print("# Scale benchmark: rank-side cost of the index; each figure from a fresh process")
     for n in args.samples:
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()

@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -79,10 +80,10 @@ def describe_model(model: Model) -> dict:
     return description
 
 
-def save_checkpoint(path: str | Path, model: Model, labels: Sequence[str], features: TrainedFeatures,
+def save_checkpoint(path: str | Path | BinaryIO, model: Model, labels: Sequence[str], features: TrainedFeatures,
                     extra: dict | None = None) -> None:
-    """Everything inference needs in one `torch.save` dict. `extra`: plain Python values and
-    tensors only (loading uses `weights_only=True`)."""
+    """Everything inference needs in one `torch.save` dict, to a path or a binary file. `extra`:
+    plain Python values and tensors only (loading uses `weights_only=True`)."""
     if len(labels) != model.config.num_classes:
         raise ValueError(f"{len(labels)} labels for a model with num_classes {model.config.num_classes}")
     torch.save(
@@ -95,7 +96,7 @@ def save_checkpoint(path: str | Path, model: Model, labels: Sequence[str], featu
             "features": dataclasses.asdict(features),
             "extra": extra or {},
         },
-        Path(path),
+        path if hasattr(path, "write") else Path(path),
     )
 
 

@@ -50,8 +50,11 @@ def stable_fraction(text: str, salt: str = "") -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def split_for(relative_path: str, test_fraction: float) -> str:
-    return "test" if stable_fraction(relative_path) < test_fraction else "train"
+def split_for(relative_path: str, test_fraction: float, valid_fraction: float = 0.0) -> str:
+    """test, valid or train by the path's stable hash: `test` takes the hashes below
+    `test_fraction`, `valid` the next `valid_fraction`, so adding a valid split leaves test as it was."""
+    fraction = stable_fraction(relative_path)
+    return "test" if fraction < test_fraction else "valid" if fraction < test_fraction + valid_fraction else "train"
 
 
 def make_key(relative_path: str, start_s: float | None = None, end_s: float | None = None) -> str:
@@ -84,7 +87,7 @@ def dedupe_keys(sources: list[Source]) -> list[Source]:
 
 
 def list_folder(
-    root: str | Path, test_fraction: float, label_regex: str | None = None
+    root: str | Path, test_fraction: float, label_regex: str | None = None, valid_fraction: float = 0.0
 ) -> tuple[list[Source], list[Skipped]]:
     """Audio files below `root` (sorted); label = parent folder name, or the regex's `label` group."""
     root = Path(root)
@@ -107,15 +110,15 @@ def list_folder(
                 skipped.append(Skipped(str(path), "no label", f"--label-regex did not match {path.name!r}"))
                 continue
             label = match.group("label")
-        sources.append(Source(make_key(relative), str(path), (label,), split_for(relative, test_fraction)))
+        sources.append(Source(make_key(relative), str(path), (label,), split_for(relative, test_fraction, valid_fraction)))
     return dedupe_keys(sources), skipped
 
 
 def read_manifest(
-    path: str | Path, test_fraction: float, keep_duplicates: bool = False
+    path: str | Path, test_fraction: float, keep_duplicates: bool = False, valid_fraction: float = 0.0
 ) -> tuple[list[Source], list[Skipped]]:
-    """Rows of a .csv or .jsonl manifest: `path`, `label` (';' joins several), optional `split`,
-    `start`, `end` (seconds). Relative paths resolve against the manifest's folder. A row naming
+    """Rows of a .csv or .jsonl manifest: `path`, `label` (';' joins several), optional `split`
+    (any name, e.g. train, valid, test; empty: by the path's hash), `start`, `end` (seconds). Relative paths resolve against the manifest's folder. A row naming
     the same file and segment as an earlier one is kept once (a "duplicate" skip names both
     lines) unless `keep_duplicates`."""
     path = Path(path)
@@ -129,7 +132,7 @@ def read_manifest(
     for number, row in rows:
         where = f"{path}:{number}"
         try:
-            sources.append(_source_from_row(row, path.parent, test_fraction, where))
+            sources.append(_source_from_row(row, path.parent, (test_fraction, valid_fraction), where))
         except (ValueError, TypeError) as exc:
             shown = row.get("path") if isinstance(row.get("path"), str) and row.get("path") else where
             skipped.append(Skipped(shown, "invalid manifest row", f"{where}: {exc}"))
@@ -211,7 +214,7 @@ def _manifest_rows(path: Path):
         raise ValueError(f"manifest {path} must end in .csv or .jsonl")
 
 
-def _source_from_row(row: dict, base: Path, test_fraction: float, where: str) -> Source:
+def _source_from_row(row: dict, base: Path, fractions: tuple[float, float], where: str) -> Source:
     if "_error" in row:
         raise ValueError(row["_error"])
     value = row.get("path")
@@ -233,7 +236,7 @@ def _source_from_row(row: dict, base: Path, test_fraction: float, where: str) ->
     start_s, end_s = _parse_seconds(row.get("start"), "start"), _parse_seconds(row.get("end"), "end")
     if start_s is not None and end_s is not None and end_s <= start_s:
         raise ValueError(f"end={end_s} s is not after start={start_s} s")
-    split = str(row.get("split") or "").strip() or split_for(raw_path, test_fraction)
+    split = str(row.get("split") or "").strip() or split_for(raw_path, *fractions)
     if not SPLIT_NAME.match(split):
         raise ValueError(f"split {split!r} must be letters, digits, '_' or '-'")
     return Source("", str(file_path), labels, split, start_s, end_s, origin=where)

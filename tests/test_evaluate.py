@@ -89,7 +89,7 @@ def test_evaluate_job_writes_tables_plots_and_usage_for_both_model_kinds(demo_sh
     elastic = write_checkpoint(tmp_path / "elastic.pt", demo_shards)
     ast = write_checkpoint(tmp_path / "ast.pt", demo_shards, model="ast", target_frames=128)
     out = tmp_path / "eval"
-    code = job.main(["--checkpoint", str(elastic), str(ast), "--shards", str(demo_shards / "test"), "--out", str(out),
+    code = job.main(["--checkpoint", str(elastic), str(ast), "--shards", str(demo_shards), "--out", str(out),  # a shard set: its test split
                      "--lengths", "128", "512", "--scales", "1", "2.4", "3", "--compressions", "shift", "avgpool"])
     assert code == 0
     with (out / "results.csv").open() as handle:

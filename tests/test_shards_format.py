@@ -1,6 +1,7 @@
 """The shard format itself: atomic, deterministic tars; robust reading; exact shard planning."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,14 @@ from shards import ShardDataset, ShardError, ShardSample, read_shard
 from shards.audio import encode_pcm16
 from shards.build import SAMPLE_OVERHEAD_BYTES, BuildConfig, plan_shards
 from shards.dataset import write_dataset_json
-from shards.inputs import Source, dedupe_keys, make_key, read_manifest, split_for, write_manifest
+from shards.inputs import (
+    Source,
+    dedupe_keys,
+    make_key,
+    read_manifest,
+    split_for,
+    write_manifest,
+)
 from shards.tar import ShardWriter
 
 
@@ -82,6 +90,26 @@ def test_split_by_path_hash_is_stable_and_near_the_fraction():
     assert split_for("speaker1/clip_0001.wav", 0.1) == split_for("speaker1/clip_0001.wav", 0.1)
     tests = sum(split_for(f"f{i}.wav", 0.1) == "test" for i in range(5000))
     assert 400 < tests < 600
+
+
+def test_a_valid_split_comes_from_train_and_leaves_test_as_it_was():
+    def reference(path: str) -> str:  # the first 8 bytes of SHA-1 as a fraction of 2**64
+        fraction = int.from_bytes(hashlib.sha1(path.encode()).digest()[:8], "big") / 2**64
+        return "test" if fraction < 0.1 else "valid" if fraction < 0.25 else "train"
+
+    paths = [f"speaker{i % 7}/clip_{i:04d}.wav" for i in range(4000)]
+    splits = [split_for(p, 0.1, 0.15) for p in paths]
+    assert splits == [reference(p) for p in paths]
+    assert [s == "test" for s in splits] == [split_for(p, 0.1) == "test" for p in paths]
+    assert 500 < splits.count("valid") < 700
+
+
+def test_a_manifest_may_name_valid_and_unnamed_rows_are_hashed(tmp_path):
+    rows = [{"path": "v.wav", "label": "a", "split": "valid"}] + [{"path": f"c{i}.wav", "label": "a", "split": ""} for i in range(300)]
+    sources, skipped = read_manifest(write_manifest(tmp_path / "m.csv", rows), test_fraction=0.2, valid_fraction=0.3)
+    assert skipped == [] and sources[0].split == "valid"
+    assert [s.split for s in sources[1:]] == [split_for(f"c{i}.wav", 0.2, 0.3) for i in range(300)]
+    assert {"train", "valid", "test"} == {s.split for s in sources[1:]}
 
 
 @settings(deadline=None, max_examples=60)

@@ -15,10 +15,16 @@ import pytest
 import torch
 
 from elasticast import Classifier, load_checkpoint
+from elasticast.training.checkpoints import CheckpointStore
+from elasticast.training.config import TrainConfig
+from shards.inputs import write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FAST = ["--rows-per-batch", "2", "--max-tokens", "1024", "--buffer", "256", "--warmup-epochs", "0.5", "--lr", "2e-3"]
+# a 1-block model in 512-token rows: ~24 steps per epoch of fsdd_small_shards, a checkpoint every 4
+STEPS = ["--depth", "1", "--rows-per-batch", "1", "--max-tokens", "512", "--buffer", "256", "--warmup-epochs", "0.5", "--lr", "2e-3",
+         "--checkpoint-every", "4"]
 PORT, DASHBOARD, AGENT_PORTS = 6391, 8291, 52460
 
 
@@ -37,28 +43,62 @@ def key_files(run: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((run / "keys").glob("epoch-*.json"))]
 
 
-def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, fsdd_dir, fsdd_small_shards, ray_local, train_job):
-    args = ["--shards", str(fsdd_small_shards), *FAST, "--epochs", "2", "--loader", "local", "--wandb", "offline"]
-    assert train_job.main([*args, "--out", str(tmp_path / "full")]) == 0
-    assert train_job.main([*args, "--out", str(tmp_path / "cut"), "--stop-after", "1"]) == 0
-    assert len(history(tmp_path / "cut")) == 1 and not (tmp_path / "cut" / "keys" / "epoch-001.json").exists()
-    assert train_job.main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
-    full, cut = history(tmp_path / "full"), history(tmp_path / "cut")
-    assert len(full) == len(cut) == 2
-    for a, b in zip(full, cut):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-4) and a["val_metric"] == pytest.approx(b["val_metric"], abs=0.02)
-    assert [k["delivered_digest"] for k in key_files(tmp_path / "full")] == [k["delivered_digest"] for k in key_files(tmp_path / "cut")]
-    assert all(k["exactly_once"] for k in key_files(tmp_path / "full"))
+def test_a_run_killed_mid_epoch_resumes_bitwise(tmp_path, fsdd_dir, fsdd_small_shards, ray_local, train_job):
+    """Uninterrupted vs. stopped after epoch 1 (--stop-after), resumed in a driver that is killed
+    (SIGKILL, with its Ray Train worker) once a mid-epoch checkpoint of epoch 2 exists, resumed again."""
+    args = ["--shards", str(fsdd_small_shards), *STEPS, "--epochs", "2", "--loader", "local"]
+    assert train_job.main([*args, "--out", str(tmp_path / "full"), "--wandb", "offline"]) == 0
+    cut = tmp_path / "cut"
+    assert train_job.main([*args, "--out", str(cut), "--wandb", "disabled", "--stop-after", "1"]) == 0
+    assert len(history(cut)) == 1 and not (cut / "keys" / "epoch-001.json").exists()
+    killed_at = kill_mid_epoch(ray_local, [*args, "--out", str(cut), "--wandb", "disabled", "--resume"], epoch=1)
+    assert CheckpointStore(cut / "checkpoints").latest() == killed_at and len(history(cut)) == 1
+    assert train_job.main([*args, "--out", str(cut), "--wandb", "disabled", "--resume"]) == 0
+    full, resumed = history(tmp_path / "full"), history(cut)
+    assert len(full) == len(resumed) == 2
+    assert [without_timings(m) for m in full] == [without_timings(m) for m in resumed]  # bitwise: floats compared exactly
+    assert [k["delivered_digest"] for k in key_files(tmp_path / "full")] == [k["delivered_digest"] for k in key_files(cut)]
+    assert all(k["exactly_once"] for k in key_files(cut))
     weights = [load_checkpoint(tmp_path / run / "last.pt").state_dict for run in ("full", "cut")]
-    for name, value in weights[0].items():
-        assert torch.allclose(value, weights[1][name], atol=1e-4), name
+    assert all(torch.equal(value, weights[1][name]) for name, value in weights[0].items())
+    assert len(CheckpointStore(cut / "checkpoints").complete()) == 2  # num_to_keep, after a kill
     summary = json.loads((tmp_path / "full" / "metrics.json").read_text())
-    assert summary["epochs_run"] == 2 and summary["config"]["epochs"] == 2
+    assert summary["epochs_run"] == 2 and summary["config"]["epochs"] == 2 and summary["valid_split"] == "test"
     assert list((tmp_path / "full" / "wandb").glob("offline-run-*"))  # wandb ran, offline, under the run folder
     prediction = Classifier.from_checkpoint(tmp_path / "full" / "best.pt").predict([fsdd_dir / "3_jackson_7.wav"])[0]
     assert prediction.label in [str(d) for d in range(10)] and abs(prediction.probabilities.sum() - 1) < 1e-5
     # the run folder now holds a run: a second start without --resume is refused
     assert train_job.main([*args, "--out", str(tmp_path / "full")]) == 2
+
+
+def without_timings(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in ("samples_per_s", "tokens_per_s", "data_wait", "epoch_s")}
+
+
+def kill_mid_epoch(ray, argv: list[str], epoch: int) -> Path:
+    """Run jobs/train.py as its own driver on the session's Ray; SIGKILL it and its Ray Train
+    worker as soon as a checkpoint inside `epoch` (0-based) is committed. Returns that checkpoint."""
+    run = Path(argv[argv.index("--out") + 1])
+    env = os.environ | {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
+    started = time.time()
+    driver = subprocess.Popen([sys.executable, str(REPO / "jobs" / "train.py"), *argv], env=env, cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store, deadline = CheckpointStore(run / "checkpoints"), time.time() + 300
+    while time.time() < deadline and driver.poll() is None:
+        latest = store.latest()
+        if latest is not None and latest.name.startswith(f"epoch-{epoch:04d}-") and not latest.name.endswith("-step-0000000.pt"):
+            break
+        time.sleep(0.02)
+    assert driver.poll() is None, f"the driver ended (status {driver.returncode}) before a checkpoint inside epoch {epoch + 1}"
+    workers = [p for p in psutil.process_iter(["cmdline", "create_time"])
+               if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and p.info["create_time"] >= started - 1]
+    driver.kill()
+    for worker in workers:
+        worker.kill()
+    driver.wait(timeout=30)
+    psutil.wait_procs(workers, timeout=30)
+    assert latest is not None
+    return latest
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -70,6 +110,72 @@ def test_bad_runs_are_refused_before_training(tmp_path, fsdd_small_shards, ray_l
     args = ["--shards", str(fsdd_small_shards), "--out", str(tmp_path / "run"), *flags]
     assert train_job.main(args) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MiB tmpfs (room for one checkpoint of the 1-block model, 7.8 MB, not for two), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def remount(disk: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(disk)], check=True)
+
+
+def test_a_full_disk_stops_the_run_once_and_resume_continues_after_it(small_disk, fsdd_small_shards, ray_local, train_job, capfd):
+    run = small_disk / "run"
+    args = ["--shards", str(fsdd_small_shards), "--out", str(run), *STEPS, "--epochs", "2", "--loader", "local", "--wandb", "disabled"]
+    assert train_job.main(args) == 2  # --max-failures 1 (default): a storage failure is not retried
+    output = capfd.readouterr()
+    error = [line for line in output.err.splitlines() if line.startswith("error:")]
+    expected = f"error: cannot write {run}/checkpoints/epoch-0000-step-0000008.pt: No space left on device; stopped (a retry would fail the same way)"
+    assert error == [expected], output.err[-3000:]
+    assert "restarting" not in output.out + output.err
+    store = CheckpointStore(run / "checkpoints")
+    assert [p.name for p in store.complete()] == ["epoch-0000-step-0000004.pt"] and sorted(os.listdir(store.folder)) == [p.name for p in store.complete()]
+    assert not (run / "history.json").exists()  # no epoch claimed done
+    remount(small_disk, "ro")
+    assert train_job.main([*args, "--resume"]) == 2
+    assert f"error: cannot write to --out {run}: Read-only file system" in capfd.readouterr().err
+    remount(small_disk, "rw,size=64m")
+    assert train_job.main([*args, "--resume"]) == 0
+    assert "resuming from checkpoint epoch-0000-step-0000004.pt: epoch 1, step 4" in capfd.readouterr().out
+    assert len(history(run)) == 2 and all(k["exactly_once"] for k in key_files(run))
+    assert len(store.complete()) == 2 and store.latest().name == "epoch-0002-step-0000000.pt"  # num_to_keep, after the failure
+    assert not [p for p in store.folder.iterdir() if p.name.startswith(".")]
+
+
+def test_resume_without_a_complete_checkpoint_is_refused(tmp_path, fsdd_small_shards, train_job, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("epochs: 2\n")
+    (run / "checkpoints" / ".tmp-epoch-0000-step-0000004.pt.123").write_bytes(b"cut short")  # a crashed writer's leftover
+    assert train_job.main(["--shards", str(fsdd_small_shards), "--out", str(run), "--resume"]) == 2
+    assert "holds no complete checkpoint, so there is nothing to continue from" in capsys.readouterr().err
+
+
+def test_training_validates_on_valid_and_falls_back_to_test_with_a_warning(tmp_path, fsdd_dir, fsdd_small_shards, make_shards,
+                                                                           train_job, capsys):
+    rows = [{"path": str(p), "label": p.name.split("_")[0]} for p in sorted(fsdd_dir.glob("*.wav"))[::60]]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    shards = tmp_path / "shards"
+    flags = ["--test-fraction", "0.2", "--valid-fraction", "0.25", "--backend", "local", "--quiet"]
+    assert make_shards.main(["--manifest", str(manifest), "--out", str(shards), *flags]) == 0
+    splits = json.loads((shards / "dataset.json").read_text())["splits"]
+    assert set(splits) == {"train", "valid", "test"}
+    config = train_job.prepare_run(TrainConfig(shards=str(shards), out=str(tmp_path / "a")))
+    assert config.valid_split == "valid" and "WARNING" not in capsys.readouterr().err
+    config = train_job.prepare_run(TrainConfig(shards=str(fsdd_small_shards), out=str(tmp_path / "b")))
+    assert config.valid_split == "test" and "has no 'valid' split: validating on 'test'" in capsys.readouterr().err
+    assert "valid_split: test" in (tmp_path / "b" / "config.yaml").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +228,7 @@ def test_ray_job_submit_on_a_two_node_cluster_trains_every_key_once(tmp_path, fs
     assert "succeeded" in done.stdout.lower(), done.stdout[-3000:] + done.stderr[-3000:]
     runs = history(tmp_path / "run")
     assert len(runs) == 2 and runs[1]["train_loss"] < runs[0]["train_loss"]
-    assert list((tmp_path / "run" / "ray").glob("checkpoint_*")) and (tmp_path / "run" / "best.pt").is_file()
+    assert CheckpointStore(tmp_path / "run" / "checkpoints").latest() and (tmp_path / "run" / "best.pt").is_file()
     counts = key_files(tmp_path / "run")
     assert len(counts) == 2 and all(c["exactly_once"] and c["delivered"] == c["expected"] for c in counts)
 
@@ -133,7 +239,7 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes(tmp_path, fsdd_small_s
     submitted = submit(env, run, fsdd_small_shards, epochs=3, wait=False)
     job_id = next(line.split("'")[1] for line in submitted.stdout.splitlines() if "submitted successfully" in line)
     deadline = time.time() + 300
-    while not list((run / "ray").glob("checkpoint_*")) and time.time() < deadline:
+    while CheckpointStore(run / "checkpoints").latest() is None and time.time() < deadline:
         time.sleep(1)
     time.sleep(2)  # into epoch 2
     victims = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and _cwd_under(p, temp)]
@@ -146,5 +252,5 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes(tmp_path, fsdd_small_s
         time.sleep(3)
     logs = ray_cli(env, "job", "logs", job_id).stdout
     assert "SUCCEEDED" in status, logs[-3000:]
-    assert "resuming from the checkpoint after epoch" in logs, logs[-3000:]
+    assert "restarting from the latest checkpoint" in logs and "resuming from checkpoint epoch-" in logs, logs[-3000:]
     assert len(history(run)) == 3 and all(c["exactly_once"] for c in key_files(run))

@@ -1,6 +1,6 @@
 """Evaluate trained checkpoints across maximum lengths and temporal resolutions.
 
-    elasticast-evaluate --checkpoint runs/demo --shards shards/demo/test
+    elasticast-evaluate --checkpoint runs/demo --shards shards/demo        # its test split
     elasticast-evaluate --checkpoint runs/elastic runs/ast-256 --shards OUT/test --out runs/eval \
         --lengths 128 256 512 1024 --scales 1 2 3 4 --loader ray
 
@@ -18,15 +18,17 @@ from pathlib import Path
 
 from elasticast.evaluation.points import SWEEPS, sweep_points
 from loaders.tokens import COMPRESSIONS, PATCH, SCALE_GRID, token_counts
+from shards.options import DATASET_FILE
 from shards.parallel import BACKENDS
 
 SHORTEST_CAP = 64
+DEFAULT_SPLIT = "test"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", nargs="+", required=True, help="training run folders (their best.pt) or checkpoint files")
-    parser.add_argument("--shards", required=True, help="the split to evaluate on, e.g. OUT/test")
+    parser.add_argument("--shards", required=True, help="the split to evaluate on, e.g. OUT/test, or a shard set OUT: its test split")
     parser.add_argument("--out", help="output folder (default: eval/ in the first run folder)")
     parser.add_argument("--names", nargs="+", help="display names, one per checkpoint (default: run folder names)")
     parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=SWEEPS,
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     from shards.dataset import ShardDataset
 
     split = Path(args.shards).resolve()
+    if (split / DATASET_FILE).is_file():  # a whole shard set: results are reported on test, never on the split that chose best.pt
+        split = split / DEFAULT_SPLIT
     dataset = ShardDataset(split.parent)
     if split.name not in dataset.meta.get("splits", {}):
         print(f"error: {split} is not a split of {split.parent} (splits: {sorted(dataset.meta.get('splits', {}))})", file=sys.stderr)

@@ -3,6 +3,7 @@
     elasticast-make-shards                                   # built-in demo corpus -> shards/demo
     elasticast-make-shards --input DIR --out OUT             # label = parent folder name
     elasticast-make-shards --manifest rows.csv --out OUT     # path,label[,split,start,end]
+    elasticast-make-shards --input DIR --out OUT --valid-fraction 0.1   # train / valid / test by a stable hash
     elasticast-make-shards --verify OUT                      # check a shard set: index, tars, checksums, counts
 
 (or `python jobs/make_shards.py ...`). Runs on Ray Data when a cluster is given (--address or
@@ -47,6 +48,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help=f"output folder (default for the demo: {DEMO_OUT})")
     parser.add_argument("--label-regex", help="with --input: regex on the file name with a (?P<label>...) group")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of the test split (hash of path)")
+    parser.add_argument("--valid-fraction", type=float, default=0.0,
+                        help="share of a valid split (hash of path; taken from train, test unchanged; default 0: none)")
     parser.add_argument("--sample-rate", type=int, default=16000, help="all audio is resampled to this rate")
     parser.add_argument("--shard-size", type=parse_size, help=f"target bytes per shard (default {DEFAULT_SHARD_SIZE}; demo {DEMO_SHARD_SIZE})")
     parser.add_argument("--shard-samples", type=int, help="also close a shard after this many samples")
@@ -70,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 <= args.test_fraction < 1:
         parser.error(f"--test-fraction {args.test_fraction} must be in [0, 1)")
+    if not 0 <= args.valid_fraction < 1 - args.test_fraction:
+        parser.error(f"--valid-fraction {args.valid_fraction} must be in [0, 1 - --test-fraction) (some data must stay in train)")
     if args.max_duration < 0 or 0 < args.max_duration < 1:
         parser.error(f"--max-duration {args.max_duration} must be 0 (no limit) or >= 1 second")
     if args.torch_threads < 1:
@@ -111,9 +116,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"building the built-in demo corpus ({args.demo_clips} clips, seed {args.seed})")
                 args.manifest = write_demo_corpus(demo_dir, clips=args.demo_clips, seed=args.seed)
             sources, skipped = (
-                list_folder(args.input, args.test_fraction, args.label_regex)
+                list_folder(args.input, args.test_fraction, args.label_regex, args.valid_fraction)
                 if args.input
-                else read_manifest(args.manifest, args.test_fraction, args.keep_duplicates)
+                else read_manifest(args.manifest, args.test_fraction, args.keep_duplicates, args.valid_fraction)
             )
             if not sources:
                 raise ValueError(f"no valid input: {len(skipped)} input(s) listed, all skipped")

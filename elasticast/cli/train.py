@@ -4,18 +4,20 @@
     elasticast-train --shards OUT --out runs/x --workers 2 --epochs 20 --config my.yaml
     ray job submit --working-dir . -- python jobs/train.py --shards /shared/OUT --out /shared/runs/x
 
-(`python jobs/train.py ...` is the same command.) Each Ray Train worker is one DDP rank fed by
-its own `PackedStream` split (`elasticast.cli.train_worker`). Every epoch: train, validate on
-`test` at native length, checkpoint (Ray Train format: full state to resume), log. The run
-folder `--out` gets `config.yaml`, `history.json`, `keys/epoch-NNN.json` (how often each
-training key was seen), `best.pt` and `last.pt` (inference checkpoints for
-`elasticast.Classifier`), `metrics.json`, `wandb/` and `ray/` (Ray Train checkpoints). On a
-multi-node cluster `--out` must be storage every node sees.
+(`python jobs/train.py ...` is the same command.) Each Ray Train worker is one DDP rank fed by its
+own `PackedStream` split (`elasticast.cli.train_worker`). Every epoch: train, validate on `valid` (else `test`, with a warning) at
+native length, checkpoint, log; with `--checkpoint-every N` also checkpoint every N steps. The run
+folder `--out` gets `config.yaml`, `history.json`, `keys/epoch-NNN.json` (how often each training
+key was seen), `best.pt` and `last.pt` (inference checkpoints for `elasticast.Classifier`),
+`metrics.json`, `checkpoints/` (the two latest full training states: `--resume` and retries after a
+failure continue from the latest at its exact step), `wandb/` and `ray/`. Every file is written
+under a temporary name, then renamed: complete or absent. A failure of the storage itself (no
+space, no permission) stops the run with exit status 2 instead of being retried. On a multi-node
+cluster `--out` must be storage every node sees.
 """
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -24,13 +26,16 @@ import yaml
 from elasticast.cli import make_shards
 from elasticast.training.config import TrainConfig, parse_args
 from shards.options import DATASET_FILE
+
 DEMO_SHARDS = TrainConfig.shards
 RAY_DIR = "ray"
 
 
 def prepare_run(config: TrainConfig) -> TrainConfig | str:
-    """Absolute paths (workers run elsewhere), demo shards built if missing, the run folder
-    checked against `--resume`. A string is the reason to stop."""
+    """Absolute paths (workers run elsewhere), demo shards built if missing, the validation split
+    chosen, the run folder checked against `--resume`. A string is the reason to stop."""
+    from elasticast.training.checkpoints import CHECKPOINTS, CheckpointStore, RunStorageError, write_text
+
     shards, out = Path(config.shards).resolve(), Path(config.out).resolve()
     if not (shards / DATASET_FILE).is_file():
         if config.shards != DEMO_SHARDS:
@@ -39,16 +44,26 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
         if make_shards.main(["--out", str(shards), "--overwrite", "--quiet", "--backend", "local"]) != 0:
             return "building the demo shards failed"
     splits = json.loads((shards / DATASET_FILE).read_text()).get("splits", {})
-    if not {"train", "test"} <= set(splits):
-        return f"{shards} has splits {sorted(splits)}; training needs 'train' and 'test'"
-    previous = (out / RAY_DIR).exists()
-    if previous and not config.resume:
+    valid_split = config.valid_split if config.valid_split != "auto" else "valid" if "valid" in splits else "test"
+    if not {"train", valid_split} <= set(splits):
+        return f"{shards} has splits {sorted(splits)}; training needs 'train' and '{valid_split}' (to validate on)"
+    if config.valid_split == "auto" and valid_split == "test":
+        print(f"WARNING: {shards} has no 'valid' split: validating on 'test' and choosing best.pt there, so results on test "
+              "are optimistic (make_shards --valid-fraction makes a valid split)", file=sys.stderr, flush=True)
+    latest = CheckpointStore(out / CHECKPOINTS).latest()
+    if not config.resume and ((out / CHECKPOINTS).exists() or (out / "history.json").exists()):
         return f"{out} already holds a run: pass --resume to continue it, or choose another --out"
-    if config.resume and not previous:
-        return f"--resume: {out} holds no run to resume"
-    out.mkdir(parents=True, exist_ok=True)
-    config = TrainConfig(**(config.to_dict() | {"shards": str(shards), "out": str(out)}))
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if config.resume and latest is None:
+        if not (out / "config.yaml").exists():
+            return f"--resume: {out} holds no run to resume"
+        return (f"--resume: {out / CHECKPOINTS} holds no complete checkpoint, so there is nothing to continue from; "
+                "remove the run folder to start afresh, or choose another --out")
+    config = TrainConfig(**(config.to_dict() | {"shards": str(shards), "out": str(out), "valid_split": valid_split}))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    except (OSError, RunStorageError) as error:
+        return f"cannot write to --out {out}: {getattr(error, 'strerror', None) or error}"
     return config
 
 
@@ -67,10 +82,9 @@ def check_resources(config: TrainConfig, use_gpu: bool, available: dict) -> str 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv, __doc__)  # before the heavy imports: --help and bad flags answer at once
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train import TrainingFailedError
 
-    from elasticast.cli.train_worker import train_worker
+    from elasticast.training.checkpoints import RunStorageError
 
     prepared = prepare_run(config)
     if isinstance(prepared, str):
@@ -87,30 +101,66 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"training {config.model} ({config.preset}) on {config.shards}: {config.workers} worker(s), "
           f"{'GPU' if use_gpu else 'CPU'}, {config.epochs} epochs -> {out}", flush=True)
-    trainer = TorchTrainer(
+    for attempt in range(config.max_failures + 1):
+        if attempt:
+            print(f"restarting from the latest checkpoint (retry {attempt} of --max-failures {config.max_failures})", flush=True)
+        try:
+            trainer(config, use_gpu).fit()
+            break
+        except TrainingFailedError as error:
+            stop = storage_failure(error)
+            if stop:
+                print(f"error: {stop}; stopped (a retry would fail the same way)", file=sys.stderr)
+                return 2
+            failure = error
+    else:
+        print(f"error: training failed after {config.max_failures + 1} attempt(s): {failure}", file=sys.stderr)
+        return 1
+    try:
+        return summarise(config, out)
+    except RunStorageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def trainer(config: TrainConfig, use_gpu: bool):
+    """One attempt at the run. Ray Train does not retry it: `main` does, after telling failures
+    of the run folder's storage (not worth a retry) from the rest."""
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from elasticast.cli.train_worker import train_worker
+
+    return TorchTrainer(
         train_worker,
         train_loop_config=config.to_dict(),
         scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}),
-        run_config=RunConfig(
-            name=RAY_DIR,
-            storage_path=str(out),
-            failure_config=FailureConfig(max_failures=config.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute="val_metric", checkpoint_score_order="max"),
-        ),
+        run_config=RunConfig(name=RAY_DIR, storage_path=config.out, failure_config=FailureConfig(max_failures=0),
+                             logging_config=LoggingConfig(log_level="WARNING")),  # main reports a failure, in one line
     )
-    result = trainer.fit()
-    if result.error:
-        print(f"error: training failed: {result.error}", file=sys.stderr)
-        return 1
-    best = result.get_best_checkpoint("val_metric", "max")
-    for name, checkpoint in (("best.pt", best), ("last.pt", result.checkpoint)):
-        with checkpoint.as_directory() as folder:
-            shutil.copyfile(Path(folder) / "model.pt", out / name)
+
+
+def storage_failure(error: Exception) -> str | None:
+    """The message of a worker's `RunStorageError` within a failed `fit()`, if any. Ray Train wraps
+    a worker's exception (with its traceback text) and keeps the original as `_base_exc`."""
+    from elasticast.training.checkpoints import RunStorageError
+
+    for failure in getattr(error, "worker_failures", {}).values():
+        cause = getattr(failure, "_base_exc", failure)
+        if isinstance(cause, RunStorageError):
+            return str(cause)
+    return None
+
+
+def summarise(config: TrainConfig, out: Path) -> int:
+    """metrics.json (final and best epochs) and the closing line."""
+    from elasticast.training.checkpoints import write_text
+
     history = json.loads((out / "history.json").read_text())
     summary = {"final": history[-1], "best": max(history, key=lambda m: m["val_metric"]), "epochs_run": len(history),
-               "config": config.to_dict()}
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
-    print(f"done: best val_metric {summary['best']['val_metric']:.4f} at epoch {summary['best']['epoch']}; "
+               "valid_split": config.valid_split, "config": config.to_dict()}
+    write_text(out / "metrics.json", json.dumps(summary, indent=1))
+    print(f"done: best val_metric {summary['best']['val_metric']:.4f} ({config.valid_split}) at epoch {summary['best']['epoch']}; "
           f"final {summary['final']['val_metric']:.4f}; inference checkpoint {out / 'best.pt'}", flush=True)
     return 0
 

@@ -1,13 +1,14 @@
-"""One Ray Train worker = one DDP rank: its streams, the epoch loop, checkpoints and logging.
-Imported by the driver (`elasticast.cli.train`) only once flags are parsed; runs in Ray workers."""
+"""One Ray Train worker = one DDP rank: its streams, the epoch loop, step and epoch checkpoints,
+the run folder's files and logging. Imported by the driver (`elasticast.cli.train`) only once
+flags are parsed; runs in Ray workers."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -18,19 +19,20 @@ import torch
 from elasticast.checkpoint import TrainedFeatures, save_checkpoint
 from elasticast.metrics import score
 from elasticast.predict import predict
+from elasticast.training.checkpoints import CHECKPOINTS, KEEP_CHECKPOINTS, CheckpointStore, write_atomic, write_text
 from elasticast.training.config import TrainConfig
 from elasticast.training.epoch_report import delivery_check, epoch_metrics, progress_line
-from elasticast.training.loop import build_model, train_epoch
+from elasticast.training.loop import EpochResult, build_model, train_epoch
 from elasticast.training.schedule import make_optimizer, make_scheduler
 from loaders import PackedStream
 
 
 def streams(config: TrainConfig, rank: int, world: int) -> tuple[PackedStream, PackedStream]:
     """This rank's training stream (the configured packing and scales) and validation stream
-    (native length: C = 1, no augmentation, no shuffling)."""
+    (`config.valid_split` at native length: C = 1, no augmentation, no shuffling)."""
     train = PackedStream(Path(config.shards) / "train", config.stream(), rank=rank, world=world)
     valid_config = config.stream(scales=(1.0,), shuffle=False, freq_mask=0, time_mask=0)
-    valid = PackedStream(Path(config.shards) / "test", valid_config, rank=rank, world=world)
+    valid = PackedStream(Path(config.shards) / config.valid_split, valid_config, rank=rank, world=world)
     label_type = "multi" if train.features.multi_label else "single"
     if config.label_type not in ("auto", label_type):
         raise ValueError(f"label_type={config.label_type!r} but {config.shards} holds {label_type}-label data")
@@ -46,34 +48,37 @@ def gather(value, world: int) -> list:
     return out
 
 
-def save_state(folder: Path, model, optimizer, scheduler, epoch: int, history: list, train: PackedStream, config: TrainConfig) -> None:
-    """Full training state (resumes at the start of epoch `epoch + 1`) and an inference checkpoint."""
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "next_epoch": epoch + 1, "next_step": 0, "history": history,
-                "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}},
-               folder / "state.pt")
-    save_checkpoint(folder / "model.pt", model, train.labels, TrainedFeatures.of_stream(train.features),
-                    extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(train.config)})
+def training_state(model, optimizer, scheduler, position: dict, history: list, partial: list[EpochResult] | None) -> dict:
+    """Everything a resumed run needs to continue bitwise at `position` (the stream's epoch and
+    next step); mid-epoch, `partial` holds each rank's share of the epoch so far."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "stream": dict(position), "history": history, "partial": [dataclasses.asdict(r) for r in partial] if partial else None,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
 
 
-def restore_state(model, optimizer, scheduler) -> tuple[int, list]:
-    """(first epoch to run, history so far) from Ray Train's latest checkpoint, if any."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return 0, []
-    with checkpoint.as_directory() as folder:
-        state = torch.load(Path(folder) / "state.pt", weights_only=False)
+def restore_state(path: Path, model, optimizer, scheduler, rank: int, world: int) -> tuple[dict, list, EpochResult | None]:
+    """(stream position, history, this rank's share of the epoch so far) from checkpoint `path`."""
+    state = CheckpointStore.load(path)
+    partial = state["partial"]
+    if partial is not None and len(partial) != world:
+        raise ValueError(f"{path} was written mid-epoch by {len(partial)} ranks: resume it with --workers {len(partial)}")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
-    if ray.train.get_context().get_world_rank() == 0:
-        say(f"resuming from the checkpoint after epoch {state['next_epoch']}")
-    return state["next_epoch"], state["history"]
+    return state["stream"], state["history"], EpochResult(**partial[rank]) if partial else None
+
+
+def save_inference(path: Path, model, train: PackedStream, config: TrainConfig) -> None:
+    """A checkpoint for `elasticast.Classifier`, written atomically."""
+    def write(temporary: Path) -> None:
+        with open(temporary, "wb") as handle:
+            save_checkpoint(handle, model, train.labels, TrainedFeatures.of_stream(train.features),
+                            extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(train.config)})
+
+    write_atomic(path, write)
 
 
 def say(message: str) -> None:
@@ -83,7 +88,8 @@ def say(message: str) -> None:
 
 
 def train_worker(values: dict) -> None:
-    """One Ray Train worker = one DDP rank."""
+    """One Ray Train worker = one DDP rank. Rank 0 writes the run folder and the checkpoints;
+    a restarted worker group continues from the latest complete checkpoint."""
     import ray.train
     import ray.train.torch
 
@@ -97,37 +103,56 @@ def train_worker(values: dict) -> None:
     model = build_model(config, len(train.labels)).to(device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, train.steps(0), config)
-    first_epoch, history = restore_state(model, optimizer, scheduler)
+    run = Path(config.out)
+    store = CheckpointStore(run / CHECKPOINTS, KEEP_CHECKPOINTS)
+    latest = store.latest()
+    position, history, so_far = {"epoch": 0, "next_step": 0}, [], None
+    if latest is not None:
+        position, history, so_far = restore_state(latest, model, optimizer, scheduler, rank, world)
+        if rank == 0:
+            write_text(run / "history.json", json.dumps(history, indent=1))  # no epoch the checkpoint does not hold
+            say(f"resuming from checkpoint {latest.name}: epoch {position['epoch'] + 1}, step {position['next_step']}")
     unused = config.model == "ast" and config.pooling == "mean"  # the [cls] token is unused then
     trained = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
     if config.compile:
         trained = torch.compile(trained)
-    run = Path(config.out)
     logger = _wandb(config, run) if rank == 0 else None
     started = time.perf_counter()
-    for epoch in range(first_epoch, config.run_epochs):
-        result = train_epoch(trained, train.epoch(epoch), optimizer, scheduler, device, config.clip_grad, model.token_usage)
-        result.failed = train.stats[epoch]["failed"]
+    for epoch in range(position["epoch"], config.run_epochs):
+        resumed = epoch == position["epoch"] and position["next_step"] > 0
+
+        def save_step(next_step: int, partial: EpochResult, epoch: int = epoch) -> None:
+            if next_step < train.steps(epoch):  # the epoch's end is checkpointed below, with its metrics
+                shares = gather(partial, world)
+                if rank == 0:
+                    store.save(training_state(model, optimizer, scheduler, {"epoch": epoch, "next_step": next_step}, history, shares),
+                               epoch, next_step)
+
+        result = train_epoch(trained, train.epoch(epoch, position["next_step"] if resumed else 0), optimizer, scheduler, device,
+                             config.clip_grad, model.token_usage, so_far if resumed else None, config.checkpoint_every, save_step)
+        result.failed += train.stats[epoch]["failed"]
         results, predictions = gather(result, world), gather(predict(model, valid.epoch(0), device), world)
         valid_scores = score(torch.cat([p[1] for p in predictions]), torch.cat([p[2] for p in predictions]))
         metrics = epoch_metrics(epoch, result, results, valid_scores, scheduler.get_last_lr()[0])
         metrics["val_samples"] = sum(len(p[0]) for p in predictions)
+        best_so_far = max((m["val_metric"] for m in history), default=-math.inf)
         history.append(metrics)
-        with tempfile.TemporaryDirectory() as folder:
-            if rank == 0:
-                counts = delivery_check(train.index, epoch, [k for r in results for k in r.keys], metrics["failed_samples"])
-                (run / "keys").mkdir(exist_ok=True)
-                (run / "keys" / f"epoch-{epoch:03d}.json").write_text(json.dumps(counts))
-                (run / "history.json").write_text(json.dumps(history, indent=1))
-                save_state(Path(folder), model, optimizer, scheduler, epoch, history, train, config)
-                say(progress_line(metrics, config.epochs, time.perf_counter() - started, epoch + 1 - first_epoch))
-                if not counts["exactly_once"]:
-                    say(f"WARNING: epoch {epoch + 1}: {len(counts['missing'])} keys missing ({counts['failed']} failed samples), "
-                        f"{len(counts['duplicates'])} duplicated; see keys/epoch-{epoch:03d}.json")
-                if logger:
-                    logger.log(metrics, step=epoch + 1)
-            checkpoint = ray.train.Checkpoint.from_directory(folder) if rank == 0 else None
-            ray.train.report(metrics, checkpoint=checkpoint)
+        if rank == 0:
+            counts = delivery_check(train.index, epoch, [k for r in results for k in r.keys], metrics["failed_samples"])
+            (run / "keys").mkdir(exist_ok=True)
+            write_text(run / "keys" / f"epoch-{epoch:03d}.json", json.dumps(counts))
+            save_inference(run / "last.pt", model, train, config)
+            if metrics["val_metric"] > best_so_far:
+                save_inference(run / "best.pt", model, train, config)
+            store.save(training_state(model, optimizer, scheduler, {"epoch": epoch + 1, "next_step": 0}, history, None), epoch + 1, 0)
+            write_text(run / "history.json", json.dumps(history, indent=1))
+            say(progress_line(metrics, config.epochs, time.perf_counter() - started, epoch + 1 - position["epoch"]))
+            if not counts["exactly_once"]:
+                say(f"WARNING: epoch {epoch + 1}: {len(counts['missing'])} keys missing ({counts['failed']} failed samples), "
+                    f"{len(counts['duplicates'])} duplicated; see keys/epoch-{epoch:03d}.json")
+            if logger:
+                logger.log(metrics, step=epoch + 1)
+        ray.train.report(metrics)
     if logger:
         logger.finish()
 

@@ -34,7 +34,10 @@ CHOICES = {
 }
 
 HELP = {
-    "shards": "shard set made by elasticast-make-shards; trains on its train split, validates on test",
+    "shards": "shard set made by elasticast-make-shards; trains on its train split",
+    "valid_split": "split validated on (and best.pt chosen by); auto: valid if the shard set has one, else test with a warning",
+    "checkpoint_every": "also checkpoint every this many training steps (0: at epoch ends only); --resume continues at that step",
+    "depth": "transformer blocks (0: the preset's)",
     "out": "run folder: checkpoints, history, metrics, wandb and Ray Train state",
     "epochs": "epochs in all; the learning-rate schedule spans them",
     "seed": "fixes initial weights, data order, resolutions and masks",
@@ -84,14 +87,17 @@ class TrainConfig:
     """Defaults train the tiny preset on the demo shard set in a few minutes on 2 CPU cores."""
 
     # data and run
-    shards: str = "shards/demo"  # a make_shards output: trains on `train`, validates on `test`
+    shards: str = "shards/demo"  # a make_shards output: trains on `train`, validates on `valid_split`
+    valid_split: str = "auto"  # validated on (and best.pt chosen by); auto: `valid` if the shard set has one, else `test`
     out: str = "runs/demo"
     epochs: int = 6
     seed: int = 0
     resume: bool = False  # continue the run in `out` from its latest checkpoint
+    checkpoint_every: int = 0  # also checkpoint every this many training steps (0 = at epoch ends only)
     stop_after: int = 0  # end this invocation after that many epochs in all (0 = run to `epochs`); schedules still follow `epochs`
     # model
     preset: str = "tiny"
+    depth: int = 0  # transformer blocks (0 = the preset's)
     model: str = "elasticast"
     target_frames: int = 1024  # ast: every sample cropped/padded to this many frames
     pooling: str = "cls"  # ast
@@ -144,6 +150,8 @@ class TrainConfig:
             raise ValueError(f"scales must be C >= 1.0 (1.0 = the base 10 ms frame shift), got {self.scales}")
         if self.lr <= 0 or self.cpus_per_worker <= 0 or self.loader_cpus <= 0:
             raise ValueError("lr, cpus_per_worker and loader_cpus must be > 0")
+        if self.checkpoint_every < 0 or self.depth < 0:
+            raise ValueError(f"checkpoint_every ({self.checkpoint_every}) and depth ({self.depth}) must be >= 0")
         if not 0 <= self.stop_after <= self.epochs:
             raise ValueError(f"stop_after must be in 0..epochs ({self.epochs}), got {self.stop_after}")
 

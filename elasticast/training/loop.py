@@ -5,6 +5,7 @@ on `loaders.PackedStream(..., backend="local").epoch(e)`.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,7 +22,8 @@ from loaders.batch import PackedBatch
 
 def build_model(config: TrainConfig, num_classes: int) -> Model:
     """The model `config` asks for, freshly initialised."""
-    model_config = preset(config.preset, num_classes, max_frames=config.max_frames, attention=config.attention)
+    depth = {"depth": config.depth} if config.depth else {}
+    model_config = preset(config.preset, num_classes, max_frames=config.max_frames, attention=config.attention, **depth)
     return make_model(config.model, model_config, config.target_frames, config.pooling)
 
 
@@ -44,6 +46,9 @@ class EpochResult:
     def loss(self) -> float:
         return self.loss_sum / max(self.samples, 1)
 
+    def copy(self) -> EpochResult:
+        return dataclasses.replace(self, keys=list(self.keys))
+
 
 def train_epoch(
     model: nn.Module,
@@ -53,17 +58,24 @@ def train_epoch(
     device: torch.device,
     clip_grad: float = 0.0,
     usage: Callable[[PackedBatch], tuple[int, int, int]] | None = None,
+    so_far: EpochResult | None = None,
+    checkpoint_every: int = 0,
+    checkpoint: Callable[[int, EpochResult], None] | None = None,
 ) -> EpochResult:
     """One pass: a step per batch (all-padding fillers included, so DDP ranks stay in step).
     bf16 autocast on CUDA. `usage` counts (real, slots, cut) tokens; default: the packed row.
     Nothing in a step waits for the device: token counts come from the host batch and the loss
     sum stays on the device until the epoch ends, so the host fetches and copies the next batch
-    while the GPU still runs this step."""
+    while the GPU still runs this step.
+
+    Resuming mid-epoch: `batches` start at the resumed step and `so_far` is what the epoch had
+    done until then. `checkpoint(next_step, result_so_far)` is called after every stream step
+    `s` with (s + 1) % checkpoint_every == 0 (only then does the loss sum leave the device)."""
     model.train()
     usage = usage or ElasticAST.token_usage
-    result, started = EpochResult(), time.perf_counter()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    waited = started
+    result, started = (so_far.copy() if so_far else EpochResult()), time.perf_counter() - (so_far.seconds if so_far else 0.0)
+    loss_sum = torch.tensor(result.loss_sum, dtype=torch.float64, device=device)
+    waited = time.perf_counter()
     for batch in batches:
         result.data_wait_s += time.perf_counter() - waited
         real, slots, cut = usage(batch)
@@ -83,6 +95,9 @@ def train_epoch(
         result.samples += samples
         result.tokens, result.slots, result.cut_tokens = result.tokens + real, result.slots + slots, result.cut_tokens + cut
         result.keys.extend(batch.keys)
+        if checkpoint is not None and checkpoint_every > 0 and (batch.step + 1) % checkpoint_every == 0:
+            result.loss_sum, result.seconds = float(loss_sum), time.perf_counter() - started
+            checkpoint(batch.step + 1, result.copy())
         waited = time.perf_counter()
     result.loss_sum = float(loss_sum)
     result.seconds = time.perf_counter() - started
