@@ -110,7 +110,7 @@ def test_avgpool_compression_uses_whole_scales(demo_shards):
 
 
 def test_stream_stats_add_up(demo_shards):
-    stream = PackedStream(demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, max_frames=512, backend="local")
+    stream = PackedStream(demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, max_frames=128, backend="local")
     batches = collect(stream)
     stats = stream.stats[0]
     assert stats["samples"] == len(stream) and stats["batches"] == len(batches)
