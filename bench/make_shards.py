@@ -133,7 +133,7 @@ def main() -> None:
             passes = write_pass(manifest, work)
         else:
             print(f"FSDD not found at {args.fsdd}: skipping it")
-        rows += measure(job, "demo", write_demo_corpus(work / "demo-src", clips=320, seed=0), work / "demo")
+        rows += measure(job, "demo", write_demo_corpus(work / "demo-src", clips=320, seed=0, min_s=0.5, max_s=30.0), work / "demo")
     print(f"\n{'data':5} {'backend':7} {'cpus':>4} {'run':4} {'ray start s':>11} {'build s':>8} "
           f"{'files':>5} {'audio s':>8} {'files/s':>8} {'audio s/s':>9} {'vs local':>8}")
     for r in rows:

@@ -16,14 +16,18 @@ from elasticast.training.config import TrainConfig
 from elasticast.training.loop import build_model
 from loaders import PackedStream
 from shards import ShardDataset
+from shards.demo import write_demo_corpus
 
 
 
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory, make_shards):
-    out = tmp_path_factory.mktemp("eval") / "shards"
-    assert make_shards.main(["--out", str(out), "--demo-clips", "40", "--backend", "local", "--quiet"]) == 0
-    return out
+    """Demo clips of 0.5-30 s: longer than the caps and AST sizes below, so both crop."""
+    work = tmp_path_factory.mktemp("eval")
+    manifest = write_demo_corpus(work / "audio", clips=40, min_s=0.5, max_s=30.0)
+    assert make_shards.main(["--manifest", str(manifest), "--out", str(work / "shards"), "--shard-size", "8MB",
+                            "--backend", "local", "--quiet"]) == 0
+    return work / "shards"
 
 
 def write_checkpoint(path, shards, labels=None, **overrides):

@@ -95,7 +95,7 @@ def test_seed_and_epoch_fix_the_batches(demo_shards):
 
 
 def test_resume_mid_epoch_gives_exactly_the_remaining_batches(demo_shards):
-    stream = PackedStream(demo_shards / "train", rows_per_batch=1, max_tokens=1024, buffer=32, scales=SCALES, backend="local")
+    stream = PackedStream(demo_shards / "train", rows_per_batch=1, max_tokens=256, buffer=32, scales=SCALES, backend="local")
     full = collect(stream, epoch=2)
     assert len(full) > 4
     assert same_batches(full[3:], collect(stream, epoch=2, start_step=3))
@@ -112,7 +112,8 @@ def test_avgpool_compression_uses_whole_scales(demo_shards):
 
 
 def test_stream_stats_add_up(demo_shards):
-    stream = PackedStream(demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, max_frames=512, backend="local")
+    stream = PackedStream(demo_shards / "train", rows_per_batch=2, max_tokens=256, buffer=32, scales=SCALES, max_frames=128,
+                          backend="local")
     batches = collect(stream)
     stats = stream.stats[0]
     assert stats["samples"] == stream.num_samples and stats["batches"] == len(batches)

@@ -85,6 +85,7 @@ def _plot(path: Path, sweep: str, rows: list[dict]) -> Path:
         axes.set_xscale("log", base=2)
     axes.set_xlabel("maximum length (frames)" if sweep == "length" else "resolution C (frame shift 10*C ms)")
     axes.set_ylabel(rows[0]["metric_name"])
+    axes.set_ylim(0, 1.02)  # the whole range of accuracy and mAP: noise between runs does not look like a trend
     axes.set_title(results_title(sweep, rows) + (" (stars: native / trained length)" if sweep == "length" else ""), fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
