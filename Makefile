@@ -9,7 +9,7 @@ RUNS   := runs/demo
 MODELS := elasticast ast
 LENGTHS := 16 32 64 128 256 512
 
-.PHONY: demo test test-fast clean
+.PHONY: demo test test-fast lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,10 @@ demo: $(RUNS)/eval/results.md
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not ray and not fsdd"

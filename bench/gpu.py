@@ -23,6 +23,7 @@ The smoke run uses the same code on CPU with a 2-layer 64-wide model and 256-tok
 flex and varlen are CUDA-only and are replaced there by the CPU backends (split, dense).
 Anything that starts Ray (e2e) joins a running instance if this process has one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,12 +47,22 @@ SECTIONS = ("correctness", "speed", "recompile", "feeding", "e2e")
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes: checks this script without a GPU")
-    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run (default: all)")
-    parser.add_argument("--json", type=Path, default=Path("runs/gpu-bench.json"), help="where the results go (default: %(default)s)")
-    parser.add_argument("--peak-tflops", type=float, help="the device's bf16 dense peak, for MFU (default: from the device name)")
-    parser.add_argument("--loader-workers", type=int, help="e2e: Ray Data loader tasks (default: the machine's cores - 4)")
+    parser.add_argument(
+        "--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), help="sections to run (default: all)"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=Path("runs/gpu-bench.json"), help="where the results go (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--peak-tflops", type=float, help="the device's bf16 dense peak, for MFU (default: from the device name)"
+    )
+    parser.add_argument(
+        "--loader-workers", type=int, help="e2e: Ray Data loader tasks (default: the machine's cores - 4)"
+    )
     parser.add_argument("--e2e-epochs", type=int, help="e2e: epochs (default 3; smoke 1)")
-    parser.add_argument("--e2e-clips", type=int, help="e2e: clips in the shard set (default 1200, 10 %% of them test; smoke 12)")
+    parser.add_argument(
+        "--e2e-clips", type=int, help="e2e: clips in the shard set (default 1200, 10 %% of them test; smoke 12)"
+    )
     return parser.parse_args(argv)
 
 
@@ -65,7 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in (("e2e_epochs", args.e2e_epochs), ("e2e_clips", args.e2e_clips)) if v}
     sizes = replace(sizes, **overrides)
     peak, name = peak_tflops(device, args.peak_tflops)
-    results = {"device": name, "torch": torch.__version__, "smoke": args.smoke, "sizes": sizes.__dict__, "peak_tflops": peak}
+    results = {
+        "device": name,
+        "torch": torch.__version__,
+        "smoke": args.smoke,
+        "sizes": sizes.__dict__,
+        "peak_tflops": peak,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     print(report.header(results), flush=True)
     with tempfile.TemporaryDirectory(prefix="elasticast-gpu-") as work:
@@ -80,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             elif section == "recompile":
                 results[section] = recompile.run(sizes, device)
             elif section == "feeding":
-                results[section] = feeding.run(sizes, Path(work), report.consumption(results)) if "speed" in results else skipped(
-                    "needs the speed section's consumption")
+                results[section] = (
+                    feeding.run(sizes, Path(work), report.consumption(results))
+                    if "speed" in results
+                    else skipped("needs the speed section's consumption")
+                )
             else:
                 results[section] = end_to_end.run(sizes, device, Path(work), args.loader_workers)
             results[section]["section_s"] = time.perf_counter() - started

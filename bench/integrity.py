@@ -11,6 +11,7 @@ too, against zlib's CRC32 (the format-2 checksum before XXH3-64): on 64 MiB (mem
 every member of the set hashed right after its read, as the read path does (cache-hot), as a share
 of the checked stream's epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from loader import make_corpus  # bench/loader.py: this folder is on sys.path when run as a script
 from loaders import PackedStream
 from shards.checksum import checksum
+
+from loader import make_corpus  # bench/loader.py: this folder is on sys.path when run as a script
 
 
 def without_checksums(split_dir: Path, target: Path) -> Path:
@@ -91,10 +93,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checked = make_corpus(Path(tmp) / "corpus", args.clips)
         unchecked = without_checksums(checked, Path(tmp) / "old")
-        streams = {name: PackedStream(path, rows_per_batch=2, backend="local") for name, path in
-                   (("with checksums", checked), ("without", unchecked))}
+        streams = {
+            name: PackedStream(path, rows_per_batch=2, backend="local")
+            for name, path in (("with checksums", checked), ("without", unchecked))
+        }
         audio_s = float(sum(streams["with checksums"].index["num_samples"])) / 16000
-        print(f"# {args.clips} clips, {audio_s:.0f} s of audio; best of {args.repeats} epochs, alternating, one torch thread")
+        print(
+            f"# {args.clips} clips, {audio_s:.0f} s of audio; best of {args.repeats} epochs, alternating, one torch thread"
+        )
         for stream in streams.values():
             epoch_seconds(stream, read_only=False)  # warm-up: compiles the packer, fills the page cache
         best_epoch = {}
@@ -106,15 +112,19 @@ def main() -> None:
             rates = {name: audio_s / seconds for name, seconds in best.items()}
             best_epoch[read_only] = best
             cost = 100 * (rates["without"] / rates["with checksums"] - 1)
-            print(f"{label:36} with checksums {rates['with checksums']:9.0f} s/s   without {rates['without']:9.0f} s/s   "
-                  f"cost {cost:+5.1f} %")
+            print(
+                f"{label:36} with checksums {rates['with checksums']:9.0f} s/s   without {rates['without']:9.0f} s/s   "
+                f"cost {cost:+5.1f} %"
+            )
         checked_stream, data = streams["with checksums"], np.random.default_rng(0).bytes(64 * 2**20)
         for name, function in (("xxh3_64", checksum), ("zlib.crc32", zlib.crc32)):
             big = len(data) / best_seconds(lambda: function(data), args.repeats) / 2**30
             hashing = min(hashing_seconds(checked_stream, function) for _ in range(args.repeats))
             nbytes = float(sum(checked_stream.index["nbytes"]))
-            print(f"{name:10} 64 MiB {big:6.2f} GiB/s   members after their read {nbytes / hashing / 2**30:6.2f} GiB/s, "
-                  f"{1e3 * hashing:5.1f} ms per epoch = {100 * hashing / best_epoch[False]['with checksums']:4.2f} % of the stream's")
+            print(
+                f"{name:10} 64 MiB {big:6.2f} GiB/s   members after their read {nbytes / hashing / 2**30:6.2f} GiB/s, "
+                f"{1e3 * hashing:5.1f} ms per epoch = {100 * hashing / best_epoch[False]['with checksums']:4.2f} % of the stream's"
+            )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ measured in the same run on the same clips:
    10.24 s only);
 6. planning an epoch of 1,000,000 VoxCeleb-like samples from metadata alone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,8 @@ from torch.utils.data import DataLoader
 
 from elasticast.cli import make_shards
 from loaders import PackedStream
-from loaders.features import fbank, kaldi_fbank, patchify, spectrogram
 from loaders.config import StreamConfig
+from loaders.features import fbank, kaldi_fbank, patchify, spectrogram
 from loaders.plan import Index, plan_epoch
 from loaders.threads import torch_threads
 from loaders.tokens import SCALE_GRID, shift_for_scale
@@ -72,7 +73,22 @@ def make_corpus(work: Path, clips: int, test_every: int = 0) -> Path:
             split = "test" if test_every and i % test_every == test_every - 1 else "train"
             writer.writerow([f"wav/{i:05d}.wav", label, split])
     out = work / "shards"
-    assert make_shards.main(["--manifest", str(work / "rows.csv"), "--out", str(out), "--backend", "local", "--quiet", "--shard-size", "16MB"]) == 0
+    assert (
+        make_shards.main(
+            [
+                "--manifest",
+                str(work / "rows.csv"),
+                "--out",
+                str(out),
+                "--backend",
+                "local",
+                "--quiet",
+                "--shard-size",
+                "16MB",
+            ]
+        )
+        == 0
+    )
     return out / "train"
 
 
@@ -93,8 +109,10 @@ def per_core(split_dir: Path, waves: dict[str, np.ndarray], audio_s: float) -> l
         stream = PackedStream(split_dir, rows_per_batch=2, scales=scales, backend="local")
         plan = stream.plan(0)
         scale_of = dict(zip(stream.index["key"][plan.sample], plan.scale))
-        bare = [timed(lambda: [f(w, 16000, float(shift_for_scale(scale_of[k]))) for k, w in waves.items()])[1]
-                for f in (kaldi_fbank, fbank)]
+        bare = [
+            timed(lambda: [f(w, 16000, float(shift_for_scale(scale_of[k]))) for k, w in waves.items()])[1]
+            for f in (kaldi_fbank, fbank)
+        ]
         _, full = stream_epoch(stream)
         rows.append((name, audio_s / bare[0], audio_s / bare[1], audio_s / full))
     return rows
@@ -148,7 +166,9 @@ def threads_under_load(split_dir: Path, audio_s: float) -> list[tuple]:
             hog.start()
         with torch_threads(2):
             for threads in (None, 1):
-                stream = PackedStream(split_dir, rows_per_batch=2, scales=SCALE_GRID, backend="local", torch_threads=threads)
+                stream = PackedStream(
+                    split_dir, rows_per_batch=2, scales=SCALE_GRID, backend="local", torch_threads=threads
+                )
                 _, seconds = stream_epoch(stream)
                 rows.append(("1 busy core" if busy else "idle", threads or torch.get_num_threads(), audio_s / seconds))
         if busy:
@@ -188,8 +208,12 @@ def useful_tokens(split_dir: Path, waves: dict[str, np.ndarray]) -> dict:
 def plan_million() -> tuple[float, float, float]:
     rng = np.random.default_rng(0)
     n = 1_000_000
-    index = Index(np.array([f"spk{i % 1251}/utt{i:07d}" for i in range(n)]), np.arange(n) // 500,
-                  (voxceleb_seconds(n, rng) * 16000).astype(np.int64), np.full(n, 16000))
+    index = Index(
+        np.array([f"spk{i % 1251}/utt{i:07d}" for i in range(n)]),
+        np.arange(n) // 500,
+        (voxceleb_seconds(n, rng) * 16000).astype(np.int64),
+        np.full(n, 16000),
+    )
     key_hash, hash_s = timed(lambda: index.key_hash)
     config = StreamConfig(rows_per_batch=8, scales=SCALE_GRID)
     plan_epoch(index, config, 0, key_hash)  # loads the Numba kernels
@@ -210,31 +234,45 @@ def main() -> None:
         print(f"{len(waves)} clips, {audio_s:.0f} s of audio (mean {audio_s / len(waves):.1f} s)\n")
         print("## Per core: seconds of audio per second (target: stream >= 80 % of bare kaldi.fbank)")
         for name, kaldi, ours, full in per_core(split_dir, waves, audio_s):
-            print(f"{name:22} kaldi.fbank {kaldi:6.0f}   our fbank {ours:6.0f} ({ours / kaldi:4.2f}x)   "
-                  f"stream {full:6.0f}   stream/kaldi.fbank {full / kaldi:4.2f}")
+            print(
+                f"{name:22} kaldi.fbank {kaldi:6.0f}   our fbank {ours:6.0f} ({ours / kaldi:4.2f}x)   "
+                f"stream {full:6.0f}   stream/kaldi.fbank {full / kaldi:4.2f}"
+            )
         print("\n## Useful (non-pad) tokens/s, C = 1 (target: ElasticAST >= 1.5x AST)")
         result = useful_tokens(split_dir, waves)
         elastic = result["ElasticAST stream"]
         for name, (rate, pad, cut) in result.items():
-            print(f"{name:21} {rate:8.0f} tokens/s ({elastic[0] / rate:4.2f}x)   pad {100 * pad:5.1f} %   cut {100 * cut:5.1f} %")
-        print(f"useful share of the tokens a model computes on: ElasticAST {1 - elastic[1]:.3f}, "
-              f"AST {1 - result['AST, lean'][1]:.3f} ({(1 - elastic[1]) / (1 - result['AST, lean'][1]):.2f}x)")
+            print(
+                f"{name:21} {rate:8.0f} tokens/s ({elastic[0] / rate:4.2f}x)   pad {100 * pad:5.1f} %   cut {100 * cut:5.1f} %"
+            )
+        print(
+            f"useful share of the tokens a model computes on: ElasticAST {1 - elastic[1]:.3f}, "
+            f"AST {1 - result['AST, lean'][1]:.3f} ({(1 - elastic[1]) / (1 - result['AST, lean'][1]):.2f}x)"
+        )
         print("\n## Ray Data workers (Ray with 2 CPUs), random C")
         scaling = ray_scaling(split_dir, audio_s)
         for workers, epoch, first, steady, whole in scaling:
-            print(f"workers {workers} epoch {epoch}: first batch after {first:4.1f} s, then {steady:6.0f} s of audio/s "
-                  f"({steady / scaling[0][3]:4.2f}x 1 worker, epoch 0); epoch {whole:4.1f} s")
+            print(
+                f"workers {workers} epoch {epoch}: first batch after {first:4.1f} s, then {steady:6.0f} s of audio/s "
+                f"({steady / scaling[0][3]:4.2f}x 1 worker, epoch 0); epoch {whole:4.1f} s"
+            )
         print("\n## Taking batches in a trainer: whole epochs, seconds of audio per second, random C")
         paths = trainer_paths(split_dir, audio_s)
-        paths += [("Ray backend, 2 workers", epoch, audio_s / whole) for workers, epoch, _, _, whole in scaling if workers == 2]
+        paths += [
+            ("Ray backend, 2 workers", epoch, audio_s / whole)
+            for workers, epoch, _, _, whole in scaling
+            if workers == 2
+        ]
         for name, epoch, rate in paths:
             print(f"{name:28} epoch {epoch}: {rate:6.0f} s of audio/s ({rate / paths[0][2]:4.2f}x in-process, epoch 0)")
         print("\n## Featurizing threads, local epoch in a process with 2 torch threads, random C")
         for background, threads, rate in threads_under_load(split_dir, audio_s):
             print(f"{background:11} featurizing on {threads} thread(s): {rate:6.0f} s of audio/s")
     hash_s, plan_s, pad = plan_million()
-    print(f"\n## Planning 1,000,000 samples (random C, first_fit, buffer 1024): key hash {hash_s:.2f} s once per stream, "
-          f"plan {plan_s:.2f} s per epoch, pad {100 * pad:.2f} %")
+    print(
+        f"\n## Planning 1,000,000 samples (random C, first_fit, buffer 1024): key hash {hash_s:.2f} s once per stream, "
+        f"plan {plan_s:.2f} s per epoch, pad {100 * pad:.2f} %"
+    )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ Two smaller tables explain the design: the write pass alone as plain Ray tasks v
 Data vs in-process (Ray Data's fixed cost per execution), and the decode speed of the storage
 codecs against the fbank that follows them in the loader (why shards hold PCM16 WAV).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,20 @@ def fsdd_manifest(recordings: Path, path: Path) -> Path:
 
 def build(job, manifest: Path, out: Path, backend: str) -> tuple[float, int, float]:
     started = time.perf_counter()
-    code = job.main(["--manifest", str(manifest), "--out", str(out), "--overwrite", "--quiet",
-                     "--backend", backend, "--shard-size", "8MB"])
+    code = job.main(
+        [
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(out),
+            "--overwrite",
+            "--quiet",
+            "--backend",
+            backend,
+            "--shard-size",
+            "8MB",
+        ]
+    )
     seconds = time.perf_counter() - started
     assert code == 0, f"make_shards failed on {manifest}"
     meta = json.loads((out / "dataset.json").read_text())
@@ -67,11 +80,18 @@ def measure(job, name: str, manifest: Path, work: Path) -> list[dict]:
         start_s = time.perf_counter() - started
         for run in ("cold", "warm"):
             seconds, _, _ = build(job, manifest, work / f"ray{cpus}", "ray")
-            rows.append({"data": name, "backend": "ray", "cpus": cpus, "run": run, "start_s": start_s, "build_s": seconds})
+            rows.append(
+                {"data": name, "backend": "ray", "cpus": cpus, "run": run, "start_s": start_s, "build_s": seconds}
+            )
         ray.shutdown()
     for row in rows:
-        row.update(files=files, audio_s=audio, files_per_s=files / row["build_s"], audio_per_s=audio / row["build_s"],
-                   vs_local=rows[0]["build_s"] / row["build_s"])
+        row.update(
+            files=files,
+            audio_s=audio,
+            files_per_s=files / row["build_s"],
+            audio_per_s=audio / row["build_s"],
+            vs_local=rows[0]["build_s"] / row["build_s"],
+        )
     return rows
 
 
@@ -133,12 +153,18 @@ def main() -> None:
             passes = write_pass(manifest, work)
         else:
             print(f"FSDD not found at {args.fsdd}: skipping it")
-        rows += measure(job, "demo", write_demo_corpus(work / "demo-src", clips=320, seed=0, min_s=0.5, max_s=30.0), work / "demo")
-    print(f"\n{'data':5} {'backend':7} {'cpus':>4} {'run':4} {'ray start s':>11} {'build s':>8} "
-          f"{'files':>5} {'audio s':>8} {'files/s':>8} {'audio s/s':>9} {'vs local':>8}")
+        rows += measure(
+            job, "demo", write_demo_corpus(work / "demo-src", clips=320, seed=0, min_s=0.5, max_s=30.0), work / "demo"
+        )
+    print(
+        f"\n{'data':5} {'backend':7} {'cpus':>4} {'run':4} {'ray start s':>11} {'build s':>8} "
+        f"{'files':>5} {'audio s':>8} {'files/s':>8} {'audio s/s':>9} {'vs local':>8}"
+    )
     for r in rows:
-        print(f"{r['data']:5} {r['backend']:7} {r['cpus']:>4} {r['run']:4} {r['start_s']:>11.1f} {r['build_s']:>8.1f} "
-              f"{r['files']:>5} {r['audio_s']:>8.0f} {r['files_per_s']:>8.0f} {r['audio_per_s']:>9.0f} {r['vs_local']:>7.2f}x")
+        print(
+            f"{r['data']:5} {r['backend']:7} {r['cpus']:>4} {r['run']:4} {r['start_s']:>11.1f} {r['build_s']:>8.1f} "
+            f"{r['files']:>5} {r['audio_s']:>8.0f} {r['files_per_s']:>8.0f} {r['audio_per_s']:>9.0f} {r['vs_local']:>7.2f}x"
+        )
     if passes:
         shards = passes.pop("shards")
         print(f"\nFSDD write pass alone ({shards} shards, Ray with 2 CPUs, warm, best of 3)")

@@ -87,14 +87,16 @@ def print_padding(name: str, counts: np.ndarray, paper: dict[int, float]) -> flo
         greedy = layout(counts, "greedy", buffer)
         first_fit = layout(counts, "first_fit", buffer).pad_ratio
         at_256 = first_fit if buffer == 256 else at_256
-        rows.append((
-            str(buffer),
-            f"{greedy.pad_ratio:.2%}",
-            f"{pad_vs_longest_row_per_call(greedy, buffer):.2%}",
-            f"{paper[buffer]:.1f}%" if buffer in paper else "-",
-            f"{first_fit:.2%}",
-            f"{greedy.pad_ratio / first_fit:.0f}x" if first_fit else "inf",
-        ))
+        rows.append(
+            (
+                str(buffer),
+                f"{greedy.pad_ratio:.2%}",
+                f"{pad_vs_longest_row_per_call(greedy, buffer):.2%}",
+                f"{paper[buffer]:.1f}%" if buffer in paper else "-",
+                f"{first_fit:.2%}",
+                f"{greedy.pad_ratio / first_fit:.0f}x" if first_fit else "inf",
+            )
+        )
     print_table(("buffer", "greedy", "greedy, longest row/call", "paper", "first_fit", "greedy/first_fit"), rows)
     print(f"trivial lower bound (all tokens in whole rows): {lower_bound(counts):.3%}")
     return at_256
@@ -119,8 +121,10 @@ def samples_per_second(counts: np.ndarray, mode: str, buffer: int, engine: str, 
 def print_speed(counts: np.ndarray) -> tuple[float, float]:
     """Print Numba vs reference speed; returns (slowest Numba first_fit speed, lowest speed-up)."""
     reference_counts = counts[:N_SAMPLES]
-    print(f"\n## Speed, VoxCeleb-like, one core: Numba on {counts.size:,} samples (best of 3), "
-          f"reference on the first {reference_counts.size:,} (one run)")
+    print(
+        f"\n## Speed, VoxCeleb-like, one core: Numba on {counts.size:,} samples (best of 3), "
+        f"reference on the first {reference_counts.size:,} (one run)"
+    )
     rows, slowest, lowest_gain = [], np.inf, np.inf
     for mode, buffer in SPEED_CASES:
         pack(counts[:100], CAPACITY, mode, buffer)  # load the kernel before timing
@@ -139,22 +143,28 @@ def print_epoch_plan(samples: np.ndarray, shifts: np.ndarray) -> None:
     counts = token_counts(samples, SAMPLE_RATE, shifts, capacity=CAPACITY).tokens
     packing = Packing.from_rows(counts, pack(counts, CAPACITY), CAPACITY)
     seconds = time.perf_counter() - start
-    print(f"\nEpoch plan, {samples.size:,} VoxCeleb-like samples with C drawn per sample "
-          f"(token counts + first_fit@256 + layout): {seconds:.2f} s, pad {packing.pad_ratio:.3%}")
+    print(
+        f"\nEpoch plan, {samples.size:,} VoxCeleb-like samples with C drawn per sample "
+        f"(token counts + first_fit@256 + layout): {seconds:.2f} s, pad {packing.pad_ratio:.3%}"
+    )
 
 
 def per_group_pad(counts: np.ndarray, shard_samples: int, buffer: int) -> float:
     """The plan before issue 15: groups of whole shards (>= buffer samples) packed each on its
     own, rows cut into batches of PLAN_ROWS (lengths are i.i.d., so the shard order does not matter)."""
     group = -(-buffer // shard_samples) * shard_samples
-    rows = sum(int(pack(counts[start : start + group], CAPACITY, "first_fit", buffer).max()) + 1
-               for start in range(0, counts.size, group))
+    rows = sum(
+        int(pack(counts[start : start + group], CAPACITY, "first_fit", buffer).max()) + 1
+        for start in range(0, counts.size, group)
+    )
     return 1.0 - counts.sum() / (-(-rows // PLAN_ROWS) * PLAN_ROWS * CAPACITY)
 
 
 def print_stream_plan(name: str, counts: np.ndarray) -> float:
     """Epoch-plan pad of the stream (`plan_tokens`) over shards; returns the pad at the default buffer."""
-    print(f"\n## Stream epoch plan, {name}: {counts.size:,} samples in shards, {PLAN_ROWS} rows of {CAPACITY} tokens a batch")
+    print(
+        f"\n## Stream epoch plan, {name}: {counts.size:,} samples in shards, {PLAN_ROWS} rows of {CAPACITY} tokens a batch"
+    )
     rows, at_default = [], 0.0
     for shard_samples in SHARD_SAMPLES:
         shard = np.arange(counts.size) // shard_samples
@@ -162,11 +172,20 @@ def print_stream_plan(name: str, counts: np.ndarray) -> float:
             plan = plan_tokens(counts, shard, StreamConfig(rows_per_batch=PLAN_ROWS, buffer=buffer), epoch=0)
             before = per_group_pad(counts, shard_samples, buffer)
             at_default = max(at_default, plan.pad_ratio) if buffer == StreamConfig.buffer else at_default
-            rows.append((f"{shard_samples} x {-(-counts.size // shard_samples)}", str(buffer), f"{before:.3%}",
-                         f"{plan.pad_ratio:.3%}", f"{before / plan.pad_ratio:.1f}x" if plan.pad_ratio else "inf"))
+            rows.append(
+                (
+                    f"{shard_samples} x {-(-counts.size // shard_samples)}",
+                    str(buffer),
+                    f"{before:.3%}",
+                    f"{plan.pad_ratio:.3%}",
+                    f"{before / plan.pad_ratio:.1f}x" if plan.pad_ratio else "inf",
+                )
+            )
     print_table(("samples x shards", "buffer", "each group alone", "carried over", "ratio"), rows)
     whole = -(-counts.sum() // CAPACITY)
-    print(f"lower bound (whole rows, whole batches): {1 - counts.sum() / (-(-whole // PLAN_ROWS) * PLAN_ROWS * CAPACITY):.3%}")
+    print(
+        f"lower bound (whole rows, whole batches): {1 - counts.sum() / (-(-whole // PLAN_ROWS) * PLAN_ROWS * CAPACITY):.3%}"
+    )
     return at_default
 
 
@@ -179,19 +198,24 @@ def print_first_call() -> None:
     )
     with tempfile.TemporaryDirectory() as cache:
         env = os.environ | {"NUMBA_CACHE_DIR": cache, "PYTHONPATH": str(ROOT)}
-        runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-                for _ in range(2)]
+        runs = [
+            subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+            for _ in range(2)
+        ]
     cold, cached = (float(run.stdout) for run in runs)
-    print(f"\nFirst call in a fresh process (import numba + all kernels): compile {cold:.2f} s, "
-          f"from cache {cached:.2f} s")
+    print(
+        f"\nFirst call in a fresh process (import numba + all kernels): compile {cold:.2f} s, from cache {cached:.2f} s"
+    )
 
 
 def machine() -> str:
     cpuinfo = Path("/proc/cpuinfo")
     models = [line.split(":")[1].strip() for line in cpuinfo.read_text().splitlines() if "model name" in line]
     cpu = models[0] if models else platform.processor()
-    return (f"{cpu}, {os.cpu_count()} cores, no GPU used, Python {platform.python_version()}, "
-            f"numba {numba.__version__}, numpy {np.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, no GPU used, Python {platform.python_version()}, "
+        f"numba {numba.__version__}, numpy {np.__version__}"
+    )
 
 
 def verdict(ok: bool) -> str:
@@ -201,12 +225,12 @@ def verdict(ok: bool) -> str:
 def main() -> None:
     rng = np.random.default_rng(0)
     print(f"# Packing benchmark: {machine()}")
-    print("pad = share of row tokens that are padding; "
-          "greedy = the paper's next-fit, one call per `buffer` samples")
+    print("pad = share of row tokens that are padding; greedy = the paper's next-fit, one call per `buffer` samples")
     vox = token_counts(voxceleb_samples(N_SAMPLES, rng), SAMPLE_RATE, capacity=CAPACITY)
     clips = token_counts(np.full(N_SAMPLES, 10 * SAMPLE_RATE), SAMPLE_RATE, random_shifts(N_SAMPLES, rng))
-    vox_pad = print_padding("VoxCeleb-like: 4 s + lognormal(median 2.6 s, sigma 1), <= 30 s, C = 1",
-                            vox.tokens, PAPER_GREEDY_PAD)
+    vox_pad = print_padding(
+        "VoxCeleb-like: 4 s + lognormal(median 2.6 s, sigma 1), <= 30 s, C = 1", vox.tokens, PAPER_GREEDY_PAD
+    )
     print_ast_calibration(vox.frames)
     clips_pad = print_padding("10-s clips, C drawn from {1.0, 1.2, ..., 4.0}", clips.tokens, {})
     speed_counts = token_counts(voxceleb_samples(SPEED_SAMPLES, rng), SAMPLE_RATE, capacity=CAPACITY).tokens
@@ -215,19 +239,26 @@ def main() -> None:
     plan_pads = [
         print_stream_plan("VoxCeleb-like, C = 1", vox.tokens),
         print_stream_plan("VoxCeleb-like, C = 1", speed_counts),
-        print_stream_plan("VoxCeleb-like, C drawn from {1.0, 1.2, ..., 4.0}",
-                          token_counts(voxceleb_samples(SPEED_SAMPLES, rng), SAMPLE_RATE, random_shifts(SPEED_SAMPLES, rng),
-                                       capacity=CAPACITY).tokens),
+        print_stream_plan(
+            "VoxCeleb-like, C drawn from {1.0, 1.2, ..., 4.0}",
+            token_counts(
+                voxceleb_samples(SPEED_SAMPLES, rng), SAMPLE_RATE, random_shifts(SPEED_SAMPLES, rng), capacity=CAPACITY
+            ).tokens,
+        ),
     ]
     print_first_call()
-    print(f"\nTargets (issue 15), epoch-plan pad at the default buffer {StreamConfig.buffer}: "
-          f"<= 0.3 % on {N_SAMPLES:,} samples: {verdict(plan_pads[0] <= PLAN_PAD_TARGETS[N_SAMPLES])} ({plan_pads[0]:.3%}); "
-          f"<= 0.1 % on {SPEED_SAMPLES:,}: C = 1 {verdict(plan_pads[1] <= PLAN_PAD_TARGETS[SPEED_SAMPLES])} ({plan_pads[1]:.3%}), "
-          f"random C {verdict(plan_pads[2] <= PLAN_PAD_TARGETS[SPEED_SAMPLES])} ({plan_pads[2]:.3%})")
-    print(f"Targets (issue 3): first_fit pad <= 2 % at buffer 256: {verdict(max(vox_pad, clips_pad) <= PAD_TARGET)} "
-          f"({vox_pad:.2%}, {clips_pad:.2%}); Numba first_fit >= 5 M samples/s: {verdict(speed >= SPEED_TARGET)} "
-          f"(slowest {speed / 1e6:.1f} M/s); >= {GAIN_TARGET}x the reference: {verdict(gain >= GAIN_TARGET)} "
-          f"(lowest {gain:.0f}x)")
+    print(
+        f"\nTargets (issue 15), epoch-plan pad at the default buffer {StreamConfig.buffer}: "
+        f"<= 0.3 % on {N_SAMPLES:,} samples: {verdict(plan_pads[0] <= PLAN_PAD_TARGETS[N_SAMPLES])} ({plan_pads[0]:.3%}); "
+        f"<= 0.1 % on {SPEED_SAMPLES:,}: C = 1 {verdict(plan_pads[1] <= PLAN_PAD_TARGETS[SPEED_SAMPLES])} ({plan_pads[1]:.3%}), "
+        f"random C {verdict(plan_pads[2] <= PLAN_PAD_TARGETS[SPEED_SAMPLES])} ({plan_pads[2]:.3%})"
+    )
+    print(
+        f"Targets (issue 3): first_fit pad <= 2 % at buffer 256: {verdict(max(vox_pad, clips_pad) <= PAD_TARGET)} "
+        f"({vox_pad:.2%}, {clips_pad:.2%}); Numba first_fit >= 5 M samples/s: {verdict(speed >= SPEED_TARGET)} "
+        f"(slowest {speed / 1e6:.1f} M/s); >= {GAIN_TARGET}x the reference: {verdict(gain >= GAIN_TARGET)} "
+        f"(lowest {gain:.0f}x)"
+    )
 
 
 if __name__ == "__main__":

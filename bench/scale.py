@@ -15,6 +15,7 @@ Build: open the stream (read and convert the index, hash the keys). Plan: one ep
 and a warm-up on a tiny index (Numba kernels, Parquet reader); peak: the high-water mark less the same. Check: the exactly-once
 check of one epoch on the full delivered key list (as gathered from all ranks) and its JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,28 +57,45 @@ def write_split(root: Path, n: int) -> None:
     shard = np.arange(n) // SHARD_SAMPLES
     shard_names = [f"shard-{s:06d}.tar" for s in range(int(shard[-1]) + 1)]
     offset = 512 + np.cumsum(np.concatenate([[0], (nbytes[:-1] + 1023) // 512 * 512]))
-    keys = [f"id{s:05d}/{v:011x}/{i:08d}" for s, v, i in zip(speaker.tolist(), rng.integers(0, 2**44, n).tolist(), range(n))]
+    keys = [
+        f"id{s:05d}/{v:011x}/{i:08d}" for s, v, i in zip(speaker.tolist(), rng.integers(0, 2**44, n).tolist(), range(n))
+    ]
     names = pa.array([f"id{s:05d}" for s in range(SPEAKERS)])
     label_offsets = pa.array(np.arange(n + 1, dtype=np.int32))
     columns = {
         "key": pa.array(keys, pa.string()),
-        "shard": pa.DictionaryArray.from_arrays(pa.array(shard.astype(np.int32)), pa.array(shard_names)).cast(pa.string()),
-        "offset": offset, "nbytes": nbytes, "num_samples": num_samples,
-        "sample_rate": np.full(n, 16000, np.int32), "duration_s": seconds,
+        "shard": pa.DictionaryArray.from_arrays(pa.array(shard.astype(np.int32)), pa.array(shard_names)).cast(
+            pa.string()
+        ),
+        "offset": offset,
+        "nbytes": nbytes,
+        "num_samples": num_samples,
+        "sample_rate": np.full(n, 16000, np.int32),
+        "duration_s": seconds,
         "labels": pa.ListArray.from_arrays(label_offsets, names.take(pa.array(speaker))),
         "label_ids": pa.ListArray.from_arrays(label_offsets, pa.array(speaker.astype(np.int32))),
         "source": pa.DictionaryArray.from_arrays(pa.array(speaker.astype(np.int32)), names).cast(pa.string()),
-        "start_s": np.zeros(n), "end_s": seconds,
+        "start_s": np.zeros(n),
+        "end_s": seconds,
         "xxh3_64": rng.integers(0, 2**63, n, dtype=np.uint64),
     }
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({name: columns[name] for name in INDEX_SCHEMA.names}, schema=INDEX_SCHEMA), split / "index.parquet")
+    pq.write_table(
+        pa.table({name: columns[name] for name in INDEX_SCHEMA.names}, schema=INDEX_SCHEMA), split / "index.parquet"
+    )
     for name in shard_names:
         (split / name).touch()
-    write_dataset_json(root, {"labels": names.to_pylist(), "sample_rate": 16000, "multi_label": False,
-                              "fbank": {"mean": -5.0, "std": 4.0},
-                              "splits": {"train": {"samples": n, "shards": shard_names}}})
+    write_dataset_json(
+        root,
+        {
+            "labels": names.to_pylist(),
+            "sample_rate": 16000,
+            "multi_label": False,
+            "fbank": {"mean": -5.0, "std": 4.0},
+            "splits": {"train": {"samples": n, "shards": shard_names}},
+        },
+    )
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -89,12 +107,19 @@ def object_arrays(split: Path) -> tuple[dict, Index, np.ndarray]:
     """The stream's index before issue 15: the whole table as Python objects."""
     dataset = ShardDataset(split.parent)
     table = dataset.index("train")
-    index = {name: np.asarray(table.column(name).to_pylist(), dtype=object) for name in ("key", "shard", "label_ids", "xxh3_64")}
+    index = {
+        name: np.asarray(table.column(name).to_pylist(), dtype=object)
+        for name in ("key", "shard", "label_ids", "xxh3_64")
+    }
     for name in ("offset", "nbytes", "num_samples", "sample_rate"):
         index[name] = table.column(name).to_numpy()
     shard_id = {name: i for i, name in enumerate(dataset.meta["splits"]["train"]["shards"])}
-    plan_index = Index(index["key"].astype(str), np.array([shard_id[s] for s in index["shard"]], dtype=np.int64),
-                       index["num_samples"], index["sample_rate"])
+    plan_index = Index(
+        index["key"].astype(str),
+        np.array([shard_id[s] for s in index["shard"]], dtype=np.int64),
+        index["num_samples"],
+        index["sample_rate"],
+    )
     return index, plan_index, plan_index.key_hash
 
 
@@ -140,8 +165,15 @@ def measure(kind: str, split: Path) -> dict:
     else:
         text = json.dumps(key_counts(index["key"].tolist(), 1, seen, 0))
     check_s = time.perf_counter() - start
-    return {"build_s": build_s, "build_mib": build_mib, "plan_s": plan_s, "memory_mib": memory_mib,
-            "peak_mib": rss_mib("VmHWM") - base, "check_s": check_s, "check_mib": len(text) / 2**20}
+    return {
+        "build_s": build_s,
+        "build_mib": build_mib,
+        "plan_s": plan_s,
+        "memory_mib": memory_mib,
+        "peak_mib": rss_mib("VmHWM") - base,
+        "check_s": check_s,
+        "check_mib": len(text) / 2**20,
+    }
 
 
 def run_measure(kind: str, split: Path) -> dict:
@@ -150,11 +182,18 @@ def run_measure(kind: str, split: Path) -> dict:
 
 
 def report(n: int, lean: dict, objects: dict | None) -> None:
-    print(f"\n## {n:,} samples ({n // SHARD_SAMPLES:,} shards), rank 0 of {WORLD}, random C, rows_per_batch 8, buffer {StreamConfig.buffer}")
-    rows = (("build the stream", "build_s", "s"), ("index held after build", "build_mib", "MiB"),
-            ("plan one epoch", "plan_s", "s"), ("memory per rank (index + plan)", "memory_mib", "MiB"),
-            ("peak during build and plan", "peak_mib", "MiB"), ("exactly-once check", "check_s", "s"),
-            ("check written", "check_mib", "MiB"))
+    print(
+        f"\n## {n:,} samples ({n // SHARD_SAMPLES:,} shards), rank 0 of {WORLD}, random C, rows_per_batch 8, buffer {StreamConfig.buffer}"
+    )
+    rows = (
+        ("build the stream", "build_s", "s"),
+        ("index held after build", "build_mib", "MiB"),
+        ("plan one epoch", "plan_s", "s"),
+        ("memory per rank (index + plan)", "memory_mib", "MiB"),
+        ("peak during build and plan", "peak_mib", "MiB"),
+        ("exactly-once check", "check_s", "s"),
+        ("check written", "check_mib", "MiB"),
+    )
     print(f"{'':32} {'lean':>10} {'objects':>10} {'objects/lean':>13}  target")
     for label, name, unit in rows:
         ratio = f"{objects[name] / lean[name]:12.1f}x" if objects and lean[name] else f"{'-':>13}"
@@ -167,7 +206,9 @@ def report(n: int, lean: dict, objects: dict | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, nargs="+", default=[1_000_000, 5_000_000])
-    parser.add_argument("--baseline-up-to", type=int, default=1_000_000, help="largest split also measured as object arrays")
+    parser.add_argument(
+        "--baseline-up-to", type=int, default=1_000_000, help="largest split also measured as object arrays"
+    )
     parser.add_argument("--measure", choices=("lean", "objects"), help=argparse.SUPPRESS)
     parser.add_argument("--split", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

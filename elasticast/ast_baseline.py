@@ -5,6 +5,7 @@ is linearly resampled to the new grid, as AST's own code adapts its positions. S
 ElasticAST; reads the same `PackedBatch`es (each sample's tokens are taken out of the packed
 rows), so one loader feeds both models.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,7 +17,6 @@ from torch import nn
 from elasticast.config import POOLINGS, ModelConfig
 from elasticast.model import LAYER_NORM_EPS, Block
 from loaders.batch import PATCH_VALUES, PackedBatch
-
 
 
 class ASTBaseline(nn.Module):

@@ -10,6 +10,7 @@ backend computes the very same function:
 - `varlen` (CUDA only): the Flash varlen kernel over the flattened rows, each run one sequence.
   It is a half-precision kernel: run it under bf16/fp16 autocast.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from elasticast.config import ATTENTION_BACKENDS
-
 
 
 @dataclass
@@ -127,8 +127,13 @@ class Attention(nn.Module):
         else:
             out = torch.cat(
                 [
-                    torch.cat([F.scaled_dot_product_attention(q[r, :, a:b], k[r, :, a:b], v[r, :, a:b])
-                               for a, b in zip(bounds[:-1], bounds[1:])], dim=1).unsqueeze(0)
+                    torch.cat(
+                        [
+                            F.scaled_dot_product_attention(q[r, :, a:b], k[r, :, a:b], v[r, :, a:b])
+                            for a, b in zip(bounds[:-1], bounds[1:])
+                        ],
+                        dim=1,
+                    ).unsqueeze(0)
                     for r, bounds in enumerate(layout.bounds)
                 ]
             )

@@ -3,6 +3,7 @@ settings), its labels and the features it was trained on, so that one file rebui
 (`model_from_checkpoint`) and serves it with the right features (`elasticast.Classifier`).
 Every model of the project is built here (`make_model`), fresh or from a checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,8 +46,14 @@ class TrainedFeatures:
     @classmethod
     def of_stream(cls, features: FeatureConfig) -> TrainedFeatures:
         """The settings a training stream featurized with (`PackedStream.features`)."""
-        return cls(features.sample_rate, features.mean, features.std, features.stream.compression,
-                   features.stream.max_frames, features.multi_label)
+        return cls(
+            features.sample_rate,
+            features.mean,
+            features.std,
+            features.stream.compression,
+            features.stream.max_frames,
+            features.multi_label,
+        )
 
 
 @dataclass(frozen=True)
@@ -74,14 +81,22 @@ def make_model(kind: str, config: ModelConfig, target_frames: int = 1024, poolin
 
 def describe_model(model: Model) -> dict:
     """What `make_model` needs to build `model` again."""
-    description = {"kind": "ast" if isinstance(model, ASTBaseline) else "elasticast", "config": dataclasses.asdict(model.config)}
+    description = {
+        "kind": "ast" if isinstance(model, ASTBaseline) else "elasticast",
+        "config": dataclasses.asdict(model.config),
+    }
     if isinstance(model, ASTBaseline):
         description |= {"target_frames": model.target_frames, "pooling": model.pooling}
     return description
 
 
-def save_checkpoint(path: str | Path | BinaryIO, model: Model, labels: Sequence[str], features: TrainedFeatures,
-                    extra: dict | None = None) -> None:
+def save_checkpoint(
+    path: str | Path | BinaryIO,
+    model: Model,
+    labels: Sequence[str],
+    features: TrainedFeatures,
+    extra: dict | None = None,
+) -> None:
     """Everything inference needs in one `torch.save` dict, to a path or a binary file. `extra`:
     plain Python values and tensors only (loading uses `weights_only=True`)."""
     if len(labels) != model.config.num_classes:
@@ -108,14 +123,18 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     raw = torch.load(path, map_location=device, weights_only=True)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an ElasticAST checkpoint (no format {FORMAT!r}); write it with save_checkpoint")
+        raise ValueError(
+            f"{path} is not an ElasticAST checkpoint (no format {FORMAT!r}); write it with save_checkpoint"
+        )
     version = raw.get("format_version")
     if version == 1:
         raw = _from_version_1(raw)
     elif version != FORMAT_VERSION:
         raise ValueError(f"{path} has checkpoint format_version {version!r}; this code reads 1 and {FORMAT_VERSION}")
     if raw["model"].get("kind") not in MODEL_KINDS or raw["model"].get("pooling", "cls") not in POOLINGS:
-        raise ValueError(f"{path}: unknown model {raw['model'].get('kind')!r} (pooling {raw['model'].get('pooling')!r})")
+        raise ValueError(
+            f"{path}: unknown model {raw['model'].get('kind')!r} (pooling {raw['model'].get('pooling')!r})"
+        )
     return Checkpoint(raw["model"], raw["state_dict"], raw["labels"], TrainedFeatures(**raw["features"]), raw["extra"])
 
 
@@ -124,7 +143,9 @@ def model_from_checkpoint(checkpoint: Checkpoint | str | Path, device: str | tor
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint, device)
     spec = checkpoint.model
-    model = make_model(spec["kind"], ModelConfig(**spec["config"]), spec.get("target_frames", 1024), spec.get("pooling", "cls"))
+    model = make_model(
+        spec["kind"], ModelConfig(**spec["config"]), spec.get("target_frames", 1024), spec.get("pooling", "cls")
+    )
     model.load_state_dict(checkpoint.state_dict)
     return model.to(device).eval()
 
@@ -135,7 +156,18 @@ def _from_version_1(raw: dict) -> dict:
     model = {"kind": train.get("model", "elasticast"), "config": raw["config"]}
     if model["kind"] == "ast":
         model |= {"target_frames": train["target_frames"], "pooling": train["pooling"]}
-    features = {"sample_rate": raw["sample_rate"], "mean": raw["fbank"]["mean"], "std": raw["fbank"]["std"],
-                "compression": raw.get("compression", "shift"), "max_frames": train.get("max_frames", raw["config"]["max_frames"]),
-                "multi_label": raw["multi_label"]}
-    return {"model": model, "state_dict": raw["state_dict"], "labels": raw["labels"], "features": features, "extra": raw["extra"]}
+    features = {
+        "sample_rate": raw["sample_rate"],
+        "mean": raw["fbank"]["mean"],
+        "std": raw["fbank"]["std"],
+        "compression": raw.get("compression", "shift"),
+        "max_frames": train.get("max_frames", raw["config"]["max_frames"]),
+        "multi_label": raw["multi_label"],
+    }
+    return {
+        "model": model,
+        "state_dict": raw["state_dict"],
+        "labels": raw["labels"],
+        "features": features,
+        "extra": raw["extra"],
+    }

@@ -1,4 +1,5 @@
 """Model configuration and presets (timm-style names: tiny, small, base = ViT-B/16)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -42,7 +43,9 @@ class ModelConfig:
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
         if self.n_mels % self.patch or self.max_frames < self.patch:
-            raise ValueError(f"n_mels {self.n_mels} and max_frames {self.max_frames} must hold whole {self.patch}-patches")
+            raise ValueError(
+                f"n_mels {self.n_mels} and max_frames {self.max_frames} must hold whole {self.patch}-patches"
+            )
 
     @property
     def freq_patches(self) -> int:

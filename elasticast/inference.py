@@ -20,6 +20,7 @@ n - W so that it ends at the clip's end: no sample is skipped. The windows' logi
 then turned into probabilities. E.g. 16 kHz, C = 1, F = 3072: W = 491,760 samples (30.7 s),
 H = 245,760 (15.4 s). An AST input shorter than F is zero-padded to F, as in its training.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -34,7 +35,17 @@ from elasticast.checkpoint import Model, TrainedFeatures, load_checkpoint, model
 from loaders.batch import from_features
 from loaders.features import patchify, spectrogram
 from loaders.pack import Packing, pack
-from loaders.tokens import FRAME_LENGTH_MS, N_MELS, PATCH, SCALE_GRID, SCALE_RANGE, TokenCounts, frame_samples, resolution, token_counts
+from loaders.tokens import (
+    FRAME_LENGTH_MS,
+    N_MELS,
+    PATCH,
+    SCALE_GRID,
+    SCALE_RANGE,
+    TokenCounts,
+    frame_samples,
+    resolution,
+    token_counts,
+)
 from shards.audio import load_source, resample
 
 FREQ_TOKENS = N_MELS // PATCH
@@ -87,7 +98,9 @@ class Classifier:
         self.labels = tuple(str(label) for label in labels)
         self.features = features
         self.frames = model.target_frames if isinstance(model, ASTBaseline) else config.time_patches * PATCH
-        self.budget_scales = SCALE_GRID if features.compression == "shift" else tuple(c for c in SCALE_GRID if c.is_integer())
+        self.budget_scales = (
+            SCALE_GRID if features.compression == "shift" else tuple(c for c in SCALE_GRID if c.is_integer())
+        )
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Classifier:
@@ -132,7 +145,9 @@ class Classifier:
         _positive_int("batch_rows", batch_rows)
         waveforms = [self._waveform(item, sample_rate, i) for i, item in enumerate(inputs)]
         scales = [fixed if budget is None else self._scale_within(len(wave), budget) for wave in waveforms]
-        windows = [w for clip, (wave, c) in enumerate(zip(waveforms, scales)) for w in self._windows(clip, len(wave), c)]
+        windows = [
+            w for clip, (wave, c) in enumerate(zip(waveforms, scales)) for w in self._windows(clip, len(wave), c)
+        ]
         if not windows:
             return []
         logits = self._window_logits(waveforms, windows, max_tokens, batch_rows)
@@ -188,7 +203,9 @@ class Classifier:
         tokens = self.frames // PATCH * FREQ_TOKENS
         return [_Window(clip, start, size, scale, tokens) for start in starts]
 
-    def _window_logits(self, waveforms: list[np.ndarray], windows: list[_Window], max_tokens: int, batch_rows: int) -> torch.Tensor:
+    def _window_logits(
+        self, waveforms: list[np.ndarray], windows: list[_Window], max_tokens: int, batch_rows: int
+    ) -> torch.Tensor:
         """Logits `[windows, classes]`: windows packed first-fit, featurized one batch at a time."""
         counts = np.array([w.tokens for w in windows], dtype=np.int64)
         layout = Packing.from_rows(counts, pack(counts, max_tokens, mode="first_fit", buffer=len(windows)), max_tokens)
@@ -200,7 +217,9 @@ class Classifier:
             members = order[starts[first] : starts[min(first + batch_rows, layout.n_rows)]]
             features = [self._features(waveforms[windows[i].clip], windows[i]) for i in members]
             scales = np.array([windows[i].scale for i in members])
-            batch = from_features(features, layout.row[members] - first, layout.offset[members], scales, [str(i) for i in members])
+            batch = from_features(
+                features, layout.row[members] - first, layout.offset[members], scales, [str(i) for i in members]
+            )
             with torch.no_grad():
                 logits[[int(key) for key in batch.keys]] = self.model(batch.to(device)).float().cpu()
         return logits
@@ -208,8 +227,15 @@ class Classifier:
     def _features(self, waveform: np.ndarray, window: _Window) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         span = waveform[window.start : window.start + window.length]
         features = self.features
-        spec = spectrogram(span, features.sample_rate, window.scale, compression=features.compression, mean=features.mean,
-                           std=features.std, max_frames=self.frames)
+        spec = spectrogram(
+            span,
+            features.sample_rate,
+            window.scale,
+            compression=features.compression,
+            mean=features.mean,
+            std=features.std,
+            max_frames=self.frames,
+        )
         return patchify(spec)
 
     def _prediction(self, logits: torch.Tensor, scale: float, windows: int) -> Prediction:

@@ -1,4 +1,5 @@
 """Validation metrics over whole splits: accuracy (single-label), mAP (multi-label)."""
+
 from __future__ import annotations
 
 import torch

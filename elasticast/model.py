@@ -5,6 +5,7 @@ pre-LN blocks attending within each sample (`elasticast.attention`) → masked a
 one learned query, per sample a softmax over that sample's tokens only → LayerNorm → Linear.
 Output rows follow the batch's sample order (`batch.row`, `batch.slot`). Never imports Ray.
 """
+
 from __future__ import annotations
 
 import torch
@@ -90,7 +91,9 @@ class ElasticAST(nn.Module):
     def forward(self, batch: PackedBatch, attention: str | None = None) -> torch.Tensor:
         """Logits `[S, classes]`, one row per sample of the batch, in its sample order."""
         backend = attention or self.config.attention
-        layout = build_layout(batch.segment_ids, default_backend(batch.patches.device) if backend == "auto" else backend)
+        layout = build_layout(
+            batch.segment_ids, default_backend(batch.patches.device) if backend == "auto" else backend
+        )
         x = self.patch_embed(batch.patches) + F.embedding(batch.freq_pos, self.freq_embed) + self.time_embedding(batch)
         for block in self.blocks:
             x = block(x, layout)
@@ -114,7 +117,10 @@ class ElasticAST(nn.Module):
                 f"time position {longest - 1} is beyond the table ({rows} patches = max_frames "
                 f"{self.config.max_frames}): crop inputs to max_frames upstream, or set beyond_table='interpolate'"
             )
-        run = run_ids(batch.segment_ids) + torch.arange(len(batch.time_pos), device=batch.time_pos.device)[:, None] * batch.time_pos.shape[1]
+        run = (
+            run_ids(batch.segment_ids)
+            + torch.arange(len(batch.time_pos), device=batch.time_pos.device)[:, None] * batch.time_pos.shape[1]
+        )
         span = torch.zeros(run.numel(), dtype=batch.time_pos.dtype, device=run.device)
         span = span.scatter_reduce(0, run.flatten(), batch.time_pos.flatten(), "amax")[run] + 1
         where = torch.where(span > rows, batch.time_pos * (rows - 1) / (span - 1).clamp(min=1), batch.time_pos.float())

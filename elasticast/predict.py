@@ -1,4 +1,5 @@
 """Logits over whole streams of `PackedBatch`es: validation during training, evaluation sweeps."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -10,7 +11,9 @@ from loaders.batch import PackedBatch
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[PackedBatch], device: torch.device) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def predict(
+    model: nn.Module, batches: Iterable[PackedBatch], device: torch.device
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """Keys, fp32 logits and labels of every sample in `batches`, in delivery order."""
     model.eval()
     keys, (logits,), labels = predict_many([model], batches, device)
@@ -19,7 +22,9 @@ def predict(model: nn.Module, batches: Iterable[PackedBatch], device: torch.devi
 
 @torch.no_grad()
 def predict_many(
-    forwards: Sequence[Callable[[PackedBatch], torch.Tensor]], batches: Iterable[PackedBatch], device: torch.device = torch.device("cpu")
+    forwards: Sequence[Callable[[PackedBatch], torch.Tensor]],
+    batches: Iterable[PackedBatch],
+    device: torch.device = torch.device("cpu"),
 ) -> tuple[list[str], list[torch.Tensor], torch.Tensor]:
     """Keys, each forward's fp32 logits and the labels, with every batch featurized once and
     fed to all forwards (models in eval mode, or callables around them)."""

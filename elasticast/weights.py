@@ -9,6 +9,7 @@ No download: the file (.pth / .pt / .safetensors) is the user's. Mapping, as in 
   the 2D grid (time-major, as its tokens are) behind the cls position;
 - blocks and the final norm by name (ours use timm's names); the classifier head is not loaded.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -57,7 +58,9 @@ def load_vit_weights(model: nn.Module, path: str | Path) -> list[str]:
         raise KeyError(f"{path}: weights with no place in the model (depth differs?): {unknown[:5]}")
     for key, value in mapped.items():
         if value.shape != target[key].shape:
-            raise ValueError(f"{path}: {key} has shape {tuple(value.shape)}, the model needs {tuple(target[key].shape)}")
+            raise ValueError(
+                f"{path}: {key} has shape {tuple(value.shape)}, the model needs {tuple(target[key].shape)}"
+            )
     model.load_state_dict(mapped, strict=False)
     return sorted(set(target) - set(mapped))
 

@@ -1,6 +1,7 @@
 """Data loading for packed training: token arithmetic, row packing, packed batches, the stream
 that delivers them, and the same packing over your own map-style dataset. Names load on first use
 (Numba and Ray later still); `loaders.lightning` needs Lightning, nothing else here does."""
+
 import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(

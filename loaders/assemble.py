@@ -8,6 +8,7 @@ is decoded (the rest is only checksummed, in chunks). A sample that cannot be re
 verified leaves its planned place as padding: the batch keeps its shape and its other samples,
 and the failure is reported by shard and key.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,8 +108,20 @@ def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int
         checksums,
     )
     samples = tuple(
-        SampleSpec(key=key, shard=index.shard_names[shard], offset=offset, nbytes=nbytes, num_samples=num_samples,
-                   label_ids=index.label_ids(position), row=row, start=start, tokens=tokens, cut=cut, scale=scale, xxh3_64=checksum)
+        SampleSpec(
+            key=key,
+            shard=index.shard_names[shard],
+            offset=offset,
+            nbytes=nbytes,
+            num_samples=num_samples,
+            label_ids=index.label_ids(position),
+            row=row,
+            start=start,
+            tokens=tokens,
+            cut=cut,
+            scale=scale,
+            xxh3_64=checksum,
+        )
         for position, key, shard, offset, nbytes, num_samples, row, start, tokens, cut, scale, checksum in columns
     )
     return BatchSpec(plan.epoch, step, samples=samples)
@@ -136,8 +149,16 @@ def assemble(spec: BatchSpec, config: FeatureConfig) -> dict:
         segment_ids[r, start:end] = slots[r]
         freq_pos[r, start:end] = freqs.numpy()
         time_pos[r, start:end] = times.numpy()
-        placed.append({"key": sample.key, "label_ids": sample.label_ids, "row": r, "slot": slots[r], "tokens": sample.tokens,
-                       "scale": sample.scale})
+        placed.append(
+            {
+                "key": sample.key,
+                "label_ids": sample.label_ids,
+                "row": r,
+                "slot": slots[r],
+                "tokens": sample.tokens,
+                "scale": sample.scale,
+            }
+        )
     meta = {
         "epoch": spec.epoch,
         "step": spec.step,
@@ -146,7 +167,13 @@ def assemble(spec: BatchSpec, config: FeatureConfig) -> dict:
         "failed": failed,
         "cut_tokens": sum(s.cut for s in spec.samples),
     }
-    return {"patches": patches, "segment_ids": segment_ids, "freq_pos": freq_pos, "time_pos": time_pos, "meta": json.dumps(meta)}
+    return {
+        "patches": patches,
+        "segment_ids": segment_ids,
+        "freq_pos": freq_pos,
+        "time_pos": time_pos,
+        "meta": json.dumps(meta),
+    }
 
 
 def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> tuple[dict[str, np.ndarray], list[dict]]:
@@ -166,8 +193,14 @@ def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> tuple[di
             size = os.fstat(handle.fileno()).st_size
             for sample in sorted(members, key=lambda s: s.offset):
                 stream = config.stream
-                keep = samples_needed(sample.num_samples, config.sample_rate, sample.scale, compression=stream.compression,
-                                      max_frames=stream.max_frames, capacity=stream.max_tokens)
+                keep = samples_needed(
+                    sample.num_samples,
+                    config.sample_rate,
+                    sample.scale,
+                    compression=stream.compression,
+                    max_frames=stream.max_frames,
+                    capacity=stream.max_tokens,
+                )
                 try:
                     audio[sample.key] = _read_member(handle, size, sample, keep)
                 except ValueError as exc:  # a bad member costs only its own sample

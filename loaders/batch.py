@@ -4,6 +4,7 @@ Shapes never change within a stream (`rows_per_batch` x `max_tokens`), so compil
 not recompile. Samples are listed in one global order: row by row, by position in the row;
 sample i of row r has segment id = its slot (1-based) in that row; 0 is padding.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -59,7 +60,14 @@ class PackedBatch:
         return (ids.unsqueeze(-1) == ids.unsqueeze(-2)) & (ids > 0).unsqueeze(-1)
 
     def _map(self, fn) -> PackedBatch:
-        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)})
+        return replace(
+            self,
+            **{
+                f.name: fn(getattr(self, f.name))
+                for f in fields(self)
+                if isinstance(getattr(self, f.name), torch.Tensor)
+            },
+        )
 
 
 def from_features(

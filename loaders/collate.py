@@ -9,6 +9,7 @@ Rows are filled first-fit in the order the items come. `PackingSampler` lists a 
 row by row, and then first-fit never needs more rows than the plan has: a row's items only ever
 move to an earlier row's gap, never to a later row.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -21,7 +22,9 @@ from loaders.features import patchify
 from loaders.tokens import N_MELS, PATCH, frame_tokens
 
 
-def collate_packed(items: Sequence[Mapping], capacity: int, rows_per_batch: int, max_frames: int | None = None) -> PackedBatch:
+def collate_packed(
+    items: Sequence[Mapping], capacity: int, rows_per_batch: int, max_frames: int | None = None
+) -> PackedBatch:
     """One `PackedBatch` of `rows_per_batch` rows of `capacity` tokens, fbanks cut to `max_frames`
     (as `frame_tokens` counts them); no items: an all-padding batch."""
     keys = [str(item.get("key", position)) for position, item in enumerate(items)]
@@ -46,5 +49,7 @@ def _kept_frames(fbank, key: str, capacity: int, max_frames: int | None) -> torc
     spec = torch.as_tensor(fbank, dtype=torch.float32)
     if spec.ndim != 2 or spec.shape[1] != N_MELS:
         raise ValueError(f"item {key!r}: fbank of shape {tuple(spec.shape)} is not [frames, {N_MELS}]")
-    kept = int(frame_tokens(spec.shape[0], max_frames=max_frames, capacity=capacity).tokens) // (N_MELS // PATCH) * PATCH
+    kept = (
+        int(frame_tokens(spec.shape[0], max_frames=max_frames, capacity=capacity).tokens) // (N_MELS // PATCH) * PATCH
+    )
     return torch.nn.functional.pad(spec[:kept], (0, 0, 0, kept - min(kept, spec.shape[0])))

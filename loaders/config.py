@@ -4,6 +4,7 @@ The plan (`loaders.plan`) reads its packing fields, the workers (`loaders.assemb
 fields, and `PackedStream` its execution fields; trainers build one (`TrainConfig.stream`) and
 pass it on, so no caller maps settings by hand.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -56,4 +57,3 @@ class StreamConfig:
             raise ValueError(f"torch_threads must be >= 1 or None (the caller's), got {self.torch_threads}")
         if self.freq_mask < 0 or self.time_mask < 0 or self.worker_cpus <= 0 or self.prefetch < 0:
             raise ValueError("freq_mask, time_mask and prefetch must be >= 0 and worker_cpus > 0")
-

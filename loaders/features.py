@@ -3,6 +3,7 @@
 Settings follow the ElasticAST/AST reference code: 128 mel bins, 25 ms Hanning window,
 10 ms x C frame shift, HTK mel scale, no dither, no energy term, waveform mean removed.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -25,7 +26,9 @@ FBANK_SETTINGS = {
 }
 
 
-def kaldi_fbank(waveform: np.ndarray | torch.Tensor, sample_rate: int, frame_shift_ms: float = BASE_SHIFT_MS) -> torch.Tensor:
+def kaldi_fbank(
+    waveform: np.ndarray | torch.Tensor, sample_rate: int, frame_shift_ms: float = BASE_SHIFT_MS
+) -> torch.Tensor:
     """The reference: `torchaudio.compliance.kaldi.fbank` with the settings above."""
     wave = _checked_wave(waveform, sample_rate)
     return kaldi.fbank(
@@ -79,7 +82,9 @@ def _checked_wave(waveform: np.ndarray | torch.Tensor, sample_rate: int) -> torc
     wave = torch.as_tensor(waveform, dtype=torch.float32).reshape(-1)
     window = int(frame_samples(sample_rate, FRAME_LENGTH_MS))
     if wave.numel() < window:
-        raise ValueError(f"waveform of {wave.numel()} samples is shorter than one {FRAME_LENGTH_MS} ms window ({window})")
+        raise ValueError(
+            f"waveform of {wave.numel()} samples is shorter than one {FRAME_LENGTH_MS} ms window ({window})"
+        )
     return wave
 
 
@@ -128,8 +133,11 @@ def spectrogram(
     shifts, pools = resolution(scale, compression)
     shift, pool = float(shifts), int(pools)
     wave = torch.as_tensor(waveform, dtype=torch.float32).reshape(-1)
-    wave = wave[: samples_needed(wave.numel(), sample_rate, scale, compression=compression, max_frames=max_frames,
-                                 capacity=capacity)]
+    wave = wave[
+        : samples_needed(
+            wave.numel(), sample_rate, scale, compression=compression, max_frames=max_frames, capacity=capacity
+        )
+    ]
     window = int(frame_samples(sample_rate, FRAME_LENGTH_MS))
     spec = fbank(torch.nn.functional.pad(wave, (0, max(window - wave.numel(), 0))), sample_rate, shift)
     if pool > 1:

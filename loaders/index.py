@@ -5,6 +5,7 @@ Every rank plans the whole epoch, so every rank holds the whole index. Python ob
 samples; here keys stay one Arrow string array, shards and labels become integer ids, numbers
 numpy arrays, and only the columns the stream uses are read.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -48,7 +49,9 @@ class StreamIndex:
         position = {name: i for i, name in enumerate(shard_names)}
         unlisted = [name for name in shards.dictionary.to_pylist() if name not in position]
         if unlisted:
-            raise ValueError(f"{where} names shards that {dataset.root / 'dataset.json'} does not list for {split!r}: {unlisted[:5]}")
+            raise ValueError(
+                f"{where} names shards that {dataset.root / 'dataset.json'} does not list for {split!r}: {unlisted[:5]}"
+            )
         shard_of_code = np.array([position[name] for name in shards.dictionary.to_pylist()], dtype=np.int32)
         labels = table.column("label_ids").combine_chunks()
         checksums = table.column("xxh3_64")
@@ -58,7 +61,9 @@ class StreamIndex:
         index = cls(
             keys=keys,
             shard_names=shard_names,
-            shard=shard_of_code[shards.indices.to_numpy(zero_copy_only=False)] if len(shards) else np.zeros(0, np.int32),
+            shard=shard_of_code[shards.indices.to_numpy(zero_copy_only=False)]
+            if len(shards)
+            else np.zeros(0, np.int32),
             offset=_numbers(table, "offset"),
             nbytes=_numbers(table, "nbytes"),
             num_samples=_numbers(table, "num_samples"),
@@ -92,7 +97,9 @@ class StreamIndex:
             return np.asarray(self.shard_names, dtype=str)[self.shard]
         if name in ("offset", "nbytes", "num_samples", "sample_rate"):
             return getattr(self, name)
-        raise KeyError(f"{name!r}: StreamIndex columns by name are key, shard, offset, nbytes, num_samples, sample_rate")
+        raise KeyError(
+            f"{name!r}: StreamIndex columns by name are key, shard, offset, nbytes, num_samples, sample_rate"
+        )
 
 
 def _numbers(table: pa.Table, name: str) -> np.ndarray:

@@ -11,6 +11,7 @@ Two things a plain `DataLoader(stream)` would get wrong under Lightning, both si
   varies with its drawn scales and packing: this loader has no length, so each epoch runs to
   its stream's end (all ranks run the same steps, so DDP stays in step).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -42,7 +43,9 @@ class EpochLoader(DataLoader):
         return super().__iter__()
 
     def __len__(self) -> int:
-        raise TypeError("EpochLoader has no fixed length: an epoch's step count varies (len(loader.dataset) is this epoch's)")
+        raise TypeError(
+            "EpochLoader has no fixed length: an epoch's step count varies (len(loader.dataset) is this epoch's)"
+        )
 
 
 class PackedDataModule(lightning.LightningDataModule):

@@ -13,6 +13,7 @@
 4. Batches are dealt round-robin to ranks; ranks short of a batch get an all-padding one, so
    every rank runs the same number of steps and no sample is dropped or repeated.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -12,6 +12,7 @@ Planned by `loaders.plan.plan_tokens`, the function `PackedStream` plans with (e
 own shard): the same packer, the same dealing of batches to ranks, the same all-padding filler
 (an empty index list, collated to `is_padding`) so every rank runs the same number of steps.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
@@ -51,8 +52,14 @@ class PackingSampler(Sampler[list[int]]):
         world: int = 1,
     ):
         self.config = StreamConfig(
-            rows_per_batch=rows_per_batch, max_tokens=capacity, packing=mode, buffer=buffer, max_per_row=max_per_row,
-            shuffle=shuffle, seed=seed, backend="local",
+            rows_per_batch=rows_per_batch,
+            max_tokens=capacity,
+            packing=mode,
+            buffer=buffer,
+            max_per_row=max_per_row,
+            shuffle=shuffle,
+            seed=seed,
+            backend="local",
         )
         self.tokens = np.asarray(token_counts, dtype=np.int64)
         bad = np.flatnonzero((self.tokens < 1) | (self.tokens > capacity))

@@ -4,10 +4,11 @@ Outliers must not decide the statistics: each source file adds at most `frames_p
 frames (a few times the median clip; see `source_frame_cap`), and digitally silent clips,
 whose fbank is the log floor everywhere, are left out. Both are counted in the result.
 """
+
 from __future__ import annotations
 
 from collections import Counter
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -41,8 +42,15 @@ def fbank_stats(
             break
         window, shift = (int(frame_samples(sample_rate, ms)) for ms in (FRAME_LENGTH_MS, BASE_SHIFT_MS))
         room = frames_per_source - taken[source] if frames_per_source is not None else None
-        reason = ("too_short" if len(waveform) < window else "silent" if not np.any(waveform)
-                  else "over_cap" if room is not None and room < 1 else None)
+        reason = (
+            "too_short"
+            if len(waveform) < window
+            else "silent"
+            if not np.any(waveform)
+            else "over_cap"
+            if room is not None and room < 1
+            else None
+        )
         if reason:
             passed[reason] += 1
             continue

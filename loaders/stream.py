@@ -14,6 +14,7 @@ the assembly as Ray Data tasks streaming batches in step order; `backend="local"
 runs the very same function in-process, or in DataLoader workers (worker w of k takes steps
 w, w+k, ...; DataLoader fetches from its workers in turn, which restores step order).
 """
+
 from __future__ import annotations
 
 import sys
@@ -61,10 +62,14 @@ class PackedStream(IterableDataset):
         **settings,
     ):
         if config is not None and not isinstance(config, StreamConfig):
-            raise TypeError(f"config must be a StreamConfig, got {config!r}: pass settings by name (rows_per_batch=...)")
+            raise TypeError(
+                f"config must be a StreamConfig, got {config!r}: pass settings by name (rows_per_batch=...)"
+            )
         self.config = replace(config, **settings) if config is not None else StreamConfig(**settings)
         if split is not None:
-            warnings.warn("PackedStream(split=(rank, world)) is renamed: pass rank= and world=", DeprecationWarning, stacklevel=2)
+            warnings.warn(
+                "PackedStream(split=(rank, world)) is renamed: pass rank= and world=", DeprecationWarning, stacklevel=2
+            )
             rank, world = split
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} and world {world} must satisfy 0 <= rank < world")
@@ -115,7 +120,11 @@ class PackedStream(IterableDataset):
         """Where delivery stands: {"epoch", "next_step"} (in a DataLoader worker: the first step
         of its next round of turns). `batch.epoch` and `batch.step + 1` of the last batch a trainer
         took say the same, whatever the number of workers."""
-        return dict(self._delivered) if self._delivered else {"epoch": int(self._position[0]), "next_step": int(self._position[1])}
+        return (
+            dict(self._delivered)
+            if self._delivered
+            else {"epoch": int(self._position[0]), "next_step": int(self._position[1])}
+        )
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue at (epoch, next_step): `iter()` then yields exactly the remaining batches."""
@@ -177,7 +186,11 @@ class PackedStream(IterableDataset):
     def epoch(self, epoch: int, start_step: int = 0, stride: int = 1) -> Iterator[PackedBatch]:
         """This rank's batches of `epoch` from `start_step` on (every `stride`-th), in step order."""
         specs = self.specs(epoch, start_step, stride)
-        arrays = self._assemble_ray(specs) if self.config.backend == "ray" else (featurize_batch(s, self.features) for s in specs)
+        arrays = (
+            self._assemble_ray(specs)
+            if self.config.backend == "ray"
+            else (featurize_batch(s, self.features) for s in specs)
+        )
         stats = self.stats[epoch] = _empty_stats()
         plan = self.plan(epoch)
         stats["plan_pad_ratio"] = plan.pad_ratio
@@ -187,7 +200,10 @@ class PackedStream(IterableDataset):
             stats["data_wait_s"] += time.perf_counter() - waited
             _count(stats, batch)
             for failure in batch.failed:
-                print(f"PackedStream: {failure['shard']} {failure['key']}: {failure['reason']} (left as padding)", file=sys.stderr)
+                print(
+                    f"PackedStream: {failure['shard']} {failure['key']}: {failure['reason']} (left as padding)",
+                    file=sys.stderr,
+                )
             yield batch
             waited = time.perf_counter()
 
@@ -221,7 +237,10 @@ def _assemble_one(batch: dict, features: FeatureConfig) -> dict:
     reuses its worker processes (imports and feature caches warm) from one epoch to the next,
     where a pool of actors would start afresh with every epoch's dataset."""
     arrays = featurize_batch(BatchSpec.from_json(str(batch["spec"][0])), features)
-    return {name: np.asarray([value]) if name != "meta" else np.array([value], dtype=object) for name, value in arrays.items()}
+    return {
+        name: np.asarray([value]) if name != "meta" else np.array([value], dtype=object)
+        for name, value in arrays.items()
+    }
 
 
 def _open(path: Path, subset: str | None) -> tuple[ShardDataset, str]:
@@ -231,12 +250,24 @@ def _open(path: Path, subset: str | None) -> tuple[ShardDataset, str]:
         if subset not in (None, path.name):
             raise ValueError(f"{path} is split {path.name!r} but subset={subset!r} was asked for")
         return ShardDataset(path.parent), path.name
-    raise FileNotFoundError(f"{path} is neither a shard set nor a split folder of one (no {DATASET_FILE} there or above)")
+    raise FileNotFoundError(
+        f"{path} is neither a shard set nor a split folder of one (no {DATASET_FILE} there or above)"
+    )
 
 
 def _empty_stats() -> dict:
-    return {"batches": 0, "padding_batches": 0, "samples": 0, "tokens": 0, "slots": 0, "cut_tokens": 0,
-            "failed": 0, "data_wait_s": 0.0, "pad_ratio": 0.0, "cut_ratio": 0.0}
+    return {
+        "batches": 0,
+        "padding_batches": 0,
+        "samples": 0,
+        "tokens": 0,
+        "slots": 0,
+        "cut_tokens": 0,
+        "failed": 0,
+        "data_wait_s": 0.0,
+        "pad_ratio": 0.0,
+        "cut_ratio": 0.0,
+    }
 
 
 def _count(stats: dict, batch: PackedBatch) -> None:

@@ -5,6 +5,7 @@ cores (an epoch ran 13-37x slower with 2 threads than with 1 on a loaded 2-core 
 featurizing processes run with one thread by default. The caller's own count comes back after
 each block, so a trainer that featurizes in-process keeps its threads for its model.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

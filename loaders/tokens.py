@@ -130,7 +130,12 @@ def token_counts(
 
 
 def frame_tokens(
-    frames: ArrayLike, *, patch: int = PATCH, n_mels: int = N_MELS, max_frames: int | None = None, capacity: int | None = None
+    frames: ArrayLike,
+    *,
+    patch: int = PATCH,
+    n_mels: int = N_MELS,
+    max_frames: int | None = None,
+    capacity: int | None = None,
 ) -> TokenCounts:
     """Tokens of spectrograms `frames` long, by the policies of the module docstring: what
     `token_counts` does once it knows the frames, and what callers with ready fbanks count with."""

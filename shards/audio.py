@@ -4,6 +4,7 @@ Shards store mono PCM16 WAV: lossless for 16-bit sources, half the size of float
 decodes at ~10,000x real time (FLAC ~2,900x), so decoding stays far cheaper than the fbank
 the loader computes next.
 """
+
 from __future__ import annotations
 
 import io
@@ -64,9 +65,7 @@ def _open(path: str | Path) -> sf.SoundFile:
         declared, present = int(match.group(1)), int(match.group(2))
         if declared > present and declared not in _PLACEHOLDER_SIZES:
             handle.close()
-            raise AudioError(
-                "truncated file", f"{path}: header declares {declared} data bytes, file holds {present}"
-            )
+            raise AudioError("truncated file", f"{path}: header declares {declared} data bytes, file holds {present}")
     if handle.frames <= 0:
         handle.close()
         raise AudioError("empty audio", f"{path} has no audio frames")

@@ -11,6 +11,7 @@ Every input ends up either as an index row or as a `Skipped` record with a reaso
 built in `OUT/.building` and moved into place only when complete, so a failed build (a full or
 read-only disk) leaves a former shard set in OUT as it was.
 """
+
 from __future__ import annotations
 
 import math
@@ -109,7 +110,9 @@ def prepare_output(out: Path, overwrite: bool) -> Path:
         if not overwrite:
             raise FileExistsError(f"output folder {out} exists and is not empty (use --overwrite to replace it)")
         if not (out / DATASET_FILE).is_file() and not any(out.glob("*/.shard-*.partial")):
-            raise FileExistsError(f"refusing to --overwrite {out}: it does not look like a shard set (no {DATASET_FILE})")
+            raise FileExistsError(
+                f"refusing to --overwrite {out}: it does not look like a shard set (no {DATASET_FILE})"
+            )
     staging = out / STAGING
     try:
         shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
@@ -162,8 +165,9 @@ def build_shards(sources: list[Source], listing_skips: list[Skipped], config: Bu
             write_index(config.out / split, split_rows)
     except OSError as exc:
         raise OutputError(f"cannot write the index in {config.out}: {exc.strerror or exc}") from None
-    return BuildResult(by_split, labels, skipped, sorted(clipped), files_in=len(sources) + len(listing_skips),
-                       silent=sorted(silent))
+    return BuildResult(
+        by_split, labels, skipped, sorted(clipped), files_in=len(sources) + len(listing_skips), silent=sorted(silent)
+    )
 
 
 def plan_shards(probed: list[tuple[Source, int]], config: BuildConfig) -> list[dict]:
@@ -199,8 +203,12 @@ def _plan(config: BuildConfig, split: str, number: int, sources: list[dict]) -> 
 
 def _probe(sources: list[Source], config: BuildConfig) -> tuple[list[tuple[Source, int]], list[Skipped]]:
     chunks = [
-        {"sample_rate": config.sample_rate, "max_duration_s": config.max_duration_s, "long_clips": config.long_clips,
-         "sources": [asdict(s) for s in sources[i : i + PROBE_CHUNK]]}
+        {
+            "sample_rate": config.sample_rate,
+            "max_duration_s": config.max_duration_s,
+            "long_clips": config.long_clips,
+            "sources": [asdict(s) for s in sources[i : i + PROBE_CHUNK]],
+        }
         for i in range(0, len(sources), PROBE_CHUNK)
     ]
     probed, skipped = [], []
@@ -246,9 +254,14 @@ def probe_chunk(item: dict) -> dict:
             if limit is None or last - first <= limit * rate:
                 ok.append((raw, output_frames(last - first, rate, item["sample_rate"])))
             elif item["long_clips"] == "skip":
-                raise AudioError("too long", f"{source.path}: {(last - first) / rate:.1f} s is over --max-duration {limit:g} s")
+                raise AudioError(
+                    "too long", f"{source.path}: {(last - first) / rate:.1f} s is over --max-duration {limit:g} s"
+                )
             else:
-                ok += [(asdict(part), output_frames(n, rate, item["sample_rate"])) for part, n in _segments(source, first, last, rate, limit)]
+                ok += [
+                    (asdict(part), output_frames(n, rate, item["sample_rate"]))
+                    for part, n in _segments(source, first, last, rate, limit)
+                ]
         except AudioError as exc:
             skipped.append(asdict(_skip(source, exc)))
     return {"ok": ok, "skipped": skipped}
@@ -377,8 +390,10 @@ def summary(result: BuildResult) -> str:
 def warnings(result: BuildResult, shown: int) -> list[str]:
     """Outliers worth a look, listed by key: digitally silent clips and clips far longer than the rest."""
     lines = []
-    for keys, what in ((result.silent, "digitally silent (all samples zero; left out of the fbank statistics)"),
-                       (result.far_longer, f"over {FAR_LONGER}x the median duration")):
+    for keys, what in (
+        (result.silent, "digitally silent (all samples zero; left out of the fbank statistics)"),
+        (result.far_longer, f"over {FAR_LONGER}x the median duration"),
+    ):
         if keys:
             more = f" ... and {len(keys) - shown} more (all in dataset.json)" if len(keys) > shown else ""
             lines.append(f"warning: {len(keys)} clip(s) {what}: {', '.join(keys[:shown])}{more}")

@@ -3,6 +3,7 @@
 XXH3 hashes at tens of GiB/s, about 10-20x faster than zlib's CRC32, so checking every read costs
 well under 1 % of the stream's time. Every writer, reader and verifier goes through this module.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator

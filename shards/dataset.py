@@ -8,14 +8,15 @@ Layout of a shard set (what `jobs/make_shards.py` writes):
 
 `dataset.json` is written last, so its presence marks a complete build.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -60,10 +61,15 @@ class ShardDataset:
             )
         self.meta = json.loads(meta_path.read_text())
         if self.meta.get("format_version") not in READABLE_VERSIONS:
-            raise ValueError(f"{meta_path}: format_version {self.meta.get('format_version')} is not one of {READABLE_VERSIONS}")
+            raise ValueError(
+                f"{meta_path}: format_version {self.meta.get('format_version')} is not one of {READABLE_VERSIONS}"
+            )
         if not self.has_checksums:
-            print(f"note: {self.root} was built before member checksums (format 1): its audio is read without "
-                  "integrity checks; rebuild it with make_shards to add them", file=sys.stderr)
+            print(
+                f"note: {self.root} was built before member checksums (format 1): its audio is read without "
+                "integrity checks; rebuild it with make_shards to add them",
+                file=sys.stderr,
+            )
 
     @property
     def has_checksums(self) -> bool:
@@ -124,7 +130,9 @@ class ShardDataset:
         if table.num_rows != 1:
             raise KeyError(f"{key!r} not in split {split!r} of {self.root}")
         row = table.to_pylist()[0]
-        return read_member(self._split_dir(split) / row["shard"], key, Member(row["offset"], row["nbytes"], row["xxh3_64"]))
+        return read_member(
+            self._split_dir(split) / row["shard"], key, Member(row["offset"], row["nbytes"], row["xxh3_64"])
+        )
 
     def _split_dir(self, split: str) -> Path:
         if split not in self.meta["splits"]:

@@ -8,6 +8,7 @@ enough that a model trained at one fixed length meets other lengths. Determinist
 Written as real WAV files plus a manifest, so the demo goes through the same decoding path as
 user data. Every fifth clip of each class is in the test split (20 %, balanced).
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,13 +23,20 @@ DEMO_SECONDS = (0.5, 2.5)  # shortest and longest clip
 DEMO_SNR_DB = (15.0, 30.0)
 DEMO_PERIOD_S = (0.15, 0.4)  # repetition period of the pulsed and swept classes
 PITCH_HZ = {  # each class's range of base frequency f0: apart on the mel scale, swept and modulated ranges included
-    "tone": (150, 250), "noise_bursts": (700, 750), "chirp_up": (1200, 1400), "chirp_down": (1200, 1400),
-    "vibrato": (3300, 3600), "tremolo": (4500, 5000), "beeps": (5800, 6300), "crackle": (7000, 7600),
+    "tone": (150, 250),
+    "noise_bursts": (700, 750),
+    "chirp_up": (1200, 1400),
+    "chirp_down": (1200, 1400),
+    "vibrato": (3300, 3600),
+    "tremolo": (4500, 5000),
+    "beeps": (5800, 6300),
+    "crackle": (7000, 7600),
 }
 
 
-def write_demo_corpus(folder: str | Path, clips: int = 320, seed: int = 0,
-                      min_s: float = DEMO_SECONDS[0], max_s: float = DEMO_SECONDS[1]) -> Path:
+def write_demo_corpus(
+    folder: str | Path, clips: int = 320, seed: int = 0, min_s: float = DEMO_SECONDS[0], max_s: float = DEMO_SECONDS[1]
+) -> Path:
     """Write `clips` WAV files (classes in turn) and `manifest.csv`; returns the manifest path."""
     if clips < len(DEMO_CLASSES):
         raise ValueError(f"demo corpus needs at least {len(DEMO_CLASSES)} clips, got {clips}")
@@ -63,7 +71,7 @@ def synthesize(label: str, seconds: float, rng: np.random.Generator) -> np.ndarr
         signal = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in (1, 2))
     elif label in ("chirp_up", "chirp_down"):
         ramp = cycle if label == "chirp_up" else 1 - cycle
-        signal = np.sin(2 * np.pi * np.cumsum(f0 * 2 ** ramp) / DEMO_RATE)
+        signal = np.sin(2 * np.pi * np.cumsum(f0 * 2**ramp) / DEMO_RATE)
     elif label == "beeps":
         signal = np.sin(2 * np.pi * f0 * t) * (cycle < 0.3)
     elif label == "noise_bursts":

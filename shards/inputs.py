@@ -4,6 +4,7 @@ Listing never touches audio; rows it cannot use become `Skipped` records, never 
 so one bad row never stops a large job. Configuration mistakes (no such folder, a manifest
 without the required columns) do raise, with the file named.
 """
+
 from __future__ import annotations
 
 import csv
@@ -102,7 +103,9 @@ def list_folder(
         if pattern is None:
             label = path.parent.name if path.parent != root else ""
             if not label:
-                skipped.append(Skipped(str(path), "no label", "file sits directly in --input; put it in a label folder"))
+                skipped.append(
+                    Skipped(str(path), "no label", "file sits directly in --input; put it in a label folder")
+                )
                 continue
         else:
             match = pattern.search(path.name)
@@ -110,7 +113,9 @@ def list_folder(
                 skipped.append(Skipped(str(path), "no label", f"--label-regex did not match {path.name!r}"))
                 continue
             label = match.group("label")
-        sources.append(Source(make_key(relative), str(path), (label,), split_for(relative, test_fraction, valid_fraction)))
+        sources.append(
+            Source(make_key(relative), str(path), (label,), split_for(relative, test_fraction, valid_fraction))
+        )
     return dedupe_keys(sources), skipped
 
 
@@ -150,9 +155,14 @@ def drop_duplicates(sources: list[Source]) -> tuple[list[Source], list[Skipped]]
     for source in sources:
         identity = (os.path.realpath(source.path), source.start_s, source.end_s)
         if identity in first_seen:
-            duplicates.append(Skipped(source.path, "duplicate",
-                                      f"{source.origin}: same file and segment as {first_seen[identity].origin}; "
-                                      "kept once (--keep-duplicates keeps both)"))
+            duplicates.append(
+                Skipped(
+                    source.path,
+                    "duplicate",
+                    f"{source.origin}: same file and segment as {first_seen[identity].origin}; "
+                    "kept once (--keep-duplicates keeps both)",
+                )
+            )
             continue
         first_seen[identity] = source
         kept.append(source)
@@ -185,8 +195,7 @@ def _keys_from_common_folder(sources: list[Source]) -> list[Source]:
         return sources
     common = os.path.commonpath([os.path.dirname(os.path.abspath(s.path)) for s in sources])
     return [
-        replace(s, key=make_key(os.path.relpath(os.path.abspath(s.path), common), s.start_s, s.end_s))
-        for s in sources
+        replace(s, key=make_key(os.path.relpath(os.path.abspath(s.path), common), s.start_s, s.end_s)) for s in sources
     ]
 
 

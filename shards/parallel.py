@@ -4,6 +4,7 @@ Both backends run the very same function on the very same JSON-able items, so `l
 faithful debugging and no-Ray path, and a baseline for the Ray benchmark. Items and results
 cross Ray as JSON text: no Arrow schema guessing on nested or sometimes-null fields.
 """
+
 from __future__ import annotations
 
 import json

@@ -6,15 +6,16 @@ before it, and each failure names the shard and key. Each wav's XXH3-64 goes int
 readers check it, and random access also checks the tar header in front of the bytes, so a
 flipped byte or a misplaced offset is a named failure, never another clip delivered.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import os
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

@@ -5,14 +5,15 @@ tar holds, byte ranges that differ, XXH3-64 of each wav), shards listed in datas
 the files present, wav members without their json, and the counts dataset.json records
 (samples, shards, labels, duration) against the index.
 """
+
 from __future__ import annotations
 
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from shards.dataset import DATASET_FILE, ShardDataset, describe_split
 from shards.checksum import checksum_chunks, checksum_problem, read_chunks
+from shards.dataset import DATASET_FILE, ShardDataset, describe_split
 
 
 @dataclass(frozen=True)
@@ -36,22 +37,43 @@ def _verify_split(dataset: ShardDataset, split: str) -> list[Problem]:
     rows = {(row["shard"], row["key"]): row for row in index}
     listed = dataset.meta["splits"][split]["shards"]
     present = sorted(p.name for p in (dataset.root / split).glob("shard-*.tar"))
-    problems = [Problem("shard", f"{split}/{name}", f"listed in {DATASET_FILE} but absent") for name in listed if name not in present]
-    problems += [Problem("shard", f"{split}/{name}", f"present but not listed in {DATASET_FILE}") for name in present if name not in listed]
+    problems = [
+        Problem("shard", f"{split}/{name}", f"listed in {DATASET_FILE} but absent")
+        for name in listed
+        if name not in present
+    ]
+    problems += [
+        Problem("shard", f"{split}/{name}", f"present but not listed in {DATASET_FILE}")
+        for name in present
+        if name not in listed
+    ]
     seen = set()
     for name in present:
         problems += _verify_shard(dataset.root / split / name, split, rows, seen)
-    problems += [Problem("missing member", f"{split}/{shard} {key}", "index row with no such member in the tar")
-                 for shard, key in rows if (shard, key) not in seen]
+    problems += [
+        Problem("missing member", f"{split}/{shard} {key}", "index row with no such member in the tar")
+        for shard, key in rows
+        if (shard, key) not in seen
+    ]
     recorded = dataset.meta["splits"][split]
     actual = describe_split(index)
     for field in ("samples", "shards", "label_counts"):
         if recorded.get(field) != actual[field]:
-            problems.append(Problem("counts", f"{DATASET_FILE} splits.{split}.{field}",
-                                    f"records {recorded.get(field)!r}, the index has {actual[field]!r}"))
+            problems.append(
+                Problem(
+                    "counts",
+                    f"{DATASET_FILE} splits.{split}.{field}",
+                    f"records {recorded.get(field)!r}, the index has {actual[field]!r}",
+                )
+            )
     if abs(recorded.get("duration_s", 0.0) - actual["duration_s"]) > 0.01:
-        problems.append(Problem("counts", f"{DATASET_FILE} splits.{split}.duration_s",
-                                f"records {recorded.get('duration_s')}, the index sums to {actual['duration_s']}"))
+        problems.append(
+            Problem(
+                "counts",
+                f"{DATASET_FILE} splits.{split}.duration_s",
+                f"records {recorded.get('duration_s')}, the index sums to {actual['duration_s']}",
+            )
+        )
     return problems
 
 
@@ -69,16 +91,27 @@ def _verify_shard(path: Path, split: str, rows: dict, seen: set) -> list[Problem
                 digest = checksum_chunks(read_chunks(tar.extractfile(info)))
                 row = rows.get((path.name, key))
                 if row is None:
-                    problems.append(Problem("not in index", f"{where} {key}", "tar member the index does not list (never read)"))
+                    problems.append(
+                        Problem("not in index", f"{where} {key}", "tar member the index does not list (never read)")
+                    )
                     continue
                 seen.add((path.name, key))
                 if (row["offset"], row["nbytes"]) != (info.offset_data, info.size):
-                    problems.append(Problem("byte range", f"{where} {key}", f"index has offset {row['offset']} and {row['nbytes']} "
-                                                                           f"bytes, the tar {info.offset_data} and {info.size}"))
+                    problems.append(
+                        Problem(
+                            "byte range",
+                            f"{where} {key}",
+                            f"index has offset {row['offset']} and {row['nbytes']} "
+                            f"bytes, the tar {info.offset_data} and {info.size}",
+                        )
+                    )
                 elif problem := checksum_problem(digest, row["xxh3_64"]):
                     problems.append(Problem("checksum", f"{where} {key}", problem))
     except (tarfile.TarError, EOFError, OSError) as exc:
         problems.append(Problem("shard", where, f"unreadable: {exc}"))
-    problems += [Problem("incomplete", f"{where} {key}", f"has {sorted(exts)}, needs json and wav")
-                 for key, exts in parts.items() if exts != {"json", "wav"}]
+    problems += [
+        Problem("incomplete", f"{where} {key}", f"has {sorted(exts)}, needs json and wav")
+        for key, exts in parts.items()
+        if exts != {"json", "wav"}
+    ]
     return problems

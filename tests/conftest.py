@@ -1,4 +1,5 @@
 """Shared fixtures: a real local Ray instance, the real FSDD recordings, the make_shards job."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -61,7 +62,9 @@ def fsdd_shards(tmp_path_factory, fsdd_dir, ray_local, make_shards) -> Path:
     work = tmp_path_factory.mktemp("fsdd")
     manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv")
     out = work / "shards"
-    code = make_shards.main(["--manifest", str(manifest), "--out", str(out), "--shard-size", "2MB", "--backend", "ray", "--quiet"])
+    code = make_shards.main(
+        ["--manifest", str(manifest), "--out", str(out), "--shard-size", "2MB", "--backend", "ray", "--quiet"]
+    )
     assert code == 0
     return out
 
@@ -72,7 +75,9 @@ def fsdd_small_shards(tmp_path_factory, fsdd_dir, make_shards) -> Path:
     work = tmp_path_factory.mktemp("fsdd_small")
     manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv", every=5)
     out = work / "shards"
-    code = make_shards.main(["--manifest", str(manifest), "--out", str(out), "--shard-size", "300KB", "--backend", "local", "--quiet"])
+    code = make_shards.main(
+        ["--manifest", str(manifest), "--out", str(out), "--shard-size", "300KB", "--backend", "local", "--quiet"]
+    )
     assert code == 0
     return out
 
@@ -83,10 +88,21 @@ def kaldi_reference_fbank(wave, rate: int, shift_ms: float = 10.0):
     from torchaudio.compliance import kaldi
 
     x = torch.as_tensor(wave, dtype=torch.float32)
-    return kaldi.fbank(
-        (x - x.mean()).unsqueeze(0), htk_compat=True, sample_frequency=rate, use_energy=False,
-        window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=shift_ms, frame_length=25,
-    ).double().numpy()
+    return (
+        kaldi.fbank(
+            (x - x.mean()).unsqueeze(0),
+            htk_compat=True,
+            sample_frequency=rate,
+            use_energy=False,
+            window_type="hanning",
+            num_mel_bins=128,
+            dither=0.0,
+            frame_shift=shift_ms,
+            frame_length=25,
+        )
+        .double()
+        .numpy()
+    )
 
 
 # Synthetic clips of exact lengths: clip i lasts PATCHES[i] patches of 16 frames at C = 1 (plus
@@ -113,7 +129,9 @@ def write_synthetic_manifest(folder: Path, labels: list[str]) -> Path:
     for i, label in enumerate(labels):
         patches = SYNTHETIC_PATCHES[i % len(SYNTHETIC_PATCHES)]
         t = np.arange(synthetic_num_samples(patches)) / SYNTHETIC_RATE
-        wave = 0.3 * np.sin(2 * np.pi * 110 * patches * t) + 0.05 * np.random.default_rng(patches).standard_normal(len(t))
+        wave = 0.3 * np.sin(2 * np.pi * 110 * patches * t) + 0.05 * np.random.default_rng(patches).standard_normal(
+            len(t)
+        )
         sf.write(folder / f"clip{i:02d}.wav", wave.astype(np.float32), SYNTHETIC_RATE, subtype="PCM_16")
         rows.append(f"clip{i:02d}.wav,{label},train")
     manifest = folder / "manifest.csv"
@@ -127,7 +145,9 @@ def build_synthetic_shards(make_shards, work: Path, labels: list[str] | None = N
     labels = labels or [SYNTHETIC_LABELS[i % len(SYNTHETIC_LABELS)] for i in range(len(SYNTHETIC_PATCHES))]
     manifest = write_synthetic_manifest(work / "audio", labels)
     out = work / "shards"
-    assert make_shards.main(["--manifest", str(manifest), "--out", str(out), "--backend", "local", "--quiet", *flags]) == 0
+    assert (
+        make_shards.main(["--manifest", str(manifest), "--out", str(out), "--backend", "local", "--quiet", *flags]) == 0
+    )
     return out
 
 

@@ -1,6 +1,7 @@
 """Checkpoints know their model and features: `Classifier` serves AST and avgpool checkpoints
 with the features they were trained on (checked against torchaudio's Kaldi fbank), and files
 written before the model kind was recorded still load."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,17 @@ def clip(seconds: float, seed: int) -> np.ndarray:
 def reference_features(wave: np.ndarray, shift_ms: float, pool: int, frames: int, mean: float = MEAN) -> torch.Tensor:
     """The paper's recipe written out: Kaldi fbank of the mean-removed wave, C frames averaged,
     whole 16-frame patches at most `frames`, then (x - mean) / (2 * std)."""
-    spec = kaldi.fbank(torch.from_numpy(wave - wave.mean())[None], htk_compat=True, sample_frequency=RATE, use_energy=False,
-                       window_type="hanning", num_mel_bins=128, dither=0.0, frame_shift=shift_ms, frame_length=25.0)
+    spec = kaldi.fbank(
+        torch.from_numpy(wave - wave.mean())[None],
+        htk_compat=True,
+        sample_frequency=RATE,
+        use_energy=False,
+        window_type="hanning",
+        num_mel_bins=128,
+        dither=0.0,
+        frame_shift=shift_ms,
+        frame_length=25.0,
+    )
     spec = F.avg_pool1d(spec.T[None], pool)[0].T if pool > 1 else spec
     kept = min(spec.shape[0] // 16 * 16, frames)
     return (spec[:kept] - mean) / (2 * STD)
@@ -51,10 +61,17 @@ def logits_on(model, spec: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("kind", "compression", "scale", "shift_ms", "pool"),
-    [("ast", "shift", 1.0, 10.0, 1), ("ast", "shift", 2.0, 20.0, 1), ("elasticast", "shift", 2.4, 24.0, 1),
-     ("elasticast", "avgpool", 2.0, 10.0, 2), ("elasticast", "avgpool", 3.0, 10.0, 3)],
+    [
+        ("ast", "shift", 1.0, 10.0, 1),
+        ("ast", "shift", 2.0, 20.0, 1),
+        ("elasticast", "shift", 2.4, 24.0, 1),
+        ("elasticast", "avgpool", 2.0, 10.0, 2),
+        ("elasticast", "avgpool", 3.0, 10.0, 3),
+    ],
 )
-def test_classifier_serves_each_checkpoint_with_its_training_features(tmp_path, kind, compression, scale, shift_ms, pool):
+def test_classifier_serves_each_checkpoint_with_its_training_features(
+    tmp_path, kind, compression, scale, shift_ms, pool
+):
     model = tiny(kind, **({"target_frames": 128} if kind == "ast" else {}))
     path = tmp_path / "model.pt"
     save_checkpoint(path, model, LABELS, TrainedFeatures(RATE, MEAN, STD, compression, 512))
@@ -65,7 +82,11 @@ def test_classifier_serves_each_checkpoint_with_its_training_features(tmp_path, 
     assert predicted.windows == 1
     assert np.allclose(predicted.logits, expected.numpy(), atol=2e-3)
     # what a classifier blind to the checkpoint would feed: frame-shift C, or the wrong statistics
-    other = reference_features(wave, 10.0 * scale, 1, 512) if pool > 1 else reference_features(wave, shift_ms, 1, 512, mean=0.0)
+    other = (
+        reference_features(wave, 10.0 * scale, 1, 512)
+        if pool > 1
+        else reference_features(wave, shift_ms, 1, 512, mean=0.0)
+    )
     assert not np.allclose(predicted.logits, logits_on(model, other).numpy(), atol=2e-3), "the features must matter"
 
 
@@ -77,7 +98,9 @@ def test_ast_windows_are_its_training_size_and_avgpool_takes_whole_scales(tmp_pa
     wave = clip(3.0, 2)
     window = 400 + (128 - 1) * 160
     starts = [*range(0, len(wave) - window, 64 * 160), len(wave) - window]
-    expected = torch.stack([logits_on(ast, reference_features(wave[s : s + window], 10.0, 1, 128)) for s in starts]).mean(0)
+    expected = torch.stack(
+        [logits_on(ast, reference_features(wave[s : s + window], 10.0, 1, 128)) for s in starts]
+    ).mean(0)
     predicted = classifier.predict([wave], sample_rate=RATE)[0]
     assert predicted.windows == len(starts) == 4
     assert np.allclose(predicted.logits, expected.numpy(), atol=2e-3)
@@ -101,11 +124,25 @@ def test_version_1_files_still_load(tmp_path):
     """The format before the model kind and features were recorded (as jobs/train.py wrote it)."""
     ast = tiny("ast", target_frames=128)
     train_config = {"model": "ast", "target_frames": 128, "pooling": "cls", "max_frames": 512}
-    torch.save({"format": "elasticast-checkpoint", "format_version": 1, "config": dataclasses.asdict(ast.config),
-                "state_dict": ast.state_dict(), "labels": LABELS, "fbank": {"mean": MEAN, "std": STD}, "sample_rate": RATE,
-                "multi_label": False, "compression": "shift", "extra": {"train_config": train_config}}, tmp_path / "v1.pt")
+    torch.save(
+        {
+            "format": "elasticast-checkpoint",
+            "format_version": 1,
+            "config": dataclasses.asdict(ast.config),
+            "state_dict": ast.state_dict(),
+            "labels": LABELS,
+            "fbank": {"mean": MEAN, "std": STD},
+            "sample_rate": RATE,
+            "multi_label": False,
+            "compression": "shift",
+            "extra": {"train_config": train_config},
+        },
+        tmp_path / "v1.pt",
+    )
     checkpoint = load_checkpoint(tmp_path / "v1.pt")
     assert checkpoint.kind == "ast" and checkpoint.features == TrainedFeatures(RATE, MEAN, STD, "shift", 512)
     wave = clip(0.5, 3)
     expected = logits_on(ast, reference_features(wave, 10.0, 1, 512))
-    assert np.allclose(Classifier.from_checkpoint(tmp_path / "v1.pt").predict([wave], sample_rate=RATE)[0].logits, expected, atol=2e-3)
+    assert np.allclose(
+        Classifier.from_checkpoint(tmp_path / "v1.pt").predict([wave], sample_rate=RATE)[0].logits, expected, atol=2e-3
+    )

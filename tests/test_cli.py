@@ -1,5 +1,6 @@
 """The three commands: installable console scripts, flags parsed before torch or Ray load, a help
 sentence for every flag, choices enforced, and make_shards choosing its backend out loud."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,10 @@ HEAVY = ("torch", "torchaudio", "ray", "numba", "pyarrow", "soundfile")
 
 @pytest.mark.parametrize("module", sorted(COMMANDS))
 def test_help_is_printed_before_any_heavy_import(module):
-    probe = (f"import sys\nfrom elasticast.cli import {module}\ntry:\n    {module}.main(['--help'])\nexcept SystemExit:\n    pass\n"
-             f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    probe = (
+        f"import sys\nfrom elasticast.cli import {module}\ntry:\n    {module}.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=REPO).stdout
     assert "usage:" in out and out.strip().endswith("LOADED []")
 
@@ -48,8 +51,22 @@ def test_make_shards_builds_small_input_in_process_and_says_so(tmp_path, make_sh
 def test_console_scripts_run_from_a_non_editable_install_in_a_fresh_venv(tmp_path):
     """A wheel built from the tree, installed without its dependencies into a new venv that borrows
     this venv's packages (nothing is downloaded); each command answers --help from outside the repo."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"),
-                    str(REPO)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = (tmp_path / "dist").glob("elasticast-*.whl")
     assert any(name.startswith("elasticast/cli/") for name in zipfile.ZipFile(wheel).namelist())
     fresh = tmp_path / "fresh"
@@ -57,11 +74,30 @@ def test_console_scripts_run_from_a_non_editable_install_in_a_fresh_venv(tmp_pat
     site = next((fresh / "lib").glob("python3.*/site-packages"))
     borrowed = [p for p in sys.path if p.endswith("site-packages")]
     (site / "borrowed.pth").write_text("\n".join(borrowed) + "\n")  # dependencies only: .pth files there are not run
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(fresh / "bin" / "python"), "install", "-q", "--no-deps",
-                    "--no-index", str(wheel)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(fresh / "bin" / "python"),
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
+    )
     for command in COMMANDS.values():
         run = subprocess.run([str(fresh / "bin" / command), "--help"], capture_output=True, text=True, cwd=tmp_path)
         assert run.returncode == 0 and "usage:" in run.stdout, (command, run.stderr[-2000:])
-    where = subprocess.run([str(fresh / "bin" / "python"), "-c", "import elasticast.cli; print(elasticast.cli.__file__)"],
-                           capture_output=True, text=True, cwd=tmp_path, check=True).stdout
+    where = subprocess.run(
+        [str(fresh / "bin" / "python"), "-c", "import elasticast.cli; print(elasticast.cli.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    ).stdout
     assert str(site) in where

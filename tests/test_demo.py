@@ -1,4 +1,5 @@
 """The built-in demo corpus: deterministic, varied in length, and built end to end by the job."""
+
 from __future__ import annotations
 
 import csv

@@ -1,5 +1,6 @@
 """Evaluation across lengths and resolutions: what each model sees at a point, the token-usage
 arithmetic, and `jobs/evaluate.py` end to end on a small demo shard set."""
+
 from __future__ import annotations
 
 import csv
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from elasticast import TrainedFeatures, save_checkpoint
-from elasticast.cli import evaluate as evaluate_job
 from elasticast.ast_baseline import fixed_size_tokens, fixed_size_usage
+from elasticast.cli import evaluate as evaluate_job
 from elasticast.evaluation import Point, load_candidate, sweep_points
 from elasticast.training.config import TrainConfig
 from elasticast.training.loop import build_model
@@ -19,14 +20,27 @@ from shards import ShardDataset
 from shards.demo import write_demo_corpus
 
 
-
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory, make_shards):
     """Demo clips of 0.5-30 s: longer than the caps and AST sizes below, so both crop."""
     work = tmp_path_factory.mktemp("eval")
     manifest = write_demo_corpus(work / "audio", clips=40, min_s=0.5, max_s=30.0)
-    assert make_shards.main(["--manifest", str(manifest), "--out", str(work / "shards"), "--shard-size", "8MB",
-                            "--backend", "local", "--quiet"]) == 0
+    assert (
+        make_shards.main(
+            [
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(work / "shards"),
+                "--shard-size",
+                "8MB",
+                "--backend",
+                "local",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     return work / "shards"
 
 
@@ -36,17 +50,35 @@ def write_checkpoint(path, shards, labels=None, **overrides):
     config = TrainConfig(**overrides)
     torch.manual_seed(0)
     model = build_model(config, len(labels or dataset.labels))
-    features = TrainedFeatures(dataset.sample_rate, dataset.fbank_stats["mean"], dataset.fbank_stats["std"], config.compression,
-                               config.max_frames)
-    save_checkpoint(path, model, labels or dataset.labels, features,
-                    extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(config.stream())})
+    features = TrainedFeatures(
+        dataset.sample_rate,
+        dataset.fbank_stats["mean"],
+        dataset.fbank_stats["std"],
+        config.compression,
+        config.max_frames,
+    )
+    save_checkpoint(
+        path,
+        model,
+        labels or dataset.labels,
+        features,
+        extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(config.stream())},
+    )
     return path
 
 
 def test_points_cover_both_sweeps_and_avgpool_takes_whole_scales_only():
     points = sweep_points(("length", "scale"), (256, 128), (1.0, 1.5, 2.0), ("shift", "avgpool"))
-    assert [p.name for p in points] == ["native", "128 frames", "256 frames", "C=1 shift", "C=1.5 shift", "C=2 shift",
-                                        "C=1 avgpool", "C=2 avgpool"]
+    assert [p.name for p in points] == [
+        "native",
+        "128 frames",
+        "256 frames",
+        "C=1 shift",
+        "C=1.5 shift",
+        "C=2 shift",
+        "C=1 avgpool",
+        "C=2 avgpool",
+    ]
     with pytest.raises(ValueError, match="multiples of 16"):
         sweep_points(("length",), (100,), (1.0,), ("shift",))
     with pytest.raises(ValueError, match="unknown sweep"):
@@ -58,8 +90,14 @@ def test_at_a_cap_elasticast_crops_only_longer_clips_and_ast_crops_or_pads_every
     is exactly 128 tokens per clip, the clip's first tokens then zeros."""
     cap, cap_tokens = 256, 128
     native = PackedStream(demo_shards / "test", rows_per_batch=8, max_tokens=2048, shuffle=False, backend="local")
-    capped = PackedStream(demo_shards / "test", rows_per_batch=8, max_tokens=2048, shuffle=False, backend="local",
-                          max_frames=Point("length", max_frames=cap).cap(3072))
+    capped = PackedStream(
+        demo_shards / "test",
+        rows_per_batch=8,
+        max_tokens=2048,
+        shuffle=False,
+        backend="local",
+        max_frames=Point("length", max_frames=cap).cap(3072),
+    )
     whole = {k: int(n) for b in native.epoch(0) for k, n in zip(b.keys, b.n_tokens)}
     batch = next(iter(capped.epoch(0)))
     seen = dict(zip(batch.keys, batch.n_tokens.tolist()))
@@ -79,7 +117,13 @@ def test_ast_positions_are_its_own_at_its_size_and_resampled_elsewhere(demo_shar
     longer = ast.grid_positions(ast.input_tokens(512)).reshape(32, 8, -1)
     table = ast.pos_embed[0, 1:].reshape(16, 8, -1)
     assert longer.shape[0] == 32 and torch.allclose(longer[0], table[0]) and torch.allclose(longer[-1], table[-1])
-    batch = next(iter(PackedStream(demo_shards / "test", rows_per_batch=2, max_tokens=2048, shuffle=False, backend="local").epoch(0)))
+    batch = next(
+        iter(
+            PackedStream(demo_shards / "test", rows_per_batch=2, max_tokens=2048, shuffle=False, backend="local").epoch(
+                0
+            )
+        )
+    )
     assert ast(batch, frames=512).shape == ast(batch).shape == (batch.num_samples, ast.config.num_classes)
 
 
@@ -93,19 +137,49 @@ def test_evaluate_job_writes_tables_plots_and_usage_for_both_model_kinds(demo_sh
     elastic = write_checkpoint(tmp_path / "elastic.pt", demo_shards)
     ast = write_checkpoint(tmp_path / "ast.pt", demo_shards, model="ast", target_frames=128)
     out = tmp_path / "eval"
-    code = job.main(["--checkpoint", str(elastic), str(ast), "--shards", str(demo_shards), "--out", str(out),  # a shard set: its test split
-                     "--lengths", "128", "512", "--scales", "1", "2.4", "3", "--compressions", "shift", "avgpool"])
+    code = job.main(
+        [
+            "--checkpoint",
+            str(elastic),
+            str(ast),
+            "--shards",
+            str(demo_shards),
+            "--out",
+            str(out),  # a shard set: its test split
+            "--lengths",
+            "128",
+            "512",
+            "--scales",
+            "1",
+            "2.4",
+            "3",
+            "--compressions",
+            "shift",
+            "avgpool",
+        ]
+    )
     assert code == 0
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    points = ["native", "128 frames", "512 frames", "C=1 shift", "C=2.4 shift", "C=3 shift", "C=1 avgpool", "C=3 avgpool"]
+    points = [
+        "native",
+        "128 frames",
+        "512 frames",
+        "C=1 shift",
+        "C=2.4 shift",
+        "C=3 shift",
+        "C=1 avgpool",
+        "C=3 avgpool",
+    ]
     assert [(r["checkpoint"], r["point"]) for r in rows] == [(c, p) for p in points for c in ("elastic", "ast")]
     test_clips = ShardDataset(demo_shards).meta["splits"]["test"]["samples"]
     assert all(int(r["samples"]) == test_clips and 0 <= float(r["metric"]) <= 1 for r in rows)
     by = {(r["checkpoint"], r["point"]): r for r in rows}
     assert by["ast", "native"]["input_frames"] == "128" and by["ast", "512 frames"]["input_frames"] == "512"
     assert float(by["ast", "512 frames"]["tokens_per_clip"]) == 256
-    assert float(by["elastic", "128 frames"]["tokens_per_clip"]) <= 64 < float(by["elastic", "native"]["tokens_per_clip"])
+    assert (
+        float(by["elastic", "128 frames"]["tokens_per_clip"]) <= 64 < float(by["elastic", "native"]["tokens_per_clip"])
+    )
     assert float(by["elastic", "C=3 shift"]["tokens_per_clip"]) < float(by["elastic", "C=1 shift"]["tokens_per_clip"])
     with (out / "usage.csv").open() as handle:
         usage = {(u["model"], u["setting"]): u for u in csv.DictReader(handle)}
@@ -125,5 +199,7 @@ def test_evaluate_job_refuses_a_checkpoint_of_other_labels_by_name(demo_shards, 
     job = evaluate_job
     labels = [f"class{i}" for i in range(len(ShardDataset(demo_shards).labels))]
     other = write_checkpoint(tmp_path / "other.pt", demo_shards, labels=labels)
-    assert job.main(["--checkpoint", str(other), "--shards", str(demo_shards / "test"), "--out", str(tmp_path / "e")]) == 2
+    assert (
+        job.main(["--checkpoint", str(other), "--shards", str(demo_shards / "test"), "--out", str(tmp_path / "e")]) == 2
+    )
     assert "other: its labels" in capsys.readouterr().err

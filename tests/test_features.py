@@ -1,4 +1,5 @@
 """Features agree with the token arithmetic the plan uses; patch layout; keyed SpecAugment."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,14 @@ from loaders.tokens import SCALE_GRID, shift_for_scale, token_counts
 def test_spectrogram_has_exactly_the_planned_tokens(n, rate, scale, max_frames, capacity):
     wave = np.random.default_rng(n).standard_normal(n).astype(np.float32) * 0.1
     for compression, pool, shift in (("shift", 1, shift_for_scale(scale)), ("avgpool", int(scale), 10.0)):
-        spec = spectrogram(wave, rate, scale if compression == "shift" else int(scale), compression=compression,
-                           max_frames=max_frames, capacity=capacity)
+        spec = spectrogram(
+            wave,
+            rate,
+            scale if compression == "shift" else int(scale),
+            compression=compression,
+            max_frames=max_frames,
+            capacity=capacity,
+        )
         planned = token_counts(n, rate, shift, max_frames=max_frames, capacity=capacity, pool=pool)
         assert patchify(spec)[0].shape[0] == int(planned.tokens)
         assert torch.isfinite(spec).all()

@@ -1,4 +1,5 @@
 """`bench/gpu.py --smoke`: the GPU benchmark's code runs on CPU, so it cannot rot before a GPU is lent."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,9 @@ def gpu_bench():
 
 
 def test_flop_count_of_a_vit_b_token_is_the_hand_computed_one(gpu_bench):
-    from gpu_parts.common import training_flops
-
     from elasticast import preset
+
+    from gpu_parts.common import training_flops
 
     base = preset("base", 10)
     # per layer 2 x 12 x 768^2 = 14,155,776 (qkv, proj, two MLP matrices), x 12 layers, + 2 x 256 x 768 patch projection, x 3
@@ -39,11 +40,17 @@ def test_smoke_run_measures_every_section_on_cpu(gpu_bench, tmp_path, ray_local)
     speed = results["speed"]
     for run in [*speed["block"].values(), *speed["model"].values(), *speed["model_random_c"].values()]:
         assert 0 < run["useful_tokens_per_s"] <= run["tokens_per_s"] and run["mfu"] is None  # no peak known on CPU
-    assert speed["model"]["ast"]["tokens_per_s"] * speed["model"]["ast"]["step_ms"] / 1e3 == pytest.approx(8 * 65)  # 8 x (64 + [cls])
+    assert speed["model"]["ast"]["tokens_per_s"] * speed["model"]["ast"]["step_ms"] / 1e3 == pytest.approx(
+        8 * 65
+    )  # 8 x (64 + [cls])
     assert results["recompile"]["bounded"] and results["recompile"]["graphs_after_eval_too"] == 0
     for name in ("C = 1", "random C"):
         feed = results["feeding"][name]
-        assert feed["loader_cores_per_gpu"] == pytest.approx(feed["trainer_tokens_per_s"] / feed["loader_per_core"]["tokens_per_s"])
-    assert results["feeding"]["C = 1"]["loader_per_core"]["tokens_per_audio_s"] <= 50  # 100 frames/s / 16 x 8 bins at C = 1
+        assert feed["loader_cores_per_gpu"] == pytest.approx(
+            feed["trainer_tokens_per_s"] / feed["loader_per_core"]["tokens_per_s"]
+        )
+    assert (
+        results["feeding"]["C = 1"]["loader_per_core"]["tokens_per_audio_s"] <= 50
+    )  # 100 frames/s / 16 x 8 bins at C = 1
     (epoch,) = results["e2e"]["epochs"]
     assert epoch["tokens_per_s"] > 0 and 0 <= epoch["data_wait"] < 1

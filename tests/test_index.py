@@ -1,6 +1,7 @@
 """The stream's lean index (columns and integer ids, read from index.parquet; no Python object per
 sample) against pyarrow's own reading of the file, and the cheap exactly-once check against the
 per-key counts it replaces."""
+
 from __future__ import annotations
 
 import json
@@ -54,12 +55,20 @@ def test_a_shard_the_dataset_does_not_list_is_named(synthetic_shards, tmp_path):
 def test_delivery_check_agrees_with_per_key_counts(index):
     keys = index.keys.to_pylist()
     rng = random.Random(0)
-    cases = {"shuffled": rng.sample(keys, len(keys)), "one lost": keys[1:], "one twice": keys + keys[:1],
-             "a duplicate in place of a loss": keys[1:] + keys[2:3], "a stranger in place of a key": keys[1:] + ["nobody"]}
+    cases = {
+        "shuffled": rng.sample(keys, len(keys)),
+        "one lost": keys[1:],
+        "one twice": keys + keys[:1],
+        "a duplicate in place of a loss": keys[1:] + keys[2:3],
+        "a stranger in place of a key": keys[1:] + ["nobody"],
+    }
     for name, seen in cases.items():
         check, reference = delivery_check(index, 4, seen, failed=1), key_counts(keys, 4, seen, failed=1)
         assert check["exactly_once"] == reference["exactly_once"] == (name == "shuffled"), name
         assert (check["duplicates"], check["missing"]) == (reference["duplicates"], reference["missing"]), name
         assert (check["expected"], check["delivered"], check["failed"]) == (len(keys), len(seen), 1)
         assert ("counts" in check) == (name != "shuffled"), name  # the per-key detail only on a mismatch
-    assert delivery_check(index, 0, keys, 0)["delivered_digest"] == delivery_check(index, 0, keys[::-1], 0)["expected_digest"]
+    assert (
+        delivery_check(index, 0, keys, 0)["delivered_digest"]
+        == delivery_check(index, 0, keys[::-1], 0)["expected_digest"]
+    )

@@ -1,12 +1,13 @@
 """`Classifier.predict`: checkpoints, packing invariance, real files, sliding windows, budgets."""
+
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-
-from dataclasses import replace
 
 from elasticast import Classifier, ElasticAST, TrainedFeatures, load_checkpoint, preset, save_checkpoint
 from loaders.tokens import shift_for_scale, token_counts
@@ -46,7 +47,10 @@ def test_checkpoint_round_trip_predicts_like_the_model_in_memory(tmp_path, model
     assert (loaded.labels, loaded.features) == (tuple(LABELS), FEATURES)
     assert load_checkpoint(path).extra == {"epoch": 3}
     clips = [noise(0.7, 1), noise(2.3, 2)]
-    assert np.array_equal(probabilities(loaded.predict(clips, sample_rate=RATE)), probabilities(classifier.predict(clips, sample_rate=RATE)))
+    assert np.array_equal(
+        probabilities(loaded.predict(clips, sample_rate=RATE)),
+        probabilities(classifier.predict(clips, sample_rate=RATE)),
+    )
 
 
 def test_checkpoint_errors_name_the_file(tmp_path, model):

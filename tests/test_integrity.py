@@ -1,5 +1,6 @@
 """No silent damage: every read is checked against the index (XXH3-64 of the wav, tar header name),
 mismatches are counted holes named by shard and key, and `make_shards --verify` finds the rest."""
+
 from __future__ import annotations
 
 import io
@@ -30,11 +31,25 @@ def tone_shards(tmp_path_factory, make_shards) -> Path:
     rows = []
     for i in range(CLIPS):
         t = np.arange(8000) / 16000
-        sf.write(work / f"tone{i:02d}.wav", (0.2 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32), 16000, subtype="PCM_16")
+        sf.write(
+            work / f"tone{i:02d}.wav",
+            (0.2 * np.sin(2 * np.pi * (200 + 50 * i) * t)).astype(np.float32),
+            16000,
+            subtype="PCM_16",
+        )
         rows.append({"path": f"tone{i:02d}.wav", "label": f"c{i % 3}", "split": "train"})
     out = work / "shards"
-    args = ["--manifest", str(write_manifest(work / "rows.csv", rows)), "--out", str(out), "--backend", "local", "--quiet",
-            "--shard-samples", "4"]
+    args = [
+        "--manifest",
+        str(write_manifest(work / "rows.csv", rows)),
+        "--out",
+        str(out),
+        "--backend",
+        "local",
+        "--quiet",
+        "--shard-samples",
+        "4",
+    ]
     assert make_shards.main(args) == 0
     return out
 
@@ -67,9 +82,15 @@ def test_the_index_holds_the_xxh3_64_of_each_wav_member_as_written(tone_shards):
     expected = {}
     for shard in sorted((tone_shards / "train").glob("shard-*.tar")):
         with tarfile.open(shard) as tar:
-            expected |= {info.name[:-4]: xxhash.xxh3_64_intdigest(tar.extractfile(info).read()) for info in tar if info.name.endswith(".wav")}
+            expected |= {
+                info.name[:-4]: xxhash.xxh3_64_intdigest(tar.extractfile(info).read())
+                for info in tar
+                if info.name.endswith(".wav")
+            }
     assert dict(zip(index.column("key").to_pylist(), index.column("xxh3_64").to_pylist())) == expected
-    assert len(expected) == CLIPS and any(value >= 2**63 for value in expected.values())  # the full unsigned range round-trips
+    assert len(expected) == CLIPS and any(
+        value >= 2**63 for value in expected.values()
+    )  # the full unsigned range round-trips
 
 
 def test_flipped_bytes_in_pcm_data_are_a_named_hole_everywhere(tone_shards, tmp_path, capsys):
@@ -98,8 +119,13 @@ def test_an_offset_pointing_at_another_member_of_the_same_length_is_caught(tone_
     a, b = next((x, y) for x, y in zip(index, index[1:]) if x["shard"] == y["shard"])
     assert a["nbytes"] == b["nbytes"]
     table = pq.read_table(root / "train" / "index.parquet")
-    offsets = [b["offset"] if key == a["key"] else o for key, o in zip(table.column("key").to_pylist(), table.column("offset").to_pylist())]
-    pq.write_table(table.set_column(table.schema.get_field_index("offset"), "offset", [offsets]), root / "train" / "index.parquet")
+    offsets = [
+        b["offset"] if key == a["key"] else o
+        for key, o in zip(table.column("key").to_pylist(), table.column("offset").to_pylist())
+    ]
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("offset"), "offset", [offsets]), root / "train" / "index.parquet"
+    )
     failed, _, delivered = stream_failures(root)
     assert [f["key"] for f in failed] == [a["key"]]
     assert f"is '{b['key']}.wav', not '{a['key']}.wav'" in failed[0]["reason"]
@@ -113,13 +139,17 @@ def test_an_offset_past_the_end_says_so_without_object_reprs(tone_shards, tmp_pa
     table = pq.read_table(root / "train" / "index.parquet")
     victim = table.column("key")[0].as_py()
     offsets = [o + 10**9 if i == 0 else o for i, o in enumerate(table.column("offset").to_pylist())]
-    pq.write_table(table.set_column(table.schema.get_field_index("offset"), "offset", [offsets]), root / "train" / "index.parquet")
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("offset"), "offset", [offsets]), root / "train" / "index.parquet"
+    )
     failed, _, _ = stream_failures(root)
     assert [f["key"] for f in failed] == [victim]
     assert "past the end of the shard" in failed[0]["reason"] and "<" not in failed[0]["reason"]
 
 
-def test_verify_finds_unindexed_members_missing_rows_bad_checksums_and_counts(tone_shards, tmp_path, make_shards, capsys):
+def test_verify_finds_unindexed_members_missing_rows_bad_checksums_and_counts(
+    tone_shards, tmp_path, make_shards, capsys
+):
     assert make_shards.main(["--verify", str(tone_shards)]) == 0
     assert "consistent" in capsys.readouterr().out
     root, index = damaged_copy(tone_shards, tmp_path / "verify")
@@ -136,8 +166,11 @@ def test_verify_finds_unindexed_members_missing_rows_bad_checksums_and_counts(to
     (root / "dataset.json").write_text(json.dumps(meta))
     assert make_shards.main(["--verify", str(root)]) == 1
     found = {line.split(": ")[0] + ": " + line.split(": ")[1] for line in capsys.readouterr().out.splitlines()[:-1]}
-    expected = {f"not in index: train/{index[0]['shard']} stray", f"checksum: train/{flipped['shard']} {flipped['key']}",
-                "counts: dataset.json splits.train.samples"}
+    expected = {
+        f"not in index: train/{index[0]['shard']} stray",
+        f"checksum: train/{flipped['shard']} {flipped['key']}",
+        "counts: dataset.json splits.train.samples",
+    }
     assert expected <= found and any(f.startswith("missing member: ") and lost["key"] in f for f in found)
     assert ShardError in {type(i) for i in ShardDataset(root).samples("train")}
 

@@ -1,4 +1,5 @@
 """ElasticAST's core promise: a sample's output does not depend on what it is packed with."""
+
 from __future__ import annotations
 
 import random
@@ -24,11 +25,19 @@ def small_model(**overrides) -> ElasticAST:
 
 def random_samples(count: int, seed: int) -> list[torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(8 * int(torch.randint(1, 12, (1,), generator=generator)), 256, generator=generator) for _ in range(count)]
+    return [
+        torch.randn(8 * int(torch.randint(1, 12, (1,), generator=generator)), 256, generator=generator)
+        for _ in range(count)
+    ]
 
 
-def make_batch(rows: list[list[int]], samples: list[torch.Tensor], length: int, pad_value: float = 0.0,
-               holes: dict[int, int] | None = None) -> PackedBatch:
+def make_batch(
+    rows: list[list[int]],
+    samples: list[torch.Tensor],
+    length: int,
+    pad_value: float = 0.0,
+    holes: dict[int, int] | None = None,
+) -> PackedBatch:
     """Place samples (by index) in the given rows, in order; `holes` leaves a gap before a sample."""
     patches = torch.full((len(rows), length, 256), pad_value)
     segment_ids = torch.zeros(len(rows), length, dtype=torch.int32)
@@ -40,19 +49,28 @@ def make_batch(rows: list[list[int]], samples: list[torch.Tensor], length: int, 
         for slot, i in enumerate(members, start=1):
             start += (holes or {}).get(i, 0)
             n = samples[i].shape[0]
-            patches[r, start:start + n] = samples[i]
-            segment_ids[r, start:start + n] = slot
-            freq_pos[r, start:start + n] = torch.arange(8).repeat(n // 8)
-            time_pos[r, start:start + n] = torch.arange(n // 8).repeat_interleave(8)
+            patches[r, start : start + n] = samples[i]
+            segment_ids[r, start : start + n] = slot
+            freq_pos[r, start : start + n] = torch.arange(8).repeat(n // 8)
+            time_pos[r, start : start + n] = torch.arange(n // 8).repeat_interleave(8)
             row_of.append(r)
             slot_of.append(slot)
             keys.append(str(i))
             start += n
         assert start <= length
     count = len(keys)
-    return PackedBatch(patches, segment_ids, freq_pos, time_pos, labels=torch.tensor([int(k) % 5 for k in keys]),
-                       row=torch.tensor(row_of), slot=torch.tensor(slot_of), n_tokens=torch.tensor([samples[int(k)].shape[0] for k in keys]),
-                       scale=torch.ones(count), keys=keys)
+    return PackedBatch(
+        patches,
+        segment_ids,
+        freq_pos,
+        time_pos,
+        labels=torch.tensor([int(k) % 5 for k in keys]),
+        row=torch.tensor(row_of),
+        slot=torch.tensor(slot_of),
+        n_tokens=torch.tensor([samples[int(k)].shape[0] for k in keys]),
+        scale=torch.ones(count),
+        keys=keys,
+    )
 
 
 def logits_by_key(model, batch, backend, device="cpu", dtype=None):
@@ -163,7 +181,10 @@ def test_all_padding_batches_reach_every_parameter_with_a_zero_loss():
 
     empty = make_batch([[]], random_samples(1, seed=0), 128)
     torch.manual_seed(0)
-    for model in (small_model().train(), ASTBaseline(preset("tiny", num_classes=5, dim=64, depth=2, heads=4), target_frames=64)):
+    for model in (
+        small_model().train(),
+        ASTBaseline(preset("tiny", num_classes=5, dim=64, depth=2, heads=4), target_frames=64),
+    ):
         value = loss(model(empty), empty.labels)
         value.backward()
         assert value == 0 and all(p.grad is not None for p in model.parameters()), type(model).__name__
@@ -174,7 +195,10 @@ def test_training_steps_are_bitwise_reproducible_on_several_cpu_threads():
     thread-dependent order (tensor indexing's backward on CPU does; embedding lookups do not).
     The second batch holds a sample longer than the time table (its interpolated positions)."""
     samples = random_samples(9, seed=3) + [torch.randn(8 * 100, 256, generator=torch.Generator().manual_seed(3))]
-    batches = [make_batch([[0, 1, 2, 3], [4, 5], [6, 7, 8]], samples, 320), make_batch([[9, 2], [5, 0, 7]], samples, 8 * 110)]
+    batches = [
+        make_batch([[0, 1, 2, 3], [4, 5], [6, 7, 8]], samples, 320),
+        make_batch([[9, 2], [5, 0, 7]], samples, 8 * 110),
+    ]
     threads = torch.get_num_threads()
     torch.set_num_threads(4)
     try:
@@ -198,7 +222,9 @@ def test_time_positions_beyond_the_table_are_refused_or_interpolated_per_sample(
         small_model()(make_batch([[3]], samples, 8 * 100))
     strict, stretched = small_model(), small_model(beyond_table="interpolate")
     packed = logits_by_key(stretched, make_batch([[0, 3], [1, 2]], samples, 8 * 110), "split")
-    assert torch.allclose(packed["3"], logits_by_key(stretched, make_batch([[3]], samples, 8 * 100), "split")["3"], atol=1e-5)
+    assert torch.allclose(
+        packed["3"], logits_by_key(stretched, make_batch([[3]], samples, 8 * 100), "split")["3"], atol=1e-5
+    )
     within = logits_by_key(strict, make_batch([[0], [1, 2]], samples, 128), "split")
     for key, value in within.items():  # a sample inside the table reads it unchanged, whatever it is packed with
         assert torch.allclose(packed[key], value, atol=1e-5), key
@@ -242,7 +268,9 @@ def test_ast_baseline_crops_and_pads_each_sample_to_its_fixed_size():
         assert torch.equal(fixed[i, :kept], own[:kept]) and torch.all(fixed[i, kept:] == 0)
     torch.manual_seed(0)
     for pooling in ("cls", "mean"):
-        model = ASTBaseline(preset("tiny", num_classes=5, dim=64, depth=2, heads=4), target_frames=64, pooling=pooling).eval()
+        model = ASTBaseline(
+            preset("tiny", num_classes=5, dim=64, depth=2, heads=4), target_frames=64, pooling=pooling
+        ).eval()
         with torch.no_grad():
             packed = model(batch)
             alone = torch.cat([model(make_batch([[int(k)]], samples, 128)) for k in batch.keys])

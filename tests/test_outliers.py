@@ -1,5 +1,6 @@
 """One outlier never poisons a set: long files are cut (or skipped) when sharded, the loader crops
 the waveform before the fbank, and the statistics cap frames per source and leave out silence."""
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,20 @@ def test_the_loader_reads_and_decodes_only_the_audio_it_keeps(tmp_path, make_sha
     row = ShardDataset(out).index("train").to_pylist()[0]
     stream = StreamConfig(rows_per_batch=1, max_tokens=2048, max_frames=128, backend="local")
     config = FeatureConfig(stream, str(out / "train"), 16000, 1, False, 0.0, 0.5)
-    spec = SampleSpec(row["key"], row["shard"], row["offset"], row["nbytes"], row["num_samples"], (0,), 0, 0, 64, 0, 1.0,
-                      row["xxh3_64"])
+    spec = SampleSpec(
+        row["key"],
+        row["shard"],
+        row["offset"],
+        row["nbytes"],
+        row["num_samples"],
+        (0,),
+        0,
+        0,
+        64,
+        0,
+        1.0,
+        row["xxh3_64"],
+    )
     audio, failed = read_audio([spec], config)
     full, _ = ShardDataset(out).read_sample("train", row["key"])
     assert failed == [] and len(audio[row["key"]]) == 400 + 127 * 160 < len(full)
@@ -69,10 +82,15 @@ def test_the_loader_reads_and_decodes_only_the_audio_it_keeps(tmp_path, make_sha
 
 def test_statistics_cap_frames_per_source_and_leave_out_silence():
     short = [(noise(0.5, seed=i, loudness=0.05), 16000, f"clip{i}") for i in range(6)]
-    long = [(noise(30.0, seed=99, loudness=1.0), 16000, "long.wav"), (noise(30.0, seed=98, loudness=1.0), 16000, "long.wav")]
+    long = [
+        (noise(30.0, seed=99, loudness=1.0), 16000, "long.wav"),
+        (noise(30.0, seed=98, loudness=1.0), 16000, "long.wav"),
+    ]
     silent = [(np.zeros(16000 * 60, np.float32), 16000, "silent.wav")]
     stats = fbank_stats(short + long + silent, frames_per_source=100)
-    values = [kaldi_fbank(w, 16000).double() for w, _, _ in short] + [kaldi_fbank(long[0][0][: 400 + 99 * 160], 16000).double()]
+    values = [kaldi_fbank(w, 16000).double() for w, _, _ in short] + [
+        kaldi_fbank(long[0][0][: 400 + 99 * 160], 16000).double()
+    ]
     reference = torch.cat(values)
     assert stats["mean"] == pytest.approx(float(reference.mean()), abs=1e-4)
     assert stats["std"] == pytest.approx(float(reference.std(unbiased=False)), abs=1e-4)
@@ -83,13 +101,17 @@ def test_max_duration_cuts_long_files_into_equal_segments_or_skips_them(tmp_path
     wave = noise(25.0)
     sf.write(tmp_path / "long.wav", wave, 16000, subtype="PCM_16")
     sf.write(tmp_path / "short.wav", noise(2.0, seed=1), 16000, subtype="PCM_16")
-    rows = write_manifest(tmp_path / "rows.csv", [{"path": p, "label": "a", "split": "train"} for p in ("long.wav", "short.wav")])
+    rows = write_manifest(
+        tmp_path / "rows.csv", [{"path": p, "label": "a", "split": "train"} for p in ("long.wav", "short.wav")]
+    )
     common = ["--manifest", str(rows), "--backend", "local", "--quiet", "--max-duration", "10"]
     assert make_shards.main(common + ["--out", str(tmp_path / "cut")]) == 0
     dataset = ShardDataset(tmp_path / "cut")
     keys = sorted(k for k in dataset.index("train").column("key").to_pylist() if k.startswith("long"))
     assert keys == ["long__0-8333ms", "long__16666-25000ms", "long__8333-16666ms"]
-    pieces = [dataset.read_sample("train", k)[0] for k in sorted(keys, key=lambda k: int(k.split("__")[1].split("-")[0]))]
+    pieces = [
+        dataset.read_sample("train", k)[0] for k in sorted(keys, key=lambda k: int(k.split("__")[1].split("-")[0]))
+    ]
     assert np.abs(np.concatenate(pieces) - wave).max() <= 1 / 32768
     assert make_shards.main(common + ["--out", str(tmp_path / "skip"), "--long-clips", "skip"]) == 0
     meta = ShardDataset(tmp_path / "skip").meta
@@ -127,12 +149,25 @@ def test_a_three_hour_silent_file_among_99_clips_moves_nothing_and_stays_under_2
         for _ in range(180):
             handle.write(np.zeros(16000 * 60, np.int16))
     plain = tmp_path / "plain"
-    assert make_shards.main(["--manifest", str(write_manifest(tmp_path / "plain.csv", rows)), "--out", str(plain),
-                             "--backend", "local", "--quiet"]) == 0
-    with_silence = write_manifest(tmp_path / "silence.csv", rows + [{"path": str(tmp_path / "silence.wav"), "label": "s", "split": "train"}])
+    assert (
+        make_shards.main(
+            [
+                "--manifest",
+                str(write_manifest(tmp_path / "plain.csv", rows)),
+                "--out",
+                str(plain),
+                "--backend",
+                "local",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    with_silence = write_manifest(
+        tmp_path / "silence.csv", rows + [{"path": str(tmp_path / "silence.wav"), "label": "s", "split": "train"}]
+    )
     out = tmp_path / "outlier"
-    build = child(CHILD_BUILD, "--manifest", str(with_silence), "--out", str(out),
-                  "--backend", "local", "--quiet")
+    build = child(CHILD_BUILD, "--manifest", str(with_silence), "--out", str(out), "--backend", "local", "--quiet")
     assert build["code"] == 0 and build["peak_rss"] < 2 * GB
     before, after = ShardDataset(plain).fbank_stats, ShardDataset(out).fbank_stats
     for name in ("mean", "std"):

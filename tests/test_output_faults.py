@@ -1,5 +1,6 @@
 """A full or read-only --out: exit 2 naming the path, no .partial left, a former shard set intact.
 Runs on a 2 MB tmpfs mounted here (needs root and mount); skipped with the reason otherwise."""
+
 from __future__ import annotations
 
 import subprocess
@@ -27,8 +28,15 @@ def small_disk(tmp_path):
 def manifest(folder: Path, clips: int, seconds: float) -> Path:
     rng = np.random.default_rng(0)
     for i in range(clips):
-        sf.write(folder / f"c{i}.wav", (rng.standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32), 16000, subtype="PCM_16")
-    return write_manifest(folder / f"rows{clips}.csv", [{"path": f"c{i}.wav", "label": "a", "split": "train"} for i in range(clips)])
+        sf.write(
+            folder / f"c{i}.wav",
+            (rng.standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32),
+            16000,
+            subtype="PCM_16",
+        )
+    return write_manifest(
+        folder / f"rows{clips}.csv", [{"path": f"c{i}.wav", "label": "a", "split": "train"} for i in range(clips)]
+    )
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -40,7 +48,9 @@ def test_a_full_disk_keeps_the_former_set_and_leaves_no_partial(small_disk, tmp_
     args = ["--out", str(out), "--backend", "local", "--quiet", "--shard-size", "64KB"]
     assert make_shards.main(["--manifest", str(manifest(tmp_path, 4, 0.5))] + args) == 0
     before = snapshot(out)
-    assert make_shards.main(["--manifest", str(manifest(tmp_path, 40, 2.0)), "--overwrite"] + args) == 2  # ~2.6 MB of audio
+    assert (
+        make_shards.main(["--manifest", str(manifest(tmp_path, 40, 2.0)), "--overwrite"] + args) == 2
+    )  # ~2.6 MB of audio
     err = capsys.readouterr().err
     assert str(out) in err and "No space left on device" in err
     assert snapshot(out) == before and len(ShardDataset(out).index("train")) == 4
@@ -50,7 +60,9 @@ def test_a_full_disk_keeps_the_former_set_and_leaves_no_partial(small_disk, tmp_
 def test_a_read_only_out_is_exit_2_naming_the_path(small_disk, tmp_path, make_shards, capsys):
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     out = small_disk / "shards"
-    code = make_shards.main(["--manifest", str(manifest(tmp_path, 2, 0.5)), "--out", str(out), "--backend", "local", "--quiet"])
+    code = make_shards.main(
+        ["--manifest", str(manifest(tmp_path, 2, 0.5)), "--out", str(out), "--backend", "local", "--quiet"]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert str(out) in err and "Read-only file system" in err and "Traceback" not in err

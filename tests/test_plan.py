@@ -1,4 +1,5 @@
 """Epoch plans from metadata alone: exactly once across ranks, capacity, determinism (properties)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -100,7 +101,9 @@ def test_part_filled_rows_carry_into_the_next_group(shuffle):
 
 
 def test_a_samples_scale_depends_on_seed_epoch_and_key_only():
-    index = Index(np.array([f"k{i}" for i in range(200)]), np.zeros(200, np.int64), np.full(200, 48000), np.full(200, 16000))
+    index = Index(
+        np.array([f"k{i}" for i in range(200)]), np.zeros(200, np.int64), np.full(200, 48000), np.full(200, 16000)
+    )
     config = StreamConfig(rows_per_batch=2, scales=SCALE_GRID)
     scale_of = lambda plan: dict(zip(plan.sample.tolist(), plan.scale.tolist()))
     base = scale_of(plan_epoch(index, config, 0))
@@ -123,7 +126,12 @@ def test_key_hash_and_uniforms_are_stable():
 
 
 def test_bad_plan_configurations_are_refused():
-    for bad in (dict(rows_per_batch=0), dict(rows_per_batch=1, scales=()), dict(rows_per_batch=1, scales=(0.5,)),
-                dict(rows_per_batch=1, compression="mel"), dict(rows_per_batch=1, compression="avgpool", scales=(1.5,))):
+    for bad in (
+        dict(rows_per_batch=0),
+        dict(rows_per_batch=1, scales=()),
+        dict(rows_per_batch=1, scales=(0.5,)),
+        dict(rows_per_batch=1, compression="mel"),
+        dict(rows_per_batch=1, compression="avgpool", scales=(1.5,)),
+    ):
         with pytest.raises(ValueError):
             StreamConfig(**bad)

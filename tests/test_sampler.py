@@ -1,6 +1,7 @@
 """Bring your own dataset: `PackingSampler` plans a map-style dataset like the stream plans
 shards (exactly once across ranks, equal steps with fillers, capacity kept, keyed by seed and
 epoch), and `collate_packed` places each fbank's patches where `PackedBatch` says they are."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -27,7 +28,9 @@ class RandomFbanks(Dataset):
         return len(self.frames)
 
     def __getitem__(self, index: int) -> dict:
-        fbank = torch.from_numpy(np.random.default_rng(index).standard_normal((self.frames[index], 128), dtype=np.float32))
+        fbank = torch.from_numpy(
+            np.random.default_rng(index).standard_normal((self.frames[index], 128), dtype=np.float32)
+        )
         return {"fbank": fbank, "label": int(self.labels[index]), "key": f"item-{index}"}
 
 
@@ -83,7 +86,9 @@ def test_collated_batches_hold_each_fbank_at_its_place(data):
             where = torch.nonzero(batch.segment_ids[batch.row[i]] == batch.slot[i]).flatten()
             assert len(where) == batch.n_tokens[i] and torch.all(where.diff() == 1)
             frames = min(max(len(item["fbank"]) // 16 * 16, 16), MAX_FRAMES)
-            expected = torch.nn.functional.pad(item["fbank"][:frames], (0, 0, 0, frames - min(frames, len(item["fbank"]))))
+            expected = torch.nn.functional.pad(
+                item["fbank"][:frames], (0, 0, 0, frames - min(frames, len(item["fbank"])))
+            )
             patches = batch.patches[batch.row[i], where]  # token (time t, band f): mel 16f+m, frame 16t+k at m*16+k
             rebuilt = patches.reshape(frames // 16, 8, 16, 16).permute(0, 3, 1, 2).reshape(frames, 128)
             assert torch.equal(rebuilt, expected)

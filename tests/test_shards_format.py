@@ -1,4 +1,5 @@
 """The shard format itself: atomic, deterministic tars; robust reading; exact shard planning."""
+
 from __future__ import annotations
 
 import hashlib
@@ -105,7 +106,9 @@ def test_a_valid_split_comes_from_train_and_leaves_test_as_it_was():
 
 
 def test_a_manifest_may_name_valid_and_unnamed_rows_are_hashed(tmp_path):
-    rows = [{"path": "v.wav", "label": "a", "split": "valid"}] + [{"path": f"c{i}.wav", "label": "a", "split": ""} for i in range(300)]
+    rows = [{"path": "v.wav", "label": "a", "split": "valid"}] + [
+        {"path": f"c{i}.wav", "label": "a", "split": ""} for i in range(300)
+    ]
     sources, skipped = read_manifest(write_manifest(tmp_path / "m.csv", rows), test_fraction=0.2, valid_fraction=0.3)
     assert skipped == [] and sources[0].split == "valid"
     assert [s.split for s in sources[1:]] == [split_for(f"c{i}.wav", 0.2, 0.3) for i in range(300)]
@@ -143,15 +146,23 @@ def test_plan_puts_every_source_in_exactly_one_shard_within_target(lengths, shar
 
 def test_plan_order_depends_on_the_seed():
     probed = [(Source(f"k{i}", f"/x/{i}.wav", ("a",), "train"), 100) for i in range(50)]
-    order = lambda seed: [s["key"] for p in plan_shards(probed, BuildConfig(out=Path("/o"), seed=seed)) for s in p["sources"]]
+    order = lambda seed: [
+        s["key"] for p in plan_shards(probed, BuildConfig(out=Path("/o"), seed=seed)) for s in p["sources"]
+    ]
     assert order(0) == order(0) != order(1)
     assert order(0) != sorted(order(0))
 
 
 def test_written_manifest_reads_back_and_unknown_columns_are_refused(tmp_path):
-    rows = [{"path": "a/x.wav", "label": "dog;bark", "split": "test"}, {"path": "a/y.wav", "label": "cat", "start": "0.5", "end": "2"}]
+    rows = [
+        {"path": "a/x.wav", "label": "dog;bark", "split": "test"},
+        {"path": "a/y.wav", "label": "cat", "start": "0.5", "end": "2"},
+    ]
     sources, skipped = read_manifest(write_manifest(tmp_path / "m.csv", rows), test_fraction=0.0)
     assert skipped == []
-    assert [(s.labels, s.split, s.start_s, s.end_s) for s in sources] == [(("dog", "bark"), "test", None, None), (("cat",), "train", 0.5, 2.0)]
+    assert [(s.labels, s.split, s.start_s, s.end_s) for s in sources] == [
+        (("dog", "bark"), "test", None, None),
+        (("cat",), "train", 0.5, 2.0),
+    ]
     with pytest.raises(ValueError, match=r"manifest columns \['speaker'\]"):
         write_manifest(tmp_path / "bad.csv", [{"path": "x.wav", "label": "a", "speaker": "s"}])

@@ -1,4 +1,5 @@
 """make_shards on the real FSDD recordings: counts, lengths and audio survive the round trip."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -27,7 +28,9 @@ def test_counts_per_split_and_label(fsdd_shards):
         assert info["samples"] == 10 * per_label
         assert info["label_counts"] == {str(d): per_label for d in range(10)}
         index = dataset.index(split)
-        assert Counter(l[0] for l in index.column("labels").to_pylist()) == {str(d): per_label for d in range(10)}
+        assert Counter(labels[0] for labels in index.column("labels").to_pylist()) == {
+            str(d): per_label for d in range(10)
+        }
     assert dataset.meta["skipped"] == []
     assert len(dataset.meta["splits"]["train"]["shards"]) > 1
 
@@ -82,5 +85,7 @@ def test_fbank_stats_are_recorded(fsdd_shards):
     # no source adds more than twice the median clip's frames (Kaldi at 16 kHz: 1 + (n - 400) // 160)
     cap = int(2 * np.median(1 + (dataset.index("train").column("num_samples").to_numpy() - 400) // 160))
     values = np.concatenate([kaldi_reference_fbank(audio, 16000)[:cap].ravel() for audio in first])
-    assert stats["mean"] == pytest.approx(values.mean(), rel=1e-5) and stats["std"] == pytest.approx(values.std(), rel=1e-5)
+    assert stats["mean"] == pytest.approx(values.mean(), rel=1e-5) and stats["std"] == pytest.approx(
+        values.std(), rel=1e-5
+    )
     assert stats["settings"]["num_mel_bins"] == 128

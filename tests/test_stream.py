@@ -1,5 +1,6 @@
 """PackedStream on real shards with a real local Ray: exactly once, no leakage, determinism,
 backend equality, resume, bad data."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,7 +23,12 @@ SCALES = (1.0, 1.4, 2.0, 3.2, 4.0)
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory, make_shards):
     out = tmp_path_factory.mktemp("demo") / "shards"
-    assert make_shards.main(["--out", str(out), "--demo-clips", "64", "--backend", "local", "--quiet", "--shard-size", "1MB"]) == 0
+    assert (
+        make_shards.main(
+            ["--out", str(out), "--demo-clips", "64", "--backend", "local", "--quiet", "--shard-size", "1MB"]
+        )
+        == 0
+    )
     return out
 
 
@@ -32,8 +38,12 @@ def collect(stream: PackedStream, epoch: int = 0, start_step: int = 0) -> list:
 
 def same_batches(a, b) -> bool:
     return len(a) == len(b) and all(
-        x.keys == y.keys and torch.equal(x.patches, y.patches) and torch.equal(x.segment_ids, y.segment_ids)
-        and torch.equal(x.time_pos, y.time_pos) and x.step == y.step and x.is_padding == y.is_padding
+        x.keys == y.keys
+        and torch.equal(x.patches, y.patches)
+        and torch.equal(x.segment_ids, y.segment_ids)
+        and torch.equal(x.time_pos, y.time_pos)
+        and x.step == y.step
+        and x.is_padding == y.is_padding
         for x, y in zip(a, b)
     )
 
@@ -41,7 +51,14 @@ def same_batches(a, b) -> bool:
 def test_exactly_once_across_two_ranks_with_two_ray_workers(fsdd_shards, ray_local):
     split_dir = fsdd_shards / "test"
     expected = set(ShardDataset(fsdd_shards).index("test").column("key").to_pylist())
-    ranks = [collect(PackedStream(split_dir, rows_per_batch=2, max_tokens=256, buffer=64, scales=SCALES, rank=r, world=2, workers=2)) for r in (0, 1)]
+    ranks = [
+        collect(
+            PackedStream(
+                split_dir, rows_per_batch=2, max_tokens=256, buffer=64, scales=SCALES, rank=r, world=2, workers=2
+            )
+        )
+        for r in (0, 1)
+    ]
     plan = PackedStream(split_dir, rows_per_batch=2, max_tokens=256, buffer=64, scales=SCALES, backend="local").plan(0)
     assert plan.n_batches % 2 == 1, "this test needs a batch count that 2 ranks cannot share evenly"
     assert len(ranks[0]) == len(ranks[1]) == plan.steps(2)
@@ -54,7 +71,9 @@ def test_exactly_once_across_two_ranks_with_two_ray_workers(fsdd_shards, ray_loc
 
 
 def test_rows_hold_whole_samples_with_correct_positions_and_features(demo_shards):
-    stream = PackedStream(demo_shards / "train", rows_per_batch=2, max_tokens=2048, buffer=32, scales=SCALES, backend="local")
+    stream = PackedStream(
+        demo_shards / "train", rows_per_batch=2, max_tokens=2048, buffer=32, scales=SCALES, backend="local"
+    )
     dataset = ShardDataset(demo_shards)
     stats = dataset.fbank_stats
     checked = 0
@@ -68,13 +87,22 @@ def test_rows_hold_whole_samples_with_correct_positions_and_features(demo_shards
             assert torch.equal(batch.time_pos[batch.row[i], where], torch.arange(frames).repeat_interleave(8))
             if checked < 6:
                 audio, rate = dataset.read_sample("train", key)
-                spec = spectrogram(audio, rate, float(batch.scale[i]), mean=stats["mean"], std=stats["std"],
-                                   max_frames=3072, capacity=2048)
+                spec = spectrogram(
+                    audio,
+                    rate,
+                    float(batch.scale[i]),
+                    mean=stats["mean"],
+                    std=stats["std"],
+                    max_frames=3072,
+                    capacity=2048,
+                )
                 assert torch.allclose(batch.patches[batch.row[i], where], patchify(spec)[0])
                 checked += 1
         assert torch.all(batch.patches[batch.segment_ids == 0] == 0)
         mask = batch.attention_mask()
-        assert torch.equal(mask[0], (batch.segment_ids[0][:, None] == batch.segment_ids[0][None]) & (batch.segment_ids[0] > 0)[:, None])
+        assert torch.equal(
+            mask[0], (batch.segment_ids[0][:, None] == batch.segment_ids[0][None]) & (batch.segment_ids[0] > 0)[:, None]
+        )
     assert checked == 6
 
 
@@ -83,11 +111,15 @@ def test_same_batches_with_one_or_two_ray_workers_and_locally(demo_shards, ray_l
     local = collect(PackedStream(**args, backend="local"))
     assert same_batches(local, collect(PackedStream(**args, workers=1)))
     assert same_batches(local, collect(PackedStream(**args, workers=2, worker_cpus=0.5)))
-    assert same_batches(local, list(DataLoader(PackedStream(**args, workers=2), batch_size=None)))  # Ray under a DataLoader
+    assert same_batches(
+        local, list(DataLoader(PackedStream(**args, workers=2), batch_size=None))
+    )  # Ray under a DataLoader
 
 
 def test_seed_and_epoch_fix_the_batches(demo_shards):
-    make = lambda seed: PackedStream(demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, seed=seed, backend="local")
+    make = lambda seed: PackedStream(
+        demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, seed=seed, backend="local"
+    )
     first = collect(make(0), epoch=3)
     assert same_batches(first, collect(make(0), epoch=3))
     assert [b.keys for b in first] != [b.keys for b in collect(make(0), epoch=4)]
@@ -95,7 +127,9 @@ def test_seed_and_epoch_fix_the_batches(demo_shards):
 
 
 def test_resume_mid_epoch_gives_exactly_the_remaining_batches(demo_shards):
-    stream = PackedStream(demo_shards / "train", rows_per_batch=1, max_tokens=256, buffer=32, scales=SCALES, backend="local")
+    stream = PackedStream(
+        demo_shards / "train", rows_per_batch=1, max_tokens=256, buffer=32, scales=SCALES, backend="local"
+    )
     full = collect(stream, epoch=2)
     assert len(full) > 4
     assert same_batches(full[3:], collect(stream, epoch=2, start_step=3))
@@ -105,20 +139,31 @@ def test_resume_mid_epoch_gives_exactly_the_remaining_batches(demo_shards):
 def test_avgpool_compression_uses_whole_scales(demo_shards):
     with pytest.raises(ValueError, match="avgpool"):
         PackedStream(demo_shards / "train", rows_per_batch=2, scales=(1.0, 1.5), compression="avgpool", backend="local")
-    stream = PackedStream(demo_shards / "train", rows_per_batch=2, scales=(1, 2, 3, 4), compression="avgpool", backend="local")
+    stream = PackedStream(
+        demo_shards / "train", rows_per_batch=2, scales=(1, 2, 3, 4), compression="avgpool", backend="local"
+    )
     batches = collect(stream)
     assert {float(s) for b in batches for s in b.scale} == {1.0, 2.0, 3.0, 4.0}
     assert sum(b.num_samples for b in batches) == stream.num_samples
 
 
 def test_stream_stats_add_up(demo_shards):
-    stream = PackedStream(demo_shards / "train", rows_per_batch=2, max_tokens=256, buffer=32, scales=SCALES, max_frames=128,
-                          backend="local")
+    stream = PackedStream(
+        demo_shards / "train",
+        rows_per_batch=2,
+        max_tokens=256,
+        buffer=32,
+        scales=SCALES,
+        max_frames=128,
+        backend="local",
+    )
     batches = collect(stream)
     stats = stream.stats[0]
     assert stats["samples"] == stream.num_samples and stats["batches"] == len(batches)
     assert stats["tokens"] == sum(int(b.n_tokens.sum()) for b in batches)
-    assert stats["slots"] == len(batches) * 2 * 2048 and stats["pad_ratio"] == pytest.approx(1 - stats["tokens"] / stats["slots"])
+    assert stats["slots"] == len(batches) * 2 * 2048 and stats["pad_ratio"] == pytest.approx(
+        1 - stats["tokens"] / stats["slots"]
+    )
     assert stats["cut_tokens"] == int(stream.plan(0).cut.sum()) > 0 and stats["failed"] == 0
     assert stats["pad_ratio"] == pytest.approx(stream.plan(0).pad_ratio)
 
@@ -136,7 +181,9 @@ def test_a_corrupt_member_leaves_a_hole_and_costs_nothing_else(demo_shards, tmp_
         handle.seek(victim["offset"])
         handle.write(b"garbage!" * 8)
     stream = PackedStream(root / "train", rows_per_batch=2, buffer=32, scales=SCALES, backend="local")
-    reference = collect(PackedStream(demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, backend="local"))
+    reference = collect(
+        PackedStream(demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, backend="local")
+    )
     batches = collect(stream)
     assert len(batches) == len(reference)
     failed = [f for b in batches for f in b.failed]
@@ -188,10 +235,14 @@ def test_one_stream_config_whether_given_whole_by_name_or_from_a_train_config(de
     the deprecated `split=(rank, world)` still deals like `rank=`/`world=`."""
     from elasticast.training.config import TrainConfig
 
-    settings = dict(rows_per_batch=2, max_tokens=1024, buffer=32, scales=SCALES, seed=3, freq_mask=8, backend="local", workers=1)
+    settings = dict(
+        rows_per_batch=2, max_tokens=1024, buffer=32, scales=SCALES, seed=3, freq_mask=8, backend="local", workers=1
+    )
     config = StreamConfig(**settings)
     by_name = PackedStream(demo_shards / "train", **settings, rank=1, world=2)
-    trained = TrainConfig(rows_per_batch=2, max_tokens=1024, buffer=32, scales=SCALES, seed=3, freq_mask=8, loader="local").stream()
+    trained = TrainConfig(
+        rows_per_batch=2, max_tokens=1024, buffer=32, scales=SCALES, seed=3, freq_mask=8, loader="local"
+    ).stream()
     assert trained == config == by_name.config
     with pytest.warns(DeprecationWarning, match="rank= and world="):
         old = PackedStream(demo_shards / "train", config, split=(1, 2))

@@ -1,5 +1,6 @@
 """PackedStream as a torch IterableDataset: DataLoader workers deliver each step once and in
 order, epochs and resume positions reach the workers, featurizing runs on one torch thread."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -18,7 +19,12 @@ SETTINGS = dict(rows_per_batch=1, max_tokens=256, max_frames=256, buffer=16, sca
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, make_shards):
     out = tmp_path_factory.mktemp("dataloader") / "shards"
-    assert make_shards.main(["--out", str(out), "--demo-clips", "40", "--backend", "local", "--quiet", "--shard-size", "1MB"]) == 0
+    assert (
+        make_shards.main(
+            ["--out", str(out), "--demo-clips", "40", "--backend", "local", "--quiet", "--shard-size", "1MB"]
+        )
+        == 0
+    )
     return out
 
 
@@ -85,7 +91,9 @@ def test_torchdata_stateful_dataloader_resumes_mid_epoch(shards):
         taken = iter(loader)
         head = delivered([next(taken) for _ in range(3)])
         state = loader.state_dict()
-        again = stateful.StatefulDataLoader(PackedStream(shards / "train", **SETTINGS), batch_size=None, num_workers=num_workers)
+        again = stateful.StatefulDataLoader(
+            PackedStream(shards / "train", **SETTINGS), batch_size=None, num_workers=num_workers
+        )
         again.load_state_dict(state)
         assert head + delivered(again) == full
 

@@ -2,6 +2,7 @@
 (real tars, decoding and fbanks; no Ray, no FSDD, so nothing here can be skipped): packing modes
 against hand-worked packings, per-sample C and shuffles keyed by seed, epoch and key,
 SpecAugment keyed by key, round-robin dealing with fillers, labels as the manifest gives them."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -21,7 +22,9 @@ CAPACITY = 80  # 10 patches: the synthetic lengths 6+4, 7+3, 8+2, 5+5 fill rows 
 
 
 def stream(shards: Path, **options) -> PackedStream:
-    return PackedStream(shards / "train", **{"rows_per_batch": 1, "max_tokens": CAPACITY, "backend": "local", **options})
+    return PackedStream(
+        shards / "train", **{"rows_per_batch": 1, "max_tokens": CAPACITY, "backend": "local", **options}
+    )
 
 
 def keys_of(shards: Path) -> list[str]:
@@ -44,7 +47,9 @@ def row_keys(shards: Path, epoch: int, **options) -> list[list[str]]:
 @pytest.fixture(scope="module")
 def reshuffled_shards(tmp_path_factory, make_shards) -> Path:
     """The same clips and keys, cut into other shards in another order (--seed, --shard-samples)."""
-    return build_synthetic_shards(make_shards, tmp_path_factory.mktemp("reshuffled"), None, "--shard-samples", "3", "--seed", "5")
+    return build_synthetic_shards(
+        make_shards, tmp_path_factory.mktemp("reshuffled"), None, "--shard-samples", "3", "--seed", "5"
+    )
 
 
 def test_greedy_plan_is_next_fit_in_shard_order(synthetic_shards):
@@ -54,7 +59,9 @@ def test_greedy_plan_is_next_fit_in_shard_order(synthetic_shards):
     index = dataset.index("train").to_pylist()
     shard_rank = {name: i for i, name in enumerate(dataset.meta["splits"]["train"]["shards"])}
     arrival = sorted(range(len(index)), key=lambda i: shard_rank[index[i]["shard"]])
-    tokens = [8 * ((1 + (index[i]["num_samples"] - 400) // 160) // 16) for i in arrival]  # Kaldi frames, floored to patches
+    tokens = [
+        8 * ((1 + (index[i]["num_samples"] - 400) // 160) // 16) for i in arrival
+    ]  # Kaldi frames, floored to patches
     expected, fill = [[]], 0
     for key, count in zip((index[i]["key"] for i in arrival), tokens):
         if fill + count > CAPACITY:
@@ -87,7 +94,9 @@ def test_the_shuffle_follows_seed_and_epoch(synthetic_shards, changed):
     first = rows(**base)
     assert rows(**base) == first
     other = rows(**{**base, **changed})
-    assert other != first and sorted(map(sorted, other)) != sorted(map(sorted, first))  # other row mates, not only other order
+    assert other != first and sorted(map(sorted, other)) != sorted(
+        map(sorted, first)
+    )  # other row mates, not only other order
     assert rows(**{**base, **changed}, shuffle=False) == rows(**base, shuffle=False)
 
 
@@ -124,7 +133,9 @@ def test_ranks_are_dealt_round_robin_with_fillers_and_see_every_key_once(synthet
 
 def patches_by_key(shards: Path, epoch: int = 0, seed: int = 0, mask: int = 0) -> dict[str, torch.Tensor]:
     batches = stream(shards, freq_mask=mask, time_mask=mask, seed=seed).epoch(epoch)
-    return {key: b.patches[b.row[i]][b.segment_ids[b.row[i]] == b.slot[i]] for b in batches for i, key in enumerate(b.keys)}
+    return {
+        key: b.patches[b.row[i]][b.segment_ids[b.row[i]] == b.slot[i]] for b in batches for i, key in enumerate(b.keys)
+    }
 
 
 def test_spec_augment_is_keyed_by_key_epoch_and_seed(synthetic_shards):
@@ -139,7 +150,10 @@ def test_spec_augment_is_keyed_by_key_epoch_and_seed(synthetic_shards):
     groups = [keys for keys in twins.values() if len(keys) > 1]
     assert len(groups) == len(set(SYNTHETIC_PATCHES)) - 1  # every length but the single 1-patch clip
     assert all(len({tuple(base[k].flatten().tolist()) for k in keys}) > 1 for keys in groups)
-    for other in (patches_by_key(synthetic_shards, epoch=1, mask=40), patches_by_key(synthetic_shards, seed=1, mask=40)):
+    for other in (
+        patches_by_key(synthetic_shards, epoch=1, mask=40),
+        patches_by_key(synthetic_shards, seed=1, mask=40),
+    ):
         assert sum(not torch.equal(base[k], other[k]) for k in base) >= len(base) * 3 // 4
 
 
@@ -150,17 +164,26 @@ def multi_label_shards(tmp_path_factory, make_shards) -> Path:
 
 
 def test_labels_are_class_ids_or_multi_hot_as_the_manifest_says(synthetic_shards, multi_label_shards):
-    single = {key: int(label) for b in stream(synthetic_shards, seed=2).epoch(0) for key, label in zip(b.keys, b.labels)}
+    single = {
+        key: int(label) for b in stream(synthetic_shards, seed=2).epoch(0) for key, label in zip(b.keys, b.labels)
+    }
     assert single == {f"clip{i:02d}": i % 3 for i in range(len(SYNTHETIC_PATCHES))}  # labels sorted: hum, tone, whistle
     batches = list(stream(multi_label_shards, max_tokens=256).epoch(0))
     multi = {key: label.tolist() for b in batches for key, label in zip(b.keys, b.labels)}
     assert all(b.labels.dtype == torch.float32 for b in batches)
-    assert multi == {"clip00": [1, 1, 0], "clip01": [0, 1, 0], "clip02": [1, 0, 1], "clip03": [1, 1, 1], "clip04": [0, 0, 1]}
+    assert multi == {
+        "clip00": [1, 1, 0],
+        "clip01": [0, 1, 0],
+        "clip02": [1, 0, 1],
+        "clip03": [1, 1, 1],
+        "clip04": [0, 0, 1],
+    }
 
 
 def test_rows_are_shuffled_out_of_packing_order(synthetic_shards):
     """first_fit emits rows largest sample first; the plan must not hand that order on (the
     step's workload would fall through the epoch). Unshuffled, it does, as a check of the check."""
+
     def row_maxima(**options) -> list[int]:
         plan = stream(synthetic_shards, **options).plan(0)
         return [int(plan.tokens[plan.batch == b].max()) for b in range(plan.n_batches)]

@@ -1,5 +1,6 @@
 """Training mechanics without a job: the loss against numpy, `train_epoch` on hand-made batches
 (gradient clipping, filler batches, what it counts), the optimiser's decay groups by name."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,10 +22,24 @@ from loaders.features import patchify
 
 CPU = torch.device("cpu")
 CLASSES, LENGTH = 3, 64
-DECAYED_IN_ELASTICAST = ("patch_embed.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.fc1.weight",
-                         "blocks.0.mlp.fc2.weight", "pool.kv.weight", "pool.proj.weight", "head.weight")
-DECAYED_IN_AST = ("patch_embed.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.fc1.weight",
-                  "blocks.0.mlp.fc2.weight", "head.weight")
+DECAYED_IN_ELASTICAST = (
+    "patch_embed.weight",
+    "blocks.0.attn.qkv.weight",
+    "blocks.0.attn.proj.weight",
+    "blocks.0.mlp.fc1.weight",
+    "blocks.0.mlp.fc2.weight",
+    "pool.kv.weight",
+    "pool.proj.weight",
+    "head.weight",
+)
+DECAYED_IN_AST = (
+    "patch_embed.weight",
+    "blocks.0.attn.qkv.weight",
+    "blocks.0.attn.proj.weight",
+    "blocks.0.mlp.fc1.weight",
+    "blocks.0.mlp.fc2.weight",
+    "head.weight",
+)
 
 
 def tiny_model() -> ElasticAST:
@@ -51,9 +66,18 @@ def packed(rows: list[list[int]], seed: int) -> PackedBatch:
 def filler(rows: int = 2) -> PackedBatch:
     """What the stream hands a rank short of the last round: no samples, all padding."""
     empty = torch.zeros(0, dtype=torch.int64)
-    return PackedBatch(torch.zeros(rows, LENGTH, 256), torch.zeros(rows, LENGTH, dtype=torch.int32),
-                       torch.zeros(rows, LENGTH, dtype=torch.int64), torch.zeros(rows, LENGTH, dtype=torch.int64),
-                       labels=empty, row=empty, slot=empty, n_tokens=empty, scale=torch.zeros(0), is_padding=True)
+    return PackedBatch(
+        torch.zeros(rows, LENGTH, 256),
+        torch.zeros(rows, LENGTH, dtype=torch.int32),
+        torch.zeros(rows, LENGTH, dtype=torch.int64),
+        torch.zeros(rows, LENGTH, dtype=torch.int64),
+        labels=empty,
+        row=empty,
+        slot=empty,
+        n_tokens=empty,
+        scale=torch.zeros(0),
+        is_padding=True,
+    )
 
 
 def flat(model: nn.Module) -> torch.Tensor:
@@ -77,7 +101,9 @@ def test_single_label_loss_is_numpys_cross_entropy_and_multi_hot_is_bce():
     assert float(loss(logits, multi_hot)) == pytest.approx(bce, rel=1e-6)
     one_hot = torch.nn.functional.one_hot(ids, 4).float()  # float labels mean multi-label, even one-hot
     y = one_hot.double().numpy()
-    assert float(loss(logits, one_hot)) == pytest.approx(np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))), rel=1e-6)
+    assert float(loss(logits, one_hot)) == pytest.approx(
+        np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))), rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("ratio", [0.25, None, 4.0])  # clip at a quarter of the norm, off, above the norm
@@ -106,14 +132,26 @@ def test_a_filler_batch_runs_a_zero_step_that_reaches_every_parameter_and_counts
     result = train_epoch(model, [filler(rows=2)], optimizer, scheduler, CPU, clip_grad=1.0)
     assert torch.equal(flat(model), before)
     assert all(p.grad is not None and torch.all(p.grad == 0) for p in model.parameters())  # in the graph: no DDP hang
-    assert (result.steps, result.samples, result.loss_sum, result.keys, result.tokens, result.slots) == (1, 0, 0.0, [], 0, 2 * LENGTH)
+    assert (result.steps, result.samples, result.loss_sum, result.keys, result.tokens, result.slots) == (
+        1,
+        0,
+        0.0,
+        [],
+        0,
+        2 * LENGTH,
+    )
     assert scheduler.last_epoch == 1
 
 
 def test_an_epoch_is_the_manual_loop_and_counts_what_it_computed():
     """Zero grad, backward, clip, step, schedule step: per batch, fillers included."""
     config = TrainConfig(lr=3e-3, weight_decay=0.1, warmup_epochs=1, clip_grad=0.5)
-    batches = [packed([[2, 3, 1], [4, 2]], seed=2), packed([[8], [1, 1, 5]], seed=3), packed([[3], [6]], seed=4), filler()]
+    batches = [
+        packed([[2, 3, 1], [4, 2]], seed=2),
+        packed([[8], [1, 1, 5]], seed=3),
+        packed([[3], [6]], seed=4),
+        filler(),
+    ]
     model, reference = tiny_model(), tiny_model()
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, len(batches), config)
@@ -122,8 +160,15 @@ def test_an_epoch_is_the_manual_loop_and_counts_what_it_computed():
 
     decayed = set(DECAYED_IN_ELASTICAST)
     reference_optimizer = torch.optim.AdamW(
-        [{"params": [p for n, p in reference.named_parameters() if n in decayed], "weight_decay": config.weight_decay},
-         {"params": [p for n, p in reference.named_parameters() if n not in decayed], "weight_decay": 0.0}], lr=config.lr)
+        [
+            {
+                "params": [p for n, p in reference.named_parameters() if n in decayed],
+                "weight_decay": config.weight_decay,
+            },
+            {"params": [p for n, p in reference.named_parameters() if n not in decayed], "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+    )
     values = []
     for step, batch in enumerate(batches):
         for group in reference_optimizer.param_groups:
@@ -135,7 +180,9 @@ def test_an_epoch_is_the_manual_loop_and_counts_what_it_computed():
         reference_optimizer.step()
         values.append(float(value.detach()))
     assert torch.allclose(flat(model), flat(reference), atol=1e-6, rtol=0)
-    assert result.steps == 4 and scheduler.last_epoch == 4 and optimizer.param_groups[0]["lr"] == pytest.approx(config.lr)
+    assert (
+        result.steps == 4 and scheduler.last_epoch == 4 and optimizer.param_groups[0]["lr"] == pytest.approx(config.lr)
+    )
     assert result.samples == 3 + 2 + 4 + 2 + 0
     assert result.loss_sum == pytest.approx(sum(v * b.num_samples for v, b in zip(values, batches)), rel=1e-5)
     assert result.keys == [k for b in batches for k in b.keys]
@@ -157,7 +204,9 @@ def tiny_ast() -> ASTBaseline:
     return ASTBaseline(preset("tiny", num_classes=CLASSES, dim=32, depth=1, heads=2), target_frames=64)
 
 
-@pytest.mark.parametrize("make, decayed", [(tiny_model, DECAYED_IN_ELASTICAST), (tiny_ast, DECAYED_IN_AST)], ids=["elasticast", "ast"])
+@pytest.mark.parametrize(
+    "make, decayed", [(tiny_model, DECAYED_IN_ELASTICAST), (tiny_ast, DECAYED_IN_AST)], ids=["elasticast", "ast"]
+)
 def test_only_the_linear_weights_are_decayed(make, decayed):
     """timm's rule: no decay on biases, norms, position tables, the query and the [cls] token."""
     model = make()

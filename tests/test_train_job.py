@@ -1,4 +1,5 @@
 """`jobs/train.py` end to end: real Ray Train, real FSDD shards, resume, a 2-node cluster, a fault."""
+
 from __future__ import annotations
 
 import json
@@ -23,15 +24,34 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FAST = ["--rows-per-batch", "2", "--max-tokens", "1024", "--buffer", "256", "--warmup-epochs", "0.5", "--lr", "2e-3"]
 # a 1-block model in 512-token rows: ~24 steps per epoch of fsdd_small_shards, a checkpoint every 4
-STEPS = ["--depth", "1", "--rows-per-batch", "1", "--max-tokens", "512", "--buffer", "256", "--warmup-epochs", "0.5", "--lr", "2e-3",
-         "--checkpoint-every", "4"]
+STEPS = [
+    "--depth",
+    "1",
+    "--rows-per-batch",
+    "1",
+    "--max-tokens",
+    "512",
+    "--buffer",
+    "256",
+    "--warmup-epochs",
+    "0.5",
+    "--lr",
+    "2e-3",
+    "--checkpoint-every",
+    "4",
+]
 PORT, DASHBOARD, AGENT_PORTS = 6391, 8291, 52460
 
 
 def agent_ports(first: int) -> list[str]:
     """Each node's agents on their own ports: the defaults are taken by any other Ray on this
     machine (the session's own), and a job needs its head's agent."""
-    names = ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
+    names = (
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+        "--metrics-export-port",
+    )
     return [item for i, name in enumerate(names) for item in (name, str(first + i))]
 
 
@@ -56,8 +76,12 @@ def test_a_run_killed_mid_epoch_resumes_bitwise(tmp_path, fsdd_dir, fsdd_small_s
     assert train_job.main([*args, "--out", str(cut), "--wandb", "disabled", "--resume"]) == 0
     full, resumed = history(tmp_path / "full"), history(cut)
     assert len(full) == len(resumed) == 2
-    assert [without_timings(m) for m in full] == [without_timings(m) for m in resumed]  # bitwise: floats compared exactly
-    assert [k["delivered_digest"] for k in key_files(tmp_path / "full")] == [k["delivered_digest"] for k in key_files(cut)]
+    assert [without_timings(m) for m in full] == [
+        without_timings(m) for m in resumed
+    ]  # bitwise: floats compared exactly
+    assert [k["delivered_digest"] for k in key_files(tmp_path / "full")] == [
+        k["delivered_digest"] for k in key_files(cut)
+    ]
     assert all(k["exactly_once"] for k in key_files(cut))
     weights = [load_checkpoint(tmp_path / run / "last.pt").state_dict for run in ("full", "cut")]
     assert all(torch.equal(value, weights[1][name]) for name, value in weights[0].items())
@@ -81,17 +105,31 @@ def kill_mid_epoch(ray, argv: list[str], epoch: int) -> Path:
     run = Path(argv[argv.index("--out") + 1])
     env = os.environ | {"RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
     started = time.time()
-    driver = subprocess.Popen([sys.executable, str(REPO / "jobs" / "train.py"), *argv], env=env, cwd=REPO,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / "train.py"), *argv],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     store, deadline = CheckpointStore(run / "checkpoints"), time.time() + 300
     while time.time() < deadline and driver.poll() is None:
         latest = store.latest()
-        if latest is not None and latest.name.startswith(f"epoch-{epoch:04d}-") and not latest.name.endswith("-step-0000000.pt"):
+        if (
+            latest is not None
+            and latest.name.startswith(f"epoch-{epoch:04d}-")
+            and not latest.name.endswith("-step-0000000.pt")
+        ):
             break
         time.sleep(0.02)
-    assert driver.poll() is None, f"the driver ended (status {driver.returncode}) before a checkpoint inside epoch {epoch + 1}"
-    workers = [p for p in psutil.process_iter(["cmdline", "create_time"])
-               if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and p.info["create_time"] >= started - 1]
+    assert driver.poll() is None, (
+        f"the driver ended (status {driver.returncode}) before a checkpoint inside epoch {epoch + 1}"
+    )
+    workers = [
+        p
+        for p in psutil.process_iter(["cmdline", "create_time"])
+        if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and p.info["create_time"] >= started - 1
+    ]
     driver.kill()
     for worker in workers:
         worker.kill()
@@ -101,12 +139,17 @@ def kill_mid_epoch(ray, argv: list[str], epoch: int) -> Path:
     return latest
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--shards", "/nonexistent/shards"], "not a make_shards output"),
-    (["--resume"], "no run to resume"),
-    (["--workers", "8"], "the Ray cluster has 2"),
-])
-def test_bad_runs_are_refused_before_training(tmp_path, fsdd_small_shards, ray_local, train_job, capsys, flags, message):
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--shards", "/nonexistent/shards"], "not a make_shards output"),
+        (["--resume"], "no run to resume"),
+        (["--workers", "8"], "the Ray cluster has 2"),
+    ],
+)
+def test_bad_runs_are_refused_before_training(
+    tmp_path, fsdd_small_shards, ray_local, train_job, capsys, flags, message
+):
     args = ["--shards", str(fsdd_small_shards), "--out", str(tmp_path / "run"), *flags]
     assert train_job.main(args) == 2
     assert message in capsys.readouterr().err
@@ -117,7 +160,9 @@ def small_disk(tmp_path):
     """A 12 MiB tmpfs (room for one checkpoint of the 1-block model, 7.8 MB, not for two), unmounted afterwards."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True, text=True, check=False)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True, text=True, check=False
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
     try:
@@ -130,9 +175,23 @@ def remount(disk: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(disk)], check=True)
 
 
-def test_a_full_disk_stops_the_run_once_and_resume_continues_after_it(small_disk, fsdd_small_shards, ray_local, train_job, capfd):
+def test_a_full_disk_stops_the_run_once_and_resume_continues_after_it(
+    small_disk, fsdd_small_shards, ray_local, train_job, capfd
+):
     run = small_disk / "run"
-    args = ["--shards", str(fsdd_small_shards), "--out", str(run), *STEPS, "--epochs", "2", "--loader", "local", "--wandb", "disabled"]
+    args = [
+        "--shards",
+        str(fsdd_small_shards),
+        "--out",
+        str(run),
+        *STEPS,
+        "--epochs",
+        "2",
+        "--loader",
+        "local",
+        "--wandb",
+        "disabled",
+    ]
     assert train_job.main(args) == 2  # --max-failures 1 (default): a storage failure is not retried
     output = capfd.readouterr()
     error = [line for line in output.err.splitlines() if line.startswith("error:")]
@@ -140,7 +199,9 @@ def test_a_full_disk_stops_the_run_once_and_resume_continues_after_it(small_disk
     assert error == [expected], output.err[-3000:]
     assert "restarting" not in output.out + output.err
     store = CheckpointStore(run / "checkpoints")
-    assert [p.name for p in store.complete()] == ["epoch-0000-step-0000004.pt"] and sorted(os.listdir(store.folder)) == [p.name for p in store.complete()]
+    assert [p.name for p in store.complete()] == ["epoch-0000-step-0000004.pt"] and sorted(
+        os.listdir(store.folder)
+    ) == [p.name for p in store.complete()]
     assert not (run / "history.json").exists()  # no epoch claimed done
     remount(small_disk, "ro")
     assert train_job.main([*args, "--resume"]) == 2
@@ -149,7 +210,9 @@ def test_a_full_disk_stops_the_run_once_and_resume_continues_after_it(small_disk
     assert train_job.main([*args, "--resume"]) == 0
     assert "resuming from checkpoint epoch-0000-step-0000004.pt: epoch 1, step 4" in capfd.readouterr().out
     assert len(history(run)) == 2 and all(k["exactly_once"] for k in key_files(run))
-    assert len(store.complete()) == 2 and store.latest().name == "epoch-0002-step-0000000.pt"  # num_to_keep, after the failure
+    assert (
+        len(store.complete()) == 2 and store.latest().name == "epoch-0002-step-0000000.pt"
+    )  # num_to_keep, after the failure
     assert not [p for p in store.folder.iterdir() if p.name.startswith(".")]
 
 
@@ -157,13 +220,16 @@ def test_resume_without_a_complete_checkpoint_is_refused(tmp_path, fsdd_small_sh
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text("epochs: 2\n")
-    (run / "checkpoints" / ".tmp-epoch-0000-step-0000004.pt.123").write_bytes(b"cut short")  # a crashed writer's leftover
+    (run / "checkpoints" / ".tmp-epoch-0000-step-0000004.pt.123").write_bytes(
+        b"cut short"
+    )  # a crashed writer's leftover
     assert train_job.main(["--shards", str(fsdd_small_shards), "--out", str(run), "--resume"]) == 2
     assert "holds no complete checkpoint, so there is nothing to continue from" in capsys.readouterr().err
 
 
-def test_training_validates_on_valid_and_falls_back_to_test_with_a_warning(tmp_path, fsdd_dir, fsdd_small_shards, make_shards,
-                                                                           train_job, capsys):
+def test_training_validates_on_valid_and_falls_back_to_test_with_a_warning(
+    tmp_path, fsdd_dir, fsdd_small_shards, make_shards, train_job, capsys
+):
     rows = [{"path": str(p), "label": p.name.split("_")[0]} for p in sorted(fsdd_dir.glob("*.wav"))[::60]]
     manifest = write_manifest(tmp_path / "manifest.csv", rows)
     shards = tmp_path / "shards"
@@ -183,13 +249,34 @@ def two_node_cluster():
     """`ray start --head` plus a second `ray start --address`, each with its own 2 CPUs; stopped
     at the end by killing exactly the processes of this cluster (not the session's own Ray)."""
     temp = tempfile.mkdtemp(prefix="ecr", dir="/tmp")  # short: Ray's socket paths live under it
-    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
-                      "RAY_AUTH_MODE": "disabled"}  # a throwaway cluster on one machine
+    env = os.environ | {
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+    }  # a throwaway cluster on one machine
     start = [str(BIN / "ray"), "start", "--num-cpus", "2", "--temp-dir", temp]
-    subprocess.run([*start, "--head", "--port", str(PORT), "--dashboard-port", str(DASHBOARD), "--include-dashboard", "true",
-                    *agent_ports(AGENT_PORTS)], env=env, check=True, capture_output=True)
-    subprocess.run([*start, "--address", f"127.0.0.1:{PORT}", "--resources", '{"second_node": 1}', *agent_ports(AGENT_PORTS + 10)],
-                   env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            *start,
+            "--head",
+            "--port",
+            str(PORT),
+            "--dashboard-port",
+            str(DASHBOARD),
+            "--include-dashboard",
+            "true",
+            *agent_ports(AGENT_PORTS),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [*start, "--address", f"127.0.0.1:{PORT}", "--resources", '{"second_node": 1}', *agent_ports(AGENT_PORTS + 10)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     try:
         yield env | {"RAY_ADDRESS": f"http://127.0.0.1:{DASHBOARD}"}, temp
     finally:
@@ -211,9 +298,27 @@ def ray_cli(env: dict, *args: str, timeout: float = 600) -> subprocess.Completed
 
 
 def submit(env: dict, run: Path, shards: Path, epochs: int, wait: bool) -> subprocess.CompletedProcess:
-    command = ["job", "submit", "--working-dir", str(REPO), *([] if wait else ["--no-wait"]), "--",
-               "python", "jobs/train.py", "--shards", str(shards), "--out", str(run), "--workers", "2",
-               "--epochs", str(epochs), "--wandb", "offline", *FAST]
+    command = [
+        "job",
+        "submit",
+        "--working-dir",
+        str(REPO),
+        *([] if wait else ["--no-wait"]),
+        "--",
+        "python",
+        "jobs/train.py",
+        "--shards",
+        str(shards),
+        "--out",
+        str(run),
+        "--workers",
+        "2",
+        "--epochs",
+        str(epochs),
+        "--wandb",
+        "offline",
+        *FAST,
+    ]
     for _ in range(30):  # the job agent comes up some seconds after `ray start` returns
         done = ray_cli(env, *command)
         if "No available agent to submit job" not in done.stdout + done.stderr:
@@ -242,7 +347,11 @@ def test_a_killed_worker_is_replaced_and_the_run_finishes(tmp_path, fsdd_small_s
     while CheckpointStore(run / "checkpoints").latest() is None and time.time() < deadline:
         time.sleep(1)
     time.sleep(2)  # into epoch 2
-    victims = [p for p in psutil.process_iter(["cmdline"]) if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and _cwd_under(p, temp)]
+    victims = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and _cwd_under(p, temp)
+    ]
     assert victims, "no Ray Train worker of this cluster found to kill"
     victims[0].kill()
     while time.time() < deadline + 300:

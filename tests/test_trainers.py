@@ -1,6 +1,7 @@
 """Every trainer recipe of the README and docs/trainers.md ("Use it in your trainer") trains on real FSDD shards:
 the plain loop, a DataLoader with workers, a lightning.Trainer, an Accelerate loop, and a
 map-style dataset through PackingSampler; each snippet shown is a piece of the file run here."""
+
 from __future__ import annotations
 
 import re
@@ -22,7 +23,12 @@ def shards(tmp_path_factory, fsdd_dir, make_shards):
     work = tmp_path_factory.mktemp("trainers")
     manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv", every=40)
     out = work / "shards"
-    assert make_shards.main(["--manifest", str(manifest), "--out", str(out), "--shard-size", "100KB", "--backend", "local", "--quiet"]) == 0
+    assert (
+        make_shards.main(
+            ["--manifest", str(manifest), "--out", str(out), "--shard-size", "100KB", "--backend", "local", "--quiet"]
+        )
+        == 0
+    )
     return out
 
 
@@ -52,7 +58,9 @@ def test_plain_loop_and_dataloader_workers_train_on_the_same_batches(shards):
     loaded = load_script("examples/trainers/dataloader.py").train(config, num_workers=2)
     assert [r.keys for r in loop] == [r.keys for r in loaded]
     assert all(once_each(r.keys, train_keys(shards)) for r in loaded) and loaded[0].keys != loaded[1].keys
-    assert [r.steps for r in loaded] == [PackedStream(shards / "train", config.stream(backend="local")).steps(e) for e in (0, 1)]
+    assert [r.steps for r in loaded] == [
+        PackedStream(shards / "train", config.stream(backend="local")).steps(e) for e in (0, 1)
+    ]
 
 
 def test_lightning_trainer_covers_every_key_once_per_epoch_across_two_ranks_with_a_filler(shards):
@@ -60,13 +68,19 @@ def test_lightning_trainer_covers_every_key_once_per_epoch_across_two_ranks_with
     recipe = load_script("examples/trainers/lightning_fit.py")
     config = config_for(shards)
     stream = PackedStream(shards / "train", config.stream(backend="local"))
-    assert [stream.plan(e).n_batches % 2 for e in (0, 1)] == [1, 1], "this test needs a filler batch on rank 1 in both epochs"
-    modules = [recipe.train(config, num_workers=1, rank=rank, world=2, enable_progress_bar=False, enable_model_summary=False)
-               for rank in (0, 1)]
+    assert [stream.plan(e).n_batches % 2 for e in (0, 1)] == [1, 1], (
+        "this test needs a filler batch on rank 1 in both epochs"
+    )
+    modules = [
+        recipe.train(config, num_workers=1, rank=rank, world=2, enable_progress_bar=False, enable_model_summary=False)
+        for rank in (0, 1)
+    ]
     for epoch in (0, 1):
         assert once_each([k for m in modules for k in m.keys[epoch]], train_keys(shards))
     assert modules[0].keys[0] != modules[0].keys[1]
-    assert modules[1].trainer.global_step == stream.plan(0).steps(2) + stream.plan(1).steps(2)  # the fillers were steps too
+    assert modules[1].trainer.global_step == stream.plan(0).steps(2) + stream.plan(1).steps(
+        2
+    )  # the fillers were steps too
 
 
 def test_accelerate_loop_covers_every_key_once_per_epoch(shards):
@@ -79,7 +93,9 @@ def test_own_map_style_dataset_trains_through_the_packing_sampler():
     recipe = load_script("examples/trainers/own_dataset.py")
     config = TrainConfig(epochs=2, rows_per_batch=2, max_tokens=128, max_frames=128, buffer=32)
     results = recipe.train(config, recipe.RandomFbanks(40, num_classes=3), num_classes=3, num_workers=2)
-    assert all(once_each(r.keys, {f"item-{i}" for i in range(40)}) for r in results) and results[0].keys != results[1].keys
+    assert (
+        all(once_each(r.keys, {f"item-{i}" for i in range(40)}) for r in results) and results[0].keys != results[1].keys
+    )
 
 
 def test_each_readme_snippet_is_part_of_the_example_it_names():
@@ -93,4 +109,7 @@ def test_each_readme_snippet_is_part_of_the_example_it_names():
         source = (REPO / path).read_text()
         assert textwrap.dedent(body) in source or textwrap.indent(textwrap.dedent(body), "    ") in source, path
         named.add(path)
-    assert named == {f"examples/trainers/{name}.py" for name in ("loop", "dataloader", "lightning_fit", "accelerate_loop", "own_dataset")}
+    assert named == {
+        f"examples/trainers/{name}.py"
+        for name in ("loop", "dataloader", "lightning_fit", "accelerate_loop", "own_dataset")
+    }

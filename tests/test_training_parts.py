@@ -1,4 +1,5 @@
 """The Ray-free training parts: config layering, schedules, metrics, one epoch on real batches."""
+
 from __future__ import annotations
 
 import math
@@ -6,10 +7,10 @@ import math
 import pytest
 import torch
 
+from elasticast.metrics import mean_average_precision, score
 from elasticast.training.config import TrainConfig, parse_args
 from elasticast.training.epoch_report import epoch_metrics, key_counts, progress_line
 from elasticast.training.loop import EpochResult
-from elasticast.metrics import mean_average_precision, score
 from elasticast.training.schedule import lr_factor, make_optimizer
 
 
@@ -17,11 +18,19 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("lr: 3e-4\nepochs: 7\nscales: [1.0, 2.5]\npacking: greedy\n")
     config = parse_args(["--config", str(path), "--epochs", "9", "--no-shuffle", "--scales", "1", "4"])
-    assert (config.lr, config.epochs, config.scales, config.packing, config.shuffle) == (3e-4, 9, (1.0, 4.0), "greedy", False)
+    assert (config.lr, config.epochs, config.scales, config.packing, config.shuffle) == (
+        3e-4,
+        9,
+        (1.0, 4.0),
+        "greedy",
+        False,
+    )
     assert parse_args([]) == TrainConfig()
 
 
-@pytest.mark.parametrize("text, message", [("lr: 1\nbogus: 2\n", "unknown config keys \\['bogus'\\]"), ("- 1\n", "expected a mapping")])
+@pytest.mark.parametrize(
+    "text, message", [("lr: 1\nbogus: 2\n", "unknown config keys \\['bogus'\\]"), ("- 1\n", "expected a mapping")]
+)
 def test_bad_yaml_is_refused_by_name(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -29,7 +38,9 @@ def test_bad_yaml_is_refused_by_name(tmp_path, text, message):
         parse_args(["--config", str(path)])
 
 
-@pytest.mark.parametrize("flags", [["--packing", "best"], ["--scales", "0.5"], ["--epochs", "0"], ["--stop-after", "99"]])
+@pytest.mark.parametrize(
+    "flags", [["--packing", "best"], ["--scales", "0.5"], ["--epochs", "0"], ["--stop-after", "99"]]
+)
 def test_bad_flags_exit_with_a_message(flags, capsys):
     with pytest.raises(SystemExit) as raised:
         parse_args(flags)
@@ -39,7 +50,9 @@ def test_bad_flags_exit_with_a_message(flags, capsys):
 def test_schedules():
     cosine = TrainConfig(epochs=10, warmup_epochs=1, min_lr_ratio=0.0)
     assert lr_factor(0, 10, cosine) == pytest.approx(0.1) and lr_factor(9, 10, cosine) == 1.0
-    assert lr_factor(10 + 45, 10, cosine) == pytest.approx(0.5) and lr_factor(99, 10, cosine) == pytest.approx(0, abs=1e-3)
+    assert lr_factor(10 + 45, 10, cosine) == pytest.approx(0.5) and lr_factor(99, 10, cosine) == pytest.approx(
+        0, abs=1e-3
+    )
     step = TrainConfig(epochs=10, warmup_epochs=0, schedule="step", decay_start=3, decay_every=2, decay_factor=0.5)
     assert [lr_factor(e * 10, 10, step) for e in range(8)] == [1, 1, 1, 0.5, 0.5, 0.25, 0.25, 0.125]
     assert lr_factor(50, 10, TrainConfig(warmup_epochs=0, schedule="constant")) == 1.0
@@ -69,15 +82,29 @@ def test_metrics():
 def test_key_counts_flag_missing_and_duplicated_keys():
     assert key_counts(["a", "b", "c"], 0, ["c", "a", "b"], failed=0)["exactly_once"]
     counts = key_counts(["a", "b", "c"], 3, ["a", "a", "b"], failed=1)
-    assert (counts["exactly_once"], counts["duplicates"], counts["missing"], counts["counts"]) == (False, ["a"], ["c"], {"a": 2, "b": 1})
+    assert (counts["exactly_once"], counts["duplicates"], counts["missing"], counts["counts"]) == (
+        False,
+        ["a"],
+        ["c"],
+        {"a": 2, "b": 1},
+    )
 
 
 def test_epoch_metrics_merge_ranks_and_progress_line():
-    ranks = [EpochResult(samples=6, loss_sum=3.0, tokens=90, slots=100, cut_tokens=10, seconds=2.0, data_wait_s=0.5),
-             EpochResult(samples=4, loss_sum=1.0, tokens=90, slots=100, cut_tokens=0, seconds=3.0, data_wait_s=0.0)]
+    ranks = [
+        EpochResult(samples=6, loss_sum=3.0, tokens=90, slots=100, cut_tokens=10, seconds=2.0, data_wait_s=0.5),
+        EpochResult(samples=4, loss_sum=1.0, tokens=90, slots=100, cut_tokens=0, seconds=3.0, data_wait_s=0.0),
+    ]
     metrics = epoch_metrics(1, ranks[0], ranks, {"metric": 0.75, "accuracy": 0.75}, lr=1e-3)
     assert metrics["epoch"] == 2 and metrics["train_loss"] == pytest.approx(0.4)  # per sample over both ranks
-    assert (metrics["samples_per_s"], metrics["tokens_per_s"]) == (pytest.approx(10 / 3), pytest.approx(60.0))  # slowest rank's time
-    assert (metrics["pad_ratio"], metrics["cut_ratio"], metrics["data_wait"]) == (pytest.approx(0.1), pytest.approx(10 / 190), 0.25)
+    assert (metrics["samples_per_s"], metrics["tokens_per_s"]) == (
+        pytest.approx(10 / 3),
+        pytest.approx(60.0),
+    )  # slowest rank's time
+    assert (metrics["pad_ratio"], metrics["cut_ratio"], metrics["data_wait"]) == (
+        pytest.approx(0.1),
+        pytest.approx(10 / 190),
+        0.25,
+    )
     line = progress_line(metrics, epochs=4, elapsed=6.0, done=2)
     assert line.startswith("epoch 2/4 | loss 0.4000") and "val accuracy 0.7500" in line and line.endswith("ETA 0.1 min")

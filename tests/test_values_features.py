@@ -1,6 +1,7 @@
 """Feature and statistics values against independent references: torchaudio's own
 `kaldi.fbank` called here with the paper's settings, numpy for normalisation, pooling and
 statistics, and values worked out by hand."""
+
 from __future__ import annotations
 
 import math
@@ -20,8 +21,9 @@ MEAN, STD = -3.0, 2.5  # far apart, so a swapped mean/std or a missing 2 shows
 EPSILON_LOG = math.log(torch.finfo(torch.float32).eps)  # Kaldi's log floor for a zero power spectrum
 
 
-def reference_spectrogram(wave: np.ndarray, rate: int, scale: float, compression: str, mean: float, std: float,
-                          max_frames: int | None = None) -> np.ndarray:
+def reference_spectrogram(
+    wave: np.ndarray, rate: int, scale: float, compression: str, mean: float, std: float, max_frames: int | None = None
+) -> np.ndarray:
     """README policy by hand: pad to one window, fbank at 10*C ms (or 10 ms average-pooled by C),
     (x - mean) / (2 * std), frames floored to 16, at least 16 (zero-padded), at most max_frames."""
     window = int(rate * 0.025)
@@ -49,7 +51,12 @@ def test_a_constant_clip_is_the_log_floor_everywhere_normalised_by_hand():
     """A constant wave is all zero once its mean is removed: every fbank value is log(eps)."""
     wave = np.full(16000, 0.3, np.float32)  # 1 + (16000 - 400) // 160 = 98 frames
     expected = (EPSILON_LOG - MEAN) / (2 * STD)
-    for scale, compression, frames in ((1.0, "shift", 96), (2.0, "shift", 48), (2.0, "avgpool", 48), (3.0, "avgpool", 32)):
+    for scale, compression, frames in (
+        (1.0, "shift", 96),
+        (2.0, "shift", 48),
+        (2.0, "avgpool", 48),
+        (3.0, "avgpool", 32),
+    ):
         spec = spectrogram(wave, 16000, scale, compression=compression, mean=MEAN, std=STD)
         assert spec.shape == (frames, 128), (scale, compression)
         assert torch.allclose(spec, torch.full_like(spec, expected), atol=1e-5), (scale, compression)
@@ -75,7 +82,9 @@ def test_spectrogram_equals_kaldi_fbank_normalised_floored_and_cropped(scale, co
 def test_clips_shorter_than_a_patch_are_padded_with_the_dataset_mean(samples):
     wave = np.random.default_rng(samples).standard_normal(samples).astype(np.float32) * 0.1
     ours = spectrogram(wave, 16000, mean=MEAN, std=STD)
-    np.testing.assert_allclose(ours.numpy(), reference_spectrogram(wave, 16000, 1.0, "shift", MEAN, STD), atol=2e-4, rtol=0)
+    np.testing.assert_allclose(
+        ours.numpy(), reference_spectrogram(wave, 16000, 1.0, "shift", MEAN, STD), atol=2e-4, rtol=0
+    )
     real_frames = max(1 + (samples - 400) // 160, 1)
     assert ours.shape == (16, 128) and torch.all(ours[real_frames:] == 0) and torch.all(ours[:real_frames] != 0)
 
@@ -112,14 +121,25 @@ def test_stream_patches_are_the_reference_features_of_the_stored_audio(synthetic
     """What a worker computes, at each sample's drawn C and with the shard set's statistics."""
     dataset = ShardDataset(synthetic_shards)
     stats = dataset.fbank_stats
-    stream = PackedStream(synthetic_shards / "train", rows_per_batch=2, max_tokens=80, scales=scales,
-                          compression=compression, max_frames=96, backend="local")
+    stream = PackedStream(
+        synthetic_shards / "train",
+        rows_per_batch=2,
+        max_tokens=80,
+        scales=scales,
+        compression=compression,
+        max_frames=96,
+        backend="local",
+    )
     seen_scales = set()
     for batch in stream.epoch(1):
         for i, key in enumerate(batch.keys):
             audio, rate = dataset.read_sample("train", key)
-            expected = reference_spectrogram(audio, rate, float(batch.scale[i]), compression, stats["mean"], stats["std"], 96)
+            expected = reference_spectrogram(
+                audio, rate, float(batch.scale[i]), compression, stats["mean"], stats["std"], 96
+            )
             where = batch.segment_ids[batch.row[i]] == batch.slot[i]
-            np.testing.assert_allclose(batch.patches[batch.row[i]][where].numpy(), reference_patches(expected), atol=2e-4, rtol=0)
+            np.testing.assert_allclose(
+                batch.patches[batch.row[i]][where].numpy(), reference_patches(expected), atol=2e-4, rtol=0
+            )
             seen_scales.add(round(float(batch.scale[i]), 1))
     assert seen_scales == set(scales)

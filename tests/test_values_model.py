@@ -1,5 +1,6 @@
 """The masked attention-pooling head against a per-sample reference written out by hand: one
 learned query, per head a softmax of q.k / sqrt(head dim) over the sample's own tokens only."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Importing timm's own ViT-B/16 (random init, saved locally): every piece lands where it should."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """What the sections of `bench/gpu.py` share: the run's sizes, device timing, peak memory, FLOPs."""
+
 from __future__ import annotations
 
 import time
@@ -11,8 +12,15 @@ from elasticast import preset
 from elasticast.config import ModelConfig
 
 # bf16 dense tensor-core peaks (no sparsity), from the vendors' data sheets
-PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 80GB HBM3": 989.4, "H100 PCIe": 756.0, "H100": 989.4,
-                    "A100": 312.0, "L40S": 362.0}
+PEAK_BF16_TFLOPS = {
+    "H200": 989.4,
+    "H100 SXM": 989.4,
+    "H100 80GB HBM3": 989.4,
+    "H100 PCIe": 756.0,
+    "H100": 989.4,
+    "A100": 312.0,
+    "L40S": 362.0,
+}
 
 
 @dataclass(frozen=True)
@@ -40,10 +48,30 @@ class Sizes:
         return preset(name, num_classes, max_frames=3072, **extra, **overrides)
 
 
-FULL = Sizes({"name": "base"}, rows=8, length=2048, ast_frames=1024, steps=10, warmup=3, layouts=50, loader_clips=160,
-             e2e_clips=1200, e2e_epochs=3)
-SMOKE = Sizes({"name": "tiny", "dim": 64, "depth": 2, "heads": 4}, rows=2, length=256, ast_frames=128, steps=2, warmup=1,
-              layouts=3, loader_clips=6, e2e_clips=12, e2e_epochs=1)
+FULL = Sizes(
+    {"name": "base"},
+    rows=8,
+    length=2048,
+    ast_frames=1024,
+    steps=10,
+    warmup=3,
+    layouts=50,
+    loader_clips=160,
+    e2e_clips=1200,
+    e2e_epochs=3,
+)
+SMOKE = Sizes(
+    {"name": "tiny", "dim": 64, "depth": 2, "heads": 4},
+    rows=2,
+    length=256,
+    ast_frames=128,
+    steps=2,
+    warmup=1,
+    layouts=3,
+    loader_clips=6,
+    e2e_clips=12,
+    e2e_epochs=1,
+)
 
 
 def skipped(reason: str) -> dict:

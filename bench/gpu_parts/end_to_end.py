@@ -1,5 +1,6 @@
 """End to end: `jobs/train.py` on a shard set built here (VoxCeleb-like lengths), in this process
 (it joins the Ray instance running here, or starts one), with its own history as the measurement."""
+
 from __future__ import annotations
 
 import json
@@ -9,20 +10,45 @@ from pathlib import Path
 
 import torch
 
-from gpu_parts.common import Sizes
 from elasticast.cli import train
-from loader import make_corpus  # bench/loader.py
 
+from gpu_parts.common import Sizes
+from loader import make_corpus  # bench/loader.py
 
 
 def arguments(sizes: Sizes, device: torch.device, shards: Path, out: Path, loader_workers: int) -> list[str]:
     """CUDA: the preset, a Ray Data loader with `loader_workers` tasks of 1 CPU; CPU (smoke): the
     tiny preset and the in-process loader."""
-    common = ["--shards", str(shards), "--out", str(out), "--epochs", str(sizes.e2e_epochs), "--wandb", "disabled",
-              "--rows-per-batch", str(sizes.rows), "--max-tokens", str(sizes.length), "--warmup-epochs", "0.5"]
+    common = [
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "--epochs",
+        str(sizes.e2e_epochs),
+        "--wandb",
+        "disabled",
+        "--rows-per-batch",
+        str(sizes.rows),
+        "--max-tokens",
+        str(sizes.length),
+        "--warmup-epochs",
+        "0.5",
+    ]
     if device.type == "cuda":
-        return [*common, "--device", "cuda", "--preset", sizes.preset["name"], "--loader", "ray",
-                "--loader-workers", str(loader_workers), "--cpus-per-worker", "2"]
+        return [
+            *common,
+            "--device",
+            "cuda",
+            "--preset",
+            sizes.preset["name"],
+            "--loader",
+            "ray",
+            "--loader-workers",
+            str(loader_workers),
+            "--cpus-per-worker",
+            "2",
+        ]
     return [*common, "--device", "cpu", "--preset", "tiny", "--loader", "local", "--threads", "1"]
 
 
@@ -37,6 +63,11 @@ def run(sizes: Sizes, device: torch.device, work: Path, loader_workers: int | No
     wall = time.perf_counter() - started
     if code != 0:
         return {"failed": f"jobs/train.py exited with {code}", "wall_s": wall}
-    epochs = [{name: m[name] for name in ("epoch", "tokens_per_s", "samples_per_s", "data_wait", "epoch_s", "pad_ratio", "val_metric")}
-              for m in json.loads((out / "history.json").read_text())]
+    epochs = [
+        {
+            name: m[name]
+            for name in ("epoch", "tokens_per_s", "samples_per_s", "data_wait", "epoch_s", "pad_ratio", "val_metric")
+        }
+        for m in json.loads((out / "history.json").read_text())
+    ]
     return {"wall_s": wall, "loader_workers": loader_workers if device.type == "cuda" else 0, "epochs": epochs}

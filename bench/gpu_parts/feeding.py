@@ -1,6 +1,7 @@
 """Feeding the GPU: the loader's production per CPU core (the whole stream: read, decode, fbank,
 patchify, packed placement; one process, one torch thread) against the trainer's measured
 consumption, in useful tokens/s and seconds of audio/s, at C = 1 and at random C."""
+
 from __future__ import annotations
 
 import os
@@ -9,10 +10,11 @@ from pathlib import Path
 
 import torch
 
+from loaders import PackedStream
+
 from gpu_parts.common import Sizes
 from gpu_parts.speed import RANDOM_C
 from loader import make_corpus  # bench/loader.py
-from loaders import PackedStream
 
 GPUS_PER_NODE = 8
 
@@ -32,7 +34,11 @@ def production_per_core(split_dir: Path, sizes: Sizes, scales: tuple[float, ...]
         torch.set_num_threads(threads)
     audio_s = float((stream.index["num_samples"] / stream.index["sample_rate"]).sum())
     tokens = stream.stats[0]["tokens"]
-    return {"tokens_per_s": tokens / seconds, "audio_s_per_s": audio_s / seconds, "tokens_per_audio_s": tokens / audio_s}
+    return {
+        "tokens_per_s": tokens / seconds,
+        "audio_s_per_s": audio_s / seconds,
+        "tokens_per_audio_s": tokens / audio_s,
+    }
 
 
 def run(sizes: Sizes, work: Path, consumption: dict[str, float]) -> dict:
@@ -44,8 +50,12 @@ def run(sizes: Sizes, work: Path, consumption: dict[str, float]) -> dict:
         made = production_per_core(split_dir, sizes, scales)
         eaten = consumption[name]
         cores = eaten / made["tokens_per_s"]
-        result[name] = {"loader_per_core": made, "trainer_tokens_per_s": eaten,
-                        "trainer_audio_s_per_s": eaten / made["tokens_per_audio_s"], "loader_cores_per_gpu": cores,
-                        f"loader_cores_per_{GPUS_PER_NODE}_gpu_node": GPUS_PER_NODE * cores}
+        result[name] = {
+            "loader_per_core": made,
+            "trainer_tokens_per_s": eaten,
+            "trainer_audio_s_per_s": eaten / made["tokens_per_audio_s"],
+            "loader_cores_per_gpu": cores,
+            f"loader_cores_per_{GPUS_PER_NODE}_gpu_node": GPUS_PER_NODE * cores,
+        }
     result["this_machine_cores"] = os.cpu_count()
     return result

@@ -1,12 +1,14 @@
 """Does compiled flex compile again for every new batch layout? Block masks change every step;
 shapes do not. Counts Dynamo's compiled graphs over many different layouts, with the recompile
 limit raised so that a fallback to eager (after 8 recompiles by default) cannot hide the count."""
+
 from __future__ import annotations
 
 import torch
 from torch._dynamo.utils import counters
 
 from elasticast import ElasticAST, loss
+
 from gpu_parts.common import Sizes, synchronize
 from gpu_parts.speed import packed_batches
 
@@ -43,9 +45,17 @@ def run(sizes: Sizes, device: torch.device) -> dict:
         total = compiled_graphs() - before
     finally:
         torch._dynamo.config.recompile_limit = limit
-    result = {"backend": backend, "layouts": sizes.layouts, "distinct_layouts": distinct,
-              "graphs_after_first_train_step": train_counts[0], "graphs_after_all_train_steps": train_counts[-1],
-              "graphs_after_eval_too": total, "bounded": train_counts[-1] <= max(train_counts[0], 1) and total <= train_counts[-1] + 1}
+    result = {
+        "backend": backend,
+        "layouts": sizes.layouts,
+        "distinct_layouts": distinct,
+        "graphs_after_first_train_step": train_counts[0],
+        "graphs_after_all_train_steps": train_counts[-1],
+        "graphs_after_eval_too": total,
+        "bounded": train_counts[-1] <= max(train_counts[0], 1) and total <= train_counts[-1] + 1,
+    }
     if device.type != "cuda":
-        result["note"] = "CPU: the split backend compiles nothing, so the count is 0; it means something on CUDA (compiled flex) only"
+        result["note"] = (
+            "CPU: the split backend compiles nothing, so the count is 0; it means something on CUDA (compiled flex) only"
+        )
     return result

@@ -10,6 +10,7 @@ batches; what each model sees at a point is described in `elasticast.evaluation.
 `usage.csv` (training-token pad/cut, from the sibling `train` split), `results.md`,
 `length.png` and `scale.png` to `--out` (default: `eval/` in the first run folder).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,21 +28,50 @@ DEFAULT_SPLIT = "test"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", nargs="+", required=True, help="training run folders (their best.pt) or checkpoint files")
-    parser.add_argument("--shards", required=True, help="the split to evaluate on, e.g. OUT/test, or a shard set OUT: its test split")
+    parser.add_argument(
+        "--checkpoint", nargs="+", required=True, help="training run folders (their best.pt) or checkpoint files"
+    )
+    parser.add_argument(
+        "--shards", required=True, help="the split to evaluate on, e.g. OUT/test, or a shard set OUT: its test split"
+    )
     parser.add_argument("--out", help="output folder (default: eval/ in the first run folder)")
     parser.add_argument("--names", nargs="+", help="display names, one per checkpoint (default: run folder names)")
-    parser.add_argument("--sweeps", nargs="+", default=list(SWEEPS), choices=SWEEPS,
-                        help="length: accuracy at caps of N frames; scale: at temporal resolutions C (default: both)")
-    parser.add_argument("--lengths", nargs="+", type=int, help="caps in frames (default: 64, 128, ... doubling, the data's "
-                        "longest clip, and each AST's trained length)")
-    parser.add_argument("--scales", nargs="+", type=float, default=list(SCALE_GRID),
-                        help="resolutions C of the scale sweep (frame shift 10*C ms; default 1.0, 1.2, ..., 4.0)")
-    parser.add_argument("--compressions", nargs="+", default=list(COMPRESSIONS), choices=COMPRESSIONS,
-                        help="how C is made in the scale sweep: frame shift, or average-pooling whole C frames (default: both)")
-    parser.add_argument("--loader", default="local", choices=BACKENDS,
-                        help="featurize in-process (local, default) or in Ray Data tasks (ray)")
-    parser.add_argument("--loader-workers", type=int, default=1, help="concurrent Ray Data tasks with --loader ray (default 1)")
+    parser.add_argument(
+        "--sweeps",
+        nargs="+",
+        default=list(SWEEPS),
+        choices=SWEEPS,
+        help="length: accuracy at caps of N frames; scale: at temporal resolutions C (default: both)",
+    )
+    parser.add_argument(
+        "--lengths",
+        nargs="+",
+        type=int,
+        help="caps in frames (default: 64, 128, ... doubling, the data's longest clip, and each AST's trained length)",
+    )
+    parser.add_argument(
+        "--scales",
+        nargs="+",
+        type=float,
+        default=list(SCALE_GRID),
+        help="resolutions C of the scale sweep (frame shift 10*C ms; default 1.0, 1.2, ..., 4.0)",
+    )
+    parser.add_argument(
+        "--compressions",
+        nargs="+",
+        default=list(COMPRESSIONS),
+        choices=COMPRESSIONS,
+        help="how C is made in the scale sweep: frame shift, or average-pooling whole C frames (default: both)",
+    )
+    parser.add_argument(
+        "--loader",
+        default="local",
+        choices=BACKENDS,
+        help="featurize in-process (local, default) or in Ray Data tasks (ray)",
+    )
+    parser.add_argument(
+        "--loader-workers", type=int, default=1, help="concurrent Ray Data tasks with --loader ray (default 1)"
+    )
     parser.add_argument("--rows-per-batch", type=int, default=4, help="packed rows per model call (default 4)")
     args = parser.parse_args(argv)
     if args.names and len(args.names) != len(args.checkpoint):
@@ -53,7 +83,9 @@ def default_lengths(dataset, split: str, candidates, native_frames: int) -> list
     """64, 128, 256, ... below the split's longest clip, that clip's length (whole patches,
     at most `native_frames`), and every AST's trained length."""
     table = dataset.index(split)
-    longest = int(token_counts(table.column("num_samples").to_numpy(), table.column("sample_rate").to_numpy()).frames.max())
+    longest = int(
+        token_counts(table.column("num_samples").to_numpy(), table.column("sample_rate").to_numpy()).frames.max()
+    )
     top = min(-(-longest // PATCH) * PATCH, native_frames)
     lengths = {top} | {c.target_frames for c in candidates if c.kind == "ast" and c.target_frames <= native_frames}
     cap = SHORTEST_CAP
@@ -72,8 +104,10 @@ def check_compatible(candidates, dataset) -> str | None:
         if list(c.labels) != list(dataset.labels):
             return f"{c.name}: its labels {c.labels[:5]}... differ from {dataset.root}'s {dataset.labels[:5]}..."
         if not np.allclose([c.features.mean, c.features.std], [stats["mean"], stats["std"]], rtol=1e-4):
-            return (f"{c.name}: trained with fbank mean/std {c.features.mean:.4f}/{c.features.std:.4f}, but {dataset.root} "
-                    f"normalises with {stats['mean']:.4f}/{stats['std']:.4f}: evaluate on the shard set it was trained on")
+            return (
+                f"{c.name}: trained with fbank mean/std {c.features.mean:.4f}/{c.features.std:.4f}, but {dataset.root} "
+                f"normalises with {stats['mean']:.4f}/{stats['std']:.4f}: evaluate on the shard set it was trained on"
+            )
     return None
 
 
@@ -85,11 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     from shards.dataset import ShardDataset
 
     split = Path(args.shards).resolve()
-    if (split / DATASET_FILE).is_file():  # a whole shard set: results are reported on test, never on the split that chose best.pt
+    if (
+        split / DATASET_FILE
+    ).is_file():  # a whole shard set: results are reported on test, never on the split that chose best.pt
         split = split / DEFAULT_SPLIT
     dataset = ShardDataset(split.parent)
     if split.name not in dataset.meta.get("splits", {}):
-        print(f"error: {split} is not a split of {split.parent} (splits: {sorted(dataset.meta.get('splits', {}))})", file=sys.stderr)
+        print(
+            f"error: {split} is not a split of {split.parent} (splits: {sorted(dataset.meta.get('splits', {}))})",
+            file=sys.stderr,
+        )
         return 2
     names = args.names or [None] * len(args.checkpoint)
     candidates = [load_candidate(path, name) for path, name in zip(args.checkpoint, names)]
@@ -110,22 +149,31 @@ def main(argv: list[str] | None = None) -> int:
             ray.init()
     first = Path(args.checkpoint[0])
     out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "eval"
-    print(f"evaluating {len(candidates)} checkpoint(s) on {split} ({len(dataset.index(split.name))} clips) at {len(points)} points -> {out}",
-          flush=True)
+    print(
+        f"evaluating {len(candidates)} checkpoint(s) on {split} ({len(dataset.index(split.name))} clips) at {len(points)} points -> {out}",
+        flush=True,
+    )
     results = []
     progress = tqdm(points, desc="evaluating", unit="point", file=sys.stderr)
     for point in progress:
-        rows = evaluate_point(point, str(split), candidates, native_frames, args.loader, args.loader_workers, args.rows_per_batch)
+        rows = evaluate_point(
+            point, str(split), candidates, native_frames, args.loader, args.loader_workers, args.rows_per_batch
+        )
         results += rows
         progress.set_postfix_str(f"{point.name}: " + ", ".join(f"{r['checkpoint']} {r['metric']:.3f}" for r in rows))
     failed = max((r["failed"] for r in results), default=0)
     if failed:
-        print(f"WARNING: {failed} clips could not be read at some points (named above); they are not scored", file=sys.stderr)
+        print(
+            f"WARNING: {failed} clips could not be read at some points (named above); they are not scored",
+            file=sys.stderr,
+        )
     train_split = split.parent / "train"
     usage = training_usage(train_split, candidates) if train_split.is_dir() else []
     unrecorded = [c.name for c in candidates if c.stream is None]
     if unrecorded:
-        print(f"note: {', '.join(unrecorded)} record no training stream settings: left out of usage.csv", file=sys.stderr)
+        print(
+            f"note: {', '.join(unrecorded)} record no training stream settings: left out of usage.csv", file=sys.stderr
+        )
     write_report(out, results, usage)
     print((out / "results.md").read_text())
     print(f"wrote {out}/results.csv, usage.csv, results.md and the plots", flush=True)

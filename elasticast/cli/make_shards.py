@@ -9,6 +9,7 @@
 (or `python jobs/make_shards.py ...`). Runs on Ray Data when a cluster is given (--address or
 RAY_ADDRESS) or the input is large, else in-process; --backend chooses explicitly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,37 +45,68 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", type=Path, help="folder searched recursively for .wav/.flac/.ogg/.mp3")
     source.add_argument("--manifest", type=Path, help=".csv or .jsonl with path,label[,split,start,end]")
-    source.add_argument("--verify", type=Path, metavar="OUT", help="check the shard set in OUT and exit (1 if anything disagrees)")
+    source.add_argument(
+        "--verify", type=Path, metavar="OUT", help="check the shard set in OUT and exit (1 if anything disagrees)"
+    )
     parser.add_argument("--out", type=Path, help=f"output folder (default for the demo: {DEMO_OUT})")
     parser.add_argument("--label-regex", help="with --input: regex on the file name with a (?P<label>...) group")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of the test split (hash of path)")
-    parser.add_argument("--valid-fraction", type=float, default=0.0,
-                        help="share of a valid split (hash of path; taken from train, test unchanged; default 0: none)")
+    parser.add_argument(
+        "--valid-fraction",
+        type=float,
+        default=0.0,
+        help="share of a valid split (hash of path; taken from train, test unchanged; default 0: none)",
+    )
     parser.add_argument("--sample-rate", type=int, default=16000, help="all audio is resampled to this rate")
-    parser.add_argument("--shard-size", type=parse_size, help=f"target bytes per shard (default {DEFAULT_SHARD_SIZE}; demo {DEMO_SHARD_SIZE})")
+    parser.add_argument(
+        "--shard-size",
+        type=parse_size,
+        help=f"target bytes per shard (default {DEFAULT_SHARD_SIZE}; demo {DEMO_SHARD_SIZE})",
+    )
     parser.add_argument("--shard-samples", type=int, help="also close a shard after this many samples")
     parser.add_argument("--seed", type=int, default=0, help="order of samples across shards (and the demo corpus)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing shard set in --out")
-    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
-                        help=f"ray: Ray Data tasks; local: in-process; auto (default): ray with a cluster (--address or "
-                             f"RAY_ADDRESS) or more than {SMALL_INPUT} inputs, else local")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", *BACKENDS),
+        default="auto",
+        help=f"ray: Ray Data tasks; local: in-process; auto (default): ray with a cluster (--address or "
+        f"RAY_ADDRESS) or more than {SMALL_INPUT} inputs, else local",
+    )
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local instance)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--stats-samples", type=int, default=1000, help="train clips used for fbank mean/std")
-    parser.add_argument("--max-duration", type=float, default=DEFAULT_MAX_DURATION_S,
-                        help=f"seconds; longer sources are cut into equal segments (or skipped, --long-clips) "
-                             f"(default {DEFAULT_MAX_DURATION_S:g}; 0: no limit)")
-    parser.add_argument("--long-clips", choices=LONG_CLIP_POLICIES, default="segment",
-                        help="what happens to sources over --max-duration (default: segment)")
-    parser.add_argument("--keep-duplicates", action="store_true", help="keep manifest rows naming the same file and segment twice")
+    parser.add_argument(
+        "--max-duration",
+        type=float,
+        default=DEFAULT_MAX_DURATION_S,
+        help=f"seconds; longer sources are cut into equal segments (or skipped, --long-clips) "
+        f"(default {DEFAULT_MAX_DURATION_S:g}; 0: no limit)",
+    )
+    parser.add_argument(
+        "--long-clips",
+        choices=LONG_CLIP_POLICIES,
+        default="segment",
+        help="what happens to sources over --max-duration (default: segment)",
+    )
+    parser.add_argument(
+        "--keep-duplicates", action="store_true", help="keep manifest rows naming the same file and segment twice"
+    )
     parser.add_argument("--demo-clips", type=int, default=320, help="size of the built-in demo corpus")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads for decoding, resampling and fbank stats (default 1)")
+    parser.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch threads for decoding, resampling and fbank stats (default 1)",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.test_fraction < 1:
         parser.error(f"--test-fraction {args.test_fraction} must be in [0, 1)")
     if not 0 <= args.valid_fraction < 1 - args.test_fraction:
-        parser.error(f"--valid-fraction {args.valid_fraction} must be in [0, 1 - --test-fraction) (some data must stay in train)")
+        parser.error(
+            f"--valid-fraction {args.valid_fraction} must be in [0, 1 - --test-fraction) (some data must stay in train)"
+        )
     if args.max_duration < 0 or 0 < args.max_duration < 1:
         parser.error(f"--max-duration {args.max_duration} must be 0 (no limit) or >= 1 second")
     if args.torch_threads < 1:
@@ -141,15 +173,23 @@ def run(args: argparse.Namespace) -> int:
             stats_split = "train" if "train" in result.rows else min(result.rows)
             parameters = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
             parameters["input_kind"] = "demo" if demo else "folder" if args.input else "manifest"
-            stats = fbank_stats(train_clips(config, result.rows[stats_split], stats_split), max_samples=args.stats_samples,
-                                frames_per_source=source_frame_cap([r["num_samples"] for r in result.rows[stats_split]],
-                                                                   config.sample_rate))
+            stats = fbank_stats(
+                train_clips(config, result.rows[stats_split], stats_split),
+                max_samples=args.stats_samples,
+                frames_per_source=source_frame_cap(
+                    [r["num_samples"] for r in result.rows[stats_split]], config.sample_rate
+                ),
+            )
             write_metadata(result, config, parameters, {**stats, "split": stats_split})
             publish(out)
     except (OSError, OutputError, ValueError) as exc:
         if created is not None:  # this run staged output: leave nothing half-built behind
             discard(out, created)
-        if created is not None and isinstance(exc, OSError) and not isinstance(exc, (FileNotFoundError, FileExistsError)):
+        if (
+            created is not None
+            and isinstance(exc, OSError)
+            and not isinstance(exc, (FileNotFoundError, FileExistsError))
+        ):
             exc = f"cannot write to --out {out}: {exc.strerror or exc}"
         print(f"make_shards: error: {exc}", file=sys.stderr)
         return 2

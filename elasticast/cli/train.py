@@ -15,6 +15,7 @@ under a temporary name, then renamed: complete or absent. A failure of the stora
 space, no permission) stops the run with exit status 2 instead of being retried. On a multi-node
 cluster `--out` must be storage every node sees.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,16 +49,22 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
     if not {"train", valid_split} <= set(splits):
         return f"{shards} has splits {sorted(splits)}; training needs 'train' and '{valid_split}' (to validate on)"
     if config.valid_split == "auto" and valid_split == "test":
-        print(f"WARNING: {shards} has no 'valid' split: validating on 'test' and choosing best.pt there, so results on test "
-              "are optimistic (make_shards --valid-fraction makes a valid split)", file=sys.stderr, flush=True)
+        print(
+            f"WARNING: {shards} has no 'valid' split: validating on 'test' and choosing best.pt there, so results on test "
+            "are optimistic (make_shards --valid-fraction makes a valid split)",
+            file=sys.stderr,
+            flush=True,
+        )
     latest = CheckpointStore(out / CHECKPOINTS).latest()
     if not config.resume and ((out / CHECKPOINTS).exists() or (out / "history.json").exists()):
         return f"{out} already holds a run: pass --resume to continue it, or choose another --out"
     if config.resume and latest is None:
         if not (out / "config.yaml").exists():
             return f"--resume: {out} holds no run to resume"
-        return (f"--resume: {out / CHECKPOINTS} holds no complete checkpoint, so there is nothing to continue from; "
-                "remove the run folder to start afresh, or choose another --out")
+        return (
+            f"--resume: {out / CHECKPOINTS} holds no complete checkpoint, so there is nothing to continue from; "
+            "remove the run folder to start afresh, or choose another --out"
+        )
     config = TrainConfig(**(config.to_dict() | {"shards": str(shards), "out": str(out), "valid_split": valid_split}))
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -72,8 +79,10 @@ def check_resources(config: TrainConfig, use_gpu: bool, available: dict) -> str 
     loader = config.loader_workers * config.loader_cpus if config.loader == "ray" else 0.0
     cpus = config.workers * (config.cpus_per_worker + loader)
     if cpus > available.get("CPU", 0) + 1e-9:
-        return (f"{config.workers} workers x ({config.cpus_per_worker} trainer CPUs + {loader:g} loader CPUs) = {cpus:g} CPUs, "
-                f"but the Ray cluster has {available.get('CPU', 0):g}: lower --workers, --cpus-per-worker or --loader-cpus")
+        return (
+            f"{config.workers} workers x ({config.cpus_per_worker} trainer CPUs + {loader:g} loader CPUs) = {cpus:g} CPUs, "
+            f"but the Ray cluster has {available.get('CPU', 0):g}: lower --workers, --cpus-per-worker or --loader-cpus"
+        )
     if use_gpu and config.workers > available.get("GPU", 0):
         return f"{config.workers} GPU workers, but the Ray cluster has {available.get('GPU', 0):g} GPUs"
     return None
@@ -99,11 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    print(f"training {config.model} ({config.preset}) on {config.shards}: {config.workers} worker(s), "
-          f"{'GPU' if use_gpu else 'CPU'}, {config.epochs} epochs -> {out}", flush=True)
+    print(
+        f"training {config.model} ({config.preset}) on {config.shards}: {config.workers} worker(s), "
+        f"{'GPU' if use_gpu else 'CPU'}, {config.epochs} epochs -> {out}",
+        flush=True,
+    )
     for attempt in range(config.max_failures + 1):
         if attempt:
-            print(f"restarting from the latest checkpoint (retry {attempt} of --max-failures {config.max_failures})", flush=True)
+            print(
+                f"restarting from the latest checkpoint (retry {attempt} of --max-failures {config.max_failures})",
+                flush=True,
+            )
         try:
             trainer(config, use_gpu).fit()
             break
@@ -134,9 +149,15 @@ def trainer(config: TrainConfig, use_gpu: bool):
     return TorchTrainer(
         train_worker,
         train_loop_config=config.to_dict(),
-        scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}),
-        run_config=RunConfig(name=RAY_DIR, storage_path=config.out, failure_config=FailureConfig(max_failures=0),
-                             logging_config=LoggingConfig(log_level="WARNING")),  # main reports a failure, in one line
+        scaling_config=ScalingConfig(
+            num_workers=config.workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}
+        ),
+        run_config=RunConfig(
+            name=RAY_DIR,
+            storage_path=config.out,
+            failure_config=FailureConfig(max_failures=0),
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),  # main reports a failure, in one line
     )
 
 
@@ -157,11 +178,19 @@ def summarise(config: TrainConfig, out: Path) -> int:
     from elasticast.training.checkpoints import write_text
 
     history = json.loads((out / "history.json").read_text())
-    summary = {"final": history[-1], "best": max(history, key=lambda m: m["val_metric"]), "epochs_run": len(history),
-               "valid_split": config.valid_split, "config": config.to_dict()}
+    summary = {
+        "final": history[-1],
+        "best": max(history, key=lambda m: m["val_metric"]),
+        "epochs_run": len(history),
+        "valid_split": config.valid_split,
+        "config": config.to_dict(),
+    }
     write_text(out / "metrics.json", json.dumps(summary, indent=1))
-    print(f"done: best val_metric {summary['best']['val_metric']:.4f} ({config.valid_split}) at epoch {summary['best']['epoch']}; "
-          f"final {summary['final']['val_metric']:.4f}; inference checkpoint {out / 'best.pt'}", flush=True)
+    print(
+        f"done: best val_metric {summary['best']['val_metric']:.4f} ({config.valid_split}) at epoch {summary['best']['epoch']}; "
+        f"final {summary['final']['val_metric']:.4f}; inference checkpoint {out / 'best.pt'}",
+        flush=True,
+    )
     return 0
 
 

@@ -1,6 +1,7 @@
 """One Ray Train worker = one DDP rank: its streams, the epoch loop, step and epoch checkpoints,
 the run folder's files and logging. Imported by the driver (`elasticast.cli.train`) only once
 flags are parsed; runs in Ray workers."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,20 +49,32 @@ def gather(value, world: int) -> list:
     return out
 
 
-def training_state(model, optimizer, scheduler, position: dict, history: list, partial: list[EpochResult] | None) -> dict:
+def training_state(
+    model, optimizer, scheduler, position: dict, history: list, partial: list[EpochResult] | None
+) -> dict:
     """Everything a resumed run needs to continue bitwise at `position` (the stream's epoch and
     next step); mid-epoch, `partial` holds each rank's share of the epoch so far."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "stream": dict(position), "history": history, "partial": [dataclasses.asdict(r) for r in partial] if partial else None,
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "stream": dict(position),
+        "history": history,
+        "partial": [dataclasses.asdict(r) for r in partial] if partial else None,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    }
 
 
-def restore_state(path: Path, model, optimizer, scheduler, rank: int, world: int) -> tuple[dict, list, EpochResult | None]:
+def restore_state(
+    path: Path, model, optimizer, scheduler, rank: int, world: int
+) -> tuple[dict, list, EpochResult | None]:
     """(stream position, history, this rank's share of the epoch so far) from checkpoint `path`."""
     state = CheckpointStore.load(path)
     partial = state["partial"]
     if partial is not None and len(partial) != world:
-        raise ValueError(f"{path} was written mid-epoch by {len(partial)} ranks: resume it with --workers {len(partial)}")
+        raise ValueError(
+            f"{path} was written mid-epoch by {len(partial)} ranks: resume it with --workers {len(partial)}"
+        )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -73,10 +86,16 @@ def restore_state(path: Path, model, optimizer, scheduler, rank: int, world: int
 
 def save_inference(path: Path, model, train: PackedStream, config: TrainConfig) -> None:
     """A checkpoint for `elasticast.Classifier`, written atomically."""
+
     def write(temporary: Path) -> None:
         with open(temporary, "wb") as handle:
-            save_checkpoint(handle, model, train.labels, TrainedFeatures.of_stream(train.features),
-                            extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(train.config)})
+            save_checkpoint(
+                handle,
+                model,
+                train.labels,
+                TrainedFeatures.of_stream(train.features),
+                extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(train.config)},
+            )
 
     write_atomic(path, write)
 
@@ -125,11 +144,26 @@ def train_worker(values: dict) -> None:
             if next_step < train.steps(epoch):  # the epoch's end is checkpointed below, with its metrics
                 shares = gather(partial, world)
                 if rank == 0:
-                    store.save(training_state(model, optimizer, scheduler, {"epoch": epoch, "next_step": next_step}, history, shares),
-                               epoch, next_step)
+                    store.save(
+                        training_state(
+                            model, optimizer, scheduler, {"epoch": epoch, "next_step": next_step}, history, shares
+                        ),
+                        epoch,
+                        next_step,
+                    )
 
-        result = train_epoch(trained, train.epoch(epoch, position["next_step"] if resumed else 0), optimizer, scheduler, device,
-                             config.clip_grad, model.token_usage, so_far if resumed else None, config.checkpoint_every, save_step)
+        result = train_epoch(
+            trained,
+            train.epoch(epoch, position["next_step"] if resumed else 0),
+            optimizer,
+            scheduler,
+            device,
+            config.clip_grad,
+            model.token_usage,
+            so_far if resumed else None,
+            config.checkpoint_every,
+            save_step,
+        )
         result.failed += train.stats[epoch]["failed"]
         results, predictions = gather(result, world), gather(predict(model, valid.epoch(0), device), world)
         valid_scores = score(torch.cat([p[1] for p in predictions]), torch.cat([p[2] for p in predictions]))
@@ -144,12 +178,18 @@ def train_worker(values: dict) -> None:
             save_inference(run / "last.pt", model, train, config)
             if metrics["val_metric"] > best_so_far:
                 save_inference(run / "best.pt", model, train, config)
-            store.save(training_state(model, optimizer, scheduler, {"epoch": epoch + 1, "next_step": 0}, history, None), epoch + 1, 0)
+            store.save(
+                training_state(model, optimizer, scheduler, {"epoch": epoch + 1, "next_step": 0}, history, None),
+                epoch + 1,
+                0,
+            )
             write_text(run / "history.json", json.dumps(history, indent=1))
             say(progress_line(metrics, config.epochs, time.perf_counter() - started, epoch + 1 - position["epoch"]))
             if not counts["exactly_once"]:
-                say(f"WARNING: epoch {epoch + 1}: {len(counts['missing'])} keys missing ({counts['failed']} failed samples), "
-                    f"{len(counts['duplicates'])} duplicated; see keys/epoch-{epoch:03d}.json")
+                say(
+                    f"WARNING: epoch {epoch + 1}: {len(counts['missing'])} keys missing ({counts['failed']} failed samples), "
+                    f"{len(counts['duplicates'])} duplicated; see keys/epoch-{epoch:03d}.json"
+                )
             if logger:
                 logger.log(metrics, step=epoch + 1)
         ray.train.report(metrics)
@@ -167,6 +207,13 @@ def _wandb(config: TrainConfig, run: Path):
     id_file = run / "wandb_id"
     if not id_file.exists():
         id_file.write_text(uuid.uuid4().hex[:12])
-    return wandb.init(project=config.wandb_project, dir=str(run), mode=config.wandb, id=id_file.read_text().strip(),
-                      resume="allow", name=run.name, config=config.to_dict(),
-                      settings=wandb.Settings(console="off"))  # Ray already keeps the workers' output
+    return wandb.init(
+        project=config.wandb_project,
+        dir=str(run),
+        mode=config.wandb,
+        id=id_file.read_text().strip(),
+        resume="allow",
+        name=run.name,
+        config=config.to_dict(),
+        settings=wandb.Settings(console="off"),
+    )  # Ray already keeps the workers' output

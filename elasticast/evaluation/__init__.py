@@ -1,5 +1,6 @@
 """Evaluation across lengths and resolutions (the paper's Figures 4 and 5) and training-token
 usage (its Table 1); `elasticast-evaluate` is the entry point. Ray-free; names load on first use."""
+
 import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(

@@ -1,5 +1,6 @@
 """A checkpoint under evaluation: its model (ElasticAST or the AST baseline) rebuilt from a
 training run's inference checkpoint, and how it is called at each evaluation point."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -46,5 +47,11 @@ def load_candidate(path: str | Path, name: str | None = None) -> Candidate:
     path = Path(path)
     checkpoint = load_checkpoint(path / CHECKPOINT_IN_RUN if path.is_dir() else path)
     stream = checkpoint.extra.get("stream")
-    return Candidate(name or (path.name if path.is_dir() else path.stem), checkpoint.kind, model_from_checkpoint(checkpoint),
-                     checkpoint.labels, checkpoint.features, StreamConfig(**stream) if stream else None)
+    return Candidate(
+        name or (path.name if path.is_dir() else path.stem),
+        checkpoint.kind,
+        model_from_checkpoint(checkpoint),
+        checkpoint.labels,
+        checkpoint.features,
+        StreamConfig(**stream) if stream else None,
+    )

@@ -10,6 +10,7 @@ Length sweep (the paper's Figure 4), at a cap of L frames:
 Resolution sweep (Figure 5), at scale C (frame shift 10*C ms, or `avgpool` of C frames):
 every model gets whole clips at C; AST crops or pads them to its trained size.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,7 +44,9 @@ class Point:
         return target_frames if self.max_frames is None else self.max_frames
 
 
-def sweep_points(sweeps: tuple[str, ...], lengths: tuple[int, ...], scales: tuple[float, ...], compressions: tuple[str, ...]) -> list[Point]:
+def sweep_points(
+    sweeps: tuple[str, ...], lengths: tuple[int, ...], scales: tuple[float, ...], compressions: tuple[str, ...]
+) -> list[Point]:
     """The length points (native first, then each cap) and the resolution points (each C per
     compression; avgpool takes whole C only, the others are skipped)."""
     for name, values, allowed in (("sweep", sweeps, SWEEPS), ("compression", compressions, COMPRESSIONS)):

@@ -1,6 +1,7 @@
 """Evaluation outputs: `results.csv` (one row per checkpoint and point), `usage.csv`,
 `results.md` (tables) and the plots `length.png` (metric vs maximum length, the paper's
 Figure 4) and `scale.png` (metric vs resolution C, its Figure 5)."""
+
 from __future__ import annotations
 
 import csv
@@ -26,10 +27,16 @@ def write_report(out: str | Path, results: list[dict], usage: list[dict]) -> lis
             sections += [f"## {results_title(sweep, rows)}", "", *_pivot(rows, axis), ""]
             written.append(_plot(out / f"{sweep}.png", sweep, rows))
     if usage:
-        sections += ["## Training-token usage (epoch 0 plan)", "", "| checkpoint | model | setting | scales | pad % | cut % |",
-                     "|---|---|---|---|---|---|"]
-        sections += [f"| {u['checkpoint']} | {u['model']} | {u['setting']} | {u['scales']} | {u['pad_ratio']:.1%} | {u['cut_ratio']:.1%} |"
-                     for u in usage]
+        sections += [
+            "## Training-token usage (epoch 0 plan)",
+            "",
+            "| checkpoint | model | setting | scales | pad % | cut % |",
+            "|---|---|---|---|---|---|",
+        ]
+        sections += [
+            f"| {u['checkpoint']} | {u['model']} | {u['setting']} | {u['scales']} | {u['pad_ratio']:.1%} | {u['cut_ratio']:.1%} |"
+            for u in usage
+        ]
     (out / "results.md").write_text("\n".join(sections) + "\n")
     return [*written, out / "results.md"]
 
@@ -78,15 +85,23 @@ def _plot(path: Path, sweep: str, rows: list[dict]) -> Path:
             for compression, style in (("shift", "-"), ("avgpool", "--")):
                 line = [r for r in own if r["compression"] == compression]
                 if line:
-                    drawn = axes.plot([r["scale"] for r in line], [r["metric"] for r in line], style, marker=".", color=color,
-                                      label=name if compression == "shift" else f"{name} (avgpool)")
+                    drawn = axes.plot(
+                        [r["scale"] for r in line],
+                        [r["metric"] for r in line],
+                        style,
+                        marker=".",
+                        color=color,
+                        label=name if compression == "shift" else f"{name} (avgpool)",
+                    )
                     color = drawn[0].get_color()
     if sweep == "length":
         axes.set_xscale("log", base=2)
     axes.set_xlabel("maximum length (frames)" if sweep == "length" else "resolution C (frame shift 10*C ms)")
     axes.set_ylabel(rows[0]["metric_name"])
     axes.set_ylim(0, 1.02)  # the whole range of accuracy and mAP: noise between runs does not look like a trend
-    axes.set_title(results_title(sweep, rows) + (" (stars: native / trained length)" if sweep == "length" else ""), fontsize=10)
+    axes.set_title(
+        results_title(sweep, rows) + (" (stars: native / trained length)" if sweep == "length" else ""), fontsize=10
+    )
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()

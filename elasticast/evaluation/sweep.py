@@ -1,4 +1,5 @@
 """Scoring every checkpoint at one evaluation point (`elasticast.evaluation.points`) on the same batches."""
+
 from __future__ import annotations
 
 from elasticast.evaluation.candidates import Candidate
@@ -10,14 +11,27 @@ from loaders.tokens import N_MELS, PATCH
 
 
 def evaluate_point(
-    point: Point, split: str, candidates: list[Candidate], native_frames: int, backend: str = "local", workers: int = 1, rows_per_batch: int = 4
+    point: Point,
+    split: str,
+    candidates: list[Candidate],
+    native_frames: int,
+    backend: str = "local",
+    workers: int = 1,
+    rows_per_batch: int = 4,
 ) -> list[dict]:
     """One result row per candidate at `point`: the split is featurized once and every model
     scores the same batches."""
     cap = point.cap(native_frames)
-    config = StreamConfig(rows_per_batch=rows_per_batch, max_tokens=max(2048, cap // PATCH * (N_MELS // PATCH)),
-                          scales=(point.scale,), compression=point.compression, max_frames=cap, shuffle=False,
-                          backend=backend, workers=workers)
+    config = StreamConfig(
+        rows_per_batch=rows_per_batch,
+        max_tokens=max(2048, cap // PATCH * (N_MELS // PATCH)),
+        scales=(point.scale,),
+        compression=point.compression,
+        max_frames=cap,
+        shuffle=False,
+        backend=backend,
+        workers=workers,
+    )
     stream = PackedStream(split, config)
     keys, logits, labels = predict_many([c.forward_at(point) for c in candidates], stream.epoch(0))
     stats = stream.stats[0]
@@ -26,12 +40,23 @@ def evaluate_point(
         metrics = score(candidate_logits, labels)
         ast = candidate.kind == "ast"
         input_frames = point.ast_frames(candidate.target_frames) if ast else None
-        rows.append({
-            "checkpoint": candidate.name, "model": candidate.kind, "sweep": point.sweep, "point": point.name,
-            "max_frames": point.max_frames or "", "scale": point.scale, "compression": point.compression,
-            "input_frames": input_frames or "",
-            "metric": metrics["metric"], "metric_name": next(k for k in metrics if k != "metric"),
-            "samples": len(keys), "failed": stats["failed"],
-            "tokens_per_clip": candidate.model.input_tokens(input_frames) if ast else stats["tokens"] / max(stats["samples"], 1),
-        })
+        rows.append(
+            {
+                "checkpoint": candidate.name,
+                "model": candidate.kind,
+                "sweep": point.sweep,
+                "point": point.name,
+                "max_frames": point.max_frames or "",
+                "scale": point.scale,
+                "compression": point.compression,
+                "input_frames": input_frames or "",
+                "metric": metrics["metric"],
+                "metric_name": next(k for k in metrics if k != "metric"),
+                "samples": len(keys),
+                "failed": stats["failed"],
+                "tokens_per_clip": candidate.model.input_tokens(input_frames)
+                if ast
+                else stats["tokens"] / max(stats["samples"], 1),
+            }
+        )
     return rows

@@ -2,6 +2,7 @@
 share of computed token slots that were padding and of the data's tokens that were cut, for
 each checkpoint's own training configuration. AST: every clip cropped or padded to its size;
 ElasticAST: the epoch-0 packing plan, for each packing mode."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -36,7 +37,15 @@ def training_usage(train_split: str | Path, candidates: list[Candidate]) -> list
             if key in seen:
                 continue
             seen.add(key)
-            rows.append({"checkpoint": candidate.name, "model": candidate.kind, "setting": setting,
-                         "scales": " ".join(f"{c:g}" for c in config.scales),
-                         "pad_ratio": pad, "cut_ratio": cut / max(real + cut, 1), "samples": len(plan.sample)})
+            rows.append(
+                {
+                    "checkpoint": candidate.name,
+                    "model": candidate.kind,
+                    "setting": setting,
+                    "scales": " ".join(f"{c:g}" for c in config.scales),
+                    "pad_ratio": pad,
+                    "cut_ratio": cut / max(real + cut, 1),
+                    "samples": len(plan.sample),
+                }
+            )
     return rows

@@ -1,4 +1,5 @@
 """Ray-free training parts shared by `jobs/train.py` and any other PyTorch trainer (loaded on first use)."""
+
 import lazy_loader
 
 __getattr__, __dir__, __all__ = lazy_loader.attach(

@@ -6,6 +6,7 @@ into place: a crash or a full disk leaves the previous file (or none), never a t
 A checkpoint is one file named by its stream position, `epoch-EEEE-step-SSSSSSS.pt` (the next
 step to run), so the latest is the greatest name; the store keeps the `keep` latest.
 """
+
 from __future__ import annotations
 
 import errno
@@ -62,6 +63,7 @@ def write_text(path: Path, text: str) -> None:
 
 def save_torch(path: Path, value) -> None:
     """torch.save through a Python file object, so that a failed write surfaces as its OSError."""
+
     def write(temporary: Path) -> None:
         with open(temporary, "wb") as handle:
             torch.save(value, handle)
@@ -85,7 +87,9 @@ class CheckpointStore:
         """Committed checkpoints, oldest first (temporary files of interrupted writes are not listed)."""
         if not self.folder.is_dir():
             return []
-        found = [(tuple(map(int, m.groups())), p) for p in self.folder.iterdir() if (m := CHECKPOINT_NAME.match(p.name))]
+        found = [
+            (tuple(map(int, m.groups())), p) for p in self.folder.iterdir() if (m := CHECKPOINT_NAME.match(p.name))
+        ]
         return [path for _, path in sorted(found)]
 
     def latest(self) -> Path | None:

@@ -3,6 +3,7 @@
 Every field is a flag (`--max-tokens 1024`, `--scales 1.0 2.0 4.0`, `--no-shuffle`), so the
 dataclass is the single list of knobs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,13 +90,17 @@ class TrainConfig:
 
     # data and run
     shards: str = "shards/demo"  # a make_shards output: trains on `train`, validates on `valid_split`
-    valid_split: str = "auto"  # validated on (and best.pt chosen by); auto: `valid` if the shard set has one, else `test`
+    valid_split: str = (
+        "auto"  # validated on (and best.pt chosen by); auto: `valid` if the shard set has one, else `test`
+    )
     out: str = "runs/demo"
     epochs: int = 6
     seed: int = 0
     resume: bool = False  # continue the run in `out` from its latest checkpoint
     checkpoint_every: int = 0  # also checkpoint every this many training steps (0 = at epoch ends only)
-    stop_after: int = 0  # end this invocation after that many epochs in all (0 = run to `epochs`); schedules still follow `epochs`
+    stop_after: int = (
+        0  # end this invocation after that many epochs in all (0 = run to `epochs`); schedules still follow `epochs`
+    )
     # model
     preset: str = "tiny"
     depth: int = 0  # transformer blocks (0 = the preset's)
@@ -143,7 +148,16 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
         self.scales = tuple(float(c) for c in self.scales)
-        positive = ("epochs", "rows_per_batch", "max_tokens", "buffer", "workers", "loader_workers", "max_frames", "target_frames")
+        positive = (
+            "epochs",
+            "rows_per_batch",
+            "max_tokens",
+            "buffer",
+            "workers",
+            "loader_workers",
+            "max_frames",
+            "target_frames",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -164,9 +178,19 @@ class TrainConfig:
     def stream(self, **changes) -> StreamConfig:
         """The training stream's settings (`changes` override them, e.g. for validation)."""
         settings = dict(
-            rows_per_batch=self.rows_per_batch, max_tokens=self.max_tokens, packing=self.packing, buffer=self.buffer,
-            scales=self.scales, compression=self.compression, max_frames=self.max_frames, shuffle=self.shuffle, seed=self.seed,
-            freq_mask=self.freq_mask, time_mask=self.time_mask, backend=self.loader, workers=self.loader_workers,
+            rows_per_batch=self.rows_per_batch,
+            max_tokens=self.max_tokens,
+            packing=self.packing,
+            buffer=self.buffer,
+            scales=self.scales,
+            compression=self.compression,
+            max_frames=self.max_frames,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            freq_mask=self.freq_mask,
+            time_mask=self.time_mask,
+            backend=self.loader,
+            workers=self.loader_workers,
             worker_cpus=self.loader_cpus,
         )
         return StreamConfig(**(settings | changes))
@@ -205,7 +229,9 @@ def parse_args(argv: list[str] | None, description: str = "") -> TrainConfig:
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) in (tuple, list):
-            parser.add_argument(flag, nargs="+", type=typing.get_args(kind)[0], default=None, metavar="C", help=help_text)
+            parser.add_argument(
+                flag, nargs="+", type=typing.get_args(kind)[0], default=None, metavar="C", help=help_text
+            )
         else:
             parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name), help=help_text)
     args = vars(parser.parse_args(argv))

@@ -1,6 +1,7 @@
 """What an epoch reports, merged over DDP ranks: the metrics logged to history and wandb, the
 check of the exactly-once invariant (cheap: counts and a digest; per-key counts on a mismatch),
 and the progress line."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -83,7 +84,9 @@ def progress_line(metrics: dict, epochs: int, elapsed: float, done: int) -> str:
     """The per-epoch line; ETA from the mean time of the `done` epochs of this invocation."""
     eta = elapsed / max(done, 1) * (epochs - metrics["epoch"])
     name = "accuracy" if "val_accuracy" in metrics else "mAP"
-    return (f"epoch {metrics['epoch']}/{epochs} | loss {metrics['train_loss']:.4f} | {metrics['samples_per_s']:.1f} samples/s | "
-            f"{metrics['tokens_per_s']:.0f} tokens/s | pad {metrics['pad_ratio']:.1%} | cut {metrics['cut_ratio']:.1%} | "
-            f"data wait {metrics['data_wait']:.0%} | val {name} {metrics['val_metric']:.4f} | "
-            f"{metrics['epoch_s']:.0f} s/epoch | ETA {eta / 60:.1f} min")
+    return (
+        f"epoch {metrics['epoch']}/{epochs} | loss {metrics['train_loss']:.4f} | {metrics['samples_per_s']:.1f} samples/s | "
+        f"{metrics['tokens_per_s']:.0f} tokens/s | pad {metrics['pad_ratio']:.1%} | cut {metrics['cut_ratio']:.1%} | "
+        f"data wait {metrics['data_wait']:.0%} | val {name} {metrics['val_metric']:.4f} | "
+        f"{metrics['epoch_s']:.0f} s/epoch | ETA {eta / 60:.1f} min"
+    )

@@ -3,6 +3,7 @@
 Ray-free: `jobs/train.py` runs these inside Ray Train workers; any other trainer can run them
 on `loaders.PackedStream(..., backend="local").epoch(e)`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,7 +74,10 @@ def train_epoch(
     `s` with (s + 1) % checkpoint_every == 0 (only then does the loss sum leave the device)."""
     model.train()
     usage = usage or ElasticAST.token_usage
-    result, started = (so_far.copy() if so_far else EpochResult()), time.perf_counter() - (so_far.seconds if so_far else 0.0)
+    result, started = (
+        (so_far.copy() if so_far else EpochResult()),
+        time.perf_counter() - (so_far.seconds if so_far else 0.0),
+    )
     loss_sum = torch.tensor(result.loss_sum, dtype=torch.float64, device=device)
     waited = time.perf_counter()
     for batch in batches:
@@ -93,7 +97,11 @@ def train_epoch(
         loss_sum += value.detach() * samples
         result.steps += 1
         result.samples += samples
-        result.tokens, result.slots, result.cut_tokens = result.tokens + real, result.slots + slots, result.cut_tokens + cut
+        result.tokens, result.slots, result.cut_tokens = (
+            result.tokens + real,
+            result.slots + slots,
+            result.cut_tokens + cut,
+        )
         result.keys.extend(batch.keys)
         if checkpoint is not None and checkpoint_every > 0 and (batch.step + 1) % checkpoint_every == 0:
             result.loss_sum, result.seconds = float(loss_sum), time.perf_counter() - started

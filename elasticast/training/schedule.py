@@ -3,6 +3,7 @@
 Linear warmup, then `cosine` (to `min_lr_ratio`), `constant`, or the paper's `step` decay
 (x `decay_factor` every `decay_every` epochs from epoch `decay_start`).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,9 @@ def lr_factor(step: int, steps_per_epoch: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, steps_per_epoch: int, config: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int, config: TrainConfig
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Steps once per optimizer step. Epochs can differ in step count (random C changes the
     packing), so `steps_per_epoch` is the first epoch's: the schedule is a function of the step."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, config))

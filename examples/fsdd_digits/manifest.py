@@ -3,6 +3,7 @@ the test set, takes 5-49 train; the label is the spoken digit.
 
     python examples/fsdd_digits/manifest.py RECORDINGS_DIR OUT.csv [--every N]
 """
+
 from __future__ import annotations
 
 import argparse

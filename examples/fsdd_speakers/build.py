@@ -10,6 +10,7 @@ recordings per clip is log-uniform in 1..20 (short clips are common, long ones r
 VoxCeleb or Epic-Sounds), stopping early at 10 s. Writes OUT/audio/*.wav
 (8 kHz, as the sources) and OUT/manifest.csv for jobs/make_shards.py. Same seed, same set.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,7 +43,9 @@ def recordings_by_speaker(recordings: Path) -> dict[tuple[str, str], list[Path]]
     return pools
 
 
-def build(recordings: Path, out: Path, train_clips: int = 600, test_clips: int = 240, seed: int = 0, valid_clips: int = 120) -> Path:
+def build(
+    recordings: Path, out: Path, train_clips: int = 600, test_clips: int = 240, seed: int = 0, valid_clips: int = 120
+) -> Path:
     """Write the clips and the manifest; returns the manifest path."""
     pools = recordings_by_speaker(recordings)
     speakers = sorted({speaker for _, speaker in pools})

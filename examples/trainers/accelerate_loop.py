@@ -1,7 +1,8 @@
 """PackedStream in a Hugging Face Accelerate loop (`accelerate launch` for several processes).
 
-    python examples/trainers/accelerate_loop.py SHARDS [EPOCHS]
+python examples/trainers/accelerate_loop.py SHARDS [EPOCHS]
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,8 +18,12 @@ from loaders import PackedStream
 def train(config: TrainConfig, num_workers: int = 2) -> list[list[str]]:
     """The keys each epoch trained on, in order."""
     accelerator = Accelerator()
-    stream = PackedStream(f"{config.shards}/train", config.stream(backend="local"),
-                          rank=accelerator.process_index, world=accelerator.num_processes)
+    stream = PackedStream(
+        f"{config.shards}/train",
+        config.stream(backend="local"),
+        rank=accelerator.process_index,
+        world=accelerator.num_processes,
+    )
     # not through accelerator.prepare: the stream already deals batches to ranks
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=accelerator.device.type == "cuda")
     model = build_model(config, len(stream.labels))

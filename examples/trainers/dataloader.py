@@ -3,6 +3,7 @@ order, each once.
 
     python examples/trainers/dataloader.py SHARDS [EPOCHS]
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,7 +24,7 @@ def train(config: TrainConfig, num_workers: int = 2, rank: int = 0, world: int =
     loader = DataLoader(stream, batch_size=None, num_workers=num_workers, pin_memory=device.type == "cuda")
     results = []
     for epoch in range(config.epochs):
-        stream.set_epoch(epoch)                    # as with a DistributedSampler
+        stream.set_epoch(epoch)  # as with a DistributedSampler
         results.append(train_epoch(model, loader, optimizer, scheduler, device))
     return results
 

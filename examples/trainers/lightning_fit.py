@@ -1,7 +1,8 @@
 """PackedStream under a lightning.Trainer, through `loaders.lightning.PackedDataModule`.
 
-    python examples/trainers/lightning_fit.py SHARDS [EPOCHS]
+python examples/trainers/lightning_fit.py SHARDS [EPOCHS]
 """
+
 from __future__ import annotations
 
 import sys
@@ -33,13 +34,19 @@ class PackedClassifier(lightning.LightningModule):
     def configure_optimizers(self):
         optimizer = make_optimizer(self.model, self.config)
         steps = self.trainer.datamodule.train_stream.steps(0)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": make_scheduler(optimizer, steps, self.config), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": make_scheduler(optimizer, steps, self.config), "interval": "step"},
+        }
 
 
-def train(config: TrainConfig, num_workers: int = 2, rank: int | None = None, world: int | None = None,
-          **trainer_settings) -> PackedClassifier:
+def train(
+    config: TrainConfig, num_workers: int = 2, rank: int | None = None, world: int | None = None, **trainer_settings
+) -> PackedClassifier:
     """rank / world: None for the trainer's own (set them to play one rank of a larger world)."""
-    data = PackedDataModule(f"{config.shards}/train", config.stream(backend="local"), num_workers=num_workers, rank=rank, world=world)
+    data = PackedDataModule(
+        f"{config.shards}/train", config.stream(backend="local"), num_workers=num_workers, rank=rank, world=world
+    )
     module = PackedClassifier(config, len(data.labels))
     trainer = lightning.Trainer(max_epochs=config.epochs, logger=False, enable_checkpointing=False, **trainer_settings)
     trainer.fit(module, datamodule=data)

@@ -1,7 +1,8 @@
 """PackedStream in a plain PyTorch loop.
 
-    python examples/trainers/loop.py SHARDS [EPOCHS]      # SHARDS: a make_shards output
+python examples/trainers/loop.py SHARDS [EPOCHS]      # SHARDS: a make_shards output
 """
+
 from __future__ import annotations
 
 import sys
@@ -20,7 +21,7 @@ def train(config: TrainConfig, rank: int = 0, world: int = 1) -> list[EpochResul
     scheduler = make_scheduler(optimizer, stream.steps(0), config)
     results = []
     for epoch in range(config.epochs):
-        batches = stream.epoch(epoch)              # stream.epoch(epoch, start_step=k) resumes at step k
+        batches = stream.epoch(epoch)  # stream.epoch(epoch, start_step=k) resumes at step k
         results.append(train_epoch(model, batches, optimizer, scheduler, device))
     return results
 

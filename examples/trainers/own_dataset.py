@@ -3,6 +3,7 @@
 
     python examples/trainers/own_dataset.py [EPOCHS]
 """
+
 from __future__ import annotations
 
 import sys
@@ -33,12 +34,20 @@ class RandomFbanks(Dataset):
         return {"fbank": torch.from_numpy(noise), "label": int(self.labels[index]), "key": f"item-{index}"}
 
 
-def train(config: TrainConfig, dataset: RandomFbanks, num_classes: int, num_workers: int = 2,
-          rank: int = 0, world: int = 1) -> list[EpochResult]:
+def train(
+    config: TrainConfig, dataset: RandomFbanks, num_classes: int, num_workers: int = 2, rank: int = 0, world: int = 1
+) -> list[EpochResult]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     counts = frame_tokens(dataset.frames, max_frames=config.max_frames, capacity=config.max_tokens).tokens
-    sampler = PackingSampler(counts, config.max_tokens, config.rows_per_batch, max_frames=config.max_frames,
-                             seed=config.seed, rank=rank, world=world)
+    sampler = PackingSampler(
+        counts,
+        config.max_tokens,
+        config.rows_per_batch,
+        max_frames=config.max_frames,
+        seed=config.seed,
+        rank=rank,
+        world=world,
+    )
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=sampler.collate, num_workers=num_workers)
     model = build_model(config, num_classes).to(device)
     optimizer = make_optimizer(model, config)
@@ -51,6 +60,8 @@ def train(config: TrainConfig, dataset: RandomFbanks, num_classes: int, num_work
 
 
 if __name__ == "__main__":
-    config = TrainConfig(epochs=int(sys.argv[1]) if len(sys.argv) > 1 else 2, max_tokens=512, max_frames=512, rows_per_batch=2)
+    config = TrainConfig(
+        epochs=int(sys.argv[1]) if len(sys.argv) > 1 else 2, max_tokens=512, max_frames=512, rows_per_batch=2
+    )
     for result in train(config, RandomFbanks(200, num_classes=5), num_classes=5):
         print(f"{result.steps} steps, {result.samples} samples, loss {result.loss:.4f}")
