@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import torchaudio.compliance.kaldi as kaldi
 
 from elasticast import Classifier, TrainedFeatures, load_checkpoint, model_from_checkpoint, preset, save_checkpoint
 from elasticast.ast_baseline import ASTBaseline
 from elasticast.checkpoint import make_model
 from loaders.batch import from_features
 from loaders.features import patchify
+
+from conftest import kaldi_reference_fbank
 
 RATE = 16000
 LABELS = ["a", "b", "c"]
@@ -37,17 +38,7 @@ def clip(seconds: float, seed: int) -> np.ndarray:
 def reference_features(wave: np.ndarray, shift_ms: float, pool: int, frames: int, mean: float = MEAN) -> torch.Tensor:
     """The paper's recipe written out: Kaldi fbank of the mean-removed wave, C frames averaged,
     whole 16-frame patches at most `frames`, then (x - mean) / (2 * std)."""
-    spec = kaldi.fbank(
-        torch.from_numpy(wave - wave.mean())[None],
-        htk_compat=True,
-        sample_frequency=RATE,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=128,
-        dither=0.0,
-        frame_shift=shift_ms,
-        frame_length=25.0,
-    )
+    spec = torch.from_numpy(kaldi_reference_fbank(wave, RATE, shift_ms)).float()
     spec = F.avg_pool1d(spec.T[None], pool)[0].T if pool > 1 else spec
     kept = min(spec.shape[0] // 16 * 16, frames)
     return (spec[:kept] - mean) / (2 * STD)
