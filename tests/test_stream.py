@@ -161,7 +161,7 @@ def test_stream_stats_add_up(demo_shards):
     stats = stream.stats[0]
     assert stats["samples"] == stream.num_samples and stats["batches"] == len(batches)
     assert stats["tokens"] == sum(int(b.n_tokens.sum()) for b in batches)
-    assert stats["slots"] == len(batches) * 2 * 2048 and stats["pad_ratio"] == pytest.approx(
+    assert stats["slots"] == len(batches) * 2 * 256 and stats["pad_ratio"] == pytest.approx(
         1 - stats["tokens"] / stats["slots"]
     )
     assert stats["cut_tokens"] == int(stream.plan(0).cut.sum()) > 0 and stats["failed"] == 0
@@ -204,7 +204,8 @@ def test_a_truncated_shard_loses_only_the_samples_past_the_break(demo_shards, tm
     batches = collect(PackedStream(root / "train", rows_per_batch=2, buffer=32, scales=SCALES, backend="local"))
     lost = {f["key"] for b in batches for f in b.failed}
     assert lost == {r["key"] for r in members if r["offset"] + r["nbytes"] > cut_at}
-    assert all("truncated" in f["reason"] for b in batches for f in b.failed)
+    reasons = [f["reason"] for b in batches for f in b.failed]  # the member cut, then those wholly past the end
+    assert all("truncated" in r or "past the end of the shard" in r for r in reasons), reasons
     assert {k for b in batches for k in b.keys} == {r["key"] for r in index} - lost
 
 
