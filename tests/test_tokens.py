@@ -2,32 +2,20 @@
 
 import numpy as np
 import pytest
-import torch
-import torchaudio.compliance.kaldi as kaldi
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loaders.tokens import kaldi_frames, shift_for_scale, token_counts, tokens_for
+
+from conftest import kaldi_reference_fbank
 
 RATES = (8000, 16000, 44100)
 SCALES = [1.0 + 0.2 * k for k in range(16)]  # accumulated floats on purpose: 2.4000000000000004
 
 
 def fbank_frames(num_samples: int, sample_rate: int, shift_ms: float) -> int:
-    """Frames of the paper's fbank call (dither off so the result is deterministic)."""
-    wave = torch.zeros(1, num_samples)
-    features = kaldi.fbank(
-        wave,
-        htk_compat=True,
-        sample_frequency=sample_rate,
-        use_energy=False,
-        window_type="hanning",
-        num_mel_bins=128,
-        dither=0.0,
-        frame_shift=shift_ms,
-        frame_length=25,
-    )
-    return features.shape[0]
+    """Frames of the paper's fbank call on a silent clip of that length."""
+    return kaldi_reference_fbank(np.zeros(num_samples, np.float32), sample_rate, shift_ms).shape[0]
 
 
 @settings(deadline=None, max_examples=150)
