@@ -36,7 +36,7 @@ READ_ONLY_PROTOCOLS = ("http", "https")
 TEMP_PREFIX = ".tmp-"
 # each backend's own retries off (botocore's by option, s3fs's own loop by its `retries` attribute):
 # shards.retry does them, and counts them; listings are not cached (other processes write too)
-STORAGE_OPTIONS = {"s3": {"config_kwargs": {"retries": {"max_attempts": 1}}, "use_listings_cache": False}}
+STORAGE_OPTIONS = {"s3": {"config_kwargs": {"retries": {"total_max_attempts": 1}}, "use_listings_cache": False}}
 FILESYSTEM_ATTRIBUTES = {"s3": {"retries": 1}}
 
 

@@ -56,9 +56,7 @@ def read_spans(
     return [_cut(found[span.location.url], span) for span in spans], stats
 
 
-def _fetch(
-    requests: list[tuple[Location, int, int]], policy: RetryPolicy, stats: ReadStats
-) -> list[bytes | Exception]:
+def _fetch(requests: list[tuple[Location, int, int]], policy: RetryPolicy, stats: ReadStats) -> list[bytes | Exception]:
     """Each request's bytes or final error; transient failures are sent again, on their own."""
     results: list[bytes | Exception | None] = [None] * len(requests)
     pending = list(range(len(requests)))

@@ -1,19 +1,75 @@
-"""Shared fixtures: a real local Ray instance, the real FSDD recordings, the make_shards job."""
+"""Shared fixtures: a real local Ray instance, a real S3-compatible server, the real FSDD recordings,
+the make_shards job."""
 
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 from pathlib import Path
 
 import pytest
+from object_store import FaultyProxy, S3Server
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = Path(os.environ.get("ELASTICAST_FSDD", REPO.parent / "shared" / "data" / "fsdd" / "recordings"))
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def s3_server():
+    """moto's S3 server on 127.0.0.1 for the whole session. The standard AWS_* variables point every
+    s3:// URL of this process and its children at it; Ray starts after them (`ray_local` asks for
+    this fixture), so its workers see the same server."""
+    server = S3Server()
+    saved = {name: os.environ.get(name) for name in server.environment}
+    os.environ.update(server.environment)
+    yield server
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
+
+
+_BUCKETS = itertools.count()
+
+
+@pytest.fixture
+def s3_bucket(s3_server) -> str:
+    """A new, empty bucket on the session's server, as its URL `s3://bucket-N`."""
+    import s3fs
+
+    name = f"bucket-{next(_BUCKETS)}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}"
+
+
+@pytest.fixture
+def faulty_s3(s3_server, monkeypatch):
+    """`faulty_s3(fail_fraction, seed, poisoned)`: a `FaultyProxy` in front of the server, with
+    AWS_ENDPOINT_URL pointing at it until the test ends (fsspec's cached clients are dropped on
+    both sides, since they keep the endpoint they were made with)."""
+    import s3fs
+
+    proxies = []
+
+    def start(fail_fraction: float = 0.0, seed: int = 0, poisoned: tuple[str, ...] = ()) -> FaultyProxy:
+        proxy = FaultyProxy(s3_server.port, fail_fraction, seed, poisoned)
+        proxies.append(proxy)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        s3fs.S3FileSystem.clear_instance_cache()
+        return proxy
+
+    yield start
+    monkeypatch.undo()
+    s3fs.S3FileSystem.clear_instance_cache()
+    for proxy in proxies:
+        proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
     """One local Ray instance (2 CPUs) for the whole session; jobs run in-process reuse it."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
@@ -160,7 +216,7 @@ def synthetic_shards(tmp_path_factory, make_shards) -> Path:
 # Markers by what a test needs (`make test-fast` runs the tests that need neither): `ray` for a
 # local Ray instance or cluster, `fsdd` for the real recordings; `slow` is set by hand on tests
 # that take more than a few seconds on 2 cores for another reason.
-_MARKERS_BY_FIXTURE = {"ray_local": "ray", "two_node_cluster": "ray", "fsdd_dir": "fsdd"}
+_MARKERS_BY_FIXTURE = {"ray_local": "ray", "two_node_cluster": "ray", "fsdd_dir": "fsdd", "s3_server": "s3"}
 
 
 def pytest_collection_modifyitems(items):

@@ -1,0 +1,149 @@
+"""A real S3-compatible server for the tests, and a proxy in front of it that fails requests.
+
+`S3Server` runs moto's standalone server (`moto[server]`, a test extra) as a separate process on
+127.0.0.1. `FaultyProxy` relays HTTP to it and, by a seeded draw per request, answers 503 or
+cuts the connection halfway through the answer (a reset mid-transfer; a connection dropped before
+any answer would be resent by the HTTP client itself, unseen); requests whose path contains a `poisoned` string fail
+every time (HTTP 500). It counts what it did, so tests can compare with what the client counted.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class S3Server:
+    """moto's S3 server in a child process; `endpoint` is what AWS_ENDPOINT_URL should say."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while not _answers(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"moto server did not start on port {self.port}")
+            time.sleep(0.1)
+
+    @property
+    def environment(self) -> dict[str, str]:
+        return CREDENTIALS | {"AWS_ENDPOINT_URL": self.endpoint}
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class FaultyProxy:
+    """Relays to `target_port`; fails `fail_fraction` of requests (half 503, half cut short), and all
+    requests whose path contains one of `poisoned` with HTTP 500."""
+
+    def __init__(self, target_port: int, fail_fraction: float = 0.0, seed: int = 0, poisoned: tuple[str, ...] = ()):
+        self.target_port, self.fail_fraction, self.poisoned = target_port, fail_fraction, poisoned
+        self.random = random.Random(seed)
+        self.lock = threading.Lock()
+        self.counts = {"relayed": 0, "503": 0, "cut": 0, "poisoned": 0}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _fate(self, path: str) -> str:
+        with self.lock:
+            if any(p in path for p in self.poisoned):
+                fate = "poisoned"
+            elif self.random.random() < self.fail_fraction:
+                fate = self.random.choice(("503", "cut"))
+            else:
+                fate = "relayed"
+            self.counts[fate] += 1
+            return fate
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _relay(self):
+                body = self._body()
+                fate = proxy._fate(self.path)
+                if fate in ("503", "poisoned"):
+                    status = 503 if fate == "503" else 500
+                    self.send_response(status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                upstream = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "transfer-encoding"}
+                headers["Content-Length"] = str(len(body))
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                answer = upstream.getresponse()
+                data = answer.read()
+                self.send_response(answer.status, answer.reason)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "content-length", "connection", "date", "server"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                upstream.close()
+                if fate == "cut":
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif self.command != "HEAD":
+                    self.wfile.write(data)
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    parts = []
+                    while size := int(self.rfile.readline().split(b";")[0], 16):
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _relay
+
+        return Handler
