@@ -1,15 +1,17 @@
 """Checkpoints that know what they hold: which model (ElasticAST or the AST baseline, with its
 settings), its labels and the features it was trained on, so that one file rebuilds the model
 (`model_from_checkpoint`) and serves it with the right features (`elasticast.Classifier`).
+Checkpoints are read from and written to local paths or object-store URLs (`shards.location`).
 Every model of the project is built here (`make_model`), fresh or from a checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 import torch
@@ -19,6 +21,7 @@ from elasticast.config import MODEL_KINDS, POOLINGS, ModelConfig
 from elasticast.model import ElasticAST
 from loaders.assemble import FeatureConfig
 from loaders.tokens import COMPRESSIONS
+from shards.location import Location
 
 FORMAT = "elasticast-checkpoint"
 FORMAT_VERSION = 2
@@ -91,37 +94,48 @@ def describe_model(model: Model) -> dict:
 
 
 def save_checkpoint(
-    path: str | Path | BinaryIO,
+    path: str | os.PathLike | Location | BinaryIO,
     model: Model,
     labels: Sequence[str],
     features: TrainedFeatures,
     extra: dict | None = None,
 ) -> None:
-    """Everything inference needs in one `torch.save` dict, to a path or a binary file. `extra`:
-    plain Python values and tensors only (loading uses `weights_only=True`)."""
+    """Everything inference needs in one `torch.save` dict, to a path, a URL (one PUT) or a binary
+    file. `extra`: plain Python values and tensors only (loading uses `weights_only=True`)."""
     if len(labels) != model.config.num_classes:
         raise ValueError(f"{len(labels)} labels for a model with num_classes {model.config.num_classes}")
-    torch.save(
-        {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model": describe_model(model),
-            "state_dict": model.state_dict(),
-            "labels": [str(label) for label in labels],
-            "features": dataclasses.asdict(features),
-            "extra": extra or {},
-        },
-        path if hasattr(path, "write") else Path(path),
-    )
+    content = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": describe_model(model),
+        "state_dict": model.state_dict(),
+        "labels": [str(label) for label in labels],
+        "features": dataclasses.asdict(features),
+        "extra": extra or {},
+    }
+    if hasattr(path, "write"):
+        torch.save(content, path)
+        return
+    buffer = io.BytesIO()
+    torch.save(content, buffer)
+    Location.of(path).write_bytes(buffer.getvalue())  # complete or absent, local or remote
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """The checkpoint, validated: a missing file or another format is refused by name.
-    Version 1 files (before the model kind and features were recorded) are read too."""
-    path = Path(path)
+def read_torch(source: str | os.PathLike | Location, **load_options):
+    """`torch.load` of a local file or an object (read whole, in one retried GET, then parsed)."""
+    location = Location.of(source)
+    if location.is_local:
+        return torch.load(location.local, **load_options)
+    return torch.load(io.BytesIO(location.read_bytes()), **load_options)
+
+
+def load_checkpoint(path: str | os.PathLike | Location, device: str | torch.device = "cpu") -> Checkpoint:
+    """The checkpoint at a path or URL, validated: a missing file or another format is refused by
+    name. Version 1 files (before the model kind and features were recorded) are read too."""
+    path = Location.of(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    raw = torch.load(path, map_location=device, weights_only=True)
+    raw = read_torch(path, map_location=device, weights_only=True)
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise ValueError(
             f"{path} is not an ElasticAST checkpoint (no format {FORMAT!r}); write it with save_checkpoint"
@@ -138,7 +152,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
     return Checkpoint(raw["model"], raw["state_dict"], raw["labels"], TrainedFeatures(**raw["features"]), raw["extra"])
 
 
-def model_from_checkpoint(checkpoint: Checkpoint | str | Path, device: str | torch.device = "cpu") -> Model:
+def model_from_checkpoint(
+    checkpoint: Checkpoint | str | os.PathLike | Location, device: str | torch.device = "cpu"
+) -> Model:
     """The checkpoint's model with its weights, on `device`, in eval mode."""
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = load_checkpoint(checkpoint, device)

@@ -19,15 +19,21 @@ p = 1 (avgpool: p = C frames pooled into one). Windows start every H = (F // 2) 
 n - W so that it ends at the clip's end: no sample is skipped. The windows' logits are averaged,
 then turned into probabilities. E.g. 16 kHz, C = 1, F = 3072: W = 491,760 samples (30.7 s),
 H = 245,760 (15.4 s). An AST input shorter than F is zero-padded to F, as in its training.
+
+Checkpoints and audio files may be local paths or URLs (`s3://bucket/model.pt`, `https://...`;
+see `shards.location`): a remote file is read whole, then decoded from memory.
 """
 
 from __future__ import annotations
 
+import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from elasticast.ast_baseline import ASTBaseline
@@ -46,11 +52,12 @@ from loaders.tokens import (
     resolution,
     token_counts,
 )
-from shards.audio import load_source, resample
+from shards.audio import AudioError, load_source, resample
+from shards.location import Location
 
 FREQ_TOKENS = N_MELS // PATCH
 
-AudioInput = str | Path | np.ndarray | torch.Tensor
+AudioInput = str | Path | Location | np.ndarray | torch.Tensor
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,8 +110,8 @@ class Classifier:
         )
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu") -> Classifier:
-        """A classifier from a `save_checkpoint` file, its model on `device`."""
+    def from_checkpoint(cls, path: str | os.PathLike | Location, device: str | torch.device = "cpu") -> Classifier:
+        """A classifier from a `save_checkpoint` file (a path or URL), its model on `device`."""
         checkpoint = load_checkpoint(path, device)
         return cls(model_from_checkpoint(checkpoint, device), checkpoint.labels, checkpoint.features)
 
@@ -119,7 +126,7 @@ class Classifier:
     ) -> list[Prediction]:
         """One `Prediction` per input, in input order.
 
-        inputs: audio file paths (decoded and resampled to the model's rate) and/or 1-D mono
+        inputs: audio file paths or URLs (decoded and resampled to the model's rate) and/or 1-D mono
             waveforms, which need `sample_rate` (resampled if it differs from the model's).
         scale: resolution C for every clip (default 1.0; avgpool models take whole C only).
             token_budget: per clip, the smallest C of the training grid {1.0, 1.2, ..., 4.0}
@@ -130,7 +137,7 @@ class Classifier:
         max_tokens: tokens per packed row (must hold one window).
         batch_rows: rows per model call.
         """
-        if isinstance(inputs, (str, Path, np.ndarray, torch.Tensor)):
+        if isinstance(inputs, (str, Path, Location, np.ndarray, torch.Tensor)):
             raise TypeError(f"predict takes a list of inputs, got a single {type(inputs).__name__}: pass [x]")
         if scale is not None and token_budget is not None:
             raise ValueError(f"pass scale ({scale}) or token_budget ({token_budget}), not both")
@@ -159,8 +166,9 @@ class Classifier:
     def _waveform(self, item: AudioInput, sample_rate: int | None, index: int) -> np.ndarray:
         """Mono float32 at the model's rate; errors name the input by position."""
         rate = self.features.sample_rate
-        if isinstance(item, (str, Path)):
-            return load_source(item, rate)[0]
+        if isinstance(item, (str, Path, Location)):
+            location = Location.of(item)
+            return load_source(location.local, rate)[0] if location.is_local else _decode_remote(location, rate)
         if not isinstance(item, (np.ndarray, torch.Tensor)):
             raise TypeError(f"input {index} is a {type(item).__name__}: expected a path or a 1-D waveform")
         if sample_rate is None:
@@ -248,6 +256,22 @@ class Classifier:
             scale=scale,
             windows=windows,
         )
+
+
+def _decode_remote(location: Location, sample_rate: int) -> np.ndarray:
+    """A remote audio file, read whole and decoded from memory: mono float32 at `sample_rate`."""
+    try:
+        data = location.read_bytes()
+    except FileNotFoundError:
+        raise AudioError("missing file", f"{location} does not exist") from None
+    try:
+        audio, source_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    except sf.LibsndfileError as error:
+        raise AudioError("unreadable audio", f"{location}: {error}") from None
+    if audio.shape[0] == 0 or not np.isfinite(audio).all():
+        raise AudioError("unusable audio", f"{location} decoded to no frames, or to NaN or Inf")
+    mono = audio.mean(axis=1)
+    return mono if source_rate == sample_rate else resample(mono, source_rate, sample_rate)
 
 
 def _positive_int(name: str, value: int) -> int:

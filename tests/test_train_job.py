@@ -213,7 +213,7 @@ def test_a_full_disk_stops_the_run_once_and_resume_continues_after_it(
     assert (
         len(store.complete()) == 2 and store.latest().name == "epoch-0002-step-0000000.pt"
     )  # num_to_keep, after the failure
-    assert not [p for p in store.folder.iterdir() if p.name.startswith(".")]
+    assert not [name for name in store.folder.names() if name.startswith(".")]
 
 
 def test_resume_without_a_complete_checkpoint_is_refused(tmp_path, fsdd_small_shards, train_job, capsys):

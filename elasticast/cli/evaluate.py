@@ -9,16 +9,18 @@ checkpoint file. Each point featurizes the split once and scores every checkpoin
 batches; what each model sees at a point is described in `elasticast.evaluation.points`. Writes `results.csv`,
 `usage.csv` (training-token pad/cut, from the sibling `train` split), `results.md`,
 `length.png` and `scale.png` to `--out` (default: `eval/` in the first run folder).
+Checkpoints, shards and `--out` may be local paths or URLs (`s3://bucket/runs/x`, `gs://...`;
+`https://...` for reading only); see docs/evaluation.md for credentials and endpoints.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from elasticast.evaluation.points import SWEEPS, sweep_points
 from loaders.tokens import COMPRESSIONS, PATCH, SCALE_GRID, token_counts
+from shards.location import Location
 from shards.options import DATASET_FILE
 from shards.parallel import BACKENDS
 
@@ -118,12 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     from elasticast.evaluation import evaluate_point, load_candidate, training_usage, write_report
     from shards.dataset import ShardDataset
 
-    split = Path(args.shards).resolve()
-    if (
-        split / DATASET_FILE
-    ).is_file():  # a whole shard set: results are reported on test, never on the split that chose best.pt
-        split = split / DEFAULT_SPLIT
-    dataset = ShardDataset(split.parent)
+    split = Location.of(args.shards)
+    if (split / DATASET_FILE).is_file():
+        split = split / DEFAULT_SPLIT  # a whole shard set: report on test, never on the split that chose best.pt
+    dataset = ShardDataset(str(split.parent))
     if split.name not in dataset.meta.get("splits", {}):
         print(
             f"error: {split} is not a split of {split.parent} (splits: {sorted(dataset.meta.get('splits', {}))})",
@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if not ray.is_initialized():
             ray.init()
-    first = Path(args.checkpoint[0])
-    out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "eval"
+    first = Location.of(args.checkpoint[0])
+    out = Location.of(args.out) if args.out else (first if first.is_dir() else first.parent) / "eval"
     print(
         f"evaluating {len(candidates)} checkpoint(s) on {split} ({len(dataset.index(split.name))} clips) at {len(points)} points -> {out}",
         flush=True,
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
     train_split = split.parent / "train"
-    usage = training_usage(train_split, candidates) if train_split.is_dir() else []
+    usage = training_usage(str(train_split), candidates) if train_split.is_dir() else []
     unrecorded = [c.name for c in candidates if c.stream is None]
     if unrecorded:
         print(

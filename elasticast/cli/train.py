@@ -10,41 +10,81 @@ native length, checkpoint, log; with `--checkpoint-every N` also checkpoint ever
 folder `--out` gets `config.yaml`, `history.json`, `keys/epoch-NNN.json` (how often each training
 key was seen), `best.pt` and `last.pt` (inference checkpoints for `elasticast.Classifier`),
 `metrics.json`, `checkpoints/` (the two latest full training states: `--resume` and retries after a
-failure continue from the latest at its exact step), `wandb/` and `ray/`. Every file is written
-under a temporary name, then renamed: complete or absent. A failure of the storage itself (no
-space, no permission) stops the run with exit status 2 instead of being retried. On a multi-node
-cluster `--out` must be storage every node sees.
+failure continue from the latest at its exact step), `wandb/` and `ray/`. Every file is complete or
+absent (a local one written under a temporary name, then renamed; an object in one PUT). A failure
+of the storage itself (no space, no permission, no such bucket) stops the run with exit status 2
+instead of being retried. On a multi-node cluster `--out` must be storage every node sees: a shared
+folder, or an object-store URL (`--out s3://bucket/runs/x`, `--shards s3://bucket/shards`) with
+the same credentials configured on every node. wandb writes locally: for a URL `--out` its files
+go to `--wandb-dir` (default `~/.cache/elasticast/wandb/<scheme>/<bucket>/<prefix>` on rank 0's node).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import uuid
 from pathlib import Path
 
 import yaml
 
 from elasticast.cli import make_shards
 from elasticast.training.config import TrainConfig, parse_args
+from shards.location import Location
 from shards.options import DATASET_FILE
 
 DEMO_SHARDS = TrainConfig.shards
 RAY_DIR = "ray"
+WANDB_CACHE = Path("~/.cache/elasticast/wandb")  # wandb's files for runs whose folder is a URL
+PROBE_PREFIX = ".probe-"
+
+
+def absolute(value: str) -> Location:
+    """A local path resolved (workers run elsewhere), a URL as it is."""
+    location = Location.of(value)
+    return Location.of(location.local.resolve()) if location.is_local else location
+
+
+def wandb_folder(config: TrainConfig, out: Location) -> str:
+    """wandb writes local files only: `--wandb-dir`, else the run folder, else (a URL run) a
+    folder named after the URL under WANDB_CACHE."""
+    if config.wandb_dir:
+        return str(Path(config.wandb_dir).expanduser().resolve())
+    if out.is_local:
+        return str(out.local)
+    return str((WANDB_CACHE / out.protocol / out.url.split("://", 1)[1]).expanduser())
+
+
+def check_writable(out: Location) -> None:
+    """Write and remove a small probe object in `out`: a missing bucket, a wrong prefix, missing
+    write or delete permission or a read-only location fail here, before any training."""
+    from elasticast.training.checkpoints import storage_errors, write_text
+
+    probe = out / f"{PROBE_PREFIX}{uuid.uuid4().hex[:8]}"
+    write_text(probe, "")
+    with storage_errors(f"cannot remove {probe}"):
+        probe.remove()
 
 
 def prepare_run(config: TrainConfig) -> TrainConfig | str:
     """Absolute paths (workers run elsewhere), demo shards built if missing, the validation split
-    chosen, the run folder checked against `--resume`. A string is the reason to stop."""
-    from elasticast.training.checkpoints import CHECKPOINTS, CheckpointStore, RunStorageError, write_text
+    chosen, the run folder checked against `--resume` and for writing. A string is the reason to stop."""
+    from elasticast.training.checkpoints import CHECKPOINTS, CheckpointStore, write_text
 
-    shards, out = Path(config.shards).resolve(), Path(config.out).resolve()
-    if not (shards / DATASET_FILE).is_file():
-        if config.shards != DEMO_SHARDS:
+    shards, out = absolute(config.shards), absolute(config.out)
+    if out.is_read_only:
+        return f"cannot write to --out {out}: {out.protocol}:// locations are read-only"
+    try:
+        built = (shards / DATASET_FILE).is_file()
+        if not built and config.shards == DEMO_SHARDS and shards.is_local:
+            print(f"building the demo shard set in {shards} ...", flush=True)
+            if make_shards.main(["--out", str(shards), "--overwrite", "--quiet", "--backend", "local"]) != 0:
+                return "building the demo shards failed"
+        elif not built:
             return f"{shards} is not a make_shards output (no {DATASET_FILE}); run elasticast-make-shards first"
-        print(f"building the demo shard set in {shards} ...", flush=True)
-        if make_shards.main(["--out", str(shards), "--overwrite", "--quiet", "--backend", "local"]) != 0:
-            return "building the demo shards failed"
-    splits = json.loads((shards / DATASET_FILE).read_text()).get("splits", {})
+        splits = json.loads((shards / DATASET_FILE).read_text()).get("splits", {})
+    except Exception as error:  # no permission, no such bucket, an unreachable endpoint
+        return f"cannot read --shards {shards}: {reason(error)}"
     valid_split = config.valid_split if config.valid_split != "auto" else "valid" if "valid" in splits else "test"
     if not {"train", valid_split} <= set(splits):
         return f"{shards} has splits {sorted(splits)}; training needs 'train' and '{valid_split}' (to validate on)"
@@ -55,23 +95,38 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
             file=sys.stderr,
             flush=True,
         )
-    latest = CheckpointStore(out / CHECKPOINTS).latest()
-    if not config.resume and ((out / CHECKPOINTS).exists() or (out / "history.json").exists()):
+    try:
+        latest = CheckpointStore(out / CHECKPOINTS).latest()
+        holds_run = (out / CHECKPOINTS).exists() or (out / "history.json").exists()
+        configured = (out / "config.yaml").exists()
+    except Exception as error:
+        return f"cannot read --out {out}: {reason(error)}"
+    if not config.resume and holds_run:
         return f"{out} already holds a run: pass --resume to continue it, or choose another --out"
     if config.resume and latest is None:
-        if not (out / "config.yaml").exists():
+        if not configured:
             return f"--resume: {out} holds no run to resume"
         return (
             f"--resume: {out / CHECKPOINTS} holds no complete checkpoint, so there is nothing to continue from; "
             "remove the run folder to start afresh, or choose another --out"
         )
-    config = TrainConfig(**(config.to_dict() | {"shards": str(shards), "out": str(out), "valid_split": valid_split}))
+    wandb_dir = wandb_folder(config, out) if config.wandb != "disabled" else config.wandb_dir
+    changes = {"shards": shards.url, "out": out.url, "valid_split": valid_split, "wandb_dir": wandb_dir}
+    config = TrainConfig(**(config.to_dict() | changes))
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        check_writable(out)
         write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-    except (OSError, RunStorageError) as error:
-        return f"cannot write to --out {out}: {getattr(error, 'strerror', None) or error}"
+    except Exception as error:
+        return f"cannot write to --out {out}: {reason(error)}"
     return config
+
+
+def reason(error: BaseException) -> str:
+    """Why a storage call failed, in a few words (the storage failure behind it if there is one)."""
+    from elasticast.training.checkpoints import storage_cause
+
+    cause = storage_cause(error) or error
+    return str(getattr(cause, "strerror", None) or cause)
 
 
 def check_resources(config: TrainConfig, use_gpu: bool, available: dict) -> str | None:
@@ -99,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(prepared, str):
         print(f"error: {prepared}", file=sys.stderr)
         return 2
-    config, out = prepared, Path(prepared.out)
+    config, out = prepared, Location.of(prepared.out)
     if not ray.is_initialized():
         ray.init(log_to_driver=True)  # joins RAY_ADDRESS / a running cluster, else starts a local one
     available = ray.cluster_resources()
@@ -108,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    local_wandb = f"; wandb files in {config.wandb_dir}" if config.wandb != "disabled" and not out.is_local else ""
     print(
         f"training {config.model} ({config.preset}) on {config.shards}: {config.workers} worker(s), "
-        f"{'GPU' if use_gpu else 'CPU'}, {config.epochs} epochs -> {out}",
+        f"{'GPU' if use_gpu else 'CPU'}, {config.epochs} epochs -> {out}{local_wandb}",
         flush=True,
     )
     for attempt in range(config.max_failures + 1):
@@ -154,7 +210,7 @@ def trainer(config: TrainConfig, use_gpu: bool):
         ),
         run_config=RunConfig(
             name=RAY_DIR,
-            storage_path=config.out,
+            storage_path=config.out,  # a URL too: Ray Train writes through pyarrow.fs (which reads AWS_*)
             failure_config=FailureConfig(max_failures=0),
             logging_config=LoggingConfig(log_level="WARNING"),
         ),  # main reports a failure, in one line
@@ -173,7 +229,7 @@ def storage_failure(error: Exception) -> str | None:
     return None
 
 
-def summarise(config: TrainConfig, out: Path) -> int:
+def summarise(config: TrainConfig, out: Location) -> int:
     """metrics.json (final and best epochs) and the closing line."""
     from elasticast.training.checkpoints import write_text
 

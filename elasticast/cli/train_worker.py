@@ -12,7 +12,6 @@ import random
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,14 +25,16 @@ from elasticast.training.epoch_report import delivery_check, epoch_metrics, prog
 from elasticast.training.loop import EpochResult, build_model, train_epoch
 from elasticast.training.schedule import make_optimizer, make_scheduler
 from loaders import PackedStream
+from shards.location import Location
 
 
 def streams(config: TrainConfig, rank: int, world: int) -> tuple[PackedStream, PackedStream]:
     """This rank's training stream (the configured packing and scales) and validation stream
     (`config.valid_split` at native length: C = 1, no augmentation, no shuffling)."""
-    train = PackedStream(Path(config.shards) / "train", config.stream(), rank=rank, world=world)
+    shards = Location.of(config.shards)
+    train = PackedStream(str(shards / "train"), config.stream(), rank=rank, world=world)
     valid_config = config.stream(scales=(1.0,), shuffle=False, freq_mask=0, time_mask=0)
-    valid = PackedStream(Path(config.shards) / config.valid_split, valid_config, rank=rank, world=world)
+    valid = PackedStream(str(shards / config.valid_split), valid_config, rank=rank, world=world)
     label_type = "multi" if train.features.multi_label else "single"
     if config.label_type not in ("auto", label_type):
         raise ValueError(f"label_type={config.label_type!r} but {config.shards} holds {label_type}-label data")
@@ -66,7 +67,7 @@ def training_state(
 
 
 def restore_state(
-    path: Path, model, optimizer, scheduler, rank: int, world: int
+    path: Location, model, optimizer, scheduler, rank: int, world: int
 ) -> tuple[dict, list, EpochResult | None]:
     """(stream position, history, this rank's share of the epoch so far) from checkpoint `path`."""
     state = CheckpointStore.load(path)
@@ -84,20 +85,18 @@ def restore_state(
     return state["stream"], state["history"], EpochResult(**partial[rank]) if partial else None
 
 
-def save_inference(path: Path, model, train: PackedStream, config: TrainConfig) -> None:
-    """A checkpoint for `elasticast.Classifier`, written atomically."""
-
-    def write(temporary: Path) -> None:
-        with open(temporary, "wb") as handle:
-            save_checkpoint(
-                handle,
-                model,
-                train.labels,
-                TrainedFeatures.of_stream(train.features),
-                extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(train.config)},
-            )
-
-    write_atomic(path, write)
+def save_inference(location: Location, model, train: PackedStream, config: TrainConfig) -> None:
+    """A checkpoint for `elasticast.Classifier`, complete or absent."""
+    write_atomic(
+        location,
+        lambda handle: save_checkpoint(
+            handle,
+            model,
+            train.labels,
+            TrainedFeatures.of_stream(train.features),
+            extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(train.config)},
+        ),
+    )
 
 
 def say(message: str) -> None:
@@ -122,7 +121,7 @@ def train_worker(values: dict) -> None:
     model = build_model(config, len(train.labels)).to(device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, train.steps(0), config)
-    run = Path(config.out)
+    run = Location.of(config.out)
     store = CheckpointStore(run / CHECKPOINTS, KEEP_CHECKPOINTS)
     latest = store.latest()
     position, history, so_far = {"epoch": 0, "next_step": 0}, [], None
@@ -173,7 +172,6 @@ def train_worker(values: dict) -> None:
         history.append(metrics)
         if rank == 0:
             counts = delivery_check(train.index, epoch, [k for r in results for k in r.keys], metrics["failed_samples"])
-            (run / "keys").mkdir(exist_ok=True)
             write_text(run / "keys" / f"epoch-{epoch:03d}.json", json.dumps(counts))
             save_inference(run / "last.pt", model, train, config)
             if metrics["val_metric"] > best_so_far:
@@ -197,19 +195,22 @@ def train_worker(values: dict) -> None:
         logger.finish()
 
 
-def _wandb(config: TrainConfig, run: Path):
-    """A wandb run under the run folder (offline by default: `wandb sync` it later), resumed
-    under the same id when Ray Train restarts the worker group or the run is resumed."""
+def _wandb(config: TrainConfig, run: Location):
+    """A wandb run in `config.wandb_dir`, a local folder (offline by default: `wandb sync` it later),
+    resumed under the same id, kept in the run folder, when Ray Train restarts the worker group or
+    the run is resumed."""
     if config.wandb == "disabled":
         return None
     import wandb
 
     id_file = run / "wandb_id"
     if not id_file.exists():
-        id_file.write_text(uuid.uuid4().hex[:12])
+        write_text(id_file, uuid.uuid4().hex[:12])
+    folder = config.wandb_dir or str(run.local)
+    os.makedirs(folder, exist_ok=True)
     return wandb.init(
         project=config.wandb_project,
-        dir=str(run),
+        dir=folder,
         mode=config.wandb,
         id=id_file.read_text().strip(),
         resume="allow",

@@ -3,15 +3,17 @@ training run's inference checkpoint, and how it is called at each evaluation poi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import PurePosixPath
 
 import torch
 
 from elasticast.checkpoint import Model, TrainedFeatures, load_checkpoint, model_from_checkpoint
 from loaders.batch import PackedBatch
 from loaders.config import StreamConfig
+from shards.location import Location
 
 CHECKPOINT_IN_RUN = "best.pt"
 
@@ -41,14 +43,15 @@ class Candidate:
         return self.model
 
 
-def load_candidate(path: str | Path, name: str | None = None) -> Candidate:
-    """A run folder (its `best.pt`) or a checkpoint file written by `jobs/train.py`, in eval mode.
-    Named after the run folder unless `name` is given."""
-    path = Path(path)
-    checkpoint = load_checkpoint(path / CHECKPOINT_IN_RUN if path.is_dir() else path)
+def load_candidate(path: str | os.PathLike | Location, name: str | None = None) -> Candidate:
+    """A run folder (its `best.pt`) or a checkpoint file written by `jobs/train.py`, local or a URL,
+    in eval mode. Named after the run folder (or the file) unless `name` is given."""
+    location = Location.of(path)
+    folder = location.is_dir()
+    checkpoint = load_checkpoint(location / CHECKPOINT_IN_RUN if folder else location)
     stream = checkpoint.extra.get("stream")
     return Candidate(
-        name or (path.name if path.is_dir() else path.stem),
+        name or (location.name if folder else PurePosixPath(location.name).stem),
         checkpoint.kind,
         model_from_checkpoint(checkpoint),
         checkpoint.labels,

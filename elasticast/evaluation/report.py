@@ -1,24 +1,28 @@
 """Evaluation outputs: `results.csv` (one row per checkpoint and point), `usage.csv`,
 `results.md` (tables) and the plots `length.png` (metric vs maximum length, the paper's
-Figure 4) and `scale.png` (metric vs resolution C, its Figure 5)."""
+Figure 4) and `scale.png` (metric vs resolution C, its Figure 5). `out` is a local folder or a
+URL (`shards.location`): each file is rendered in memory, then written whole."""
 
 from __future__ import annotations
 
 import csv
-from pathlib import Path
+import io
+import os
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and in CI
 import matplotlib.pyplot as plt  # noqa: E402
 
+from shards.location import Location  # noqa: E402
+
 NATIVE = "native"
 
 
-def write_report(out: str | Path, results: list[dict], usage: list[dict]) -> list[Path]:
-    """All output files under `out`; returns their paths."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+def write_report(out: str | os.PathLike | Location, results: list[dict], usage: list[dict]) -> list[Location]:
+    """All output files under `out`; returns their locations."""
+    out = Location.of(out)
+    out.mkdir()
     written = [_write_csv(out / "results.csv", results), _write_csv(out / "usage.csv", usage)]
     sections = ["# Evaluation", ""]
     for sweep, axis in (("length", "point"), ("scale", "point")):
@@ -46,13 +50,14 @@ def results_title(sweep: str, rows: list[dict]) -> str:
     return f"{name} vs maximum length (frames)" if sweep == "length" else f"{name} vs resolution C"
 
 
-def _write_csv(path: Path, rows: list[dict]) -> Path:
-    with path.open("w", newline="") as handle:
-        if rows:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    return path
+def _write_csv(location: Location, rows: list[dict]) -> Location:
+    text = io.StringIO(newline="")
+    if rows:
+        writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    location.write_text(text.getvalue())
+    return location
 
 
 def _pivot(rows: list[dict], axis: str) -> list[str]:
@@ -67,7 +72,7 @@ def _pivot(rows: list[dict], axis: str) -> list[str]:
     return lines
 
 
-def _plot(path: Path, sweep: str, rows: list[dict]) -> Path:
+def _plot(location: Location, sweep: str, rows: list[dict]) -> Location:
     """One line per checkpoint (and compression); in the length plot each checkpoint's
     `native` result is a marker at the mean frames it used, as the paper's scattered dots."""
     figure, axes = plt.subplots(figsize=(7, 4.5))
@@ -105,6 +110,8 @@ def _plot(path: Path, sweep: str, rows: list[dict]) -> Path:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=120)
     plt.close(figure)
-    return path
+    location.write_bytes(image.getvalue())
+    return location

@@ -35,11 +35,11 @@ CHOICES = {
 }
 
 HELP = {
-    "shards": "shard set made by elasticast-make-shards; trains on its train split",
+    "shards": "shard set made by elasticast-make-shards, a path or a URL; trains on its train split",
     "valid_split": "split validated on (and best.pt chosen by); auto: valid if the shard set has one, else test with a warning",
     "checkpoint_every": "also checkpoint every this many training steps (0: at epoch ends only); --resume continues at that step",
     "depth": "transformer blocks (0: the preset's)",
-    "out": "run folder: checkpoints, history, metrics, wandb and Ray Train state",
+    "out": "run folder, a path or a URL (s3://bucket/runs/x): checkpoints, history, metrics, wandb and Ray Train state",
     "epochs": "epochs in all; the learning-rate schedule spans them",
     "seed": "fixes initial weights, data order, resolutions and masks",
     "resume": "continue the run in --out from its latest checkpoint",
@@ -80,6 +80,8 @@ HELP = {
     "max_failures": "worker failures Ray Train recovers from, each from the latest checkpoint",
     "wandb": "wandb mode: offline (default; wandb sync later), online or disabled",
     "wandb_project": "wandb project name",
+    "wandb_dir": "local folder for wandb's files (default: the run folder; for a URL --out: "
+    "~/.cache/elasticast/wandb/<scheme>/<bucket>/<prefix> on the node of rank 0)",
 }
 
 
@@ -142,6 +144,7 @@ class TrainConfig:
     max_failures: int = 1  # worker failures Ray Train recovers from (from the latest checkpoint)
     wandb: str = "offline"
     wandb_project: str = "elasticast"
+    wandb_dir: str = ""  # wandb's local files; "" = the run folder, or a local cache folder for a URL run
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():

@@ -1,0 +1,177 @@
+"""Runs, evaluation and inference on object storage (moto's real S3 server): the same results as
+from local files, checkpoints that are complete or absent, and clear refusals before any work."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from elasticast import Classifier, TrainedFeatures, save_checkpoint
+from elasticast.cli import evaluate as evaluate_job
+from elasticast.training.checkpoints import CheckpointStore, RunStorageError, write_text
+from elasticast.training.config import TrainConfig
+from elasticast.training.loop import build_model
+from shards import ShardDataset
+from shards.location import Location
+
+# a 1-block model in 512-token rows: 3 steps per epoch of the synthetic clips
+TINY = ["--depth", "1", "--rows-per-batch", "1", "--max-tokens", "512", "--buffer", "64", "--warmup-epochs", "0.5"]
+
+
+def bucket_names(url: str) -> list[str]:
+    """Every object under `url`, relative to it, listed by s3fs directly (not through Location)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    root = url.split("://", 1)[1].rstrip("/")
+    return sorted(path[len(root) + 1 :] for path in fs.find(root))
+
+
+def test_checkpoint_store_on_s3_keeps_the_latest_and_never_lists_a_leftover(s3_bucket):
+    import s3fs
+
+    folder = f"{s3_bucket}/run/checkpoints"
+    s3fs.S3FileSystem(skip_instance_cache=True).pipe_file(
+        f"{folder}/.tmp-epoch-0000-step-0000009.pt.123".split("://", 1)[1], b"cut short"
+    )  # a crashed writer's leftover
+    store = CheckpointStore(folder, keep=2)
+    assert store.complete() == [] and store.latest() is None
+    for epoch, step in ((0, 4), (1, 0), (0, 8)):
+        store.save({"weights": torch.full((3,), float(epoch * 10 + step))}, epoch, step)
+    names = ["epoch-0000-step-0000008.pt", "epoch-0001-step-0000000.pt"]
+    assert [c.name for c in store.complete()] == names and store.latest().url == f"{folder}/{names[-1]}"
+    assert bucket_names(folder) == names  # pruned to 2 on the store itself, the leftover removed
+    assert torch.equal(CheckpointStore.load(store.latest())["weights"], torch.full((3,), 10.0))
+
+
+@pytest.mark.parametrize(
+    "target, reason",
+    [
+        ("s3://missing-bucket-x/run/a.json", "bucket does not exist"),
+        ("https://example.invalid/run/a.json", "read-only"),
+    ],
+)
+def test_a_write_the_store_refuses_is_a_run_storage_error_naming_the_url(s3_server, target, reason):
+    with pytest.raises(RunStorageError, match=f"cannot write {target}: .*{reason}"):
+        write_text(target, "{}")
+
+
+def train_args(shards: Path | str, out: str, *more: str) -> list[str]:
+    return ["--shards", str(shards), "--out", out, *TINY, "--valid-split", "train", "--loader", "local", *more]
+
+
+def test_a_run_on_s3_trains_and_resumes_from_its_checkpoint_there(
+    s3_bucket, synthetic_shards, ray_local, train_job, capfd
+):
+    run = f"{s3_bucket}/runs/tiny"
+    assert (
+        train_job.main(train_args(synthetic_shards, run, "--epochs", "2", "--stop-after", "1", "--wandb", "disabled"))
+        == 0
+    )
+    after_one = bucket_names(run)
+    assert {"config.yaml", "history.json", "keys/epoch-000.json", "best.pt", "last.pt", "metrics.json"} <= set(
+        after_one
+    )
+    assert "checkpoints/epoch-0001-step-0000000.pt" in after_one and any(n.startswith("ray/") for n in after_one)
+    ours = [n for n in after_one if not n.startswith("ray/")]  # Ray Train keeps its own marker in ray/
+    assert not [n for n in ours if n.rsplit("/", 1)[-1].startswith(".")]  # no probe, no temporary object
+    capfd.readouterr()
+    assert train_job.main([*train_args(synthetic_shards, run, "--epochs", "2", "--wandb", "disabled"), "--resume"]) == 0
+    assert "resuming from checkpoint epoch-0001-step-0000000.pt: epoch 2, step 0" in capfd.readouterr().out
+    history = json.loads(Location.of(f"{run}/history.json").read_text())
+    assert [m["epoch"] for m in history] == [1, 2]
+    names = bucket_names(run)
+    assert [n for n in names if n.startswith("checkpoints/")] == [
+        "checkpoints/epoch-0001-step-0000000.pt",
+        "checkpoints/epoch-0002-step-0000000.pt",
+    ]
+    assert (
+        "keys/epoch-001.json" in names and json.loads(Location.of(f"{run}/metrics.json").read_text())["epochs_run"] == 2
+    )
+    keys = json.loads(Location.of(f"{run}/keys/epoch-001.json").read_text())
+    assert keys["exactly_once"] and keys["delivered"] == len(ShardDataset(synthetic_shards).index("train"))
+
+
+def test_a_url_run_keeps_wandb_files_in_a_local_folder_named_after_it(s3_bucket, synthetic_shards, train_job):
+    config = train_job.prepare_run(
+        TrainConfig(shards=str(synthetic_shards), out=f"{s3_bucket}/runs/w", valid_split="train")
+    )
+    assert config.wandb_dir == str(Path.home() / ".cache/elasticast/wandb/s3" / s3_bucket[5:] / "runs/w")
+    assert bucket_names(f"{s3_bucket}/runs/w") == ["config.yaml"]
+
+
+@pytest.mark.parametrize(
+    "out, flags, message",
+    [
+        (
+            "s3://missing-bucket-y/run",
+            [],
+            "cannot write to --out s3://missing-bucket-y/run: The specified bucket does not exist",
+        ),
+        (
+            "https://example.invalid/run",
+            [],
+            "cannot write to --out https://example.invalid/run: https:// locations are read-only",
+        ),
+        ("{bucket}/nothing-here", ["--resume"], "--resume: {bucket}/nothing-here holds no run to resume"),
+    ],
+)
+def test_an_unusable_url_out_is_one_line_and_exit_2_before_training(
+    s3_bucket, synthetic_shards, train_job, capfd, out, flags, message
+):
+    out, message = out.format(bucket=s3_bucket), message.format(bucket=s3_bucket)
+    assert train_job.main([*train_args(synthetic_shards, out, "--wandb", "disabled"), *flags]) == 2
+    captured = capfd.readouterr()
+    assert [line for line in captured.err.splitlines() if line.startswith("error:")] == [
+        line for line in captured.err.splitlines() if line.strip()
+    ]
+    assert captured.err.count("error:") == 1 and message in captured.err and "training" not in captured.out
+
+
+def synthetic_checkpoint(shards: Path) -> tuple[torch.nn.Module, bytes]:
+    """A randomly initialised 1-block model saved as the trainer saves inference checkpoints."""
+    dataset = ShardDataset(shards)
+    config = TrainConfig(depth=1, max_frames=512)
+    torch.manual_seed(0)
+    model = build_model(config, len(dataset.labels))
+    stats = dataset.fbank_stats
+    features = TrainedFeatures(dataset.sample_rate, stats["mean"], stats["std"], config.compression, config.max_frames)
+    buffer = io.BytesIO()
+    save_checkpoint(buffer, model, dataset.labels, features)
+    return model, buffer.getvalue()
+
+
+def test_evaluating_from_s3_gives_the_local_results(s3_bucket, synthetic_shards, tmp_path):
+    _, checkpoint = synthetic_checkpoint(synthetic_shards)
+    (tmp_path / "model.pt").write_bytes(checkpoint)
+    Location.of(f"{s3_bucket}/models/model.pt").write_bytes(checkpoint)
+    flags = ["--sweeps", "scale", "--scales", "2", "--compressions", "shift", "--names", "m"]
+    local = ["--checkpoint", str(tmp_path / "model.pt"), "--shards", str(synthetic_shards / "train")]
+    remote = ["--checkpoint", f"{s3_bucket}/models/model.pt", "--shards", str(synthetic_shards / "train")]
+    assert evaluate_job.main([*local, "--out", str(tmp_path / "eval"), *flags]) == 0
+    assert evaluate_job.main([*remote, "--out", f"{s3_bucket}/eval", *flags]) == 0
+    expected = list(csv.DictReader(io.StringIO((tmp_path / "eval" / "results.csv").read_text())))
+    got = list(csv.DictReader(io.StringIO(Location.of(f"{s3_bucket}/eval/results.csv").read_text())))
+    assert [r["point"] for r in got] == ["C=2 shift"] and got == expected
+    assert bucket_names(f"{s3_bucket}/eval") == ["results.csv", "results.md", "scale.png", "usage.csv"]
+    assert Location.of(f"{s3_bucket}/eval/scale.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_classifier_from_s3_predicts_an_audio_url_as_the_local_file(s3_bucket, synthetic_shards, tmp_path):
+    _, checkpoint = synthetic_checkpoint(synthetic_shards)
+    (tmp_path / "model.pt").write_bytes(checkpoint)
+    Location.of(f"{s3_bucket}/model.pt").write_bytes(checkpoint)
+    clip = tmp_path / "stereo-8k.wav"  # downmixed and resampled to the model's 16 kHz on the way
+    rng = np.random.default_rng(3)
+    sf.write(clip, (0.2 * rng.standard_normal((12000, 2))).astype(np.float32), 8000, subtype="PCM_16")
+    Location.of(f"{s3_bucket}/audio/stereo-8k.wav").upload(clip)
+    local = Classifier.from_checkpoint(tmp_path / "model.pt").predict([clip])[0]
+    remote = Classifier.from_checkpoint(f"{s3_bucket}/model.pt").predict([f"{s3_bucket}/audio/stereo-8k.wav"])[0]
+    assert np.array_equal(remote.probabilities, local.probabilities) and remote.label == local.label
