@@ -40,9 +40,10 @@ class ReadStats:
 
 
 def read_spans(
-    spans: list[Span], policy: RetryPolicy = DEFAULT_POLICY, max_gap: int = MAX_GAP
+    spans: list[Span], policy: RetryPolicy | None = None, max_gap: int = MAX_GAP
 ) -> tuple[list[bytes | Exception], ReadStats]:
     """The bytes of each span (shorter where its file ends early), or the error that kept them."""
+    policy = policy or DEFAULT_POLICY
     stats = ReadStats()
     by_url = {span.location.url: span.location for span in spans}
     urls, starts, ends = merge_offset_ranges(
