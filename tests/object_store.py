@@ -67,10 +67,18 @@ def _answers(port: int) -> bool:
 
 class FaultyProxy:
     """Relays to `target_port`; fails `fail_fraction` of requests (half 503, half cut short), and all
-    requests whose path contains one of `poisoned` with HTTP 500."""
+    requests whose path contains one of `poisoned` with HTTP 500; waits `latency_s` before each answer."""
 
-    def __init__(self, target_port: int, fail_fraction: float = 0.0, seed: int = 0, poisoned: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        target_port: int,
+        fail_fraction: float = 0.0,
+        seed: int = 0,
+        poisoned: tuple[str, ...] = (),
+        latency_s: float = 0.0,
+    ):
         self.target_port, self.fail_fraction, self.poisoned = target_port, fail_fraction, poisoned
+        self.latency_s = latency_s  # added before each answer: a remote store's time to first byte
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.counts = {"relayed": 0, "503": 0, "cut": 0, "poisoned": 0}
@@ -109,6 +117,7 @@ class FaultyProxy:
             def _relay(self):
                 body = self._body()
                 fate = proxy._fate(self.command, self.path)
+                time.sleep(proxy.latency_s)
                 if fate in ("503", "poisoned"):
                     status = 503 if fate == "503" else 500
                     self.send_response(status)
