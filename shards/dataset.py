@@ -119,10 +119,11 @@ class ShardDataset:
 
     def shard_locations(self, split: str) -> list[Location]:
         """The split's shards, in order; a missing one is an error naming it (one listing of the
-        split's folder, not a request per shard)."""
+        split's folder, not a request per shard; over plain http(s), which cannot list, a missing
+        shard shows only when read: its samples become named holes)."""
         folder = self._split_dir(split)
         listed = self.meta["splits"][split]["shards"]
-        missing = sorted(set(listed) - set(folder.names()))
+        missing = sorted(set(listed) - set(folder.names())) if folder.can_list else []
         if missing:
             raise FileNotFoundError(
                 f"shard(s) listed in {self.root / DATASET_FILE} are missing from {folder}: {missing[:10]}"

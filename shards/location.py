@@ -70,6 +70,11 @@ class Location:
         return self.protocol in READ_ONLY_PROTOCOLS
 
     @property
+    def can_list(self) -> bool:
+        """Whether a folder's contents can be listed (a plain web server cannot say)."""
+        return self.protocol not in READ_ONLY_PROTOCOLS
+
+    @property
     def local(self) -> Path:
         """The local path; a remote location is an error (for code that needs a real file)."""
         if not self.is_local:

@@ -160,6 +160,20 @@ def test_a_shard_that_always_fails_becomes_named_holes_and_costs_nothing_else(
     assert "shard-000001.tar" in capsys.readouterr().err
 
 
+def test_a_shard_set_served_over_plain_http_streams_the_same(synthetic_shards, s3_server):
+    """Read-only http(s)://: the set as public objects, fetched by plain URL (no S3 protocol, no listing)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("public", acl="public-read")
+    for path in sorted(synthetic_shards.rglob("*")):
+        if path.is_file():
+            fs.pipe_file(f"public/set/{path.relative_to(synthetic_shards)}", path.read_bytes(), ACL="public-read")
+    stream = PackedStream(f"{s3_server.endpoint}/public/set/train", **STREAM)
+    assert same(epoch_of(synthetic_shards / "train"), list(stream.epoch(0)))
+    assert stream.stats[0]["failed"] == 0 and stream.stats[0]["requests"] > 0
+
+
 def test_a_missing_bucket_is_one_clear_error(s3_server):
     with pytest.raises(FileNotFoundError, match="s3://no-such-bucket/set/train"):
         PackedStream("s3://no-such-bucket/set/train", **STREAM)
