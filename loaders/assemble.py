@@ -1,10 +1,11 @@
 """Planned batch → arrays: read each sample by its byte offset, featurize, place it in its row.
 
-The one function both backends run (`local` in-process, `ray` in Ray Data tasks). A batch's
-samples are read sorted by (shard, offset), so reads move forward through a few neighbouring
-shards. Each read takes the member's tar header with its bytes in one request: the header must
-name the key and the XXH3-64 of the bytes must match the index. Only the audio the features keep
-is decoded (the rest is only checksummed, in chunks). A sample that cannot be read, decoded or
+The one function both backends run (`local` in-process, `ray` in Ray Data tasks), on local
+disk or object storage alike. A batch's samples come from a few neighbouring shards; their
+byte ranges (each member's tar header with its bytes) are read as one request per contiguous run
+of members (`shards.ranged`), concurrently on object stores, and the requests and retries are
+counted in the batch. The header must name the key and the XXH3-64 of the bytes must match the
+index. Only the audio the features keep is decoded. A sample that cannot be read, decoded or
 verified leaves its planned place as padding: the batch keeps its shape and its other samples,
 and the failure is reported by shard and key.
 """
@@ -12,13 +13,10 @@ and the failure is reported by shard and key.
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from itertools import chain
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,8 +27,9 @@ from loaders.features import patchify, samples_needed, spec_augment, spectrogram
 from loaders.index import StreamIndex
 from loaders.plan import EpochPlan
 from shards.audio import PCM16_HEADER_BYTES, pcm16_header, pcm16_samples
-from shards.checksum import checksum_chunks, checksum_problem, read_chunks
-from shards.tar import Member, header_problem, span_problem
+from shards.location import Location
+from shards.ranged import ReadStats, read_spans
+from shards.tar import Member, member_problem, member_span
 
 _SALT_AUGMENT = 0xA6
 
@@ -41,7 +40,7 @@ class FeatureConfig:
     facts (picklable, no Ray)."""
 
     stream: StreamConfig
-    split_dir: str
+    split_dir: str  # a path or URL (shards.location)
     sample_rate: int
     num_classes: int
     multi_label: bool
@@ -134,7 +133,7 @@ def assemble(spec: BatchSpec, config: FeatureConfig) -> dict:
     segment_ids = np.zeros((rows, length), np.int32)
     freq_pos = np.zeros((rows, length), np.int32)
     time_pos = np.zeros((rows, length), np.int32)
-    audio, failed = read_audio(spec.samples, config)
+    audio, failed, reads = read_audio(spec.samples, config)
     placed, slots = [], defaultdict(int)
     for sample in spec.samples:
         if sample.key not in audio:
@@ -166,6 +165,8 @@ def assemble(spec: BatchSpec, config: FeatureConfig) -> dict:
         "samples": placed,
         "failed": failed,
         "cut_tokens": sum(s.cut for s in spec.samples),
+        "requests": reads.requests,
+        "retries": reads.retries,
     }
     return {
         "patches": patches,
@@ -176,62 +177,45 @@ def assemble(spec: BatchSpec, config: FeatureConfig) -> dict:
     }
 
 
-def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> tuple[dict[str, np.ndarray], list[dict]]:
-    """Waveforms by key (cut to the samples their features need), read shard by shard in offset
-    order and verified; failures named by shard and key."""
+def read_audio(
+    samples: Sequence[SampleSpec], config: FeatureConfig
+) -> tuple[dict[str, np.ndarray], list[dict], ReadStats]:
+    """Waveforms by key (cut to the samples their features need), read as one ranged request per
+    contiguous run of members in each shard (retried when the store fails transiently) and
+    verified; failures named by shard and key; what the reads cost."""
+    split = Location.of(config.split_dir)
+    members = [Member(s.offset, s.nbytes, s.xxh3_64) for s in samples]
+    data, stats = read_spans([member_span(split / s.shard, m) for s, m in zip(samples, members)])
     audio, failed = {}, []
-    by_shard: dict[str, list[SampleSpec]] = defaultdict(list)
-    for sample in samples:
-        by_shard[sample.shard].append(sample)
-    for shard, members in sorted(by_shard.items()):
-        try:
-            handle = open(Path(config.split_dir) / shard, "rb")
-        except OSError as exc:
-            failed += [_failure(s, f"shard unreadable: {exc}") for s in members]
-            continue
-        with handle:
-            size = os.fstat(handle.fileno()).st_size
-            for sample in sorted(members, key=lambda s: s.offset):
-                stream = config.stream
-                keep = samples_needed(
-                    sample.num_samples,
-                    config.sample_rate,
-                    sample.scale,
-                    compression=stream.compression,
-                    max_frames=stream.max_frames,
-                    capacity=stream.max_tokens,
-                )
-                try:
-                    audio[sample.key] = _read_member(handle, size, sample, keep)
-                except ValueError as exc:  # a bad member costs only its own sample
-                    failed.append(_failure(sample, str(exc)))
-    return audio, failed
-
-
-def _read_member(handle, shard_bytes: int, sample: SampleSpec, keep: int) -> np.ndarray:
-    """The first `keep` samples of one member, after checking its place, tar header and XXH3-64 (the bytes
-    past the kept audio are read in chunks, only to checksum them)."""
-    problem = span_problem(Member(sample.offset, sample.nbytes, sample.xxh3_64), shard_bytes)
-    if problem:
-        raise ValueError(problem)
-    handle.seek(sample.offset - tarfile.BLOCKSIZE)
-    data = handle.read(tarfile.BLOCKSIZE + min(PCM16_HEADER_BYTES + 2 * keep, sample.nbytes))
-    problem = header_problem(data[: tarfile.BLOCKSIZE], sample.key, sample.nbytes)
-    if problem:
-        raise ValueError(problem)
-    wav = data[tarfile.BLOCKSIZE :]
-    if sample.xxh3_64 is not None:
-        rest = read_chunks(handle, sample.nbytes - len(wav))
-        problem = checksum_problem(checksum_chunks(chain([wav], rest)), sample.xxh3_64)
+    for sample, member, read in zip(samples, members, data):
+        problem = member_problem(read, sample.key, member)
+        if problem is None:
+            wav = memoryview(read)[tarfile.BLOCKSIZE :]
+            problem, audio[sample.key] = _kept_audio(wav, sample, config)
         if problem:
-            raise ValueError(problem)
+            audio.pop(sample.key, None)
+            failed.append(_failure(sample, problem))
+    return audio, failed, stats
+
+
+def _kept_audio(wav: memoryview, sample: SampleSpec, config: FeatureConfig) -> tuple[str | None, np.ndarray | None]:
+    """(problem, the first samples of a verified member that its features use)."""
     try:
-        stored, _ = pcm16_header(wav)
+        stored, _ = pcm16_header(bytes(wav[:PCM16_HEADER_BYTES]))
     except ValueError as exc:
-        raise ValueError(f"undecodable audio: {exc}") from None
+        return f"undecodable audio: {exc}", None
     if stored != sample.num_samples:
-        raise ValueError(f"{stored} samples where the index has {sample.num_samples}")
-    return pcm16_samples(wav[PCM16_HEADER_BYTES : PCM16_HEADER_BYTES + 2 * keep])
+        return f"{stored} samples where the index has {sample.num_samples}", None
+    stream = config.stream
+    keep = samples_needed(
+        sample.num_samples,
+        config.sample_rate,
+        sample.scale,
+        compression=stream.compression,
+        max_frames=stream.max_frames,
+        capacity=stream.max_tokens,
+    )
+    return None, pcm16_samples(bytes(wav[PCM16_HEADER_BYTES : PCM16_HEADER_BYTES + 2 * keep]))
 
 
 def featurize(
@@ -282,6 +266,8 @@ def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
         is_padding=meta["is_padding"],
         failed=meta["failed"],
         cut_tokens=meta["cut_tokens"],
+        requests=meta["requests"],
+        retries=meta["retries"],
     )
 
 

@@ -33,6 +33,8 @@ class PackedBatch:
     is_padding: bool = False  # all-padding filler so every rank runs the same steps
     failed: list[dict] = field(default_factory=list)  # samples left as padding: key, shard, reason
     cut_tokens: int = 0
+    requests: int = 0  # storage requests the batch's reads took (retries included)
+    retries: int = 0  # of those, retries after transient storage errors
 
     @property
     def num_samples(self) -> int:

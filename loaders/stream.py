@@ -35,13 +35,15 @@ from loaders.index import StreamIndex
 from loaders.plan import EpochPlan, plan_epoch
 from loaders.threads import torch_threads
 from shards.dataset import DATASET_FILE, ShardDataset
+from shards.location import Location
 from shards.parallel import quiet_ray_data
 
 
 class PackedStream(IterableDataset):
     """Packed batches of one split of a shard set, for one trainer rank (see module docstring).
 
-    shards: a split folder (`OUT/train`), or a shard-set folder with `subset` naming the split.
+    shards: a split folder (`OUT/train`), or a shard-set folder with `subset` naming the split; a
+        local path or a URL (s3://, gs://, http(s)://, ...: `shards.location`).
     config: a `StreamConfig`; keyword settings (its field names) build one or override its fields.
     rank / world: this data-parallel rank among `world`; every rank gets the same step count.
 
@@ -74,20 +76,20 @@ class PackedStream(IterableDataset):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} and world {world} must satisfy 0 <= rank < world")
         self.rank, self.world = rank, world
-        self.dataset, self.subset = _open(Path(shards), subset)
+        self.dataset, self.subset = _open(Location.of(shards), subset)
         stats = self.dataset.fbank_stats
         if not stats:
             raise ValueError(f"{self.dataset.root / DATASET_FILE} has no fbank statistics: rebuild it with make_shards")
         self.features = FeatureConfig(
             stream=self.config,
-            split_dir=str(self.dataset.root / self.subset),
+            split_dir=(self.dataset.root / self.subset).url,
             sample_rate=self.dataset.sample_rate,
             num_classes=len(self.dataset.labels),
             multi_label=bool(self.dataset.meta.get("multi_label")),
             mean=stats["mean"],
             std=stats["std"],
         )
-        self.dataset.shard_paths(self.subset)  # a missing shard is an error now, not mid-epoch
+        self.dataset.shard_locations(self.subset)  # a missing shard is an error now, not mid-epoch
         self.index = StreamIndex.read(self.dataset, self.subset)
         self._plan_index = self.index.plan_index
         self._plans: dict[int, EpochPlan] = {}
@@ -243,7 +245,7 @@ def _assemble_one(batch: dict, features: FeatureConfig) -> dict:
     }
 
 
-def _open(path: Path, subset: str | None) -> tuple[ShardDataset, str]:
+def _open(path: Location, subset: str | None) -> tuple[ShardDataset, str]:
     if (path / DATASET_FILE).is_file():
         return ShardDataset(path), subset or "train"
     if (path.parent / DATASET_FILE).is_file():
@@ -264,6 +266,9 @@ def _empty_stats() -> dict:
         "slots": 0,
         "cut_tokens": 0,
         "failed": 0,
+        "requests": 0,
+        "retries": 0,
+        "requests_per_batch": 0.0,
         "data_wait_s": 0.0,
         "pad_ratio": 0.0,
         "cut_ratio": 0.0,
@@ -278,5 +283,8 @@ def _count(stats: dict, batch: PackedBatch) -> None:
     stats["slots"] += batch.segment_ids.numel()
     stats["cut_tokens"] += batch.cut_tokens
     stats["failed"] += len(batch.failed)
+    stats["requests"] += batch.requests
+    stats["retries"] += batch.retries
+    stats["requests_per_batch"] = stats["requests"] / stats["batches"]
     stats["pad_ratio"] = 1.0 - stats["tokens"] / stats["slots"]
     stats["cut_ratio"] = stats["cut_tokens"] / max(stats["tokens"] + stats["cut_tokens"], 1)

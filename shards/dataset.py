@@ -6,7 +6,8 @@ Layout of a shard set (what `jobs/make_shards.py` writes):
     OUT/<split>/index.parquet   one row per sample: lengths, labels, shard and byte offset
     OUT/<split>/shard-000000.tar ...
 
-`dataset.json` is written last, so its presence marks a complete build.
+`dataset.json` is written last, so its presence marks a complete build. OUT may be a local path or
+a URL (s3://, gs://, http(s)://, ...: `shards.location`); every read goes through `Location`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from shards.location import Location
 from shards.options import DATASET_FILE
 from shards.tar import Member, ShardError, ShardSample, read_member, read_shard
 
@@ -49,17 +51,21 @@ INDEX_SCHEMA = pa.schema(
 
 
 class ShardDataset:
-    """A complete shard set on disk: metadata, indexes and shard files of each split."""
+    """A complete shard set, local or remote: metadata, indexes and shard files of each split."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path | Location):
+        self.root = Location.of(root)
         meta_path = self.root / DATASET_FILE
-        if not meta_path.is_file():
+        try:
+            text = meta_path.read_text()
+        except FileNotFoundError:
             raise FileNotFoundError(
-                f"{meta_path} not found: {self.root} is not a complete shard set "
-                "(build it with `python jobs/make_shards.py`; an interrupted build has no dataset.json)"
-            )
-        self.meta = json.loads(meta_path.read_text())
+                f"{meta_path} not found: {self.root} is not a complete shard set (or its bucket does not exist; "
+                "build it with `python jobs/make_shards.py`; an interrupted build has no dataset.json)"
+            ) from None
+        except PermissionError as error:
+            raise PermissionError(f"{meta_path}: access denied ({error}); check the storage credentials") from None
+        self.meta = json.loads(text)
         if self.meta.get("format_version") not in READABLE_VERSIONS:
             raise ValueError(
                 f"{meta_path}: format_version {self.meta.get('format_version')} is not one of {READABLE_VERSIONS}"
@@ -92,36 +98,46 @@ class ShardDataset:
         return self.meta.get("fbank")
 
     def index(self, split: str, columns: list[str] | None = None) -> pa.Table:
-        """The split's index (only `columns`, if given: the others are not read); a format-1 index
-        gets a null `xxh3_64` column (nothing to check)."""
-        path = self._split_dir(split) / INDEX_FILE
+        """The split's index (only `columns`, if given: from a local file the others are not read;
+        a remote one is fetched whole, in one retried request); a format-1 index gets a null
+        `xxh3_64` column (nothing to check)."""
+        location = self._split_dir(split) / INDEX_FILE
+        source = location.local if location.is_local else pa.BufferReader(location.read_bytes())
         wanted = INDEX_SCHEMA.names if columns is None else columns
         unknown = sorted(set(wanted) - set(INDEX_SCHEMA.names))
         if unknown:
-            raise KeyError(f"{path} has no column(s) {unknown}")
+            raise KeyError(f"{location} has no column(s) {unknown}")
         if self.has_checksums:
-            return pq.read_table(path, schema=INDEX_SCHEMA, columns=list(wanted))
+            return pq.read_table(source, schema=INDEX_SCHEMA, columns=list(wanted))
         stored = [name for name in wanted if name != "xxh3_64"]
-        table = pq.read_table(path, schema=pa.schema([f for f in INDEX_SCHEMA if f.name != "xxh3_64"]), columns=stored)
+        table = pq.read_table(
+            source, schema=pa.schema([f for f in INDEX_SCHEMA if f.name != "xxh3_64"]), columns=stored
+        )
         if "xxh3_64" not in wanted:
             return table
         return table.append_column(INDEX_SCHEMA.field("xxh3_64"), pa.nulls(table.num_rows, pa.uint64()))
 
-    def shard_paths(self, split: str) -> list[Path]:
-        """The split's shards, in order; a missing one is an error naming it."""
-        paths = [self._split_dir(split) / name for name in self.meta["splits"][split]["shards"]]
-        missing = [str(p) for p in paths if not p.is_file()]
+    def shard_locations(self, split: str) -> list[Location]:
+        """The split's shards, in order; a missing one is an error naming it (one listing of the
+        split's folder, not a request per shard; over plain http(s), which cannot list, a missing
+        shard shows only when read: its samples become named holes)."""
+        folder = self._split_dir(split)
+        listed = self.meta["splits"][split]["shards"]
+        missing = sorted(set(listed) - set(folder.names())) if folder.can_list else []
         if missing:
-            raise FileNotFoundError(f"shard(s) listed in {self.root / DATASET_FILE} are missing: {missing}")
-        return paths
+            raise FileNotFoundError(
+                f"shard(s) listed in {self.root / DATASET_FILE} are missing from {folder}: {missing[:10]}"
+                + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            )
+        return [folder / name for name in listed]
 
     def samples(self, split: str) -> Iterator[ShardSample | ShardError]:
         """Every sample of a split, shard after shard, checked against the index (errors, including
         checksum mismatches and members the index lacks, come as `ShardError`s)."""
         index = self.index(split)
         checksums = dict(zip(index.column("key").to_pylist(), index.column("xxh3_64").to_pylist()))
-        for path in self.shard_paths(split):
-            yield from read_shard(path, checksums)
+        for location in self.shard_locations(split):
+            yield from read_shard(location, checksums)
 
     def read_sample(self, split: str, key: str):
         """One sample's (audio, sample rate) by key, through the index's byte offset; its tar
@@ -134,7 +150,7 @@ class ShardDataset:
             self._split_dir(split) / row["shard"], key, Member(row["offset"], row["nbytes"], row["xxh3_64"])
         )
 
-    def _split_dir(self, split: str) -> Path:
+    def _split_dir(self, split: str) -> Location:
         if split not in self.meta["splits"]:
             raise KeyError(f"split {split!r} not in {self.root} (has {self.splits})")
         return self.root / split

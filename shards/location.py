@@ -70,6 +70,11 @@ class Location:
         return self.protocol in READ_ONLY_PROTOCOLS
 
     @property
+    def can_list(self) -> bool:
+        """Whether a folder's contents can be listed (a plain web server cannot say)."""
+        return self.protocol not in READ_ONLY_PROTOCOLS
+
+    @property
     def local(self) -> Path:
         """The local path; a remote location is an error (for code that needs a real file)."""
         if not self.is_local:
@@ -116,14 +121,26 @@ class Location:
     def _retrying(self, call, what: str, counter: RetryCounter | None = None, policy: RetryPolicy = DEFAULT_POLICY):
         return call() if self.is_local else retrying(call, f"{what} {self.url}", policy, counter)
 
+    def info(self) -> dict | None:
+        """The filesystem's facts about this file or folder (`type`, `size`, ...), None if there is
+        none. Asked directly: fsspec's exists/isfile answer False on any error, a 503 included."""
+
+        def call():
+            try:
+                return self.fs.info(self.path)
+            except FileNotFoundError:
+                return None
+
+        return self._retrying(call, "info")
+
     def exists(self) -> bool:
-        return self._retrying(lambda: self.fs.exists(self.path), "exists")
+        return self.info() is not None
 
     def is_file(self) -> bool:
-        return self._retrying(lambda: self.fs.isfile(self.path), "isfile")
+        return (self.info() or {}).get("type") == "file"
 
     def is_dir(self) -> bool:
-        return self._retrying(lambda: self.fs.isdir(self.path), "isdir")
+        return (self.info() or {}).get("type") == "directory"
 
     def size(self) -> int:
         return self._retrying(lambda: self.fs.size(self.path), "size")

@@ -40,9 +40,11 @@ class ReadStats:
 
 
 def read_spans(
-    spans: list[Span], policy: RetryPolicy = DEFAULT_POLICY, max_gap: int = MAX_GAP
+    spans: list[Span], policy: RetryPolicy | None = None, max_gap: int | None = None
 ) -> tuple[list[bytes | Exception], ReadStats]:
-    """The bytes of each span (shorter where its file ends early), or the error that kept them."""
+    """The bytes of each span (shorter where its file ends early), or the error that kept them
+    (defaults: `DEFAULT_POLICY`, `MAX_GAP`, read when called)."""
+    policy, max_gap = policy or DEFAULT_POLICY, MAX_GAP if max_gap is None else max_gap
     stats = ReadStats()
     by_url = {span.location.url: span.location for span in spans}
     urls, starts, ends = merge_offset_ranges(

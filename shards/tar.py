@@ -2,7 +2,7 @@
 
 Written with plain `tarfile` and fixed member metadata so the same input gives byte-identical
 shards; read back in streaming mode so a truncated shard still yields every whole sample
-before it, and each failure names the shard and key. Each wav's XXH3-64 goes into the index;
+before it, and each failure names the shard and key. Shards may lie anywhere a `Location` names. Each wav's XXH3-64 goes into the index;
 readers check it, and random access also checks the tar header in front of the bytes, so a
 flipped byte or a misplaced offset is a named failure, never another clip delivered.
 """
@@ -21,6 +21,9 @@ import numpy as np
 
 from shards.audio import decode_pcm16
 from shards.checksum import checksum, checksum_problem
+from shards.location import Location
+from shards.ranged import Span, read_spans
+from shards.retry import http_status
 
 
 @dataclass(frozen=True)
@@ -88,56 +91,68 @@ class ShardWriter:
         self._partial.unlink(missing_ok=True)
 
 
-def read_shard(path: str | Path, checksums: dict[str, int | None] | None = None) -> Iterator[ShardSample | ShardError]:
-    """Every sample of a shard in stored order; unreadable ones come as `ShardError`s.
+def read_shard(
+    shard: str | Path | Location, checksums: dict[str, int | None] | None = None
+) -> Iterator[ShardSample | ShardError]:
+    """Every sample of a shard (a path or URL) in stored order; unreadable ones come as `ShardError`s.
 
     `checksums` (key -> XXH3-64 from the index): each wav is checked against it, and a member
     the index does not list is an error too (it would never be used)."""
-    path = str(path)
+    location = Location.of(shard)
+    name = str(location)
     pending: dict[str, dict[str, bytes]] = {}
     last_key = None
     try:
-        with tarfile.open(path, "r|") as tar:
+        with location.open("rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
             for info in tar:
                 key, _, ext = info.name.partition(".")
                 if last_key is not None and key != last_key:
-                    yield _sample_or_error(path, last_key, pending.pop(last_key), checksums)
+                    yield _sample_or_error(name, last_key, pending.pop(last_key), checksums)
                 last_key = key
                 pending.setdefault(key, {})[ext] = tar.extractfile(info).read() if info.isfile() else b""
     except (tarfile.TarError, EOFError, OSError) as exc:
         pending.pop(last_key, None)
-        yield ShardError(path, None, f"shard unreadable after key {last_key!r}: {exc}")
+        yield ShardError(name, None, f"shard unreadable after key {last_key!r}: {exc}")
         return
     if last_key is not None:
-        yield _sample_or_error(path, last_key, pending.pop(last_key), checksums)
+        yield _sample_or_error(name, last_key, pending.pop(last_key), checksums)
 
 
-def read_member(path: str | Path, key: str, member: Member) -> tuple[np.ndarray, int]:
-    """One sample's audio by its index offset: one seek and one read of its tar header and
-    bytes, both checked (`IntegrityError` says what is wrong), no scan of the shard."""
-    with open(path, "rb") as handle:
-        if member.offset >= tarfile.BLOCKSIZE:
-            handle.seek(member.offset - tarfile.BLOCKSIZE)
-        data = handle.read(tarfile.BLOCKSIZE + member.nbytes)
-        size = os.fstat(handle.fileno()).st_size
-    problem = span_problem(member, size) or header_problem(data[: tarfile.BLOCKSIZE], key, member.nbytes)
-    data = data[tarfile.BLOCKSIZE :]
-    if problem is None and member.xxh3_64 is not None:
-        problem = checksum_problem(checksum(data), member.xxh3_64)
+def read_member(shard: str | Path | Location, key: str, member: Member) -> tuple[np.ndarray, int]:
+    """One sample's audio by its index offset: one ranged read of its tar header and bytes, both
+    checked (`IntegrityError` says what is wrong), no scan of the shard."""
+    location = Location.of(shard)
+    [data], _ = read_spans([member_span(location, member)])
+    problem = member_problem(data, key, member)
     if problem:
-        raise IntegrityError(f"{path} {key}: {problem}")
-    return decode_pcm16(data)
+        raise IntegrityError(f"{location} {key}: {problem}")
+    return decode_pcm16(data[tarfile.BLOCKSIZE :])
 
 
-def span_problem(member: Member, shard_bytes: int) -> str | None:
-    """Why a member's byte range cannot lie in a shard of `shard_bytes` (None if it can)."""
+def member_span(shard: Location, member: Member) -> Span:
+    """What to read for a member: its tar header and its bytes."""
+    return Span(shard, max(member.offset - tarfile.BLOCKSIZE, 0), member.offset + member.nbytes)
+
+
+def member_problem(data: bytes | Exception, key: str, member: Member) -> str | None:
+    """Why `data`, read for `member_span(member)`, is not `key`'s wav as the index describes it
+    (None if it is): a failed read, a shard that ends early, a header naming another member,
+    a checksum that differs."""
     if member.offset < tarfile.BLOCKSIZE or member.offset % tarfile.BLOCKSIZE:
         return f"offset {member.offset} is not where a tar member's data can start"
-    if member.offset >= shard_bytes:
-        return f"offset {member.offset} is past the end of the shard ({shard_bytes} bytes)"
-    if member.offset + member.nbytes > shard_bytes:
-        return f"shard truncated: it ends {member.offset + member.nbytes - shard_bytes} bytes before the member does"
-    return None
+    if isinstance(data, Exception):
+        if http_status(data) == 416:  # a range that starts past the end of the object
+            return f"offset {member.offset} is past the end of the shard"
+        return f"shard unreadable: {data}"
+    if len(data) <= tarfile.BLOCKSIZE:
+        return f"offset {member.offset} is past the end of the shard"
+    if len(data) < tarfile.BLOCKSIZE + member.nbytes:
+        missing = tarfile.BLOCKSIZE + member.nbytes - len(data)
+        return f"shard truncated: it ends {missing} bytes before the member does"
+    problem = header_problem(data[: tarfile.BLOCKSIZE], key, member.nbytes)
+    if problem is None and member.xxh3_64 is not None:
+        problem = checksum_problem(checksum(memoryview(data)[tarfile.BLOCKSIZE :]), member.xxh3_64)
+    return problem
 
 
 def header_problem(header: bytes, key: str, nbytes: int) -> str | None:

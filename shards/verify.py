@@ -14,6 +14,7 @@ from pathlib import Path
 
 from shards.checksum import checksum_chunks, checksum_problem, read_chunks
 from shards.dataset import DATASET_FILE, ShardDataset, describe_split
+from shards.location import Location
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class Problem:
     detail: str
 
 
-def verify_shard_set(root: str | Path) -> list[Problem]:
+def verify_shard_set(root: str | Path | Location) -> list[Problem]:
     """Every problem found in the shard set at `root` (empty: all consistent)."""
     dataset = ShardDataset(root)
     problems = []
@@ -36,7 +37,7 @@ def _verify_split(dataset: ShardDataset, split: str) -> list[Problem]:
     index = dataset.index(split).to_pylist()
     rows = {(row["shard"], row["key"]): row for row in index}
     listed = dataset.meta["splits"][split]["shards"]
-    present = sorted(p.name for p in (dataset.root / split).glob("shard-*.tar"))
+    present = [name for name in (dataset.root / split).names() if name.startswith("shard-") and name.endswith(".tar")]
     problems = [
         Problem("shard", f"{split}/{name}", f"listed in {DATASET_FILE} but absent")
         for name in listed
@@ -77,12 +78,12 @@ def _verify_split(dataset: ShardDataset, split: str) -> list[Problem]:
     return problems
 
 
-def _verify_shard(path: Path, split: str, rows: dict, seen: set) -> list[Problem]:
+def _verify_shard(path: Location, split: str, rows: dict, seen: set) -> list[Problem]:
     """Stream one tar, checking each wav member against its index row; `seen` collects them."""
     problems, parts = [], {}
     where = f"{split}/{path.name}"
     try:
-        with tarfile.open(path, "r|") as tar:
+        with path.open("rb") as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
             for info in tar:
                 key, _, ext = info.name.partition(".")
                 parts.setdefault(key, set()).add(ext)

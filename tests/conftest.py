@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from object_store import FaultyProxy, S3Server
 
 REPO = Path(__file__).resolve().parents[1]

@@ -67,13 +67,22 @@ def _answers(port: int) -> bool:
 
 class FaultyProxy:
     """Relays to `target_port`; fails `fail_fraction` of requests (half 503, half cut short), and all
-    requests whose path contains one of `poisoned` with HTTP 500."""
+    requests whose path contains one of `poisoned` with HTTP 500; waits `latency_s` before each answer."""
 
-    def __init__(self, target_port: int, fail_fraction: float = 0.0, seed: int = 0, poisoned: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        target_port: int,
+        fail_fraction: float = 0.0,
+        seed: int = 0,
+        poisoned: tuple[str, ...] = (),
+        latency_s: float = 0.0,
+    ):
         self.target_port, self.fail_fraction, self.poisoned = target_port, fail_fraction, poisoned
+        self.latency_s = latency_s  # added before each answer: a remote store's time to first byte
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.counts = {"relayed": 0, "503": 0, "cut": 0, "poisoned": 0}
+        self.log = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -83,15 +92,17 @@ class FaultyProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def _fate(self, path: str) -> str:
+    def _fate(self, method: str, path: str) -> str:
+        """What happens to this request (a HEAD answer has no body to cut short: it gets 503)."""
         with self.lock:
             if any(p in path for p in self.poisoned):
                 fate = "poisoned"
             elif self.random.random() < self.fail_fraction:
-                fate = self.random.choice(("503", "cut"))
+                fate = self.random.choice(("503", "cut")) if method != "HEAD" else "503"
             else:
                 fate = "relayed"
             self.counts[fate] += 1
+            self.log.append((method, path, fate))
             return fate
 
     def _handler(self):
@@ -105,7 +116,8 @@ class FaultyProxy:
 
             def _relay(self):
                 body = self._body()
-                fate = proxy._fate(self.path)
+                fate = proxy._fate(self.command, self.path)
+                time.sleep(proxy.latency_s)
                 if fate in ("503", "poisoned"):
                     status = 503 if fate == "503" else 500
                     self.send_response(status)

@@ -76,7 +76,7 @@ def test_a_missing_shard_is_named(tmp_path):
     (tmp_path / "train").mkdir()
     write_dataset_json(tmp_path, {"splits": {"train": {"shards": ["shard-000000.tar"]}}})
     with pytest.raises(FileNotFoundError, match="shard-000000.tar"):
-        ShardDataset(tmp_path).shard_paths("train")
+        ShardDataset(tmp_path).shard_locations("train")
 
 
 def test_keys_are_webdataset_safe_and_unique():

@@ -70,7 +70,7 @@ def test_decoded_audio_is_the_resampled_source_within_pcm16_quantisation(fsdd_sh
 
 def test_shards_are_plain_webdataset(fsdd_shards):
     dataset = ShardDataset(fsdd_shards)
-    urls = [str(p) for p in dataset.shard_paths("test")]
+    urls = [p.url for p in dataset.shard_locations("test")]
     samples = list(wds.WebDataset(urls, shardshuffle=False))
     assert len(samples) == 300
     assert all({"wav", "json"} <= set(s) for s in samples)

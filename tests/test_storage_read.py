@@ -1,0 +1,179 @@
+"""Reading shard sets from object storage (a real S3 server, moto, on 127.0.0.1): locations, ranged
+reads coalesced per run of members, the stream equal to the local one, faults retried and counted,
+a permanently failing shard a set of named holes."""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from loaders import PackedStream
+from shards import ShardDataset
+from shards.location import Location
+from shards.ranged import MAX_GAP, Span, read_spans
+from shards.retry import PROCESS_RETRIES, RetryPolicy, is_transient
+
+STREAM = dict(rows_per_batch=2, max_tokens=256, buffer=16, scales=(1.0, 2.0), backend="local")
+
+
+@pytest.fixture(scope="module")
+def remote_set(synthetic_shards, s3_server) -> str:
+    """The synthetic shard set (25 clips, 4 a shard), uploaded as is to `s3://read-tests/set`."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("read-tests")
+    fs.put(str(synthetic_shards), "read-tests/set", recursive=True)
+    return "s3://read-tests/set"
+
+
+def epoch_of(source, **changes) -> list:
+    return list(PackedStream(source, **(STREAM | changes)).epoch(0))
+
+
+def same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        x.keys == y.keys and torch.equal(x.patches, y.patches) and torch.equal(x.segment_ids, y.segment_ids)
+        for x, y in zip(a, b)
+    )
+
+
+def requests_for(split: Path, keys: list[str]) -> tuple[int, int]:
+    """(requests a batch should take, runs of adjacent members), from the index alone: each
+    sample's tar header + bytes, merged per shard where less than MAX_GAP bytes lie between; and
+    the runs of samples that lie next to each other in a tar (the most requests there may be)."""
+    rows = pq.read_table(split / "index.parquet", columns=["key", "shard", "offset", "nbytes"]).to_pylist()
+    order = {(r["shard"], r["offset"]): i for i, r in enumerate(sorted(rows, key=lambda r: (r["shard"], r["offset"])))}
+    mine = sorted((r for r in rows if r["key"] in set(keys)), key=lambda r: (r["shard"], r["offset"]))
+    requests = runs = 0
+    for i, row in enumerate(mine):
+        previous = mine[i - 1] if i else None
+        same_shard = previous is not None and previous["shard"] == row["shard"]
+        requests += not (same_shard and row["offset"] - 512 - (previous["offset"] + previous["nbytes"]) <= MAX_GAP)
+        runs += not (
+            same_shard and order[(row["shard"], row["offset"])] == order[(previous["shard"], previous["offset"])] + 1
+        )
+    return requests, runs
+
+
+def test_locations_name_local_paths_and_urls_one_way(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert Location.of("runs/x").url == str(tmp_path / "runs" / "x")
+    assert Location.of(f"file://{tmp_path}/a").local == tmp_path / "a"
+    remote = Location.of("s3://bucket/prefix/")
+    assert (remote.url, (remote / "a.tar").url, remote.name, remote.parent.url) == (
+        "s3://bucket/prefix",
+        "s3://bucket/prefix/a.tar",
+        "prefix",
+        "s3://bucket",
+    )
+    assert pickle.loads(pickle.dumps(remote / "x")) == Location("s3://bucket/prefix/x")
+    with pytest.raises(ValueError, match="not a local path"):
+        remote.local
+    with pytest.raises(PermissionError, match="read-only"):
+        Location.of("https://example.org/x").write_bytes(b"")
+    target = Location.of("deep/er/file.bin")
+    target.write_bytes(b"abc")
+    assert (tmp_path / "deep/er/file.bin").read_bytes() == b"abc"
+    assert target.parent.names() == ["file.bin"]  # no temporary file left beside it
+
+
+def test_transient_and_permanent_errors_are_told_apart():
+    class Answer(Exception):
+        def __init__(self, status):
+            self.status = status
+
+    assert is_transient(ConnectionResetError()) and is_transient(TimeoutError()) and is_transient(Answer(503))
+    assert (
+        not is_transient(FileNotFoundError()) and not is_transient(PermissionError()) and not is_transient(Answer(404))
+    )
+    wrapped = OSError(22, "range not satisfiable")
+    wrapped.__cause__ = Answer(416)
+    assert not is_transient(wrapped)  # the HTTP status under a backend's OSError decides
+    assert not is_transient(ValueError("checksum mismatch"))
+
+
+def test_ranges_merge_per_run_and_keep_each_span(s3_bucket):
+    data = bytes(range(256)) * 64
+    file = Location.of(s3_bucket) / "f.bin"
+    file.write_bytes(data)
+    spans = [Span(file, 0, 100), Span(file, 200, 300), Span(file, 9000, 9100), Span(file, 16000, 17000)]
+    got, stats = read_spans(spans, max_gap=150)
+    assert got == [data[s.start : s.end] for s in spans[:3]] + [data[16000:]]  # the last one: the file ends first
+    assert (stats.requests, stats.retries, stats.failed) == (3, 0, 0)  # 0-300 merged; 9000-9100; 16000-
+    got, _ = read_spans([Span(Location.of(s3_bucket) / "absent", 0, 10)])
+    assert isinstance(got[0], FileNotFoundError)
+
+
+def test_a_stream_from_s3_equals_the_local_one_and_counts_a_request_per_run(synthetic_shards, remote_set):
+    local = epoch_of(synthetic_shards / "train")
+    stream = PackedStream(f"{remote_set}/train", **STREAM)
+    remote = list(stream.epoch(0))
+    assert same(local, remote) and not any(b.failed for b in remote)
+    assert Counter(k for b in remote for k in b.keys) == Counter(
+        ShardDataset(remote_set).index("train")["key"].to_pylist()
+    )
+    expected, runs = zip(*(requests_for(synthetic_shards / "train", b.keys) for b in remote))
+    assert [b.requests for b in remote] == list(expected)
+    assert all(e <= r for e, r in zip(expected, runs)) and sum(runs) < sum(len(b.keys) for b in remote)
+    assert stream.stats[0]["requests"] == sum(expected) and stream.stats[0]["retries"] == 0
+
+
+def test_a_faulty_store_loses_nothing_and_every_retry_is_counted(synthetic_shards, remote_set, faulty_s3):
+    local = epoch_of(synthetic_shards / "train")
+    proxy = faulty_s3(fail_fraction=0.25, seed=3)
+    before = PROCESS_RETRIES.retries
+    stream = PackedStream(f"{remote_set}/train", **STREAM)
+    remote = list(stream.epoch(0))
+    faults = proxy.counts["503"] + proxy.counts["cut"]
+    assert same(local, remote) and not any(b.failed for b in remote)
+    assert faults > 5 and PROCESS_RETRIES.retries - before == faults  # every failed request was seen and retried
+    assert stream.stats[0]["retries"] == sum(b.retries for b in remote) > 0
+
+
+def test_a_shard_that_always_fails_becomes_named_holes_and_costs_nothing_else(
+    synthetic_shards, remote_set, faulty_s3, capsys, monkeypatch
+):
+    monkeypatch.setattr("shards.ranged.DEFAULT_POLICY", RetryPolicy(attempts=3, base_s=0.01))
+    local = epoch_of(synthetic_shards / "train")
+    faulty_s3(poisoned=("train/shard-000001.tar",))
+    stream = PackedStream(f"{remote_set}/train", **STREAM)
+    remote = list(stream.epoch(0))
+    lost = {f["key"] for b in remote for f in b.failed}
+    index = ShardDataset(synthetic_shards).index("train").to_pylist()
+    assert lost == {row["key"] for row in index if row["shard"] == "shard-000001.tar"} and lost
+    assert all("shard-000001.tar" in f["shard"] and "shard unreadable" in f["reason"] for b in remote for f in b.failed)
+    assert stream.stats[0]["failed"] == len(lost)
+    delivered = {k for b in remote for k in b.keys}
+    assert delivered == {row["key"] for row in index} - lost  # every other sample, once
+    for a, b in zip(local, remote):
+        for key in set(b.keys):
+            i, j = a.keys.index(key), b.keys.index(key)
+            mask_a = (a.segment_ids[a.row[i]] == a.slot[i]).nonzero().squeeze(1)
+            mask_b = (b.segment_ids[b.row[j]] == b.slot[j]).nonzero().squeeze(1)
+            assert torch.equal(a.patches[a.row[i], mask_a], b.patches[b.row[j], mask_b])
+    assert "shard-000001.tar" in capsys.readouterr().err
+
+
+def test_a_shard_set_served_over_plain_http_streams_the_same(synthetic_shards, s3_server):
+    """Read-only http(s)://: the set as public objects, fetched by plain URL (no S3 protocol, no listing)."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir("public", acl="public-read")
+    for path in sorted(synthetic_shards.rglob("*")):
+        if path.is_file():
+            fs.pipe_file(f"public/set/{path.relative_to(synthetic_shards)}", path.read_bytes(), ACL="public-read")
+    stream = PackedStream(f"{s3_server.endpoint}/public/set/train", **STREAM)
+    assert same(epoch_of(synthetic_shards / "train"), list(stream.epoch(0)))
+    assert stream.stats[0]["failed"] == 0 and stream.stats[0]["requests"] > 0
+
+
+def test_a_missing_bucket_is_one_clear_error(s3_server):
+    with pytest.raises(FileNotFoundError, match="s3://no-such-bucket/set/train"):
+        PackedStream("s3://no-such-bucket/set/train", **STREAM)
