@@ -34,6 +34,13 @@ def bucket_names(url: str) -> list[str]:
     return sorted(path[len(root) + 1 :] for path in fs.find(root))
 
 
+def upload_folder(folder: Path, url: str) -> str:
+    """A copy of a local folder (a shard set) under `url`, file by file."""
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        Location.of(f"{url}/{path.relative_to(folder).as_posix()}").upload(path)
+    return url
+
+
 def test_checkpoint_store_on_s3_keeps_the_latest_and_never_lists_a_leftover(s3_bucket):
     import s3fs
 
@@ -70,11 +77,8 @@ def train_args(shards: Path | str, out: str, *more: str) -> list[str]:
 def test_a_run_on_s3_trains_and_resumes_from_its_checkpoint_there(
     s3_bucket, synthetic_shards, ray_local, train_job, capfd
 ):
-    run = f"{s3_bucket}/runs/tiny"
-    assert (
-        train_job.main(train_args(synthetic_shards, run, "--epochs", "2", "--stop-after", "1", "--wandb", "disabled"))
-        == 0
-    )
+    run, shards = f"{s3_bucket}/runs/tiny", upload_folder(synthetic_shards, f"{s3_bucket}/shards")
+    assert train_job.main(train_args(shards, run, "--epochs", "2", "--stop-after", "1", "--wandb", "disabled")) == 0
     after_one = bucket_names(run)
     assert {"config.yaml", "history.json", "keys/epoch-000.json", "best.pt", "last.pt", "metrics.json"} <= set(
         after_one
@@ -83,7 +87,7 @@ def test_a_run_on_s3_trains_and_resumes_from_its_checkpoint_there(
     ours = [n for n in after_one if not n.startswith("ray/")]  # Ray Train keeps its own marker in ray/
     assert not [n for n in ours if n.rsplit("/", 1)[-1].startswith(".")]  # no probe, no temporary object
     capfd.readouterr()
-    assert train_job.main([*train_args(synthetic_shards, run, "--epochs", "2", "--wandb", "disabled"), "--resume"]) == 0
+    assert train_job.main([*train_args(shards, run, "--epochs", "2", "--wandb", "disabled"), "--resume"]) == 0
     assert "resuming from checkpoint epoch-0001-step-0000000.pt: epoch 2, step 0" in capfd.readouterr().out
     history = json.loads(Location.of(f"{run}/history.json").read_text())
     assert [m["epoch"] for m in history] == [1, 2]
@@ -135,6 +139,14 @@ def test_an_unusable_url_out_is_one_line_and_exit_2_before_training(
     assert captured.err.count("error:") == 1 and message in captured.err and "training" not in captured.out
 
 
+@pytest.mark.parametrize("shards", ["{bucket}/no-shards-here", "s3://missing-bucket-z/shards"])
+def test_a_url_shards_that_is_no_shard_set_is_refused_by_name(s3_bucket, train_job, capfd, shards):
+    shards = shards.format(bucket=s3_bucket)
+    assert train_job.main(train_args(shards, f"{s3_bucket}/run", "--wandb", "disabled")) == 2
+    assert f"error: {shards} is not a make_shards output (no dataset.json)" in capfd.readouterr().err
+    assert bucket_names(s3_bucket) == []  # nothing written
+
+
 def synthetic_checkpoint(shards: Path) -> tuple[torch.nn.Module, bytes]:
     """A randomly initialised 1-block model saved as the trainer saves inference checkpoints."""
     dataset = ShardDataset(shards)
@@ -152,9 +164,10 @@ def test_evaluating_from_s3_gives_the_local_results(s3_bucket, synthetic_shards,
     _, checkpoint = synthetic_checkpoint(synthetic_shards)
     (tmp_path / "model.pt").write_bytes(checkpoint)
     Location.of(f"{s3_bucket}/models/model.pt").write_bytes(checkpoint)
+    shards = upload_folder(synthetic_shards, f"{s3_bucket}/shards")
     flags = ["--sweeps", "scale", "--scales", "2", "--compressions", "shift", "--names", "m"]
     local = ["--checkpoint", str(tmp_path / "model.pt"), "--shards", str(synthetic_shards / "train")]
-    remote = ["--checkpoint", f"{s3_bucket}/models/model.pt", "--shards", str(synthetic_shards / "train")]
+    remote = ["--checkpoint", f"{s3_bucket}/models/model.pt", "--shards", f"{shards}/train"]
     assert evaluate_job.main([*local, "--out", str(tmp_path / "eval"), *flags]) == 0
     assert evaluate_job.main([*remote, "--out", f"{s3_bucket}/eval", *flags]) == 0
     expected = list(csv.DictReader(io.StringIO((tmp_path / "eval" / "results.csv").read_text())))

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from tqdm import tqdm
 
-    from elasticast.evaluation import evaluate_point, load_candidate, training_usage, write_report
+    from elasticast.evaluation import evaluate_point, is_run_folder, load_candidate, training_usage, write_report
     from shards.dataset import ShardDataset
 
     split = Location.of(args.shards)
@@ -148,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         if not ray.is_initialized():
             ray.init()
     first = Location.of(args.checkpoint[0])
-    out = Location.of(args.out) if args.out else (first if first.is_dir() else first.parent) / "eval"
+    out = Location.of(args.out) if args.out else (first if is_run_folder(first) else first.parent) / "eval"
+    if out.is_read_only:
+        print(f"error: cannot write the results to {out} ({out.protocol}:// is read-only): pass --out", file=sys.stderr)
+        return 2
     print(
         f"evaluating {len(candidates)} checkpoint(s) on {split} ({len(dataset.index(split.name))} clips) at {len(points)} points -> {out}",
         flush=True,
@@ -167,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
             f"WARNING: {failed} clips could not be read at some points (named above); they are not scored",
             file=sys.stderr,
         )
-    train_split = split.parent / "train"
-    usage = training_usage(str(train_split), candidates) if train_split.is_dir() else []
+    train_split = split.parent / "train"  # the shard set's own list of splits: a web server cannot list folders
+    usage = training_usage(str(train_split), candidates) if "train" in dataset.meta.get("splits", {}) else []
     unrecorded = [c.name for c in candidates if c.stream is None]
     if unrecorded:
         print(

@@ -6,7 +6,7 @@ import lazy_loader
 __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
-        "candidates": ["Candidate", "load_candidate"],
+        "candidates": ["Candidate", "is_run_folder", "load_candidate"],
         "points": ["SWEEPS", "Point", "sweep_points"],
         "report": ["write_report"],
         "sweep": ["evaluate_point"],

@@ -43,11 +43,16 @@ class Candidate:
         return self.model
 
 
+def is_run_folder(location: Location) -> bool:
+    """A folder (then its `best.pt` is meant); on a web server, which cannot say, any name but `*.pt`."""
+    return location.is_dir() if location.can_list else not location.name.endswith(".pt")
+
+
 def load_candidate(path: str | os.PathLike | Location, name: str | None = None) -> Candidate:
     """A run folder (its `best.pt`) or a checkpoint file written by `jobs/train.py`, local or a URL,
     in eval mode. Named after the run folder (or the file) unless `name` is given."""
     location = Location.of(path)
-    folder = location.is_dir()
+    folder = is_run_folder(location)
     checkpoint = load_checkpoint(location / CHECKPOINT_IN_RUN if folder else location)
     stream = checkpoint.extra.get("stream")
     return Candidate(
