@@ -252,6 +252,8 @@ def _open(path: Location, subset: str | None) -> tuple[ShardDataset, str]:
         if subset not in (None, path.name):
             raise ValueError(f"{path} is split {path.name!r} but subset={subset!r} was asked for")
         return ShardDataset(path.parent), path.name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (no such folder, or no such bucket or prefix)")
     raise FileNotFoundError(
         f"{path} is neither a shard set nor a split folder of one (no {DATASET_FILE} there or above)"
     )
