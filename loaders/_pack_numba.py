@@ -166,6 +166,15 @@ def first_fit_rows(counts, capacity, buffer, slots, max_wait):
     def has(j, t):
         return (reach[j, t >> 6] >> np.uint64(t & 63)) & one
 
+    def shift_or(j, by, words):
+        """reach[j] |= reach[j] << by, on the first `words` words."""
+        word, bit = by >> 6, np.uint64(by & 63)
+        for w in range(words - 1, word - 1, -1):  # high words first: each reads lower ones
+            shifted = reach[j, w - word] << bit
+            if bit and w > word:
+                shifted |= reach[j, w - word - 1] >> (np.uint64(64) - bit)
+            reach[j, w] |= shifted
+
     def exact_fill(d, seed_size):
         """Samples per size (take[j] of desc[j]) filling capacity - seed_size exactly, the seed
         (the head of its queue) not counted; returns how many, or -1 if no fill is exact.
@@ -177,13 +186,13 @@ def first_fit_rows(counts, capacity, buffer, slots, max_wait):
         for j in range(d - 1, -1, -1):
             size = desc[j]
             reach[j, :words] = reach[j + 1, :words]
-            word, bit = size >> 6, np.uint64(size & 63)
-            for _ in range(min(count[size] - (size == seed_size), target // size)):
-                for w in range(words - 1, word - 1, -1):  # high words first: each reads lower ones
-                    shifted = reach[j, w - word] << bit
-                    if bit and w > word:
-                        shifted |= reach[j, w - word - 1] >> (np.uint64(64) - bit)
-                    reach[j, w] |= shifted
+            copies = min(count[size] - (size == seed_size), target // size)
+            batch = 1  # up to `copies` copies as batches of 1, 2, 4, ... and the rest: log2 shifts, same sums
+            while copies > 0:
+                step = min(batch, copies)
+                shift_or(j, step * size, words)
+                copies -= step
+                batch *= 2
         if not has(0, target):
             return -1
         left = target

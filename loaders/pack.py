@@ -71,8 +71,9 @@ def pack(
     _check_at_least("buffer", buffer, 1)
     slots = capacity if max_per_row is None else _check_at_least("max_per_row", max_per_row, 1)
     wait = DEFAULT_WAIT_BUFFERS * buffer if max_wait is None else _check_at_least("max_wait", max_wait, 0)
-    unit = int(np.gcd.reduce(counts)) if counts.size else 1  # e.g. 8: tokens come in whole patch columns
-    counts, capacity = counts // unit, capacity // unit  # the same rows, and smaller bit sets for exact fills
+    if mode == "first_fit" and counts.size:  # the same rows in units of e.g. 8 tokens, with smaller exact-fill bit sets
+        unit = int(np.gcd.reduce(counts))
+        counts, capacity = counts // unit, capacity // unit
     if engine == "python":
         packers = _pack_reference
         counts = counts.tolist()
