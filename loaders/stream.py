@@ -168,7 +168,8 @@ class PackedStream(IterableDataset):
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's plan (identical on every rank); the latest one is kept."""
         if epoch not in self._plans:
-            self._plans = {epoch: plan_epoch(self._plan_index, self.config, epoch, self.index.key_hash)}
+            self._plans.clear()  # the former epoch's plan goes before the next is made, not after
+            self._plans[epoch] = plan_epoch(self._plan_index, self.config, epoch, self.index.key_hash)
         return self._plans[epoch]
 
     def steps(self, epoch: int) -> int:
