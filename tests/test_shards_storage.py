@@ -85,6 +85,10 @@ def test_overwrite_leaves_no_stale_objects_and_a_crash_leaves_no_dataset_json(
     assert meta["splits"]["train"]["samples"] == 4 and list(meta["splits"]) == ["train"]
     assert meta["splits"]["train"]["shards"] == ["shard-000000.tar", "shard-000001.tar"]
 
+    gone = write_manifest(clips.parent / "gone.csv", [{"path": "gone.wav", "label": "hum"}])
+    assert build(make_shards, gone, remote, "--overwrite") == 2  # fails before writing: the former set stays whole
+    assert len(ShardDataset(remote).index("train")) == 4
+
     faulty_s3(poisoned=("shard-000001",))  # every request for that shard fails: its upload cannot succeed
     capsys.readouterr()
     assert build(make_shards, clips, remote, "--overwrite") == 2
