@@ -163,6 +163,13 @@ class Location:
         listed = self._retrying(lambda: self.fs.ls(self.path, detail=False), "list")
         return sorted(posixpath.basename(p.rstrip("/")) for p in listed)
 
+    def find(self) -> list[str]:
+        """Every file below this folder, as sorted paths relative to it (one recursive listing;
+        empty if there is none)."""
+        prefix = self.path.rstrip("/") + "/"
+        found = self._retrying(lambda: self.fs.find(self.path), "list")
+        return sorted(path[len(prefix) :] for path in found if path.startswith(prefix))
+
     def read_bytes(self) -> bytes:
         return self._retrying(lambda: self.fs.cat_file(self.path), "read")
 
