@@ -29,7 +29,7 @@ from typing import IO
 
 import fsspec
 
-from shards.retry import DEFAULT_POLICY, RetryCounter, RetryPolicy, retrying
+from shards.retry import retrying
 
 LOCAL_PROTOCOLS = ("file", "local")
 READ_ONLY_PROTOCOLS = ("http", "https")
@@ -118,13 +118,13 @@ class Location:
         """Only local locations are paths: `open(location)` on a URL is an error, not a local file."""
         return str(self.local)
 
-    def _retrying(self, call, what: str, counter: RetryCounter | None = None, policy: RetryPolicy = DEFAULT_POLICY):
+    def _retrying(self, call, what: str):
         """`call()`, retried if remote; a refusal or a missing bucket is raised naming this URL
         (the backends' own messages do not say which object they were about)."""
         if self.is_local:
             return call()
         try:
-            return retrying(call, f"{what} {self.url}", policy, counter)
+            return retrying(call, f"{what} {self.url}")
         except PermissionError as error:
             raise PermissionError(
                 f"{what} {self.url}: access denied ({error}); check the credentials for {self.protocol}://"
