@@ -29,7 +29,7 @@ def greedy_rows(counts, capacity, group, slots):
 
 @njit(cache=True)
 def first_fit_rows(counts, capacity, buffer, slots, max_wait):
-    """Look-ahead first-fit-decreasing with gap closing and a wait cap (see reference).
+    """Look-ahead first-fit-decreasing with gap closing, exact fills and a wait cap (see reference).
 
     The pending pool is grouped by size (sizes are whole tokens in 1..capacity):
     ``desc[:d]`` holds the distinct sizes present, descending; ``count[size]`` how many
@@ -47,6 +47,9 @@ def first_fit_rows(counts, capacity, buffer, slots, max_wait):
     tail = np.empty(capacity + 1, np.int64)
     link = np.empty(n, np.int64)
     members = np.empty(buffer, np.int64)
+    reach = np.empty((min(capacity, buffer) + 1, capacity // 64 + 1), np.uint64)  # exact_fill's bit sets
+    take = np.empty(min(capacity, buffer), np.int64)
+    one = np.uint64(1)
 
     def at_most(d, limit):
         """Leftmost position in desc[:d] whose size is <= limit (d if none)."""
@@ -123,8 +126,8 @@ def first_fit_rows(counts, capacity, buffer, slots, max_wait):
                 best, best_a, best_b = a + b, a, b
         return best_a, best_b
 
-    def fill_row(d, seed):
-        """Build one row into members[:k]; returns (k, new d)."""
+    def heuristic_row(d, seed):
+        """Build one row into members[:k]; returns (k, gap left, new d)."""
         first, d = pop(d, counts[seed])  # the seed heads its queue
         members[0] = first
         k = 1
@@ -158,6 +161,72 @@ def first_fit_rows(counts, capacity, buffer, slots, max_wait):
             members[k] = second
             k += 1
             gap -= gain
+        return k, gap, d
+
+    def has(j, t):
+        return (reach[j, t >> 6] >> np.uint64(t & 63)) & one
+
+    def shift_or(j, by, words):
+        """reach[j] |= reach[j] << by, on the first `words` words."""
+        word, bit = by >> 6, np.uint64(by & 63)
+        for w in range(words - 1, word - 1, -1):  # high words first: each reads lower ones
+            shifted = reach[j, w - word] << bit
+            if bit and w > word:
+                shifted |= reach[j, w - word - 1] >> (np.uint64(64) - bit)
+            reach[j, w] |= shifted
+
+    def exact_fill(d, seed_size):
+        """Samples per size (take[j] of desc[j]) filling capacity - seed_size exactly, the seed
+        (the head of its queue) not counted; returns how many, or -1 if no fill is exact.
+        reach[j] is the bit set of sums that sizes desc[j:] can make, up to the target."""
+        target = capacity - seed_size
+        words = target // 64 + 1
+        reach[d, :words] = 0
+        reach[d, 0] = one
+        for j in range(d - 1, -1, -1):
+            size = desc[j]
+            reach[j, :words] = reach[j + 1, :words]
+            copies = min(count[size] - (size == seed_size), target // size)
+            batch = 1  # up to `copies` copies as batches of 1, 2, 4, ... and the rest: log2 shifts, same sums
+            while copies > 0:
+                step = min(batch, copies)
+                shift_or(j, step * size, words)
+                copies -= step
+                batch *= 2
+        if not has(0, target):
+            return -1
+        left = target
+        used = 0
+        for j in range(d):
+            size = desc[j]
+            k = min(count[size] - (size == seed_size), left // size)
+            while not has(j + 1, left - k * size):
+                k -= 1
+            take[j] = k
+            left -= k * size
+            used += k
+        return used
+
+    def fill_row(d, seed):
+        """One row into members[:k]: the heuristic row if full, else the exact fill if there is
+        one within the slots, else the heuristic row again (see the reference); returns (k, new d)."""
+        k, gap, d = heuristic_row(d, seed)
+        if gap == 0:
+            return k, d
+        for j in range(k):
+            d = add(d, members[j])
+        seed_size = counts[seed]
+        used = exact_fill(d, seed_size)
+        if used < 0 or used + 1 > slots:
+            k, gap, d = heuristic_row(d, seed)
+            return k, d
+        sizes = desc[:d].copy()  # popping reshapes desc
+        members[0], d = pop(d, seed_size)
+        k = 1
+        for j in range(sizes.shape[0]):
+            for _ in range(take[j]):
+                members[k], d = pop(d, sizes[j])
+                k += 1
         return k, d
 
     d = pending = arrived = oldest = n_rows = 0

@@ -83,7 +83,7 @@ class StreamIndex:
     @property
     def plan_index(self) -> Index:
         """What `loaders.plan` needs (shard ids, lengths, rates; keys only through `key_hash`)."""
-        return Index(self.keys, self.shard.astype(np.int64), self.num_samples, self.sample_rate)
+        return Index(self.keys, self.shard, self.num_samples, self.sample_rate)
 
     def label_ids(self, position: int) -> tuple[int, ...]:
         return tuple(self.label_values[self.label_starts[position] : self.label_starts[position + 1]].tolist())

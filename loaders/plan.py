@@ -26,6 +26,7 @@ from loaders.pack import Packing, pack
 from loaders.tokens import resolution, token_counts
 
 _SALT_SCALE, _SALT_ORDER = 0x5CA1E, 0x0DE5
+_CHUNK = 1 << 16  # samples per step of plan_epoch's per-sample arithmetic
 
 
 @dataclass(frozen=True)
@@ -80,13 +81,23 @@ def plan_epoch(index: Index, config: StreamConfig, epoch: int, key_hash: np.ndar
     epoch (of the config, only the packing and feature settings matter: not the backend)."""
     key_hash = index.key_hash if key_hash is None else key_hash
     scales = np.asarray(config.scales, dtype=np.float64)
-    pick = (keyed_uniform(key_hash, config.seed, epoch, _SALT_SCALE) * len(scales)).astype(np.int64)
-    scale = scales[np.minimum(pick, len(scales) - 1)]
-    shift, pool = resolution(scale, config.compression)
-    counts = token_counts(
-        index.num_samples, index.sample_rate, shift, max_frames=config.max_frames, capacity=config.max_tokens, pool=pool
-    )
-    return plan_tokens(counts.tokens, index.shard, config, epoch, cut=counts.cut, scale=scale)
+    n = len(key_hash)
+    scale, tokens, cut = np.empty(n), np.empty(n, np.int32), np.empty(n, np.int32)
+    for start in range(0, n, _CHUNK):  # per-sample arithmetic a chunk at a time: its temporaries stay small
+        part = slice(start, start + _CHUNK)
+        pick = (keyed_uniform(key_hash[part], config.seed, epoch, _SALT_SCALE) * len(scales)).astype(np.int64)
+        scale[part] = scales[np.minimum(pick, len(scales) - 1)]
+        shift, pool = resolution(scale[part], config.compression)
+        counts = token_counts(
+            index.num_samples[part],
+            index.sample_rate[part],
+            shift,
+            max_frames=config.max_frames,
+            capacity=config.max_tokens,
+            pool=pool,
+        )
+        tokens[part], cut[part] = counts.tokens, counts.cut
+    return plan_tokens(tokens, index.shard, config, epoch, cut=cut, scale=scale)
 
 
 def plan_tokens(
@@ -98,40 +109,51 @@ def plan_tokens(
     scale: np.ndarray | None = None,
 ) -> EpochPlan:
     """Steps 2-4 of the module docstring from token counts alone (`cut`, `scale`: per sample, for
-    the record). `PackingSampler` plans a map-style dataset with it, each sample its own shard."""
-    tokens = np.asarray(tokens, dtype=np.int64)
-    cut = np.zeros_like(tokens) if cut is None else cut
+    the record). `PackingSampler` plans a map-style dataset with it, each sample its own shard.
+    Per-sample arrays are int32 and freed as soon as used: every rank plans the whole epoch."""
+    tokens = np.asarray(tokens)
+    cut = np.zeros(len(tokens), np.int32) if cut is None else cut
     scale = np.ones(len(tokens)) if scale is None else scale
     rng = np.random.default_rng([config.seed, epoch, _SALT_ORDER])
-    arrival, group = _arrival_order(np.asarray(shard, dtype=np.int64), config, rng)
+    arrival, group = _arrival_order(np.asarray(shard), config, rng)
     arriving = tokens[arrival]
-    rows = pack(arriving, config.max_tokens, config.packing, config.buffer, max_per_row=config.max_per_row)
-    layout = Packing.from_rows(arriving, rows, config.max_tokens)
+    layout = Packing.from_rows(
+        arriving,
+        pack(arriving, config.max_tokens, config.packing, config.buffer, max_per_row=config.max_per_row),
+        config.max_tokens,
+    )
+    del arriving
     by_row, row_starts = layout.members()  # arrival slots row by row, in arrival (= offset) order
     read = np.maximum.accumulate(by_row[row_starts[1:] - 1]) if layout.n_rows else row_starts[1:]
     closed_in = group[read]  # rows are numbered as made: the group being read when each row closed
+    del group, read
     shuffle_key = rng.random(layout.n_rows) if config.shuffle else np.zeros(layout.n_rows)
     row_order = np.lexsort((shuffle_key, closed_in))  # rows in delivery order
     lengths = np.diff(row_starts)[row_order]
     first = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)  # of each row, once reordered
-    slots = by_row[np.arange(len(by_row)) + np.repeat(row_starts[row_order] - first, lengths)]
-    sample = arrival[slots]
-    row_global = np.repeat(np.arange(len(lengths)), lengths)
-    batch = row_global // config.rows_per_batch
+    slots = np.repeat(row_starts[row_order] - first, lengths)
+    slots += np.arange(len(slots))
+    slots = by_row[slots]  # arrival slots in delivery order
+    del by_row
+    sample = arrival[slots].astype(np.int32)  # every count here is far below 2^31
+    offset = layout.offset[slots].astype(np.int32)
+    del arrival, slots, layout
+    row = np.repeat(np.arange(len(lengths), dtype=np.int32), lengths)
+    batch = row // config.rows_per_batch
+    row -= batch * config.rows_per_batch  # row within its batch
     n_batches = -(-len(lengths) // config.rows_per_batch)
     capacity_total = n_batches * config.rows_per_batch * config.max_tokens
-    small = np.int32  # every count here is far below 2^31; halves what each rank holds per epoch
     return EpochPlan(
         epoch=epoch,
-        sample=sample.astype(small),
-        batch=batch.astype(small),
-        row=(row_global % config.rows_per_batch).astype(small),
-        offset=layout.offset[slots].astype(small),
-        tokens=tokens[sample].astype(small),
-        cut=cut[sample].astype(small),
+        sample=sample,
+        batch=batch,
+        row=row,
+        offset=offset,
+        tokens=tokens[sample].astype(np.int32, copy=False),
+        cut=cut[sample].astype(np.int32, copy=False),
         scale=scale[sample],
         batch_starts=np.searchsorted(batch, np.arange(n_batches + 1)),
-        pad_ratio=1.0 - float(tokens.sum()) / capacity_total if capacity_total else 0.0,
+        pad_ratio=1.0 - float(tokens.sum(dtype=np.int64)) / capacity_total if capacity_total else 0.0,
     )
 
 
@@ -142,13 +164,13 @@ def _arrival_order(shard: np.ndarray, config: StreamConfig, rng: np.random.Gener
     shard_order = rng.permutation(n_shards) if config.shuffle else np.arange(n_shards)
     rank_of_shard = np.empty(n_shards, np.int64)
     rank_of_shard[shard_order] = np.arange(n_shards)
-    arrival = np.argsort(rank_of_shard[shard], kind="stable")  # samples shard by shard, in shard order
+    arrival = np.argsort(rank_of_shard[shard], kind="stable").astype(np.int32)  # samples shard by shard, in order
     ends = _group_ends(np.bincount(shard, minlength=n_shards)[shard_order], config.buffer)
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
     if config.shuffle:
         for start, end in zip(starts, ends):
             arrival[start:end] = arrival[start:end][rng.permutation(end - start)]
-    return arrival, np.repeat(np.arange(len(ends)), ends - starts)
+    return arrival, np.repeat(np.arange(len(ends), dtype=np.int32), ends - starts)
 
 
 def _group_ends(shard_sizes: np.ndarray, buffer: int) -> np.ndarray:

@@ -168,7 +168,8 @@ class PackedStream(IterableDataset):
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's plan (identical on every rank); the latest one is kept."""
         if epoch not in self._plans:
-            self._plans = {epoch: plan_epoch(self._plan_index, self.config, epoch, self.index.key_hash)}
+            self._plans.clear()  # the former epoch's plan goes before the next is made, not after
+            self._plans[epoch] = plan_epoch(self._plan_index, self.config, epoch, self.index.key_hash)
         return self._plans[epoch]
 
     def steps(self, epoch: int) -> int:
@@ -252,6 +253,8 @@ def _open(path: Location, subset: str | None) -> tuple[ShardDataset, str]:
         if subset not in (None, path.name):
             raise ValueError(f"{path} is split {path.name!r} but subset={subset!r} was asked for")
         return ShardDataset(path.parent), path.name
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (no such folder, or no such bucket or prefix)")
     raise FileNotFoundError(
         f"{path} is neither a shard set nor a split folder of one (no {DATASET_FILE} there or above)"
     )

@@ -1,4 +1,4 @@
-"""Audio in and out of the shard format: decode sources, validate, resample, PCM16 round trip.
+"""Audio in and out of the shard format: decode sources (paths or URLs), validate, resample, PCM16 round trip.
 
 Shards store mono PCM16 WAV: lossless for 16-bit sources, half the size of float32, and it
 decodes at ~10,000x real time (FLAC ~2,900x), so decoding stays far cheaper than the fbank
@@ -18,11 +18,15 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from shards.location import Location
+from shards.retry import retrying
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 PCM16_MAX = 32767.0
 
 _DATA_CHUNK = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
 _PLACEHOLDER_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}  # streaming writers leave these in the header
+HEADER_BLOCK_BYTES = 64 * 1024  # what one ranged read of a remote source's header fetches
 
 
 class AudioError(Exception):
@@ -36,13 +40,26 @@ class AudioError(Exception):
 
 def probe(path: str | Path) -> tuple[int, int]:
     """Frames and sample rate from the header alone (no decoding), rejecting bad files."""
-    with _open(path) as handle:
+    with _open(path, header_only=True) as handle:
         return handle.frames, handle.samplerate
 
 
-def _open(path: str | Path) -> sf.SoundFile:
-    """Open a source, turning every way it can be unusable into an `AudioError` naming it."""
-    path = Path(path)
+def _open(path: str | Path, header_only: bool = False) -> sf.SoundFile:
+    """Open a source (a path or URL), turning every way it can be unusable into an `AudioError` naming it."""
+    handle = _open_remote(Location.of(path), header_only) if "://" in str(path) else _open_local(Path(path))
+    match = _DATA_CHUNK.search(handle.extra_info or "")
+    if match:
+        declared, present = int(match.group(1)), int(match.group(2))
+        if declared > present and declared not in _PLACEHOLDER_SIZES:
+            handle.close()
+            raise AudioError("truncated file", f"{path}: header declares {declared} data bytes, file holds {present}")
+    if handle.frames <= 0:
+        handle.close()
+        raise AudioError("empty audio", f"{path} has no audio frames")
+    return handle
+
+
+def _open_local(path: Path) -> sf.SoundFile:
     if path.is_dir():
         raise AudioError("not a file", f"{path} is a directory")
     if not path.exists():
@@ -56,20 +73,71 @@ def _open(path: str | Path) -> sf.SoundFile:
         raise AudioError("permission denied", f"{path} cannot be read by this user") from None
     except OSError as exc:
         raise AudioError("unreadable file", f"{path}: {exc.strerror or exc}") from None
+    return _soundfile(str(path), path)
+
+
+def _open_remote(location: Location, header_only: bool) -> sf.SoundFile:
+    """A remote source: its header through small ranged reads (a whole-file read would double the
+    traffic of a build), or all of it in one retried read for decoding."""
     try:
-        handle = sf.SoundFile(str(path))
+        if not location.is_file():
+            raise AudioError(
+                *(
+                    ("not a file", f"{location} is a folder")
+                    if location.is_dir()
+                    else ("missing file", f"{location} does not exist")
+                )
+            )
+        if header_only:
+            return retrying(lambda: _soundfile(_ReadRecorder(location), location), f"read the header of {location}")
+        return _soundfile(io.BytesIO(location.read_bytes()), location)
+    except AudioError:
+        raise
+    except PermissionError:
+        raise AudioError("permission denied", f"{location} cannot be read with these credentials") from None
+    except Exception as exc:  # the store's errors, once retries are spent
+        raise AudioError("unreadable file", f"{location}: {exc}") from None
+
+
+def _soundfile(source, name) -> sf.SoundFile:
+    """libsndfile's view of a path or file object; a read error of the object is raised as itself."""
+    try:
+        handle = sf.SoundFile(source)
     except Exception as exc:  # libsndfile raises several types for unreadable input
-        raise AudioError("unreadable audio", f"{path}: {exc}") from None
-    match = _DATA_CHUNK.search(handle.extra_info or "")
-    if match:
-        declared, present = int(match.group(1)), int(match.group(2))
-        if declared > present and declared not in _PLACEHOLDER_SIZES:
-            handle.close()
-            raise AudioError("truncated file", f"{path}: header declares {declared} data bytes, file holds {present}")
-    if handle.frames <= 0:
+        if getattr(source, "error", None) is not None:
+            raise source.error from None
+        raise AudioError("unreadable audio", f"{name}: {exc}") from None
+    if getattr(source, "error", None) is not None:
         handle.close()
-        raise AudioError("empty audio", f"{path} has no audio frames")
+        raise source.error
     return handle
+
+
+class _ReadRecorder:
+    """A remote file for soundfile that keeps the error of a failed read. soundfile's I/O callbacks
+    cannot raise (libsndfile would see a short file, and call a network error a truncated file), so
+    a failed read returns nothing here and its error is raised once soundfile is done."""
+
+    def __init__(self, location: Location):
+        self.handle = location.fs.open(location.path, "rb", block_size=HEADER_BLOCK_BYTES)
+        self.error: Exception | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self.handle.read(size)
+        except Exception as exc:
+            self.error = self.error or exc
+            return b""
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        try:
+            return self.handle.seek(offset, whence)
+        except Exception as exc:
+            self.error = self.error or exc
+            return self.handle.tell()
+
+    def tell(self) -> int:
+        return self.handle.tell()
 
 
 def segment_frames(

@@ -7,19 +7,16 @@
    are exact, so shards come out evenly sized;
 3. write: each shard is one task that decodes, validates, resamples and writes its samples.
 
-Every input ends up either as an index row or as a `Skipped` record with a reason. The set is
-built in `OUT/.building` and moved into place only when complete, so a failed build (a full or
-read-only disk) leaves a former shard set in OUT as it was.
+Every input ends up either as an index row or as a `Skipped` record with a reason. Inputs and
+the output may be local paths or URLs (`shards.location`). How the set commits (a local one
+through a staging folder, a remote one by its dataset.json written last) is `shards.output`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -33,25 +30,22 @@ from shards.audio import (
     probe,
     segment_frames,
 )
-from shards.dataset import DATASET_FILE, describe_split, write_dataset_json, write_index
+from shards.dataset import DATASET_FILE, INDEX_FILE, describe_split, write_dataset_json, write_index
 from shards.inputs import Skipped, Source, dedupe_keys, stable_fraction
+from shards.location import Location
 from shards.options import DEFAULT_MAX_DURATION_S, LONG_CLIP_POLICIES
+from shards.output import OutputError, remove_stale, unmark
 from shards.parallel import parallel_map
 from shards.tar import ShardWriter
 
 PROBE_CHUNK = 256
 SAMPLE_OVERHEAD_BYTES = 3 * 512 + 512  # two tar headers, json payload, padding (an estimate)
 FAR_LONGER = 10  # clips this many times longer than the median are listed as outliers
-STAGING = ".building"
-
-
-class OutputError(Exception):
-    """The output folder cannot take the shard set (read-only, full, ...); names the path."""
 
 
 @dataclass(frozen=True)
 class BuildConfig:
-    out: Path
+    out: Location  # where shards are written (a path or URL is taken too): a staging folder, or a remote prefix
     sample_rate: int = 16000
     shard_bytes: int = 128 * 2**20
     shard_samples: int | None = None
@@ -62,6 +56,7 @@ class BuildConfig:
     long_clips: str = "segment"  # what happens to longer sources: LONG_CLIP_POLICIES
 
     def __post_init__(self):
+        object.__setattr__(self, "out", Location.of(self.out))
         if self.sample_rate < 1000:
             raise ValueError(f"sample_rate {self.sample_rate} Hz is too low (>= 1000)")
         if self.shard_bytes < 4096:
@@ -101,44 +96,6 @@ class BuildResult:
         rows = [row for split_rows in self.rows.values() for row in split_rows]
         median = float(np.median([row["duration_s"] for row in rows])) if rows else 0.0
         return sorted(row["key"] for row in rows if row["duration_s"] > FAR_LONGER * median)
-
-
-def prepare_output(out: Path, overwrite: bool) -> Path:
-    """Refuse to mix with an existing folder (with `overwrite`, accept only a former shard set,
-    which stays untouched until the new one is complete); returns the empty staging folder."""
-    if out.exists() and any(p.name != STAGING for p in out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"output folder {out} exists and is not empty (use --overwrite to replace it)")
-        if not (out / DATASET_FILE).is_file() and not any(out.glob("*/.shard-*.partial")):
-            raise FileExistsError(
-                f"refusing to --overwrite {out}: it does not look like a shard set (no {DATASET_FILE})"
-            )
-    staging = out / STAGING
-    try:
-        shutil.rmtree(staging, ignore_errors=True)  # left by an interrupted run
-        staging.mkdir(parents=True)
-    except OSError as exc:
-        raise OutputError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
-    return staging
-
-
-def publish(out: Path) -> None:
-    """Move the staged set into `out`, replacing the former one: renames within one folder."""
-    staging, replaced = out / STAGING, out / ".replaced"
-    shutil.rmtree(replaced, ignore_errors=True)
-    replaced.mkdir()
-    for entry in out.iterdir():
-        if entry.name not in (STAGING, replaced.name):
-            os.replace(entry, replaced / entry.name)
-    for entry in sorted(staging.iterdir(), key=lambda p: p.name == DATASET_FILE):  # dataset.json last
-        os.replace(entry, out / entry.name)
-    staging.rmdir()
-    shutil.rmtree(replaced)
-
-
-def discard(out: Path, created: bool) -> None:
-    """After a failed build: drop the staging folder, and `out` too if this run created it."""
-    shutil.rmtree(out if created else out / STAGING, ignore_errors=True)
 
 
 def build_shards(sources: list[Source], listing_skips: list[Skipped], config: BuildConfig) -> BuildResult:
@@ -223,8 +180,9 @@ def _probe(sources: list[Source], config: BuildConfig) -> tuple[list[tuple[Sourc
 
 def _write(plans: list[dict], config: BuildConfig) -> tuple[list[dict], list[Skipped], list[str], list[str]]:
     try:
+        unmark(config.out)
         for split in {plan["split"] for plan in plans}:
-            (config.out / split).mkdir(parents=True, exist_ok=True)
+            (config.out / split).mkdir()
     except OSError as exc:
         raise OutputError(f"cannot write to {config.out}: {exc.strerror or exc}") from None
     rows, skipped, clipped, silent = [], [], [], []
@@ -287,7 +245,7 @@ def _skip(source: Source, exc: AudioError) -> Skipped:
 def write_shard(plan: dict) -> dict:
     """Worker: decode, validate and resample each source, write one shard; index rows back.
     A write that fails (full or read-only disk) comes back as `output_error`, whatever the backend."""
-    path = Path(plan["path"])
+    path = Location.of(plan["path"])
     try:
         writer = ShardWriter(path)
     except OSError as exc:
@@ -329,7 +287,7 @@ def _fill_shard(writer: ShardWriter, plan: dict) -> dict:
             {
                 **meta,
                 "split": plan["split"],
-                "shard": writer.path.name,
+                "shard": writer.name,
                 "offset": member.offset,
                 "nbytes": member.nbytes,
                 "xxh3_64": member.xxh3_64,
@@ -364,7 +322,11 @@ def write_metadata(result: BuildResult, config: BuildConfig, parameters: dict, f
         "far_longer": result.far_longer,
         "skipped": [asdict(s) for s in result.skipped],
     }
+    keep = {
+        f"{split}/{name}" for split, rows in result.rows.items() for name in (INDEX_FILE, *{r["shard"] for r in rows})
+    }
     try:
+        remove_stale(config.out, keep)
         write_dataset_json(config.out, meta)
     except OSError as exc:
         raise OutputError(f"cannot write {config.out / DATASET_FILE}: {exc.strerror or exc}") from None

@@ -13,7 +13,6 @@ a URL (s3://, gs://, http(s)://, ...: `shards.location`); every read goes throug
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
@@ -156,8 +155,11 @@ class ShardDataset:
         return self.root / split
 
 
-def write_index(split_dir: Path, rows: list[dict]) -> None:
-    pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), split_dir / INDEX_FILE)
+def write_index(split_dir: str | Path | Location, rows: list[dict]) -> None:
+    """The split's index.parquet, complete or absent (`Location.write_bytes`), locally or remote."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=INDEX_SCHEMA), buffer)
+    (Location.of(split_dir) / INDEX_FILE).write_bytes(buffer.getvalue().to_pybytes())
 
 
 def describe_split(rows: list[dict]) -> dict:
@@ -171,8 +173,8 @@ def describe_split(rows: list[dict]) -> dict:
     }
 
 
-def write_dataset_json(root: Path, meta: dict) -> None:
-    """Atomically (write then rename): its presence is what marks the shard set complete."""
-    partial = root / f".{DATASET_FILE}.partial"
-    partial.write_text(json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2) + "\n")
-    os.replace(partial, root / DATASET_FILE)
+def write_dataset_json(root: str | Path | Location, meta: dict) -> None:
+    """Complete or absent (a local file by rename, an object in one PUT): its presence is what marks
+    the shard set complete, so it is written last."""
+    text = json.dumps({"format_version": FORMAT_VERSION, **meta}, indent=2) + "\n"
+    (Location.of(root) / DATASET_FILE).write_text(text)

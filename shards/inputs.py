@@ -1,7 +1,8 @@
 """What to shard: sources listed from a folder or a manifest, with labels, split and a key.
 
-Listing never touches audio; rows it cannot use become `Skipped` records, never exceptions,
-so one bad row never stops a large job. Configuration mistakes (no such folder, a manifest
+Folders, manifests and the paths in manifests may be local or URLs (s3://, gs://, http(s)://,
+file://: `shards.location`). Listing never touches audio; rows it cannot use become `Skipped`
+records, never exceptions, so one bad row never stops a large job. Configuration mistakes (no such folder, a manifest
 without the required columns) do raise, with the file named.
 """
 
@@ -9,15 +10,18 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
+import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shards.audio import AUDIO_EXTENSIONS
+from shards.location import Location
 
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -90,54 +94,75 @@ def dedupe_keys(sources: list[Source]) -> list[Source]:
 def list_folder(
     root: str | Path, test_fraction: float, label_regex: str | None = None, valid_fraction: float = 0.0
 ) -> tuple[list[Source], list[Skipped]]:
-    """Audio files below `root` (sorted); label = parent folder name, or the regex's `label` group."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"--input {root} is not a folder")
+    """Audio files below `root` (a folder or URL prefix, sorted); label = parent folder name, or the
+    regex's `label` group."""
     pattern = re.compile(label_regex) if label_regex else None
     if pattern is not None and "label" not in pattern.groupindex:
         raise ValueError(f"--label-regex {label_regex!r} needs a named group (?P<label>...)")
     sources, skipped = [], []
-    for path in sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file()):
-        relative = path.relative_to(root).as_posix()
+    for relative, path in _audio_files(root):
+        name = posixpath.basename(relative)
         if pattern is None:
-            label = path.parent.name if path.parent != root else ""
+            label = posixpath.basename(posixpath.dirname(relative))
             if not label:
-                skipped.append(
-                    Skipped(str(path), "no label", "file sits directly in --input; put it in a label folder")
-                )
+                skipped.append(Skipped(path, "no label", "file sits directly in --input; put it in a label folder"))
                 continue
         else:
-            match = pattern.search(path.name)
+            match = pattern.search(name)
             if match is None or not match.group("label"):
-                skipped.append(Skipped(str(path), "no label", f"--label-regex did not match {path.name!r}"))
+                skipped.append(Skipped(path, "no label", f"--label-regex did not match {name!r}"))
                 continue
             label = match.group("label")
-        sources.append(
-            Source(make_key(relative), str(path), (label,), split_for(relative, test_fraction, valid_fraction))
-        )
+        sources.append(Source(make_key(relative), path, (label,), split_for(relative, test_fraction, valid_fraction)))
     return dedupe_keys(sources), skipped
+
+
+def _audio_files(root: str | Path) -> list[tuple[str, str]]:
+    """(path relative to `root`, path or URL) of the audio files below it, sorted by path."""
+    if not _is_url(root):
+        folder = Path(root)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--input {folder} is not a folder")
+        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        return [(p.relative_to(folder).as_posix(), str(p)) for p in paths]
+    folder = Location.of(root)
+    try:
+        names = folder.find()
+    except PermissionError as exc:
+        raise PermissionError(f"--input {folder}: access denied ({exc})") from None
+    except FileNotFoundError:
+        names = []  # no such bucket
+    if not names:
+        raise FileNotFoundError(f"--input {folder} is not a folder (nothing is stored under it)")
+    return [(n, str(folder / n)) for n in names if posixpath.splitext(n)[1].lower() in AUDIO_EXTENSIONS]
 
 
 def read_manifest(
     path: str | Path, test_fraction: float, keep_duplicates: bool = False, valid_fraction: float = 0.0
 ) -> tuple[list[Source], list[Skipped]]:
     """Rows of a .csv or .jsonl manifest: `path`, `label` (';' joins several), optional `split`
-    (any name, e.g. train, valid, test; empty: by the path's hash), `start`, `end` (seconds). Relative paths resolve against the manifest's folder. A row naming
-    the same file and segment as an earlier one is kept once (a "duplicate" skip names both
-    lines) unless `keep_duplicates`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--manifest {path} does not exist")
+    (any name, e.g. train, valid, test; empty: by the path's hash), `start`, `end` (seconds). The
+    manifest and its paths may be URLs; relative paths resolve against the manifest's folder. A
+    row naming the same file and segment as an earlier one is kept once (a "duplicate" skip names
+    both lines) unless `keep_duplicates`."""
+    location = Location.of(path)
+    path = path if _is_url(path) else Path(path)
     try:
-        rows = list(_manifest_rows(path))
+        if not location.is_file():
+            raise FileNotFoundError(f"--manifest {path} does not exist")
+        text = location.read_text()
+    except PermissionError as exc:
+        raise PermissionError(f"--manifest {path}: access denied ({exc})") from None
+    try:
+        rows = list(_manifest_rows(str(path), text))
     except csv.Error as exc:
         raise ValueError(f"manifest {path} is not readable CSV: {exc}") from None
+    base = location.parent if _is_url(path) else path.parent
     sources, skipped = [], []
     for number, row in rows:
         where = f"{path}:{number}"
         try:
-            sources.append(_source_from_row(row, path.parent, (test_fraction, valid_fraction), where))
+            sources.append(_source_from_row(row, base, (test_fraction, valid_fraction), where))
         except (ValueError, TypeError) as exc:
             shown = row.get("path") if isinstance(row.get("path"), str) and row.get("path") else where
             skipped.append(Skipped(shown, "invalid manifest row", f"{where}: {exc}"))
@@ -153,7 +178,11 @@ def drop_duplicates(sources: list[Source]) -> tuple[list[Source], list[Skipped]]
     first_seen: dict[tuple, Source] = {}
     kept, duplicates = [], []
     for source in sources:
-        identity = (os.path.realpath(source.path), source.start_s, source.end_s)
+        identity = (
+            source.path if _is_url(source.path) else os.path.realpath(source.path),
+            source.start_s,
+            source.end_s,
+        )
         if identity in first_seen:
             duplicates.append(
                 Skipped(
@@ -193,37 +222,42 @@ def _keys_from_common_folder(sources: list[Source]) -> list[Source]:
     machine's own folder names when a manifest lists absolute paths."""
     if not sources:
         return sources
-    common = os.path.commonpath([os.path.dirname(os.path.abspath(s.path)) for s in sources])
-    return [
-        replace(s, key=make_key(os.path.relpath(os.path.abspath(s.path), common), s.start_s, s.end_s)) for s in sources
-    ]
+    common = os.path.commonpath([os.path.dirname(_tree_path(s.path)) for s in sources])
+    return [replace(s, key=make_key(os.path.relpath(_tree_path(s.path), common), s.start_s, s.end_s)) for s in sources]
 
 
-def _manifest_rows(path: Path):
-    suffix = path.suffix.lower()
+def _tree_path(path: str) -> str:
+    """An absolute path to make keys from: a URL as /scheme/bucket/..., so the same files give the
+    same keys whether a manifest lists them by URL or by local path."""
+    return "/" + path.replace("://", "/", 1) if _is_url(path) else os.path.abspath(path)
+
+
+def _is_url(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def _manifest_rows(path: str, text: str):
+    suffix = posixpath.splitext(path)[1].lower()
     if suffix == ".csv":
-        with path.open(newline="") as handle:
-            reader = csv.DictReader(handle)
-            missing = {"path", "label"} - set(reader.fieldnames or ())
-            if missing:
-                raise ValueError(f"manifest {path} lacks column(s) {sorted(missing)}; has {reader.fieldnames}")
-            for number, row in enumerate(reader, start=2):
-                yield number, row
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = {"path", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"manifest {path} lacks column(s) {sorted(missing)}; has {reader.fieldnames}")
+        yield from enumerate(reader, start=2)
     elif suffix in (".jsonl", ".json"):
-        with path.open() as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    row = {"_error": f"not JSON ({exc.msg})"}
-                yield number, row if isinstance(row, dict) else {"_error": "not a JSON object"}
+        for number, line in enumerate(io.StringIO(text), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                row = {"_error": f"not JSON ({exc.msg})"}
+            yield number, row if isinstance(row, dict) else {"_error": "not a JSON object"}
     else:
         raise ValueError(f"manifest {path} must end in .csv or .jsonl")
 
 
-def _source_from_row(row: dict, base: Path, fractions: tuple[float, float], where: str) -> Source:
+def _source_from_row(row: dict, base: Path | Location, fractions: tuple[float, float], where: str) -> Source:
     if "_error" in row:
         raise ValueError(row["_error"])
     value = row.get("path")
@@ -241,14 +275,26 @@ def _source_from_row(row: dict, base: Path, fractions: tuple[float, float], wher
     labels = _parse_labels(row.get("label"))
     if not labels:
         raise ValueError("empty label")
-    file_path = Path(raw_path) if os.path.isabs(raw_path) else base / raw_path
+    file_path = _resolve(raw_path, base)
     start_s, end_s = _parse_seconds(row.get("start"), "start"), _parse_seconds(row.get("end"), "end")
     if start_s is not None and end_s is not None and end_s <= start_s:
         raise ValueError(f"end={end_s} s is not after start={start_s} s")
     split = str(row.get("split") or "").strip() or split_for(raw_path, *fractions)
     if not SPLIT_NAME.match(split):
         raise ValueError(f"split {split!r} must be letters, digits, '_' or '-'")
-    return Source("", str(file_path), labels, split, start_s, end_s, origin=where)
+    return Source("", file_path, labels, split, start_s, end_s, origin=where)
+
+
+def _resolve(raw_path: str, base: Path | Location) -> str:
+    """A manifest path as a path or URL: URLs and absolute paths as they are (file:// as a local
+    path), relative ones against the manifest's folder."""
+    if _is_url(raw_path):
+        return Location.of(raw_path).url
+    if os.path.isabs(raw_path):
+        return str(Path(raw_path))
+    if isinstance(base, Path):
+        return str(base / raw_path)
+    return str(base / posixpath.normpath(raw_path))
 
 
 def _parse_labels(value) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ from typing import IO
 
 import fsspec
 
-from shards.retry import DEFAULT_POLICY, RetryCounter, RetryPolicy, retrying
+from shards.retry import retrying
 
 LOCAL_PROTOCOLS = ("file", "local")
 READ_ONLY_PROTOCOLS = ("http", "https")
@@ -118,8 +118,19 @@ class Location:
         """Only local locations are paths: `open(location)` on a URL is an error, not a local file."""
         return str(self.local)
 
-    def _retrying(self, call, what: str, counter: RetryCounter | None = None, policy: RetryPolicy = DEFAULT_POLICY):
-        return call() if self.is_local else retrying(call, f"{what} {self.url}", policy, counter)
+    def _retrying(self, call, what: str):
+        """`call()`, retried if remote; a refusal or a missing bucket is raised naming this URL
+        (the backends' own messages do not say which object they were about)."""
+        if self.is_local:
+            return call()
+        try:
+            return retrying(call, f"{what} {self.url}")
+        except PermissionError as error:
+            raise PermissionError(
+                f"{what} {self.url}: access denied ({error}); check the credentials for {self.protocol}://"
+            ) from error
+        except FileNotFoundError as error:
+            raise FileNotFoundError(f"{what} {self.url}: {error}") from error
 
     def info(self) -> dict | None:
         """The filesystem's facts about this file or folder (`type`, `size`, ...), None if there is
@@ -152,6 +163,13 @@ class Location:
         listed = self._retrying(lambda: self.fs.ls(self.path, detail=False), "list")
         return sorted(posixpath.basename(p.rstrip("/")) for p in listed)
 
+    def find(self) -> list[str]:
+        """Every file below this folder, as sorted paths relative to it (one recursive listing;
+        empty if there is none)."""
+        prefix = self.path.rstrip("/") + "/"
+        found = self._retrying(lambda: self.fs.find(self.path), "list")
+        return sorted(path[len(prefix) :] for path in found if path.startswith(prefix))
+
     def read_bytes(self) -> bytes:
         return self._retrying(lambda: self.fs.cat_file(self.path), "read")
 
@@ -167,7 +185,7 @@ class Location:
         """Complete or absent: a local file through a temporary name, fsync and rename; an object in one PUT."""
         self._check_writable()
         if not self.is_local:
-            retrying(lambda: self.fs.pipe_file(self.path, data), f"write {self.url}")
+            self._retrying(lambda: self.fs.pipe_file(self.path, data), "write")
             return
         self.local.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.local.with_name(f"{TEMP_PREFIX}{self.name}.{os.getpid()}")
@@ -190,7 +208,7 @@ class Location:
         if self.is_local:
             self.write_bytes(Path(source).read_bytes())
         else:
-            retrying(lambda: self.fs.put_file(str(source), self.path), f"upload to {self.url}")
+            self._retrying(lambda: self.fs.put_file(str(source), self.path), "upload to")
 
     def mkdir(self) -> None:
         """A local folder (and its parents); object stores have no folders, so nothing to do there."""

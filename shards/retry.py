@@ -36,11 +36,10 @@ DEFAULT_POLICY = RetryPolicy()
 
 
 class RetryCounter:
-    """Retries made (and calls that still failed after them), for stats and summaries."""
+    """Retries made, for stats and summaries."""
 
     def __init__(self):
         self.retries = 0
-        self.gave_up = 0
 
 
 PROCESS_RETRIES = RetryCounter()  # every retry in this process, whoever asked for it
@@ -75,27 +74,17 @@ def is_transient(error: BaseException) -> bool:
     )
 
 
-def retrying(
-    call: Callable[[], T],
-    what: str,
-    policy: RetryPolicy = DEFAULT_POLICY,
-    counter: RetryCounter | None = None,
-    quiet: bool = False,
-) -> T:
+def retrying(call: Callable[[], T], what: str, policy: RetryPolicy = DEFAULT_POLICY) -> T:
     """`call()`, retried on transient errors; the last error propagates (permanent ones at once).
-    Each retry counts in `counter` (if given) and in `PROCESS_RETRIES`, and is reported on stderr."""
+    Each retry counts in `PROCESS_RETRIES` and is reported on stderr, naming `what`."""
     attempt = 0
     while True:
         try:
             return call()
         except Exception as error:
             if not is_transient(error) or attempt + 1 == policy.attempts:
-                if attempt and counter is not None:
-                    counter.gave_up += 1
                 raise
-            for tally in filter(None, (counter, PROCESS_RETRIES)):
-                tally.retries += 1
-            if not quiet:
-                print(f"retry {attempt + 1}/{policy.attempts - 1} of {what}: {error}", file=sys.stderr)
+            PROCESS_RETRIES.retries += 1
+            print(f"retry {attempt + 1}/{policy.attempts - 1} of {what}: {error}", file=sys.stderr)
             time.sleep(policy.delay(attempt))
             attempt += 1

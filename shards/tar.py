@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,13 +58,23 @@ class ShardError:
 
 
 class ShardWriter:
-    """Writes one shard under a temporary name; `close()` renames it, so a crash never
-    leaves a file that looks complete."""
+    """Writes one shard under a temporary name, so a crash never leaves a shard that looks complete:
+    a local one next to its final name, renamed by `close()`; a remote one in a local temporary
+    file, uploaded by `close()` as one object (complete or absent) and then deleted."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._partial = self.path.with_name(f".{self.path.name}.partial")
+    def __init__(self, path: str | Path | Location):
+        self.location = Location.of(path)
+        if self.location.is_local:
+            self._partial = self.location.local.with_name(f".{self.location.name}.partial")
+        else:
+            handle, name = tempfile.mkstemp(prefix=f".{self.location.name}.", suffix=".partial")
+            os.close(handle)
+            self._partial = Path(name)
         self._tar = tarfile.open(self._partial, "w", format=tarfile.PAX_FORMAT)
+
+    @property
+    def name(self) -> str:
+        return self.location.name
 
     def add(self, key: str, wav: bytes, meta: dict) -> Member:
         member = self._add_file(f"{key}.wav", wav)
@@ -79,7 +90,16 @@ class ShardWriter:
 
     def close(self) -> None:
         self._tar.close()
-        os.replace(self._partial, self.path)
+        if self.location.is_local:
+            os.replace(self._partial, self.location.local)
+            return
+        try:
+            self.location.upload(self._partial)
+        except OSError:
+            raise
+        except Exception as exc:  # a backend's own error type (no connection, no credentials): one kind for callers
+            raise OSError(f"upload to {self.location} failed: {exc}") from exc
+        self._partial.unlink()
 
     def abort(self) -> None:
         """Drop the partial file; never raises (it runs while another error, e.g. a full disk,

@@ -10,6 +10,7 @@ every time (HTTP 500). It counts what it did, so tests can compare with what the
 from __future__ import annotations
 
 import http.client
+import os
 import random
 import socket
 import subprocess
@@ -28,15 +29,19 @@ def free_port() -> int:
 
 
 class S3Server:
-    """moto's S3 server in a child process; `endpoint` is what AWS_ENDPOINT_URL should say."""
+    """moto's S3 server in a child process; `endpoint` is what AWS_ENDPOINT_URL should say. With
+    `check_credentials`, it refuses keys it has not issued (as a real store does); by default it
+    takes any."""
 
-    def __init__(self):
+    def __init__(self, check_credentials: bool = False):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        environment = os.environ | ({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_credentials else {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=environment,
         )
         deadline = time.monotonic() + 60
         while not _answers(self.port):

@@ -1,11 +1,14 @@
 """Packer exactness: properties of both modes, Numba == reference, layout, errors."""
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loaders import Packing, pack
+from loaders.pack import MODES
 
 
 @st.composite
@@ -102,6 +105,16 @@ def test_first_fit_fills_rows_exactly_when_possible():
     assert Packing.from_rows(counts, rows, 10).pad_ratio == 0.0
 
 
+@pytest.mark.parametrize("engine", ["numba", "python"])
+def test_first_fit_rebuilds_a_short_row_as_an_exact_fill(engine):
+    # seed 4, then 4 and 1 leave 1 of 10, and no pending pair beats a member; 4 + 3 + 3 fills it
+    assert pack([4, 4, 3, 3, 1], 10, buffer=5, engine=engine).tolist() == [0, 1, 0, 0, 1]
+    # in units of 3 a row of 31 is full at 30: the same rows
+    assert pack([12, 12, 9, 9, 3], 31, buffer=5, engine=engine).tolist() == [0, 1, 0, 0, 1]
+    # an exact fill needing more samples than a row may hold is not taken
+    assert pack([4, 4, 3, 3, 1], 10, buffer=5, max_per_row=2, engine=engine).tolist() == [0, 0, 1, 1, 2]
+
+
 def speech_like_counts(n):
     """VoxCeleb-like token counts: 4 s + lognormal seconds, capped at 30 s, 8 tokens per 16 frames."""
     rng = np.random.default_rng(0)
@@ -158,3 +171,36 @@ def test_layout_rejects_rows_that_do_not_fit():
         Packing.from_rows([3, 4], [0, 0], 5)
     with pytest.raises(ValueError, match="row 1 is empty"):
         Packing.from_rows([3, 4], [0, 2], 5)
+
+
+@settings(deadline=None, max_examples=300)
+@given(problem=problems(max_size=12))
+def test_first_fit_fills_the_first_row_whenever_its_pool_can(problem):
+    """Brute force over the first pool: if some pending samples with the seed (the largest, the
+    oldest of equals; the oldest once more than max_wait have arrived) fill a row exactly within
+    the slots, the first row is full."""
+    counts, capacity, buffer = problem["token_counts"], problem["capacity"], problem["buffer"]
+    pool = counts[:buffer].tolist()
+    if not pool:
+        return
+    wait = 4 * buffer if problem["max_wait"] is None else problem["max_wait"]
+    seed = 0 if len(pool) > wait else int(np.argmax(pool))
+    others = pool[:seed] + pool[seed + 1 :]
+    slots = problem["max_per_row"] or capacity
+    exact = any(
+        pool[seed] + sum(subset) == capacity
+        for size in range(min(slots, len(pool)))
+        for subset in itertools.combinations(others, size)
+    )
+    rows = pack(**problem, mode="first_fit")
+    assert not exact or counts[rows == 0].sum() == capacity
+
+
+@settings(deadline=None, max_examples=200)
+@given(problem=problems(max_size=60), unit=st.integers(2, 8), spare=st.integers(0, 7), mode=st.sampled_from(MODES))
+def test_rows_do_not_depend_on_the_unit_of_the_counts(problem, unit, spare, mode):
+    """Counts all multiples of `unit` pack as the counts in units, whatever the capacity's remainder."""
+    scaled = dict(
+        problem, token_counts=problem["token_counts"] * unit, capacity=problem["capacity"] * unit + spare % unit
+    )
+    assert np.array_equal(pack(**scaled, mode=mode), pack(**problem, mode=mode))

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loaders import plan as plan_module
 from loaders.config import StreamConfig
 from loaders.pack import DEFAULT_WAIT_BUFFERS, pack
 from loaders.plan import Index, fnv1a64, keyed_uniform, plan_epoch, plan_tokens
-from loaders.tokens import SCALE_GRID
+from loaders.tokens import SCALE_GRID, shift_for_scale, token_counts
 
 
 @st.composite
@@ -135,3 +138,24 @@ def test_bad_plan_configurations_are_refused():
     ):
         with pytest.raises(ValueError):
             StreamConfig(**bad)
+
+
+@settings(deadline=None, max_examples=60)
+@given(index=corpora(), config=configs(), chunk=st.integers(1, 40))
+def test_a_plan_made_in_chunks_counts_each_sample_as_alone(index, config, chunk):
+    """plan_epoch's per-sample arithmetic runs a chunk at a time: any chunk gives the same plan, and
+    each sample's tokens and cut are those of its own length at its own scale (one clip at a time)."""
+    whole = plan_epoch(index, config, 1)
+    with mock.patch.object(plan_module, "_CHUNK", chunk):
+        plan = plan_epoch(index, config, 1)
+    for name in ("sample", "batch", "row", "offset", "tokens", "cut", "scale"):
+        assert np.array_equal(getattr(plan, name), getattr(whole, name)), name
+    for i, tokens, cut, scale in zip(plan.sample, plan.tokens, plan.cut, plan.scale):
+        alone = token_counts(
+            int(index.num_samples[i]),
+            int(index.sample_rate[i]),
+            shift_for_scale(scale),
+            max_frames=config.max_frames,
+            capacity=config.max_tokens,
+        )
+        assert scale in config.scales and (tokens, cut) == (int(alone.tokens), int(alone.cut))

@@ -18,6 +18,8 @@ from shards.location import Location
 from shards.ranged import MAX_GAP, Span, read_spans
 from shards.retry import PROCESS_RETRIES, RetryPolicy, is_transient
 
+from object_store import S3Server
+
 STREAM = dict(rows_per_batch=2, max_tokens=256, buffer=16, scales=(1.0, 2.0), backend="local")
 
 
@@ -177,3 +179,18 @@ def test_a_shard_set_served_over_plain_http_streams_the_same(synthetic_shards, s
 def test_a_missing_bucket_is_one_clear_error(s3_server):
     with pytest.raises(FileNotFoundError, match="s3://no-such-bucket/set/train"):
         PackedStream("s3://no-such-bucket/set/train", **STREAM)
+
+
+def test_wrong_credentials_are_one_clear_error_naming_the_url(s3_server, monkeypatch):
+    import s3fs
+
+    strict = S3Server(check_credentials=True)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", strict.endpoint)
+        s3fs.S3FileSystem.clear_instance_cache()
+        with pytest.raises(PermissionError, match=r"s3://some-bucket/set/train.*access denied.*credentials"):
+            PackedStream("s3://some-bucket/set/train", **STREAM)
+    finally:
+        monkeypatch.undo()
+        s3fs.S3FileSystem.clear_instance_cache()
+        strict.stop()

@@ -5,6 +5,10 @@
     elasticast-make-shards --manifest rows.csv --out OUT     # path,label[,split,start,end]
     elasticast-make-shards --input DIR --out OUT --valid-fraction 0.1   # train / valid / test by a stable hash
     elasticast-make-shards --verify OUT                      # check a shard set: index, tars, checksums, counts
+    elasticast-make-shards --input s3://bucket/audio --out s3://bucket/shards   # any of them may be a URL
+
+Paths may be URLs (s3://, gs://, file://; http(s):// for inputs only): credentials and endpoints come
+from each backend's standard configuration (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ..., profiles).
 
 (or `python jobs/make_shards.py ...`). Runs on Ray Data when a cluster is given (--address or
 RAY_ADDRESS) or the input is large, else in-process; --backend chooses explicitly.
@@ -22,7 +26,7 @@ from contextlib import nullcontext
 from itertools import islice
 from pathlib import Path
 
-from shards.options import DEFAULT_MAX_DURATION_S, LONG_CLIP_POLICIES, SMALL_INPUT
+from shards.options import DATASET_FILE, DEFAULT_MAX_DURATION_S, LONG_CLIP_POLICIES, SMALL_INPUT
 from shards.parallel import BACKENDS
 
 DEMO_OUT = Path("shards/demo")
@@ -43,12 +47,10 @@ def parse_size(text: str) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--input", type=Path, help="folder searched recursively for .wav/.flac/.ogg/.mp3")
-    source.add_argument("--manifest", type=Path, help=".csv or .jsonl with path,label[,split,start,end]")
-    source.add_argument(
-        "--verify", type=Path, metavar="OUT", help="check the shard set in OUT and exit (1 if anything disagrees)"
-    )
-    parser.add_argument("--out", type=Path, help=f"output folder (default for the demo: {DEMO_OUT})")
+    source.add_argument("--input", help="folder (or URL prefix) searched recursively for .wav/.flac/.ogg/.mp3")
+    source.add_argument("--manifest", help=".csv or .jsonl (a path or URL) with path,label[,split,start,end]")
+    source.add_argument("--verify", metavar="OUT", help="check the shard set in OUT and exit (1 if anything disagrees)")
+    parser.add_argument("--out", help=f"output folder or URL prefix (default for the demo: {DEMO_OUT})")
     parser.add_argument("--label-regex", help="with --input: regex on the file name with a (?P<label>...) group")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of the test split (hash of path)")
     parser.add_argument(
@@ -135,14 +137,17 @@ def choose_backend(args: argparse.Namespace, inputs: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from loaders.stats import fbank_stats, source_frame_cap
-    from shards.build import BuildConfig, OutputError, build_shards, discard, prepare_output, publish, write_metadata
+    from shards.build import BuildConfig, build_shards, write_metadata
     from shards.demo import write_demo_corpus
     from shards.inputs import list_folder, read_manifest
+    from shards.location import Location
+    from shards.output import OutputError, check_output, discard, prepare_output, publish
 
     demo = args.input is None and args.manifest is None
     started = time.perf_counter()
-    out, created = args.out or DEMO_OUT, None
+    out, created = Location.of(args.out or DEMO_OUT), None
     try:
+        check_output(out, args.overwrite)  # a remote --out: before any input is read
         with tempfile.TemporaryDirectory(prefix="elasticast-demo-") if demo else nullcontext() as demo_dir:
             if demo:
                 print(f"building the built-in demo corpus ({args.demo_clips} clips, seed {args.seed})")
@@ -192,12 +197,28 @@ def run(args: argparse.Namespace) -> int:
         ):
             exc = f"cannot write to --out {out}: {exc.strerror or exc}"
         print(f"make_shards: error: {exc}", file=sys.stderr)
+        if created is False and not out.is_local:
+            note_incomplete(out)
         return 2
     report(result, out, time.perf_counter() - started)
     return 0
 
 
-def verify(root: Path) -> int:
+def note_incomplete(out) -> None:
+    """After a failed remote --overwrite: say whether the former set is still whole."""
+    try:
+        whole = (out / DATASET_FILE).exists()
+    except Exception:  # the store itself may be what failed
+        whole = None
+    if whole is False:
+        print(
+            f"make_shards: {out} is left without {DATASET_FILE} (incomplete, readers refuse it); "
+            "run again with --overwrite",
+            file=sys.stderr,
+        )
+
+
+def verify(root: str) -> int:
     """`--verify OUT`: print every problem found; 0 when none, 1 when any, 2 if OUT is no shard set."""
     from shards.verify import verify_shard_set
 
@@ -225,13 +246,13 @@ def train_clips(config, rows: list[dict], split: str):
     from shards.tar import ShardSample, read_shard
 
     checksums = {row["key"]: row["xxh3_64"] for row in rows}
-    for shard in sorted((config.out / split).glob("shard-*.tar")):
-        for item in read_shard(shard, checksums):
+    for shard in sorted({row["shard"] for row in rows}):
+        for item in read_shard(config.out / split / shard, checksums):
             if isinstance(item, ShardSample):
                 yield item.audio, item.sample_rate, item.meta["source"]
 
 
-def report(result, out: Path, seconds: float) -> None:
+def report(result, out, seconds: float) -> None:
     from shards.build import summary, warnings
 
     for skip in islice(result.skipped, SHOWN_SKIPS):
