@@ -26,14 +26,12 @@ see `shards.location`): a remote file is read whole, then decoded from memory.
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
 from elasticast.ast_baseline import ASTBaseline
@@ -52,7 +50,7 @@ from loaders.tokens import (
     resolution,
     token_counts,
 )
-from shards.audio import AudioError, load_source, resample
+from shards.audio import load_source, resample
 from shards.location import Location
 
 FREQ_TOKENS = N_MELS // PATCH
@@ -167,8 +165,7 @@ class Classifier:
         """Mono float32 at the model's rate; errors name the input by position."""
         rate = self.features.sample_rate
         if isinstance(item, (str, Path, Location)):
-            location = Location.of(item)
-            return load_source(location.local, rate)[0] if location.is_local else _decode_remote(location, rate)
+            return load_source(str(item), rate)[0]  # a URL is read whole, then decoded from memory
         if not isinstance(item, (np.ndarray, torch.Tensor)):
             raise TypeError(f"input {index} is a {type(item).__name__}: expected a path or a 1-D waveform")
         if sample_rate is None:
@@ -256,22 +253,6 @@ class Classifier:
             scale=scale,
             windows=windows,
         )
-
-
-def _decode_remote(location: Location, sample_rate: int) -> np.ndarray:
-    """A remote audio file, read whole and decoded from memory: mono float32 at `sample_rate`."""
-    try:
-        data = location.read_bytes()
-    except FileNotFoundError:
-        raise AudioError("missing file", f"{location} does not exist") from None
-    try:
-        audio, source_rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    except sf.LibsndfileError as error:
-        raise AudioError("unreadable audio", f"{location}: {error}") from None
-    if audio.shape[0] == 0 or not np.isfinite(audio).all():
-        raise AudioError("unusable audio", f"{location} decoded to no frames, or to NaN or Inf")
-    mono = audio.mean(axis=1)
-    return mono if source_rate == sample_rate else resample(mono, source_rate, sample_rate)
 
 
 def _positive_int(name: str, value: int) -> int:

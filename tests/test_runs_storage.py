@@ -19,6 +19,7 @@ from elasticast.training.checkpoints import CheckpointStore, RunStorageError, wr
 from elasticast.training.config import TrainConfig
 from elasticast.training.loop import build_model
 from shards import ShardDataset
+from shards.audio import AudioError
 from shards.location import Location
 
 # a 1-block model in 512-token rows: 3 steps per epoch of the synthetic clips
@@ -188,3 +189,5 @@ def test_a_classifier_from_s3_predicts_an_audio_url_as_the_local_file(s3_bucket,
     local = Classifier.from_checkpoint(tmp_path / "model.pt").predict([clip])[0]
     remote = Classifier.from_checkpoint(f"{s3_bucket}/model.pt").predict([f"{s3_bucket}/audio/stereo-8k.wav"])[0]
     assert np.array_equal(remote.probabilities, local.probabilities) and remote.label == local.label
+    with pytest.raises(AudioError, match=f"missing file: {s3_bucket}/audio/absent.wav"):
+        Classifier.from_checkpoint(tmp_path / "model.pt").predict([f"{s3_bucket}/audio/absent.wav"])

@@ -54,13 +54,15 @@ def storage_errors(what: str) -> Iterator[None]:
 
 
 def storage_cause(error: BaseException) -> OSError | None:
-    """The storage failure behind `error`, if any: torch.save, for one, reports a failed write of
-    its file object as a RuntimeError raised while handling the OSError."""
+    """The storage failure behind `error`, if any, the innermost (the store's own words): torch.save,
+    for one, reports a failed write of its file object as a RuntimeError raised while handling the
+    OSError, and `Location` re-raises a store's refusal with the URL in front."""
+    found = None
     while error is not None:
         if isinstance(error, STORAGE_REFUSALS) or (isinstance(error, OSError) and error.errno in STORAGE_ERRNOS):
-            return error
+            found = error
         error = error.__cause__ or error.__context__
-    return None
+    return found
 
 
 def write_atomic(target: Target, write: Callable[[BinaryIO], None]) -> None:
