@@ -126,14 +126,18 @@ def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int
     return BatchSpec(plan.epoch, step, samples=samples)
 
 
-def assemble(spec: BatchSpec, config: FeatureConfig) -> dict:
-    """Arrays of one batch: patches, segment ids, positions, and per-sample metadata as JSON."""
+Reads = tuple[dict[str, np.ndarray], list[dict], ReadStats]  # what `read_audio` returns
+
+
+def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None) -> dict:
+    """Arrays of one batch: patches, segment ids, positions, and per-sample metadata as JSON
+    (`reads`: the batch's `read_audio`, if already made, e.g. by a reader running ahead)."""
     rows, length = config.stream.rows_per_batch, config.stream.max_tokens
     patches = np.zeros((rows, length, PATCH_VALUES), np.float32)
     segment_ids = np.zeros((rows, length), np.int32)
     freq_pos = np.zeros((rows, length), np.int32)
     time_pos = np.zeros((rows, length), np.int32)
-    audio, failed, reads = read_audio(spec.samples, config)
+    audio, failed, reads = reads if reads is not None else read_audio(spec.samples, config)
     placed, slots = [], defaultdict(int)
     for sample in spec.samples:
         if sample.key not in audio:
@@ -177,9 +181,7 @@ def assemble(spec: BatchSpec, config: FeatureConfig) -> dict:
     }
 
 
-def read_audio(
-    samples: Sequence[SampleSpec], config: FeatureConfig
-) -> tuple[dict[str, np.ndarray], list[dict], ReadStats]:
+def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> Reads:
     """Waveforms by key (cut to the samples their features need), read as one ranged request per
     contiguous run of members in each shard (retried when the store fails transiently) and
     verified; failures named by shard and key; what the reads cost."""

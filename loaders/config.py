@@ -19,8 +19,9 @@ class StreamConfig:
     """rows_per_batch x max_tokens: every batch's shape. packing/buffer/max_per_row: the packer.
     scales: resolutions C drawn per sample (keyed by seed, epoch and key). compression: how C is made.
     max_frames: the crop of over-long clips. freq_mask/time_mask: SpecAugment widths (0 = off).
-    backend: "ray" (Ray Data tasks) or "local" (in-process); workers/worker_cpus/prefetch: Ray tasks
-    assembling batches concurrently, CPUs each (fractions allowed), batches fetched ahead.
+    backend: "ray" (Ray Data tasks) or "local" (in-process); workers/worker_cpus: Ray tasks
+    assembling batches concurrently, CPUs each (fractions allowed); prefetch: batches fetched ahead
+    (from Ray's tasks; in-process, batches whose bytes a reader thread reads ahead).
     torch_threads: torch threads while featurizing (None: the caller's), in-process, in DataLoader
     workers and in Ray tasks; the caller's count is restored after each batch."""
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import sys
 import time
 import warnings
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from loaders.assemble import BatchSpec, FeatureConfig, assemble, batch_spec, to_batch
+from loaders.assemble import BatchSpec, FeatureConfig, Reads, assemble, batch_spec, read_audio, to_batch
 from loaders.batch import PackedBatch
 from loaders.config import StreamConfig
 from loaders.index import StreamIndex
@@ -189,11 +191,7 @@ class PackedStream(IterableDataset):
     def epoch(self, epoch: int, start_step: int = 0, stride: int = 1) -> Iterator[PackedBatch]:
         """This rank's batches of `epoch` from `start_step` on (every `stride`-th), in step order."""
         specs = self.specs(epoch, start_step, stride)
-        arrays = (
-            self._assemble_ray(specs)
-            if self.config.backend == "ray"
-            else (featurize_batch(s, self.features) for s in specs)
-        )
+        arrays = self._assemble_ray(specs) if self.config.backend == "ray" else self._assemble_local(specs)
         stats = self.stats[epoch] = _empty_stats()
         plan = self.plan(epoch)
         stats["plan_pad_ratio"] = plan.pad_ratio
@@ -209,6 +207,21 @@ class PackedStream(IterableDataset):
                 )
             yield batch
             waited = time.perf_counter()
+
+    def _assemble_local(self, specs: list[BatchSpec]) -> Iterator[dict]:
+        """In-process assembly; a reader thread fetches the bytes of up to `prefetch` batches
+        ahead, so waiting on storage (object stores above all) overlaps featurizing."""
+        ahead = self.config.prefetch
+        if not ahead:
+            yield from (featurize_batch(spec, self.features) for spec in specs)
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="elasticast-reads") as reader:
+            pending = deque(reader.submit(read_audio, spec.samples, self.features) for spec in specs[:ahead])
+            for i, spec in enumerate(specs):
+                reads = pending.popleft().result()
+                if i + ahead < len(specs):
+                    pending.append(reader.submit(read_audio, specs[i + ahead].samples, self.features))
+                yield featurize_batch(spec, self.features, reads)
 
     def _assemble_ray(self, specs: list[BatchSpec]) -> Iterator[dict]:
         import ray.data
@@ -229,10 +242,10 @@ class PackedStream(IterableDataset):
                 yield {name: value[0] for name, value in item.items()}
 
 
-def featurize_batch(spec: BatchSpec, features: FeatureConfig) -> dict:
+def featurize_batch(spec: BatchSpec, features: FeatureConfig, reads: Reads | None = None) -> dict:
     """`assemble` with the stream's torch thread count, the caller's restored afterwards."""
     with torch_threads(features.stream.torch_threads):
-        return assemble(spec, features)
+        return assemble(spec, features, reads)
 
 
 def _assemble_one(batch: dict, features: FeatureConfig) -> dict:

@@ -117,6 +117,7 @@ def test_a_stream_from_s3_equals_the_local_one_and_counts_a_request_per_run(synt
     stream = PackedStream(f"{remote_set}/train", **STREAM)
     remote = list(stream.epoch(0))
     assert same(local, remote) and not any(b.failed for b in remote)
+    assert same(local, epoch_of(f"{remote_set}/train", prefetch=0))  # no reader thread: the same batches
     assert Counter(k for b in remote for k in b.keys) == Counter(
         ShardDataset(remote_set).index("train")["key"].to_pylist()
     )
