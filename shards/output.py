@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import uuid
 
 from shards.location import Location
@@ -118,8 +119,12 @@ def discard(out: Location, created: bool) -> None:
     elif created:
         try:
             out.remove(recursive=True)
-        except Exception:  # the store may be what failed; the set has no dataset.json either way
-            pass
+        except Exception as exc:  # the store may be what failed; the set has no dataset.json either way
+            print(
+                f"warning: could not remove the partial set at {out} ({exc}); it has no {DATASET_FILE}, "
+                "so readers refuse it",
+                file=sys.stderr,
+            )
 
 
 def _check_replaceable(out: Location, names: list[str], overwrite: bool) -> None:

@@ -208,9 +208,10 @@ def note_incomplete(out) -> None:
     """After a failed remote --overwrite: say whether the former set is still whole."""
     try:
         whole = (out / DATASET_FILE).exists()
-    except Exception:  # the store itself may be what failed
-        whole = None
-    if whole is False:
+    except Exception as exc:  # the store itself may be what failed
+        print(f"make_shards: could not check whether {out} still has its {DATASET_FILE}: {exc}", file=sys.stderr)
+        return
+    if not whole:
         print(
             f"make_shards: {out} is left without {DATASET_FILE} (incomplete, readers refuse it); "
             "run again with --overwrite",
