@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -148,8 +150,8 @@ def test_an_epoch_is_the_manual_loop_and_counts_what_it_computed():
     config = TrainConfig(lr=3e-3, weight_decay=0.1, warmup_epochs=1, clip_grad=0.5)
     batches = [
         packed([[2, 3, 1], [4, 2]], seed=2),
-        packed([[8], [1, 1, 5]], seed=3),
-        packed([[3], [6]], seed=4),
+        replace(packed([[8], [1, 1, 5]], seed=3), failed=[{"key": "x", "shard": "s", "reason": "r"}], requests=4),
+        replace(packed([[3], [6]], seed=4), requests=3, retries=2),
         filler(),
     ]
     model, reference = tiny_model(), tiny_model()
@@ -187,6 +189,7 @@ def test_an_epoch_is_the_manual_loop_and_counts_what_it_computed():
     assert result.loss_sum == pytest.approx(sum(v * b.num_samples for v, b in zip(values, batches)), rel=1e-5)
     assert result.keys == [k for b in batches for k in b.keys]
     assert (result.tokens, result.slots) == (8 * (12 + 15 + 9), 4 * 2 * LENGTH)
+    assert (result.failed, result.requests, result.retries) == (1, 7, 2)  # as the batches say, resumable with the rest
 
 
 def test_predict_returns_eval_logits_and_labels_in_delivery_order():

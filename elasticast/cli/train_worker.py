@@ -163,7 +163,6 @@ def train_worker(values: dict) -> None:
             config.checkpoint_every,
             save_step,
         )
-        result.failed += train.stats[epoch]["failed"]
         results, predictions = gather(result, world), gather(predict(model, valid.epoch(0), device), world)
         valid_scores = score(torch.cat([p[1] for p in predictions]), torch.cat([p[2] for p in predictions]))
         metrics = epoch_metrics(epoch, result, results, valid_scores, scheduler.get_last_lr()[0])

@@ -76,6 +76,8 @@ def epoch_metrics(epoch: int, result: EpochResult, totals: list[EpochResult], va
         "data_wait": result.data_wait_s / max(result.seconds, 1e-9),
         "epoch_s": seconds,
         "failed_samples": sum(r.failed for r in totals),
+        "storage_requests_per_step": sum(r.requests for r in totals) / max(sum(r.steps for r in totals), 1),
+        "storage_retries": sum(r.retries for r in totals),
         **{f"val_{name}": value for name, value in valid.items()},
     }
 

@@ -41,6 +41,8 @@ class EpochResult:
     seconds: float = 0.0
     data_wait_s: float = 0.0
     failed: int = 0  # samples the loader could not read (left as padding, named in its log)
+    requests: int = 0  # storage requests the epoch's reads took (retries included)
+    retries: int = 0  # of those, retries after transient storage errors
     keys: list[str] = field(default_factory=list)
 
     @property
@@ -84,6 +86,9 @@ def train_epoch(
         result.data_wait_s += time.perf_counter() - waited
         real, slots, cut = usage(batch)
         samples = batch.num_samples
+        result.failed += len(batch.failed)
+        result.requests += batch.requests
+        result.retries += batch.retries
         batch = batch.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(batch)
