@@ -20,12 +20,15 @@ marker file last (`dataset.json`).
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import IO
+from typing import IO, BinaryIO
 
 import fsspec
 
@@ -34,6 +37,7 @@ from shards.retry import retrying
 LOCAL_PROTOCOLS = ("file", "local")
 READ_ONLY_PROTOCOLS = ("http", "https")
 TEMP_PREFIX = ".tmp-"
+PROBE_PREFIX = ".elasticast-write-probe-"  # what `check_writable` writes and removes
 # each backend's own retries off (botocore's by option, s3fs's own loop by its `retries` attribute):
 # shards.retry does them, and counts them; listings are not cached (other processes write too)
 STORAGE_OPTIONS = {"s3": {"config_kwargs": {"retries": {"total_max_attempts": 1}}, "use_listings_cache": False}}
@@ -153,9 +157,6 @@ class Location:
     def is_dir(self) -> bool:
         return (self.info() or {}).get("type") == "directory"
 
-    def size(self) -> int:
-        return self._retrying(lambda: self.fs.size(self.path), "size")
-
     def names(self) -> list[str]:
         """The names directly in this folder (empty if there is none)."""
         if not self.is_dir():
@@ -181,22 +182,28 @@ class Location:
         streaming a whole file; use `read_bytes` or `shards.ranged` for retried reads)."""
         return self.fs.open(self.path, mode)
 
-    def write_bytes(self, data: bytes) -> None:
-        """Complete or absent: a local file through a temporary name, fsync and rename; an object in one PUT."""
+    def write(self, writer: Callable[[BinaryIO], None]) -> None:
+        """`writer(handle)` into this file, complete or absent: a local file streamed to a temporary
+        name, fsynced and renamed (no copy in memory); an object collected in memory, then one PUT."""
         self._check_writable()
         if not self.is_local:
-            self._retrying(lambda: self.fs.pipe_file(self.path, data), "write")
+            buffer = io.BytesIO()
+            writer(buffer)
+            self._retrying(lambda: self.fs.pipe_file(self.path, buffer.getvalue()), "write")
             return
         self.local.parent.mkdir(parents=True, exist_ok=True)
         temporary = self.local.with_name(f"{TEMP_PREFIX}{self.name}.{os.getpid()}")
         try:
             with open(temporary, "wb") as handle:
-                handle.write(data)
+                writer(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, self.local)
         finally:
             temporary.unlink(missing_ok=True)
+
+    def write_bytes(self, data: bytes) -> None:
+        self.write(lambda handle: handle.write(data))
 
     def write_text(self, text: str) -> None:
         self.write_bytes(text.encode())
@@ -214,6 +221,13 @@ class Location:
         """A local folder (and its parents); object stores have no folders, so nothing to do there."""
         if self.is_local:
             self.local.mkdir(parents=True, exist_ok=True)
+
+    def check_writable(self) -> None:
+        """Write and remove a small probe object in this folder: a missing bucket, a wrong prefix,
+        no write or delete permission or a read-only location fail here, before any real work."""
+        probe = self / f"{PROBE_PREFIX}{uuid.uuid4().hex[:8]}"
+        probe.write_bytes(b"")
+        probe.remove()
 
     def remove(self, recursive: bool = False) -> None:
         """Delete this file (or folder, with `recursive`); a missing one is not an error."""

@@ -17,14 +17,12 @@ import os
 import re
 import shutil
 import sys
-import uuid
 
-from shards.location import Location
+from shards.location import PROBE_PREFIX, Location
 from shards.options import DATASET_FILE
 from shards.retry import retrying
 
 STAGING = ".building"
-PROBE_PREFIX = ".elasticast-write-probe-"
 # what a remote build leaves before its dataset.json: a set a later --overwrite may replace
 SET_OBJECT = re.compile(r"^[A-Za-z0-9_-]+/(shard-\d{6}\.tar|index\.parquet)$")
 
@@ -43,9 +41,7 @@ def check_output(out: Location, overwrite: bool) -> None:
         raise OutputError(f"cannot write to --out {out}: {out.protocol}:// locations are read-only")
     try:
         _check_replaceable(out, out.find(), overwrite)
-        probe = out / f"{PROBE_PREFIX}{uuid.uuid4().hex}"
-        probe.write_bytes(b"")
-        probe.remove()
+        out.check_writable()
     except FileExistsError:
         raise
     except Exception as exc:  # no bucket, no permission, no credentials, no such host: all one message

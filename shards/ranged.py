@@ -36,7 +36,6 @@ class ReadStats:
     requests: int = 0
     retries: int = 0
     failed: int = 0
-    bytes: int = 0
 
 
 def read_spans(
@@ -73,9 +72,7 @@ def _fetch(requests: list[tuple[Location, int, int]], policy: RetryPolicy, stats
         pending = [i for i in pending if isinstance(results[i], Exception) and is_transient(results[i])]
         if not pending:
             break
-    failed = [r for r in results if isinstance(r, Exception)]
-    stats.failed += len(failed)
-    stats.bytes += sum(len(r) for r in results if isinstance(r, bytes))
+    stats.failed += sum(isinstance(r, Exception) for r in results)
     return results
 
 

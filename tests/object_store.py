@@ -87,7 +87,6 @@ class FaultyProxy:
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.counts = {"relayed": 0, "503": 0, "cut": 0, "poisoned": 0}
-        self.log = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -107,7 +106,6 @@ class FaultyProxy:
             else:
                 fate = "relayed"
             self.counts[fate] += 1
-            self.log.append((method, path, fate))
             return fate
 
     def _handler(self):

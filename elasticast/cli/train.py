@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import sys
-import uuid
 from pathlib import Path
 
 import yaml
@@ -36,7 +35,6 @@ from shards.options import DATASET_FILE
 DEMO_SHARDS = TrainConfig.shards
 RAY_DIR = "ray"
 WANDB_CACHE = Path("~/.cache/elasticast/wandb")  # wandb's files for runs whose folder is a URL
-PROBE_PREFIX = ".probe-"
 
 
 def absolute(value: str) -> Location:
@@ -53,17 +51,6 @@ def wandb_folder(config: TrainConfig, out: Location) -> str:
     if out.is_local:
         return str(out.local)
     return str((WANDB_CACHE / out.protocol / out.url.split("://", 1)[1]).expanduser())
-
-
-def check_writable(out: Location) -> None:
-    """Write and remove a small probe object in `out`: a missing bucket, a wrong prefix, missing
-    write or delete permission or a read-only location fail here, before any training."""
-    from elasticast.training.checkpoints import storage_errors, write_text
-
-    probe = out / f"{PROBE_PREFIX}{uuid.uuid4().hex[:8]}"
-    write_text(probe, "")
-    with storage_errors(f"cannot remove {probe}"):
-        probe.remove()
 
 
 def prepare_run(config: TrainConfig) -> TrainConfig | str:
@@ -114,7 +101,7 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
     changes = {"shards": shards.url, "out": out.url, "valid_split": valid_split, "wandb_dir": wandb_dir}
     config = TrainConfig(**(config.to_dict() | changes))
     try:
-        check_writable(out)
+        out.check_writable()
         write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     except Exception as error:
         return f"cannot write to --out {out}: {reason(error)}"

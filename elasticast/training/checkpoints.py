@@ -12,12 +12,10 @@ so the latest is the greatest name; the store keeps the `keep` latest.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import BinaryIO
 
 import torch
@@ -71,26 +69,7 @@ def write_atomic(target: Target, write: Callable[[BinaryIO], None]) -> None:
     `RunStorageError` naming `target`."""
     location = Location.of(target)
     with storage_errors(f"cannot write {location}"):
-        if location.is_local:
-            _write_local(location.local, write)
-        else:
-            buffer = io.BytesIO()
-            write(buffer)
-            location.write_bytes(buffer.getvalue())
-
-
-def _write_local(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Streamed to a temporary file (no copy of a large checkpoint in memory), then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+        location.write(write)
 
 
 def write_text(target: Target, text: str) -> None:
