@@ -1,6 +1,6 @@
 """Streaming from object storage against local disk (issue 14), in one run on the same shards.
 
-    .venv/bin/python bench/storage.py [--clips 120] [--latency-ms 20]
+    .venv/bin/python bench/storage.py [--clips 120] [--latency-ms 20] [--prefetch 2]
 
 Data: the VoxCeleb-like corpus of bench/loader.py, sharded once on local disk and uploaded as is to
 moto's S3 server (a separate process on 127.0.0.1, started here). Each case runs one epoch of the
@@ -11,7 +11,8 @@ same `PackedStream` (local backend, in-process, one torch thread):
   time to first byte; 127.0.0.1 has none), with requests coalesced per run of members (as shipped),
   and with coalescing off (one request per sample) for comparison.
 For each: audio seconds per second of the whole stream (read + featurize + pack), the read alone
-(every batch's `read_audio`, no features), and requests per batch.
+(every batch's `read_audio`, no features), and requests per batch. `--prefetch 0` turns the reader
+thread off (reads and featurizing take turns, as before it existed).
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ STREAM = dict(rows_per_batch=2, scales=SCALE_GRID, backend="local")
 BUCKET = "bench"
 
 
-def run_case(source: str, audio_s: float) -> dict:
+def run_case(source: str, audio_s: float, prefetch: int) -> dict:
     """One epoch of the stream, then one of reads alone, from `source`."""
-    stream = PackedStream(source, **STREAM)
+    stream = PackedStream(source, **STREAM, prefetch=prefetch)
     started = time.perf_counter()
     batches = list(stream.epoch(0))
     stream_s = time.perf_counter() - started
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=120)
     parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--prefetch", type=int, default=2, help="batches the in-process reader reads ahead")
     args = parser.parse_args(argv)
     server = S3Server()
     os.environ.update(server.environment)
@@ -79,14 +81,17 @@ def main(argv: list[str] | None = None) -> None:
             fs.put(str(split.parent), f"{BUCKET}/set", recursive=True)
             audio_s = sum(PackedStream(split, **STREAM).index.num_samples) / 16000
             remote = f"s3://{BUCKET}/set/train"
-            cases = {"disk": run_case(str(split), audio_s), "s3": run_case(remote, audio_s)}
+            cases = {
+                "disk": run_case(str(split), audio_s, args.prefetch),
+                "s3": run_case(remote, audio_s, args.prefetch),
+            }
             proxy = FaultyProxy(server.port, latency_s=args.latency_ms / 1000)
             os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint
             s3fs.S3FileSystem.clear_instance_cache()
-            cases[f"s3 + {args.latency_ms:g} ms"] = run_case(remote, audio_s)
+            cases[f"s3 + {args.latency_ms:g} ms"] = run_case(remote, audio_s, args.prefetch)
             coalesce = shards.ranged.MAX_GAP
             shards.ranged.MAX_GAP = -1  # merge nothing: one request per sample
-            cases[f"s3 + {args.latency_ms:g} ms, uncoalesced"] = run_case(remote, audio_s)
+            cases[f"s3 + {args.latency_ms:g} ms, uncoalesced"] = run_case(remote, audio_s, args.prefetch)
             shards.ranged.MAX_GAP = coalesce
     finally:
         if proxy:
