@@ -41,7 +41,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
-from elasticast.cli import make_shards
+from jobs import make_shards
 from loaders import PackedStream
 from loaders.config import StreamConfig
 from loaders.features import fbank, kaldi_fbank, patchify, spectrogram

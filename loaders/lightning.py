@@ -1,7 +1,7 @@
 """`PackedDataModule`: `PackedStream` for a `lightning.Trainer`, with the trainer's rank, world
 size and epoch. Lightning stays optional: only this module needs it, `loaders` never imports it.
 
-    data = PackedDataModule("shards/demo/train", StreamConfig(rows_per_batch=4, backend="local"), num_workers=2)
+    data = PackedDataModule("data/demo/train", StreamConfig(rows_per_batch=4, backend="local"), num_workers=2)
     trainer.fit(module, datamodule=data)      # module.training_step(batch: PackedBatch, index)
 
 Two things a plain `DataLoader(stream)` would get wrong under Lightning, both silently:

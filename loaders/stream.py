@@ -1,7 +1,7 @@
 """`PackedStream`: shards in, fixed-shape `PackedBatch`es out, exactly once per epoch.
 
-    stream = PackedStream("shards/demo/train", rows_per_batch=4, rank=rank, world=world)
-    stream = PackedStream("shards/demo/train", StreamConfig(rows_per_batch=4, scales=SCALE_GRID))
+    stream = PackedStream("data/demo/train", rows_per_batch=4, rank=rank, world=world)
+    stream = PackedStream("data/demo/train", StreamConfig(rows_per_batch=4, scales=SCALE_GRID))
     for batch in stream.epoch(e):           # or stream.epoch(e, start_step=k) to resume
         ...
     loader = DataLoader(stream, batch_size=None, num_workers=2)   # a torch IterableDataset too

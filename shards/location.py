@@ -1,6 +1,6 @@
 """`Location`: one way to name a file or folder, local or remote.
 
-    Location.of("shards/demo")                      a local path (made absolute)
+    Location.of("data/demo")                      a local path (made absolute)
     Location.of("file:///data/shards")              the same, as a URL
     Location.of("s3://bucket/prefix")               S3 or any S3-compatible server (s3fs)
     Location.of("gs://bucket/prefix")               Google Cloud Storage (gcsfs)

@@ -89,14 +89,14 @@ def load_script(relative: str):
 
 @pytest.fixture(scope="session")
 def make_shards():
-    from elasticast.cli import make_shards
+    from jobs import make_shards
 
     return make_shards
 
 
 @pytest.fixture(scope="session")
 def train_job():
-    from elasticast.cli import train
+    from jobs import train
 
     return train
 

@@ -11,10 +11,10 @@ import torch
 
 from elasticast import TrainedFeatures, save_checkpoint
 from elasticast.ast_baseline import fixed_size_tokens, fixed_size_usage
-from elasticast.cli import evaluate as evaluate_job
 from elasticast.evaluation import Point, load_candidate, sweep_points
 from elasticast.training.config import TrainConfig
 from elasticast.training.loop import build_model
+from jobs import evaluate as evaluate_job
 from loaders import PackedStream
 from shards import ShardDataset
 from shards.demo import write_demo_corpus

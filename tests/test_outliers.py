@@ -121,7 +121,7 @@ def test_max_duration_cuts_long_files_into_equal_segments_or_skips_them(tmp_path
 
 CHILD_BUILD = """
 import json, resource, sys
-from elasticast.cli import make_shards
+from jobs import make_shards
 code = make_shards.main(sys.argv[1:])
 print(json.dumps({"code": code, "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """

@@ -14,10 +14,10 @@ import soundfile as sf
 import torch
 
 from elasticast import Classifier, TrainedFeatures, save_checkpoint
-from elasticast.cli import evaluate as evaluate_job
-from elasticast.training.checkpoints import CheckpointStore, RunStorageError, write_text
+from elasticast.checkpoint import CheckpointStore, RunStorageError, write_text
 from elasticast.training.config import TrainConfig
 from elasticast.training.loop import build_model
+from jobs import evaluate as evaluate_job
 from shards import ShardDataset
 from shards.audio import AudioError
 from shards.location import Location

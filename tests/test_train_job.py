@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from elasticast import Classifier, load_checkpoint
-from elasticast.training.checkpoints import CheckpointStore
+from elasticast.checkpoint import CheckpointStore
 from elasticast.training.config import TrainConfig
 from shards.inputs import write_manifest
 

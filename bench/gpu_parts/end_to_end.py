@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from elasticast.cli import train
+from jobs import train
 
 from gpu_parts.common import Sizes
 from loader import make_corpus  # bench/loader.py

@@ -34,55 +34,10 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
 }
 
-HELP = {
-    "shards": "shard set made by elasticast-make-shards, a path or a URL; trains on its train split",
-    "valid_split": "split validated on (and best.pt chosen by); auto: valid if the shard set has one, else test with a warning",
-    "checkpoint_every": "also checkpoint every this many training steps (0: at epoch ends only); --resume continues at that step",
-    "depth": "transformer blocks (0: the preset's)",
-    "out": "run folder, a path or a URL (s3://bucket/runs/x): checkpoints, history, metrics, wandb and Ray Train state",
-    "epochs": "epochs in all; the learning-rate schedule spans them",
-    "seed": "fixes initial weights, data order, resolutions and masks",
-    "resume": "continue the run in --out from its latest checkpoint",
-    "stop_after": "end this invocation after this many epochs in all (0: run to --epochs); the schedule still follows --epochs",
-    "preset": "model size: tiny, small or base (ViT-B/16)",
-    "model": "elasticast (packed, any length) or ast (the fixed-size baseline)",
-    "target_frames": "ast only: every sample cropped or zero-padded to this many frames",
-    "pooling": "ast only: the head reads the [cls] token or the mean of all tokens",
-    "attention": "attention kernel; auto: split on CPU, flex on CUDA",
-    "compile": "torch.compile the model",
-    "packing": "first_fit (tight rows) or greedy (the paper's next-fit)",
-    "max_tokens": "tokens per packed row (a 10 s clip at C = 1 is 496 tokens)",
-    "rows_per_batch": "packed rows per training step",
-    "buffer": "samples the packer considers at once (larger: tighter rows, more memory)",
-    "scales": "temporal resolutions C drawn per sample (frame shift 10*C ms); 1.0 alone trains at native resolution",
-    "compression": "how C > 1 is made: a longer frame shift, or average-pooling whole C frames",
-    "max_frames": "frames a clip may keep (longer clips are cropped, counted as cut); also the position table's length",
-    "freq_mask": "SpecAugment: widest masked band in mel bins (0: off)",
-    "time_mask": "SpecAugment: widest masked span in frames (0: off)",
-    "shuffle": "shuffle shards and rows every epoch",
-    "label_type": "auto: what the shard set says; single or multi to insist",
-    "lr": "peak learning rate (AdamW)",
-    "weight_decay": "AdamW weight decay (not on biases, norms, position tables, [cls])",
-    "warmup_epochs": "linear warm-up, in epochs (fractions allowed)",
-    "schedule": "after warm-up: cosine to lr x --min-lr-ratio, the paper's step decay, or constant",
-    "min_lr_ratio": "cosine: final learning rate as a share of --lr",
-    "decay_start": "step schedule: first epoch that decays",
-    "decay_every": "step schedule: epochs between decays",
-    "decay_factor": "step schedule: learning rate multiplied by this at each decay",
-    "clip_grad": "clip the gradient norm to this (0: off)",
-    "workers": "Ray Train workers, one DDP rank each",
-    "device": "auto: CUDA when the Ray cluster has GPUs, else CPU",
-    "cpus_per_worker": "Ray CPUs reserved per training worker",
-    "threads": "torch threads per training worker (0: the node's cores / its workers)",
-    "loader": "ray: Ray Data tasks featurize batches; local: the training process does",
-    "loader_workers": "concurrent Ray Data tasks per rank (--loader ray)",
-    "loader_cpus": "Ray CPUs per loader task (fractions allowed)",
-    "max_failures": "worker failures Ray Train recovers from, each from the latest checkpoint",
-    "wandb": "wandb mode: offline (default; wandb sync later), online or disabled",
-    "wandb_project": "wandb project name",
-    "wandb_dir": "local folder for wandb's files (default: the run folder; for a URL --out: "
-    "~/.cache/elasticast/wandb/<scheme>/<bucket>/<prefix> on the node of rank 0)",
-}
+
+def knob(default, help: str):
+    """A config field with its one help text (the flag's `--help`, and the doc of the field)."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -91,60 +46,75 @@ class TrainConfig:
     examples/demo/elasticast.yaml and ast.yaml (tuned for accuracy within minutes on 2 CPU cores)."""
 
     # data and run
-    shards: str = "shards/demo"  # a make_shards output: trains on `train`, validates on `valid_split`
-    valid_split: str = (
-        "auto"  # validated on (and best.pt chosen by); auto: `valid` if the shard set has one, else `test`
+    shards: str = knob(
+        "data/demo", "shard set made by elasticast-make-shards, a path or a URL; trains on its train split"
     )
-    out: str = "runs/demo"
-    epochs: int = 6
-    seed: int = 0
-    resume: bool = False  # continue the run in `out` from its latest checkpoint
-    checkpoint_every: int = 0  # also checkpoint every this many training steps (0 = at epoch ends only)
-    stop_after: int = (
-        0  # end this invocation after that many epochs in all (0 = run to `epochs`); schedules still follow `epochs`
+    valid_split: str = knob(
+        "auto",
+        "split validated on (and best.pt chosen by); auto: valid if the shard set has one, else test with a warning",
+    )
+    out: str = knob(
+        "runs/demo",
+        "run folder, a path or a URL (s3://bucket/runs/x): checkpoints, history, metrics, wandb and Ray Train state",
+    )
+    epochs: int = knob(6, "epochs in all; the learning-rate schedule spans them")
+    seed: int = knob(0, "fixes initial weights, data order, resolutions and masks")
+    resume: bool = knob(False, "continue the run in --out from its latest checkpoint")
+    checkpoint_every: int = knob(
+        0, "also checkpoint every this many training steps (0: at epoch ends only); --resume continues at that step"
+    )
+    stop_after: int = knob(
+        0, "end this invocation after this many epochs in all (0: run to --epochs); the schedule still follows --epochs"
     )
     # model
-    preset: str = "tiny"
-    depth: int = 0  # transformer blocks (0 = the preset's)
-    model: str = "elasticast"
-    target_frames: int = 1024  # ast: every sample cropped/padded to this many frames
-    pooling: str = "cls"  # ast
-    attention: str = "auto"
-    compile: bool = False  # torch.compile the model
+    preset: str = knob("tiny", "model size: tiny, small or base (ViT-B/16)")
+    depth: int = knob(0, "transformer blocks (0: the preset's)")
+    model: str = knob("elasticast", "elasticast (packed, any length) or ast (the fixed-size baseline)")
+    target_frames: int = knob(1024, "ast only: every sample cropped or zero-padded to this many frames")
+    pooling: str = knob("cls", "ast only: the head reads the [cls] token or the mean of all tokens")
+    attention: str = knob("auto", "attention kernel; auto: split on CPU, flex on CUDA")
+    compile: bool = knob(False, "torch.compile the model")
     # packing and features
-    packing: str = "first_fit"
-    max_tokens: int = 2048
-    rows_per_batch: int = 2
-    buffer: int = 256
-    scales: tuple[float, ...] = (1.0,)  # temporal resolutions C drawn per sample; (1.0,) = native
-    compression: str = "shift"
-    max_frames: int = 3072
-    freq_mask: int = 0  # SpecAugment widths in bins / frames (0 = off)
-    time_mask: int = 0
-    shuffle: bool = True
-    label_type: str = "auto"  # auto: what the shard set says
+    packing: str = knob("first_fit", "first_fit (tight rows) or greedy (the paper's next-fit)")
+    max_tokens: int = knob(2048, "tokens per packed row (a 10 s clip at C = 1 is 496 tokens)")
+    rows_per_batch: int = knob(2, "packed rows per training step")
+    buffer: int = knob(256, "samples the packer considers at once (larger: tighter rows, more memory)")
+    scales: tuple[float, ...] = knob(
+        (1.0,), "temporal resolutions C drawn per sample (frame shift 10*C ms); 1.0 alone trains at native resolution"
+    )
+    compression: str = knob("shift", "how C > 1 is made: a longer frame shift, or average-pooling whole C frames")
+    max_frames: int = knob(
+        3072, "frames a clip may keep (longer clips are cropped, counted as cut); also the position table's length"
+    )
+    freq_mask: int = knob(0, "SpecAugment: widest masked band in mel bins (0: off)")
+    time_mask: int = knob(0, "SpecAugment: widest masked span in frames (0: off)")
+    shuffle: bool = knob(True, "shuffle shards and rows every epoch")
+    label_type: str = knob("auto", "auto: what the shard set says; single or multi to insist")
     # optimisation
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.01  # cosine ends at lr * this
-    decay_start: int = 5  # step schedule (the paper's): from this epoch ...
-    decay_every: int = 1  # ... every this many epochs ...
-    decay_factor: float = 0.85  # ... multiply lr by this
-    clip_grad: float = 1.0  # max gradient norm (0 = off)
+    lr: float = knob(0.001, "peak learning rate (AdamW)")
+    weight_decay: float = knob(0.05, "AdamW weight decay (not on biases, norms, position tables, [cls])")
+    warmup_epochs: float = knob(1.0, "linear warm-up, in epochs (fractions allowed)")
+    schedule: str = knob("cosine", "after warm-up: cosine to lr x --min-lr-ratio, the paper's step decay, or constant")
+    min_lr_ratio: float = knob(0.01, "cosine: final learning rate as a share of --lr")
+    decay_start: int = knob(5, "step schedule: first epoch that decays")
+    decay_every: int = knob(1, "step schedule: epochs between decays")
+    decay_factor: float = knob(0.85, "step schedule: learning rate multiplied by this at each decay")
+    clip_grad: float = knob(1.0, "clip the gradient norm to this (0: off)")
     # resources
-    workers: int = 1  # Ray Train workers (DDP ranks)
-    device: str = "auto"  # auto: CUDA when the cluster has GPUs
-    cpus_per_worker: float = 1.0  # Ray CPUs reserved per worker
-    threads: int = 0  # torch threads per worker; 0 = the node's cores / workers on the node
-    loader: str = "ray"  # ray: Ray Data tasks assemble batches; local: in the trainer process
-    loader_workers: int = 1  # concurrent Ray Data tasks per trainer rank
-    loader_cpus: float = 1.0  # CPUs per loader task (fractions allowed)
-    max_failures: int = 1  # worker failures Ray Train recovers from (from the latest checkpoint)
-    wandb: str = "offline"
-    wandb_project: str = "elasticast"
-    wandb_dir: str = ""  # wandb's local files; "" = the run folder, or a local cache folder for a URL run
+    workers: int = knob(1, "Ray Train workers, one DDP rank each")
+    device: str = knob("auto", "auto: CUDA when the Ray cluster has GPUs, else CPU")
+    cpus_per_worker: float = knob(1.0, "Ray CPUs reserved per training worker")
+    threads: int = knob(0, "torch threads per training worker (0: the node's cores / its workers)")
+    loader: str = knob("ray", "ray: Ray Data tasks featurize batches; local: the training process does")
+    loader_workers: int = knob(1, "concurrent Ray Data tasks per rank (--loader ray)")
+    loader_cpus: float = knob(1.0, "Ray CPUs per loader task (fractions allowed)")
+    max_failures: int = knob(1, "worker failures Ray Train recovers from, each from the latest checkpoint")
+    wandb: str = knob("offline", "wandb mode: offline (default; wandb sync later), online or disabled")
+    wandb_project: str = knob("elasticast", "wandb project name")
+    wandb_dir: str = knob(
+        "",
+        "local folder for wandb's files (default: the run folder; for a URL --out: ~/.cache/elasticast/wandb/<scheme>/<bucket>/<prefix> on the node of rank 0)",
+    )
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
@@ -228,7 +198,7 @@ def parse_args(argv: list[str] | None, description: str = "") -> TrainConfig:
     for f in dataclasses.fields(TrainConfig):
         flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
         default = " ".join(f"{c:g}" for c in f.default) if isinstance(f.default, tuple) else f.default
-        help_text = f"{HELP[f.name]} (default: {default})"
+        help_text = f"{f.metadata['help']} (default: {default})"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) in (tuple, list):

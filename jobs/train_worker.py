@@ -1,5 +1,5 @@
 """One Ray Train worker = one DDP rank: its streams, the epoch loop, step and epoch checkpoints,
-the run folder's files and logging. Imported by the driver (`elasticast.cli.train`) only once
+the run folder's files and logging. Imported by the driver (`jobs.train`) only once
 flags are parsed; runs in Ray workers."""
 
 from __future__ import annotations
@@ -16,10 +16,17 @@ import uuid
 import numpy as np
 import torch
 
-from elasticast.checkpoint import TrainedFeatures, save_checkpoint
+from elasticast.checkpoint import (
+    CHECKPOINTS,
+    KEEP_CHECKPOINTS,
+    CheckpointStore,
+    TrainedFeatures,
+    save_checkpoint,
+    write_atomic,
+    write_text,
+)
 from elasticast.metrics import score
 from elasticast.predict import predict
-from elasticast.training.checkpoints import CHECKPOINTS, KEEP_CHECKPOINTS, CheckpointStore, write_atomic, write_text
 from elasticast.training.config import TrainConfig
 from elasticast.training.epoch_report import delivery_check, epoch_metrics, progress_line
 from elasticast.training.loop import EpochResult, build_model, train_epoch

@@ -1,6 +1,6 @@
 """Throughput of make_shards: files/s and seconds of audio/s, Ray with 1 and 2 CPUs vs in-process.
 
-    .venv/bin/python bench/make_shards.py [--fsdd DIR]
+    .venv/bin/python bench/shard_build.py [--fsdd DIR]
 
 Baseline, measured in the same run: the `local` backend (same functions, no Ray). Each Ray
 instance builds twice: `cold` includes starting its worker processes, `warm` is a second
@@ -28,7 +28,7 @@ import numpy as np
 import ray
 import soundfile as sf
 
-from elasticast.cli import make_shards
+from jobs import make_shards
 from loaders.features import fbank
 from shards.build import BuildConfig, _probe, plan_shards, write_shard
 from shards.demo import write_demo_corpus

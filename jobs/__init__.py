@@ -1,0 +1,5 @@
+"""The commands and Ray jobs: `make_shards` (audio -> shard set, through `shards.build`), `train`
+(the Ray Train driver) with `train_worker` (each rank's loop), and `evaluate`. Installed as
+`elasticast-make-shards`, `elasticast-train` and `elasticast-evaluate`, or run as
+`python jobs/<name>.py`. Each parses its flags before importing torch or Ray, so `--help` and
+flag errors come at once. The top of the one-way import chain: shards -> loaders -> elasticast -> jobs."""

@@ -1,0 +1,62 @@
+"""The layout holds: imports flow one way (shards -> loaders -> elasticast -> jobs), and the model
+package never imports Ray, neither in its source nor when every module of it is loaded."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("shards", "loaders", "elasticast", "jobs")  # each may import only those before it
+
+
+def imported_packages(path: Path) -> set[str]:
+    """Top-level package names of every import in a file, function-level imports included."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def modules(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_imports_point_down(package):
+    allowed = set(LAYERS[: LAYERS.index(package) + 1])
+    upward = {
+        str(path.relative_to(ROOT)): sorted((imported_packages(path) & set(LAYERS)) - allowed)
+        for path in modules(package)
+    }
+    assert {name: found for name, found in upward.items() if found} == {}
+
+
+def test_the_walker_sees_function_level_imports(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("import os\n\ndef f():\n    from jobs.train import main\n    import ray.train\n")
+    assert imported_packages(source) == {"os", "jobs", "ray"}
+
+
+def test_model_package_never_imports_ray():
+    in_source = {str(path.relative_to(ROOT)) for path in modules("elasticast") if "ray" in imported_packages(path)}
+    assert in_source == set()
+    names = [
+        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        for path in modules("elasticast")
+    ]
+    check = (
+        "import importlib, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
+    )
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]", loaded.stdout
