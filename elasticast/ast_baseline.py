@@ -31,7 +31,9 @@ class ASTBaseline(nn.Module):
         self.patch_embed = nn.Linear(config.patch * config.patch, config.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.tokens, config.dim))  # cls, then time-major grid
-        self.blocks = nn.ModuleList(Block(config.dim, config.heads, config.mlp_ratio) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            Block(config.dim, config.heads, config.mlp_ratio, config.scaled_attention) for _ in range(config.depth)
+        )
         self.norm = nn.LayerNorm(config.dim, eps=LAYER_NORM_EPS)
         self.head_norm = nn.LayerNorm(config.dim, eps=LAYER_NORM_EPS)
         self.head = nn.Linear(config.dim, config.num_classes)

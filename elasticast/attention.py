@@ -86,7 +86,7 @@ def _flex_attention(compiled: bool):
     return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
 
 
-def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: RunLayout) -> torch.Tensor:
+def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: RunLayout, scale: float | None) -> torch.Tensor:
     """`[R, H, L, d]` in and out; the kernel sees `R * L` tokens cut into runs."""
     from torch.nn.attention.varlen import varlen_attn
 
@@ -95,7 +95,7 @@ def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: RunLayout
     if dtype not in (torch.float16, torch.bfloat16):
         raise ValueError(f"attention backend 'varlen' runs in fp16/bf16 only (got {dtype}); use autocast or 'flex'")
     flat = [t.transpose(1, 2).reshape(rows * length, heads, head_dim).to(dtype) for t in (q, k, v)]
-    out = varlen_attn(*flat, layout.cu_seqlens, layout.cu_seqlens, layout.longest, layout.longest)
+    out = varlen_attn(*flat, layout.cu_seqlens, layout.cu_seqlens, layout.longest, layout.longest, scale=scale)
     return out.reshape(rows, length, heads, head_dim).transpose(1, 2)
 
 
@@ -105,11 +105,13 @@ def default_backend(device: torch.device) -> str:
 
 class Attention(nn.Module):
     """Multi-head self-attention (qkv bias, 1/sqrt(d) scaling) restricted to runs; with no
-    layout, each row is one sequence (fixed-size inputs, as AST's) and all rows go to SDPA at once."""
+    layout, each row is one sequence (fixed-size inputs, as AST's) and all rows go to SDPA at once.
+    `scaled=False`: logits not divided by sqrt(d), as the paper's released weights were trained."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, scaled: bool = True):
         super().__init__()
         self.heads = heads
+        self.scale = None if scaled else 1.0  # None: SDPA's own 1/sqrt(d)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
@@ -117,19 +119,19 @@ class Attention(nn.Module):
         rows, length, dim = x.shape
         q, k, v = self.qkv(x).reshape(rows, length, 3, self.heads, dim // self.heads).permute(2, 0, 3, 1, 4)
         if layout is None:
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         elif layout.mask is not None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.mask, scale=self.scale)
         elif layout.block_mask is not None:
-            out = _flex_attention(q.is_cuda)(q, k, v, block_mask=layout.block_mask)
+            out = _flex_attention(q.is_cuda)(q, k, v, block_mask=layout.block_mask, scale=self.scale)
         elif layout.cu_seqlens is not None:
-            out = _varlen(q, k, v, layout)
+            out = _varlen(q, k, v, layout, self.scale)
         else:
             out = torch.cat(
                 [
                     torch.cat(
                         [
-                            F.scaled_dot_product_attention(q[r, :, a:b], k[r, :, a:b], v[r, :, a:b])
+                            F.scaled_dot_product_attention(q[r, :, a:b], k[r, :, a:b], v[r, :, a:b], scale=self.scale)
                             for a, b in zip(bounds[:-1], bounds[1:])
                         ],
                         dim=1,

@@ -30,44 +30,17 @@ import torch
 from elasticast.ast_baseline import ASTBaseline
 from elasticast.config import MODEL_KINDS, POOLINGS, ModelConfig
 from elasticast.model import ElasticAST
-from loaders.assemble import FeatureConfig
-from loaders.tokens import COMPRESSIONS
+from loaders.feature_spec import FeatureSpec
 from shards.location import TEMP_PREFIX, Location
 
 FORMAT = "elasticast-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: the features' recipe and fixed length, the model's attention scaling and strides
+READABLE_VERSIONS = (1, 2, FORMAT_VERSION)  # 2 lacks only what 3 added, which defaults to what 2 did
 
 Model = ElasticAST | ASTBaseline
 
 
-@dataclass(frozen=True)
-class TrainedFeatures:
-    """How training featurized audio; inference must featurize the same way."""
-
-    sample_rate: int
-    mean: float
-    std: float
-    compression: str = "shift"
-    max_frames: int = 3072
-    multi_label: bool = False
-
-    def __post_init__(self):
-        if self.compression not in COMPRESSIONS:
-            raise ValueError(f"compression {self.compression!r} is not one of {COMPRESSIONS}")
-        if self.sample_rate < 1 or self.std <= 0:
-            raise ValueError(f"sample_rate ({self.sample_rate}) and fbank std ({self.std}) must be > 0")
-
-    @classmethod
-    def of_stream(cls, features: FeatureConfig) -> TrainedFeatures:
-        """The settings a training stream featurized with (`PackedStream.features`)."""
-        return cls(
-            features.sample_rate,
-            features.mean,
-            features.std,
-            features.stream.compression,
-            features.stream.max_frames,
-            features.multi_label,
-        )
+TrainedFeatures = FeatureSpec  # the name this module gave the features a model was trained with
 
 
 @dataclass(frozen=True)
@@ -78,7 +51,7 @@ class Checkpoint:
     model: dict
     state_dict: dict
     labels: list[str]
-    features: TrainedFeatures
+    features: FeatureSpec
     extra: dict
 
     @property
@@ -108,7 +81,7 @@ def save_checkpoint(
     path: str | os.PathLike | Location | BinaryIO,
     model: Model,
     labels: Sequence[str],
-    features: TrainedFeatures,
+    features: FeatureSpec,
     extra: dict | None = None,
 ) -> None:
     """Everything inference needs in one `torch.save` dict, to a path, a URL (one PUT) or a binary
@@ -154,13 +127,13 @@ def load_checkpoint(path: str | os.PathLike | Location, device: str | torch.devi
     version = raw.get("format_version")
     if version == 1:
         raw = _from_version_1(raw)
-    elif version != FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format_version {version!r}; this code reads 1 and {FORMAT_VERSION}")
+    elif version not in READABLE_VERSIONS:
+        raise ValueError(f"{path} has checkpoint format_version {version!r}; this code reads {READABLE_VERSIONS}")
     if raw["model"].get("kind") not in MODEL_KINDS or raw["model"].get("pooling", "cls") not in POOLINGS:
         raise ValueError(
             f"{path}: unknown model {raw['model'].get('kind')!r} (pooling {raw['model'].get('pooling')!r})"
         )
-    return Checkpoint(raw["model"], raw["state_dict"], raw["labels"], TrainedFeatures(**raw["features"]), raw["extra"])
+    return Checkpoint(raw["model"], raw["state_dict"], raw["labels"], FeatureSpec(**raw["features"]), raw["extra"])
 
 
 def model_from_checkpoint(

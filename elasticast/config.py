@@ -20,7 +20,9 @@ PRESETS = {
 class ModelConfig:
     """ElasticAST hyper-parameters. `max_frames` sizes the time-position table (frames / 16).
     `beyond_table` says what a longer input meets: "error" (default: crop upstream, as the
-    loaders do) or "interpolate" (the time table is linearly stretched to the input's length)."""
+    loaders do) or "interpolate" (the time table is linearly stretched to the input's length).
+    `scaled_attention=False` leaves attention logits undivided by sqrt(head dim), as in the
+    paper's code, whose released weights need it; ours scale them."""
 
     num_classes: int
     dim: int = 768
@@ -32,6 +34,7 @@ class ModelConfig:
     max_frames: int = 3072
     attention: str = "auto"  # auto | split | dense | flex | varlen
     beyond_table: str = "error"  # error | interpolate
+    scaled_attention: bool = True
 
     def __post_init__(self):
         if self.num_classes < 1:

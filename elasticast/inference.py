@@ -10,7 +10,8 @@ from their lengths alone (`loaders.tokens.token_counts`), packed first-fit into 
 Resolution: a fixed `scale` C (frame shift 10*C ms), or `token_budget=N` to pick per clip the
 smallest C in {1.0, 1.2, ..., 4.0} whose whole clip fits in N tokens.
 
-Long clips (sliding windows): a clip with more than F frames at its scale, F being the frames one
+Long clips: with the paper's feature recipe (or a fixed input length), a clip is cropped to its
+first frames, as the paper's code does. Otherwise (sliding windows) a clip with more than F frames at its scale, F being the frames one
 model input holds (ElasticAST: its `max_frames` in whole 16-frame patches; AST: the size it was
 trained at), is cut into windows of the WAVEFORM, each exactly F frames long: W = window +
 (F * p - 1) * shift samples, with window = 25 ms, shift = 10*C ms (avgpool: 10 ms) in samples and
@@ -37,7 +38,7 @@ import torch
 from elasticast.ast_baseline import ASTBaseline
 from elasticast.checkpoint import Model, TrainedFeatures, load_checkpoint, model_from_checkpoint
 from loaders.batch import from_features
-from loaders.features import patchify, spectrogram
+from loaders.features import patchify
 from loaders.pack import Packing, pack
 from loaders.tokens import (
     FRAME_LENGTH_MS,
@@ -48,7 +49,6 @@ from loaders.tokens import (
     TokenCounts,
     frame_samples,
     resolution,
-    token_counts,
 )
 from shards.audio import load_source, resample
 from shards.location import Location
@@ -186,8 +186,7 @@ class Classifier:
         return round(float(scale), 1)
 
     def _counts(self, num_samples: int, scale: float | Sequence[float]) -> TokenCounts:
-        shift, pool = resolution(scale, self.features.compression)
-        return token_counts(num_samples, self.features.sample_rate, shift, max_frames=self.frames, pool=pool)
+        return self.features.counts(num_samples, scale, max_frames=self.frames)
 
     def _scale_within(self, num_samples: int, token_budget: int) -> float:
         """The smallest grid C whose whole clip (tokens + cut) fits, else the largest."""
@@ -199,7 +198,7 @@ class Classifier:
         """The whole clip, or windows of the model's input frames at a 50 % hop, the last one
         ending at the clip's end."""
         counts = self._counts(num_samples, scale)
-        if not counts.cut:
+        if not counts.cut or self.features.crops_long_clips:
             return [_Window(clip, 0, num_samples, scale, int(counts.tokens))]
         shift_ms, pool = resolution(scale, self.features.compression)
         shift, rate = int(frame_samples(self.features.sample_rate, shift_ms)), self.features.sample_rate
@@ -231,17 +230,7 @@ class Classifier:
 
     def _features(self, waveform: np.ndarray, window: _Window) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         span = waveform[window.start : window.start + window.length]
-        features = self.features
-        spec = spectrogram(
-            span,
-            features.sample_rate,
-            window.scale,
-            compression=features.compression,
-            mean=features.mean,
-            std=features.std,
-            max_frames=self.frames,
-        )
-        return patchify(spec)
+        return patchify(self.features.spectrogram(span, window.scale, max_frames=self.frames))
 
     def _prediction(self, logits: torch.Tensor, scale: float, windows: int) -> Prediction:
         probabilities = logits.sigmoid() if self.features.multi_label else logits.softmax(dim=0)

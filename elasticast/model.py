@@ -32,10 +32,10 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block as in timm's ViT."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, scaled: bool = True):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
-        self.attn = Attention(dim, heads)
+        self.attn = Attention(dim, heads, scaled)
         self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))  # names as in timm, so ViT weights load by name
 
@@ -51,9 +51,10 @@ class MaskedAttentionPool(nn.Module):
     scores are computed once for all tokens, then soft-maxed within each sample.
     """
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, scaled: bool = True):
         super().__init__()
         self.heads = heads
+        self.scale = (dim // heads) ** -0.5 if scaled else 1.0
         self.query = nn.Parameter(torch.zeros(dim))
         self.kv = nn.Linear(dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -63,7 +64,7 @@ class MaskedAttentionPool(nn.Module):
         rows, length, dim = x.shape
         k, v = self.kv(x).reshape(rows * length, 2, self.heads, dim // self.heads).unbind(dim=1)
         q = self.query.reshape(self.heads, dim // self.heads)
-        scores = torch.einsum("thd,hd->ht", k, q) / (dim // self.heads) ** 0.5  # [H, R*L]
+        scores = torch.einsum("thd,hd->ht", k, q) * self.scale  # [H, R*L]
         owner = (batch.row.unsqueeze(1) == torch.arange(rows, device=x.device).repeat_interleave(length)) & (
             batch.slot.unsqueeze(1) == batch.segment_ids.reshape(-1)
         )  # [S, R*L]: token t belongs to sample s
@@ -80,9 +81,11 @@ class ElasticAST(nn.Module):
         self.patch_embed = nn.Linear(patch_values, config.dim)
         self.freq_embed = nn.Parameter(torch.zeros(config.freq_patches, config.dim))
         self.time_embed = nn.Parameter(torch.zeros(config.time_patches, config.dim))
-        self.blocks = nn.ModuleList(Block(config.dim, config.heads, config.mlp_ratio) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            Block(config.dim, config.heads, config.mlp_ratio, config.scaled_attention) for _ in range(config.depth)
+        )
         self.norm = nn.LayerNorm(config.dim, eps=LAYER_NORM_EPS)
-        self.pool = MaskedAttentionPool(config.dim, config.heads)
+        self.pool = MaskedAttentionPool(config.dim, config.heads, config.scaled_attention)
         self.head_norm = nn.LayerNorm(config.dim, eps=LAYER_NORM_EPS)
         self.head = nn.Linear(config.dim, config.num_classes)
         for table in (self.freq_embed, self.time_embed):

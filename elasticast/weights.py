@@ -12,11 +12,31 @@ No download: the file (.pth / .pt / .safetensors) is the user's. Mapping, as in 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclass
+class ImportReport:
+    """`loaded`: copied as they are (source -> target); `converted`: reshaped, merged or resampled
+    (target <- sources and how); `left_out`: source tensors with no place; `initialised`: target
+    tensors left at their fresh initialisation."""
+
+    loaded: dict[str, str] = field(default_factory=dict)
+    converted: dict[str, str] = field(default_factory=dict)
+    left_out: list[str] = field(default_factory=list)
+    initialised: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"loaded {len(self.loaded)} tensors as they are"]
+        out += [f"converted {target} <- {how}" for target, how in self.converted.items()]
+        out += [f"left out {name}" for name in self.left_out] or ["left out nothing"]
+        out += [f"newly initialised {name}" for name in self.initialised] or ["newly initialised nothing"]
+        return out
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -36,23 +56,36 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def load_vit_weights(model: nn.Module, path: str | Path) -> list[str]:
     """Copy a timm ViT's weights into `model`; returns the model keys left at their init."""
-    source = read_state_dict(path)
+    return load_vit_weights_from(model, read_state_dict(path), path).initialised
+
+
+def load_vit_weights_from(model: nn.Module, source: dict[str, torch.Tensor], path: str | Path) -> ImportReport:
+    """`load_vit_weights` of a state dict already read (`path` names it in errors)."""
     for needed in ("patch_embed.proj.weight", "pos_embed"):
         if needed not in source:
             raise KeyError(f"{path} is not a timm ViT state dict: no {needed!r}")
     target = model.state_dict()
+    report = ImportReport()
     mapped = {
         "patch_embed.weight": source["patch_embed.proj.weight"].sum(dim=1).flatten(1),
         "patch_embed.bias": source["patch_embed.proj.bias"],
     }
+    report.converted["patch_embed.weight"] = "patch_embed.proj.weight summed over RGB, flattened"
+    report.loaded["patch_embed.proj.bias"] = "patch_embed.bias"
     grid = position_grid(source["pos_embed"], model.config.freq_patches, model.config.time_patches)
+    how = "pos_embed grid centre-cropped in frequency, interpolated in time"
     if "freq_embed" in target:
         mapped["freq_embed"], mapped["time_embed"] = grid.mean(dim=1), grid.mean(dim=0)
+        report.converted |= {"freq_embed": f"{how}, mean over time", "time_embed": f"{how}, mean over frequency"}
     else:
         time_major = grid[:, : target["pos_embed"].shape[1] // model.config.freq_patches].transpose(0, 1).flatten(0, 1)
         mapped["pos_embed"] = torch.cat([source["pos_embed"][0, :1], time_major]).unsqueeze(0)
         mapped["cls_token"] = source["cls_token"]
-    mapped.update({k: v for k, v in source.items() if k.startswith(("blocks.", "norm."))})
+        report.converted["pos_embed"] = f"{how}, time-major, behind the cls position"
+        report.loaded["cls_token"] = "cls_token"
+    by_name = {k: v for k, v in source.items() if k.startswith(("blocks.", "norm."))}
+    mapped.update(by_name)
+    report.loaded |= {k: k for k in by_name}
     unknown = sorted(set(mapped) - set(target))
     if unknown:
         raise KeyError(f"{path}: weights with no place in the model (depth differs?): {unknown[:5]}")
@@ -62,7 +95,10 @@ def load_vit_weights(model: nn.Module, path: str | Path) -> list[str]:
                 f"{path}: {key} has shape {tuple(value.shape)}, the model needs {tuple(target[key].shape)}"
             )
     model.load_state_dict(mapped, strict=False)
-    return sorted(set(target) - set(mapped))
+    used = {"patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed", "cls_token", *by_name}
+    report.left_out = sorted(set(source) - used)
+    report.initialised = sorted(set(target) - set(mapped))
+    return report
 
 
 def position_grid(pos_embed: torch.Tensor, freq_patches: int, time_patches: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
 from elasticast.evaluation.points import SWEEPS, sweep_points
 from loaders.tokens import COMPRESSIONS, PATCH, SCALE_GRID, token_counts
@@ -98,17 +99,23 @@ def default_lengths(dataset, split: str, candidates, native_frames: int) -> list
 
 
 def check_compatible(candidates, dataset) -> str | None:
-    """Every checkpoint must know this split's labels and its fbank normalisation."""
-    import numpy as np
-
-    stats = dataset.fbank_stats
+    """The split's labels must be among every checkpoint's classes (the same for all), and the
+    checkpoints must featurize alike: the split is featurized once, as their checkpoints say."""
+    first = candidates[0]
     for c in candidates:
-        if list(c.labels) != list(dataset.labels):
+        missing = sorted(set(dataset.labels) - set(c.labels))
+        if missing or list(c.labels) != list(first.labels):
             return f"{c.name}: its labels {c.labels[:5]}... differ from {dataset.root}'s {dataset.labels[:5]}..."
-        if not np.allclose([c.features.mean, c.features.std], [stats["mean"], stats["std"]], rtol=1e-4):
+        if c.features.sample_rate != dataset.sample_rate:
             return (
-                f"{c.name}: trained with fbank mean/std {c.features.mean:.4f}/{c.features.std:.4f}, but {dataset.root} "
-                f"normalises with {stats['mean']:.4f}/{stats['std']:.4f}: evaluate on the shard set it was trained on"
+                f"{c.name}: trained on {c.features.sample_rate} Hz audio, {dataset.root} holds {dataset.sample_rate} Hz"
+            )
+        if replace(c.features, compression="shift", max_frames=PATCH) != replace(
+            first.features, compression="shift", max_frames=PATCH
+        ):
+            return (
+                f"{c.name}: its features {c.features} differ from {first.name}'s {first.features}: "
+                "evaluate checkpoints featurized alike together"
             )
     return None
 

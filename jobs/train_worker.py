@@ -20,7 +20,6 @@ from elasticast.checkpoint import (
     CHECKPOINTS,
     KEEP_CHECKPOINTS,
     CheckpointStore,
-    TrainedFeatures,
     save_checkpoint,
     write_atomic,
     write_text,
@@ -42,7 +41,7 @@ def streams(config: TrainConfig, rank: int, world: int) -> tuple[PackedStream, P
     train = PackedStream(str(shards / "train"), config.stream(), rank=rank, world=world)
     valid_config = config.stream(scales=(1.0,), shuffle=False, freq_mask=0, time_mask=0)
     valid = PackedStream(str(shards / config.valid_split), valid_config, rank=rank, world=world)
-    label_type = "multi" if train.features.multi_label else "single"
+    label_type = "multi" if train.features.spec.multi_label else "single"
     if config.label_type not in ("auto", label_type):
         raise ValueError(f"label_type={config.label_type!r} but {config.shards} holds {label_type}-label data")
     return train, valid
@@ -100,7 +99,7 @@ def save_inference(location: Location, model, train: PackedStream, config: Train
             handle,
             model,
             train.labels,
-            TrainedFeatures.of_stream(train.features),
+            train.features.spec,
             extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(train.config)},
         ),
     )

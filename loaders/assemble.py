@@ -16,14 +16,15 @@ import json
 import tarfile
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
 
 from loaders.batch import PATCH_VALUES, PackedBatch
 from loaders.config import StreamConfig
-from loaders.features import patchify, samples_needed, spec_augment, spectrogram
+from loaders.feature_spec import FeatureSpec
+from loaders.features import patchify, spec_augment
 from loaders.index import StreamIndex
 from loaders.plan import EpochPlan
 from shards.audio import PCM16_HEADER_BYTES, pcm16_header, pcm16_samples
@@ -36,16 +37,19 @@ _SALT_AUGMENT = 0xA6
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """What a worker needs besides the batch spec: the stream's settings and the shard set's
-    facts (picklable, no Ray)."""
+    """What a worker needs besides the batch spec: the stream's settings, where the split is and
+    how its audio becomes features (picklable, no Ray)."""
 
     stream: StreamConfig
     split_dir: str  # a path or URL (shards.location)
-    sample_rate: int
     num_classes: int
-    multi_label: bool
-    mean: float
-    std: float
+    spec: FeatureSpec
+
+    def __post_init__(self):  # the stream's compression and frame cap are the ones its features use
+        stream = self.stream
+        object.__setattr__(
+            self, "spec", replace(self.spec, compression=stream.compression, max_frames=stream.max_frames)
+        )
 
 
 @dataclass(frozen=True)
@@ -208,15 +212,7 @@ def _kept_audio(wav: memoryview, sample: SampleSpec, config: FeatureConfig) -> t
         return f"undecodable audio: {exc}", None
     if stored != sample.num_samples:
         return f"{stored} samples where the index has {sample.num_samples}", None
-    stream = config.stream
-    keep = samples_needed(
-        sample.num_samples,
-        config.sample_rate,
-        sample.scale,
-        compression=stream.compression,
-        max_frames=stream.max_frames,
-        capacity=stream.max_tokens,
-    )
+    keep = config.spec.samples_needed(sample.num_samples, sample.scale, capacity=config.stream.max_tokens)
     return None, pcm16_samples(bytes(wav[PCM16_HEADER_BYTES : PCM16_HEADER_BYTES + 2 * keep]))
 
 
@@ -225,16 +221,7 @@ def featurize(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised spectrogram at the sample's scale, optionally masked, as patches + positions."""
     stream = config.stream
-    spec = spectrogram(
-        waveform,
-        config.sample_rate,
-        sample.scale,
-        compression=stream.compression,
-        mean=config.mean,
-        std=config.std,
-        max_frames=stream.max_frames,
-        capacity=stream.max_tokens,
-    )
+    spec = config.spec.spectrogram(waveform, sample.scale, capacity=stream.max_tokens)
     if stream.freq_mask or stream.time_mask:
         rng = np.random.default_rng([stream.seed, epoch, _SALT_AUGMENT, *sample.key.encode()])
         spec = spec_augment(spec, rng, stream.freq_mask, stream.time_mask)
@@ -245,7 +232,7 @@ def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
     """Arrays from `assemble` (in-process or through Ray) → `PackedBatch` of torch tensors."""
     meta = json.loads(str(arrays["meta"]))
     samples = meta["samples"]
-    if config.multi_label:
+    if config.spec.multi_label:
         labels = torch.zeros(len(samples), config.num_classes)
         for i, s in enumerate(samples):
             labels[i, s["label_ids"]] = 1.0

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-from loaders.tokens import BASE_SHIFT_MS, FRAME_LENGTH_MS, N_MELS, PATCH, frame_samples, resolution, token_counts
+from loaders.tokens import BASE_SHIFT_MS, FRAME_LENGTH_MS, N_MELS, PATCH, clip_counts, frame_samples, resolution
 
 FBANK_SETTINGS = {
     "num_mel_bins": N_MELS,
@@ -96,17 +96,27 @@ def samples_needed(
     compression: str = "shift",
     max_frames: int | None = None,
     capacity: int | None = None,
+    fixed_frames: int | None = None,
 ) -> int:
     """Samples of a clip that its kept frames read: all of them unless `max_frames`/`capacity`
-    crop it, else the window and shifts of the kept frames. What the loader reads and the fbank
-    sees, so memory and time per sample stay bounded however long the file is."""
-    shifts, pools = resolution(scale, compression)
-    shift, pool = float(shifts), int(pools)
-    counts = token_counts(num_samples, sample_rate, shift, max_frames=max_frames, capacity=capacity, pool=pool)
+    (or `fixed_frames`) crop it, else the window and shifts of the kept frames. What the loader
+    reads and the fbank sees, so memory and time per sample stay bounded however long the file is."""
+    counts = clip_counts(
+        num_samples,
+        sample_rate,
+        scale,
+        compression=compression,
+        max_frames=max_frames,
+        capacity=capacity,
+        fixed_frames=fixed_frames,
+    )
     if not counts.cut:
         return num_samples
-    kept = int(counts.tokens) // (N_MELS // PATCH) * PATCH * pool
-    return int(frame_samples(sample_rate, FRAME_LENGTH_MS)) + (kept - 1) * int(frame_samples(sample_rate, shift))
+    shifts, pools = resolution(scale, compression)
+    kept = int(counts.tokens) // (N_MELS // PATCH) * PATCH * int(pools)
+    return int(frame_samples(sample_rate, FRAME_LENGTH_MS)) + (kept - 1) * int(
+        frame_samples(sample_rate, float(shifts))
+    )
 
 
 def spectrogram(
@@ -119,33 +129,54 @@ def spectrogram(
     std: float = 0.5,
     max_frames: int | None = None,
     capacity: int | None = None,
+    fixed_frames: int | None = None,
+    pad_before_normalising: bool = False,
 ) -> torch.Tensor:
     """Normalised fbank `[frames, 128]` at resolution `scale`, cut to exactly the frames that
-    `loaders.tokens.token_counts` promises (so the plan and the features always agree).
+    `loaders.tokens.clip_counts` promises (so the plan and the features always agree).
 
     compression="shift": frame shift 10*C ms; "avgpool": 10 ms frames average-pooled by C.
     Normalised as `(x - mean) / (2 * std)`. Policies (see `loaders.tokens`): frames floored to a
     multiple of 16, the first frames kept when cropping (the waveform is cut to `samples_needed`
     before the fbank, so a cropped clip's features are those of its kept audio alone), clips
-    shorter than one window or one patch padded at the end with zeros (the dataset mean after
-    normalisation).
+    shorter than one window or one patch padded at the end with zeros: zeros of the normalised
+    values (the dataset mean), or with `pad_before_normalising` (the paper's recipe) zeros of the
+    fbank, normalised with the rest. `fixed_frames`: the paper's fixed-length mode, every clip
+    cropped or padded to `int(fixed_frames / C)` frames (floored to 16).
     """
     shifts, pools = resolution(scale, compression)
     shift, pool = float(shifts), int(pools)
     wave = torch.as_tensor(waveform, dtype=torch.float32).reshape(-1)
+    counts = clip_counts(
+        wave.numel(),
+        sample_rate,
+        scale,
+        compression=compression,
+        max_frames=max_frames,
+        capacity=capacity,
+        fixed_frames=fixed_frames,
+    )
     wave = wave[
         : samples_needed(
-            wave.numel(), sample_rate, scale, compression=compression, max_frames=max_frames, capacity=capacity
+            wave.numel(),
+            sample_rate,
+            scale,
+            compression=compression,
+            max_frames=max_frames,
+            capacity=capacity,
+            fixed_frames=fixed_frames,
         )
     ]
     window = int(frame_samples(sample_rate, FRAME_LENGTH_MS))
     spec = fbank(torch.nn.functional.pad(wave, (0, max(window - wave.numel(), 0))), sample_rate, shift)
     if pool > 1:
         spec = spec[: spec.shape[0] // pool * pool].reshape(-1, pool, spec.shape[1]).mean(dim=1)
-    counts = token_counts(wave.numel(), sample_rate, shift, max_frames=max_frames, capacity=capacity, pool=pool)
     kept = int(counts.tokens) // (N_MELS // PATCH) * PATCH
-    spec = (spec[:kept] - mean) / (2 * std)
-    return torch.nn.functional.pad(spec, (0, 0, 0, kept - spec.shape[0]))
+    spec = spec[:kept]
+    padding = (0, 0, 0, kept - spec.shape[0])
+    if pad_before_normalising:
+        return (torch.nn.functional.pad(spec, padding) - mean) / (2 * std)
+    return torch.nn.functional.pad((spec - mean) / (2 * std), padding)
 
 
 def patchify(spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ import pyarrow as pa
 
 from loaders.config import StreamConfig
 from loaders.pack import Packing, pack
-from loaders.tokens import resolution, token_counts
+from loaders.tokens import clip_counts
 
 _SALT_SCALE, _SALT_ORDER = 0x5CA1E, 0x0DE5
 _CHUNK = 1 << 16  # samples per step of plan_epoch's per-sample arithmetic
@@ -76,9 +76,16 @@ class EpochPlan:
         return batch if batch < self.n_batches else None
 
 
-def plan_epoch(index: Index, config: StreamConfig, epoch: int, key_hash: np.ndarray | None = None) -> EpochPlan:
+def plan_epoch(
+    index: Index,
+    config: StreamConfig,
+    epoch: int,
+    key_hash: np.ndarray | None = None,
+    fixed_frames: int | None = None,
+) -> EpochPlan:
     """The plan of one epoch (see the module docstring); a pure function of index, config and
-    epoch (of the config, only the packing and feature settings matter: not the backend)."""
+    epoch (of the config, only the packing and feature settings matter: not the backend).
+    `fixed_frames`: every clip cropped or padded to that length at C (`loaders.tokens.clip_counts`)."""
     key_hash = index.key_hash if key_hash is None else key_hash
     scales = np.asarray(config.scales, dtype=np.float64)
     n = len(key_hash)
@@ -87,14 +94,14 @@ def plan_epoch(index: Index, config: StreamConfig, epoch: int, key_hash: np.ndar
         part = slice(start, start + _CHUNK)
         pick = (keyed_uniform(key_hash[part], config.seed, epoch, _SALT_SCALE) * len(scales)).astype(np.int64)
         scale[part] = scales[np.minimum(pick, len(scales) - 1)]
-        shift, pool = resolution(scale[part], config.compression)
-        counts = token_counts(
+        counts = clip_counts(
             index.num_samples[part],
             index.sample_rate[part],
-            shift,
+            scale[part],
+            compression=config.compression,
             max_frames=config.max_frames,
             capacity=config.max_tokens,
-            pool=pool,
+            fixed_frames=fixed_frames,
         )
         tokens[part], cut[part] = counts.tokens, counts.cut
     return plan_tokens(tokens, index.shard, config, epoch, cut=cut, scale=scale)

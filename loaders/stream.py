@@ -33,6 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from loaders.assemble import BatchSpec, FeatureConfig, Reads, assemble, batch_spec, read_audio, to_batch
 from loaders.batch import PackedBatch
 from loaders.config import StreamConfig
+from loaders.feature_spec import FeatureSpec
 from loaders.index import StreamIndex
 from loaders.plan import EpochPlan, plan_epoch
 from loaders.threads import torch_threads
@@ -48,6 +49,7 @@ class PackedStream(IterableDataset):
         local path or a URL (s3://, gs://, http(s)://, ...: `shards.location`).
     config: a `StreamConfig`; keyword settings (its field names) build one or override its fields.
     rank / world: this data-parallel rank among `world`; every rank gets the same step count.
+    features: how to featurize (e.g. a checkpoint's `FeatureSpec`); default: the shard set's statistics.
 
     As a torch `IterableDataset`: `set_epoch(e)` picks the epoch `iter()` delivers, `len()` is its
     step count, and `state_dict()` / `load_state_dict()` hold the position (epoch, next step),
@@ -63,6 +65,7 @@ class PackedStream(IterableDataset):
         rank: int = 0,
         world: int = 1,
         split: tuple[int, int] | None = None,
+        features: FeatureSpec | None = None,
         **settings,
     ):
         if config is not None and not isinstance(config, StreamConfig):
@@ -79,17 +82,11 @@ class PackedStream(IterableDataset):
             raise ValueError(f"rank {rank} and world {world} must satisfy 0 <= rank < world")
         self.rank, self.world = rank, world
         self.dataset, self.subset = _open(Location.of(shards), subset)
-        stats = self.dataset.fbank_stats
-        if not stats:
-            raise ValueError(f"{self.dataset.root / DATASET_FILE} has no fbank statistics: rebuild it with make_shards")
         self.features = FeatureConfig(
             stream=self.config,
             split_dir=(self.dataset.root / self.subset).url,
-            sample_rate=self.dataset.sample_rate,
             num_classes=len(self.dataset.labels),
-            multi_label=bool(self.dataset.meta.get("multi_label")),
-            mean=stats["mean"],
-            std=stats["std"],
+            spec=stream_features(self.dataset, self.config, features),
         )
         self.dataset.shard_locations(self.subset)  # a missing shard is an error now, not mid-epoch
         self.index = StreamIndex.read(self.dataset, self.subset)
@@ -171,7 +168,9 @@ class PackedStream(IterableDataset):
         """The epoch's plan (identical on every rank); the latest one is kept."""
         if epoch not in self._plans:
             self._plans.clear()  # the former epoch's plan goes before the next is made, not after
-            self._plans[epoch] = plan_epoch(self._plan_index, self.config, epoch, self.index.key_hash)
+            self._plans[epoch] = plan_epoch(
+                self._plan_index, self.config, epoch, self.index.key_hash, self.features.spec.fixed_frames
+            )
         return self._plans[epoch]
 
     def steps(self, epoch: int) -> int:
@@ -257,6 +256,21 @@ def _assemble_one(batch: dict, features: FeatureConfig) -> dict:
         name: np.asarray([value]) if name != "meta" else np.array([value], dtype=object)
         for name, value in arrays.items()
     }
+
+
+def stream_features(dataset: ShardDataset, config: StreamConfig, features: FeatureSpec | None) -> FeatureSpec:
+    """`features` (or the shard set's own) with the set's label type; `FeatureConfig` sets the
+    stream's compression and frame cap."""
+    if features is None:
+        try:
+            return FeatureSpec.of_shards(dataset.meta, config)
+        except ValueError as error:
+            raise ValueError(f"{dataset.root / DATASET_FILE}: {error}") from None
+    if features.sample_rate != dataset.sample_rate:
+        raise ValueError(
+            f"features at {features.sample_rate} Hz, but {dataset.root} holds audio at {dataset.sample_rate} Hz"
+        )
+    return replace(features, multi_label=bool(dataset.meta.get("multi_label")))
 
 
 def _open(path: Location, subset: str | None) -> tuple[ShardDataset, str]:

@@ -187,3 +187,36 @@ def tokens_for(
         pool=pool,
     )
     return int(counts.tokens)
+
+
+def fixed_frames_at(fixed_frames: int, scale: ArrayLike) -> np.ndarray:
+    """The paper's fixed-length resolution mode: `int(fixed_frames / C)` frames, floored to a
+    multiple of `PATCH` (e.g. 1024 frames at C = 1, 512 at C = 2, 384 at C = 2.6)."""
+    frames = (fixed_frames / np.round(np.asarray(scale, dtype=np.float64), 1)).astype(np.int64)
+    return frames - frames % PATCH
+
+
+def clip_counts(
+    num_samples: ArrayLike,
+    sample_rate: ArrayLike,
+    scale: ArrayLike = 1.0,
+    *,
+    compression: str = "shift",
+    max_frames: int | None = None,
+    capacity: int | None = None,
+    fixed_frames: int | None = None,
+) -> TokenCounts:
+    """Tokens per clip at resolution `scale`: the clip's own frames (`token_counts`), or with
+    `fixed_frames` every clip cropped or padded to `fixed_frames_at(fixed_frames, C)` frames (then
+    `cut` counts the tokens of the clip beyond them). `max_frames` and `capacity` crop either."""
+    shift, pool = resolution(scale, compression)
+    natural = token_counts(num_samples, sample_rate, shift, max_frames=max_frames, capacity=capacity, pool=pool)
+    if fixed_frames is None:
+        return natural
+    fixed = frame_tokens(
+        np.broadcast_to(fixed_frames_at(fixed_frames, scale), np.shape(natural.tokens)),
+        max_frames=max_frames,
+        capacity=capacity,
+    )
+    whole = natural.tokens + natural.cut
+    return TokenCounts(natural.frames, fixed.tokens, np.maximum(whole - fixed.tokens, 0))

@@ -15,6 +15,7 @@ import torch
 
 from loaders import StreamConfig
 from loaders.assemble import FeatureConfig, SampleSpec, read_audio
+from loaders.feature_spec import FeatureSpec
 from loaders.features import fbank, kaldi_fbank, samples_needed, spectrogram
 from loaders.stats import fbank_stats
 from loaders.tokens import token_counts
@@ -59,7 +60,7 @@ def test_the_loader_decodes_only_the_audio_it_keeps(tmp_path, make_shards):
     assert make_shards.main(["--manifest", str(rows), "--out", str(out), "--backend", "local", "--quiet"]) == 0
     row = ShardDataset(out).index("train").to_pylist()[0]
     stream = StreamConfig(rows_per_batch=1, max_tokens=2048, max_frames=128, backend="local")
-    config = FeatureConfig(stream, str(out / "train"), 16000, 1, False, 0.0, 0.5)
+    config = FeatureConfig(stream, str(out / "train"), 1, FeatureSpec(16000, 0.0, 0.5))
     spec = SampleSpec(
         row["key"],
         row["shard"],

@@ -9,7 +9,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "candidates": ["Candidate", "is_run_folder", "load_candidate"],
         "points": ["SWEEPS", "Point", "sweep_points"],
         "report": ["write_report"],
-        "sweep": ["evaluate_point"],
+        "sweep": ["evaluate_point", "point_logits"],
         "usage": ["training_usage"],
     },
 )
