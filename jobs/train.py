@@ -97,8 +97,12 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
             f"--resume: {out / CHECKPOINTS} holds no complete checkpoint, so there is nothing to continue from; "
             "remove the run folder to start afresh, or choose another --out"
         )
+    init = absolute(config.init) if config.init else None
+    if init is not None and not init.is_file():
+        return f"--init {init} does not exist (weights are never downloaded)"
     wandb_dir = wandb_folder(config, out) if config.wandb != "disabled" else config.wandb_dir
     changes = {"shards": shards.url, "out": out.url, "valid_split": valid_split, "wandb_dir": wandb_dir}
+    changes["init"] = init.url if init is not None else ""
     config = TrainConfig(**(config.to_dict() | changes))
     try:
         out.check_writable()

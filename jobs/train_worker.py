@@ -28,19 +28,25 @@ from elasticast.metrics import score
 from elasticast.predict import predict
 from elasticast.training.config import TrainConfig
 from elasticast.training.epoch_report import delivery_check, epoch_metrics, progress_line
-from elasticast.training.loop import EpochResult, build_model, train_epoch
+from elasticast.training.init import Start, read_start, start_model, training_features
+from elasticast.training.loop import EpochResult, train_epoch
 from elasticast.training.schedule import make_optimizer, make_scheduler
 from loaders import PackedStream
+from shards.dataset import ShardDataset
 from shards.location import Location
 
 
-def streams(config: TrainConfig, rank: int, world: int) -> tuple[PackedStream, PackedStream]:
+def streams(
+    config: TrainConfig, rank: int, world: int, start: Start | None = None
+) -> tuple[PackedStream, PackedStream]:
     """This rank's training stream (the configured packing and scales) and validation stream
-    (`config.valid_split` at native length: C = 1, no augmentation, no shuffling)."""
+    (`config.valid_split` at native length: C = 1, no augmentation, no shuffling), featurized as
+    `training_features` says (`start`: what `--init` named)."""
     shards = Location.of(config.shards)
-    train = PackedStream(str(shards / "train"), config.stream(), rank=rank, world=world)
+    features = training_features(config, ShardDataset(shards).meta, start)
+    train = PackedStream(str(shards / "train"), config.stream(), rank=rank, world=world, features=features)
     valid_config = config.stream(scales=(1.0,), shuffle=False, freq_mask=0, time_mask=0)
-    valid = PackedStream(str(shards / config.valid_split), valid_config, rank=rank, world=world)
+    valid = PackedStream(str(shards / config.valid_split), valid_config, rank=rank, world=world, features=features)
     label_type = "multi" if train.features.spec.multi_label else "single"
     if config.label_type not in ("auto", label_type):
         raise ValueError(f"label_type={config.label_type!r} but {config.shards} holds {label_type}-label data")
@@ -123,8 +129,13 @@ def train_worker(values: dict) -> None:
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
     torch.manual_seed(config.seed)
     device = ray.train.torch.get_device()
-    train, valid = streams(config, rank, world)
-    model = build_model(config, len(train.labels)).to(device)
+    start = read_start(config.init) if config.init else None
+    train, valid = streams(config, rank, world, start)
+    model, how = start_model(config, train.labels, start)
+    model = model.to(device)
+    if rank == 0:
+        for line in how:
+            say(f"init: {line}")
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, train.steps(0), config)
     run = Location.of(config.out)

@@ -25,9 +25,7 @@ from numpy.typing import ArrayLike
 
 from loaders.config import StreamConfig
 from loaders.features import samples_needed, spectrogram
-from loaders.tokens import COMPRESSIONS, PATCH, TokenCounts, clip_counts
-
-RECIPES = ("elasticast", "paper")
+from loaders.tokens import COMPRESSIONS, PATCH, RECIPES, TokenCounts, clip_counts
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ FRAME_LENGTH_MS = 25.0
 BASE_SHIFT_MS = 10.0
 MILLISECONDS_TO_SECONDS = 0.001  # the constant kaldi.fbank multiplies by
 COMPRESSIONS = ("shift", "avgpool")  # how a resolution C > 1 is made: frame shift 10*C ms, or C frames average-pooled
+RECIPES = ("elasticast", "paper")  # feature recipes: ours, and the paper's code (`loaders.feature_spec`)
 SCALE_GRID = tuple(round(1.0 + 0.2 * k, 1) for k in range(16))  # the training grid of C: 1.0, 1.2, ..., 4.0
 SCALE_RANGE = (1.0, 8.0)  # the values of C a plan or a prediction accepts
 

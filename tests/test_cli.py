@@ -1,4 +1,4 @@
-"""The three commands: installable console scripts, flags parsed before torch or Ray load, a help
+"""The commands: installable console scripts, flags parsed before torch or Ray load, a help
 sentence for every flag, choices enforced, and make_shards choosing its backend out loud."""
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ from elasticast.training.config import TrainConfig
 
 from conftest import REPO
 
-COMMANDS = {"make_shards": "elasticast-make-shards", "train": "elasticast-train", "evaluate": "elasticast-evaluate"}
+COMMANDS = {
+    "make_shards": "elasticast-make-shards",
+    "train": "elasticast-train",
+    "evaluate": "elasticast-evaluate",
+    "import_weights": "elasticast-import-weights",
+}
 HEAVY = ("torch", "torchaudio", "ray", "numba", "pyarrow", "soundfile")
 
 

@@ -17,7 +17,7 @@ import yaml
 from elasticast.config import ATTENTION_BACKENDS, MODEL_KINDS, POOLINGS, PRESETS
 from loaders.config import StreamConfig
 from loaders.pack import MODES
-from loaders.tokens import COMPRESSIONS
+from loaders.tokens import COMPRESSIONS, RECIPES
 from shards.parallel import BACKENDS
 
 CHOICES = {
@@ -32,6 +32,7 @@ CHOICES = {
     "attention": ("auto", *ATTENTION_BACKENDS),
     "wandb": ("offline", "online", "disabled"),
     "device": ("auto", "cpu", "cuda"),
+    "recipe": ("auto", *RECIPES),
 }
 
 
@@ -74,6 +75,11 @@ class TrainConfig:
     pooling: str = knob("cls", "ast only: the head reads the [cls] token or the mean of all tokens")
     attention: str = knob("auto", "attention kernel; auto: split on CPU, flex on CUDA")
     compile: bool = knob(False, "torch.compile the model")
+    init: str = knob(
+        "",
+        "start from these weights: an elasticast checkpoint (elasticast-import-weights writes one) or a file it reads "
+        "(paper, vit); the head is kept when the classes match (docs/pretrained.md)",
+    )
     # packing and features
     packing: str = knob("first_fit", "first_fit (tight rows) or greedy (the paper's next-fit)")
     max_tokens: int = knob(2048, "tokens per packed row (a 10 s clip at C = 1 is 496 tokens)")
@@ -85,6 +91,12 @@ class TrainConfig:
     compression: str = knob("shift", "how C > 1 is made: a longer frame shift, or average-pooling whole C frames")
     max_frames: int = knob(
         3072, "frames a clip may keep (longer clips are cropped, counted as cut); also the position table's length"
+    )
+    recipe: str = knob(
+        "auto", "feature recipe: elasticast, paper (its released models need it), auto: --init's, else elasticast"
+    )
+    fixed_frames: int = knob(
+        0, "the paper's fixed-length mode: clips cropped or padded to int(N / C) frames (0: --init's, else off)"
     )
     freq_mask: int = knob(0, "SpecAugment: widest masked band in mel bins (0: off)")
     time_mask: int = knob(0, "SpecAugment: widest masked span in frames (0: off)")
@@ -138,6 +150,8 @@ class TrainConfig:
             raise ValueError(f"scales must be C >= 1.0 (1.0 = the base 10 ms frame shift), got {self.scales}")
         if self.lr <= 0 or self.cpus_per_worker <= 0 or self.loader_cpus <= 0:
             raise ValueError("lr, cpus_per_worker and loader_cpus must be > 0")
+        if self.fixed_frames and self.fixed_frames < 16:
+            raise ValueError(f"fixed_frames must be 0 (off) or at least one 16-frame patch, got {self.fixed_frames}")
         if self.checkpoint_every < 0 or self.depth < 0:
             raise ValueError(f"checkpoint_every ({self.checkpoint_every}) and depth ({self.depth}) must be >= 0")
         if not 0 <= self.stop_after <= self.epochs:
