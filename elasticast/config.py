@@ -8,7 +8,11 @@ from loaders.tokens import N_MELS, PATCH
 
 MODEL_KINDS = ("elasticast", "ast")  # ElasticAST, or the fixed-size AST baseline of the paper's comparisons
 ATTENTION_BACKENDS = ("split", "dense", "flex", "varlen")  # see elasticast.attention
-POOLINGS = ("cls", "mean")  # the AST baseline's head
+POOLINGS = (
+    "cls",
+    "mean",
+    "cls_dist",
+)  # the AST baseline's head; cls_dist: cls and distillation tokens averaged, as AST
 PRESETS = {
     "tiny": dict(dim=192, depth=6, heads=3),
     "small": dict(dim=384, depth=12, heads=6),
@@ -22,7 +26,9 @@ class ModelConfig:
     `beyond_table` says what a longer input meets: "error" (default: crop upstream, as the
     loaders do) or "interpolate" (the time table is linearly stretched to the input's length).
     `scaled_attention=False` leaves attention logits undivided by sqrt(head dim), as in the
-    paper's code, whose released weights need it; ours scale them."""
+    paper's code, whose released weights need it; ours scale them. `freq_stride`/`time_stride`:
+    the AST baseline's patch strides (16: non-overlapping, as ElasticAST's and the paper's
+    baselines; 10: AudioSet-pretrained AST's overlapping patches)."""
 
     num_classes: int
     dim: int = 768
@@ -35,6 +41,8 @@ class ModelConfig:
     attention: str = "auto"  # auto | split | dense | flex | varlen
     beyond_table: str = "error"  # error | interpolate
     scaled_attention: bool = True
+    freq_stride: int = PATCH
+    time_stride: int = PATCH
 
     def __post_init__(self):
         if self.num_classes < 1:
@@ -45,10 +53,19 @@ class ModelConfig:
             raise ValueError(f"beyond_table must be 'error' or 'interpolate', got {self.beyond_table!r}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if not (1 <= self.freq_stride <= self.patch and 1 <= self.time_stride <= self.patch):
+            raise ValueError(
+                f"strides {self.freq_stride}/{self.time_stride} must be in 1..{self.patch} (patches may overlap, not skip)"
+            )
         if self.n_mels % self.patch or self.max_frames < self.patch:
             raise ValueError(
                 f"n_mels {self.n_mels} and max_frames {self.max_frames} must hold whole {self.patch}-patches"
             )
+
+    @property
+    def freq_steps(self) -> int:
+        """Patches along frequency at `freq_stride` (AST's grid height: 8 at 16, 12 at 10)."""
+        return (self.n_mels - self.patch) // self.freq_stride + 1
 
     @property
     def freq_patches(self) -> int:

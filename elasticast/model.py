@@ -76,6 +76,11 @@ class MaskedAttentionPool(nn.Module):
 class ElasticAST(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if (config.freq_stride, config.time_stride) != (config.patch, config.patch):
+            raise ValueError(
+                f"ElasticAST packs non-overlapping patches: strides must be {config.patch}, not "
+                f"{config.freq_stride}/{config.time_stride} (overlapping strides are the AST baseline's)"
+            )
         self.config = config
         patch_values = config.patch * config.patch
         self.patch_embed = nn.Linear(patch_values, config.dim)

@@ -72,17 +72,23 @@ def load_vit_weights_from(model: nn.Module, source: dict[str, torch.Tensor], pat
     }
     report.converted["patch_embed.weight"] = "patch_embed.proj.weight summed over RGB, flattened"
     report.loaded["patch_embed.proj.bias"] = "patch_embed.bias"
-    grid = position_grid(source["pos_embed"], model.config.freq_patches, model.config.time_patches)
+    config = model.config
     how = "pos_embed grid centre-cropped in frequency, interpolated in time"
     if "freq_embed" in target:
+        grid = position_grid(source["pos_embed"], config.freq_patches, config.time_patches)
         mapped["freq_embed"], mapped["time_embed"] = grid.mean(dim=1), grid.mean(dim=0)
         report.converted |= {"freq_embed": f"{how}, mean over time", "time_embed": f"{how}, mean over frequency"}
-    else:
-        time_major = grid[:, : target["pos_embed"].shape[1] // model.config.freq_patches].transpose(0, 1).flatten(0, 1)
-        mapped["pos_embed"] = torch.cat([source["pos_embed"][0, :1], time_major]).unsqueeze(0)
+    else:  # the AST baseline: its grid at its strides over max_frames, cut to its input, time-major
+        steps = (config.max_frames - config.patch) // config.time_stride + 1
+        grid = position_grid(source["pos_embed"], config.freq_steps, steps)[:, : model.tokens // config.freq_steps]
+        leading = source["pos_embed"][0, :1].expand(model.leading, -1)
+        mapped["pos_embed"] = torch.cat([leading, grid.transpose(0, 1).flatten(0, 1)]).unsqueeze(0)
         mapped["cls_token"] = source["cls_token"]
-        report.converted["pos_embed"] = f"{how}, time-major, behind the cls position"
+        report.converted["pos_embed"] = f"{how}, time-major, behind the cls position (also the dist position)"
         report.loaded["cls_token"] = "cls_token"
+        if model.dist_token is not None:
+            mapped["dist_token"] = source["cls_token"]
+            report.converted["dist_token"] = "cls_token (a ViT has no distillation token)"
     by_name = {k: v for k, v in source.items() if k.startswith(("blocks.", "norm."))}
     mapped.update(by_name)
     report.loaded |= {k: k for k in by_name}
@@ -104,10 +110,16 @@ def load_vit_weights_from(model: nn.Module, source: dict[str, torch.Tensor], pat
 def position_grid(pos_embed: torch.Tensor, freq_patches: int, time_patches: int) -> torch.Tensor:
     """timm's `[1, 1 + 14*14, D]` → `[freq_patches, time_patches, D]` (centre crop, interpolate)."""
     side = int(round((pos_embed.shape[1] - 1) ** 0.5))
-    grid = pos_embed[0, 1:].reshape(side, side, -1)
-    if freq_patches > side:
-        raise ValueError(f"the ViT's {side}x{side} position grid has fewer than {freq_patches} frequency rows")
-    top = (side - freq_patches) // 2
-    grid = grid[top : top + freq_patches]  # [F, side, D]
+    return crop_and_stretch(pos_embed[0, 1:].reshape(side, side, -1), freq_patches, time_patches)
+
+
+def crop_and_stretch(grid: torch.Tensor, freq_patches: int, time_patches: int) -> torch.Tensor:
+    """The paper's rule for a `[F, T, D]` position grid: the middle `freq_patches` rows, then the
+    time axis linearly interpolated to `time_patches` (half-pixel centres)."""
+    rows = grid.shape[0]
+    if freq_patches > rows:
+        raise ValueError(f"the position grid has {rows} frequency rows, fewer than {freq_patches}")
+    top = (rows - freq_patches) // 2
+    grid = grid[top : top + freq_patches]  # [F, T, D]
     stretched = F.interpolate(grid.permute(0, 2, 1), size=time_patches, mode="linear", align_corners=False)
     return stretched.permute(0, 2, 1)

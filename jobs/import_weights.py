@@ -6,8 +6,12 @@ and `elasticast-train --init`.
     elasticast-import-weights mine.pth mine.pt --format paper --mean -5.1 --std 4.2 --heads 4
     elasticast-import-weights vit_b16.pth init.pt --labels classes.csv --mean -5.1 --std 4.2
 
-(or `python jobs/import_weights.py ...`). The format (paper, vit) is read from the keys unless
---format says it. `--dataset` sets the paper's settings for that model: feature recipe and
+    elasticast-import-weights audioset_10_10_0.4593.pth ast.pt --mean -4.2677 --std 4.5690 --multi-label
+
+(or `python jobs/import_weights.py ...`). The format (paper, ast, ast-hf, ssast, vit) is read
+from the keys unless --format says it. AST files become the AST baseline (their strides, [cls]
+and distillation tokens averaged); the others ElasticAST. The feature recipe is the reference
+codes' (padding before normalising, long clips cropped) except for a ViT. `--dataset` sets the paper's settings for that model: feature recipe and
 statistics, classes, label type, time-table size; flags set them for any other file. Prints what
 was loaded, converted, left out and newly initialised. See docs/pretrained.md.
 """
@@ -19,7 +23,7 @@ import csv
 import sys
 from pathlib import Path
 
-FORMATS = ("paper", "vit")  # elasticast.foreign.FORMATS, without importing torch for --help
+FORMATS = ("paper", "ast", "ast-hf", "ssast", "vit")  # elasticast.foreign.FORMATS, without importing torch for --help
 DATASETS = ("voxceleb", "epic_sounds", "audioset", "vggsound")
 
 
@@ -60,7 +64,7 @@ def read_labels(path: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from elasticast.checkpoint import save_checkpoint
-    from elasticast.foreign import PAPER_DATASETS, SAMPLE_RATE, import_model, model_config, read_weights
+    from elasticast.foreign import PAPER_DATASETS, SAMPLE_RATE, import_model, read_weights
     from loaders.feature_spec import FeatureSpec
 
     try:
@@ -82,16 +86,17 @@ def main(argv: list[str] | None = None) -> int:
             args.mean,
             args.std,
             multi_label=args.multi_label,
-            recipe=args.recipe or ("paper" if format == "paper" else "elasticast"),
+            recipe=args.recipe or ("elasticast" if format == "vit" else "paper"),
             fixed_frames=args.fixed_frames,
         )
     try:
-        config = model_config(format, state, labels, args.heads, args.max_frames)
-        model, report = import_model(format, state, config)
+        classes = len(labels) if labels else None
+        model, report = import_model(format, state, classes=classes, heads=args.heads, frames=args.max_frames)
     except (KeyError, ValueError) as error:
         print(f"error: {args.input}: {error}", file=sys.stderr)
         return 2
     classes = model.config.num_classes
+    kind = "ElasticAST" if model.__class__.__name__ == "ElasticAST" else "the AST baseline"
     if preset is not None and preset.classes != classes:
         print(
             f"error: {args.input} has {classes} classes, {args.dataset}'s model has {preset.classes}", file=sys.stderr
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = [str(i) for i in range(classes)]
         print(f"note: no --labels: classes are named by index 0..{classes - 1}")
     features = FeatureSpec(**{**features.__dict__, "max_frames": model.config.max_frames})
-    print(f"model: ElasticAST {model.config}")
+    print(f"model: {kind} {model.config}")
     print(f"features: {features}")
     for line in report.lines():
         print(line)

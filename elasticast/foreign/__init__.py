@@ -1,22 +1,26 @@
-"""Weights made elsewhere, as elasticast models: the paper's released checkpoints (`paper`) and
-timm ViTs (`vit`). `detect_format` tells them apart by their keys; `import_model` builds the
-model they describe and says what it did with each tensor. The import command
+"""Weights made elsewhere, as elasticast models: the paper's released checkpoints (`paper`), AST
+(`ast`, the original code's files; `ast-hf`, its HuggingFace port), SSAST (`ssast`) and timm ViTs
+(`vit`), one file per format. `detect_format` tells them apart by their keys; `import_model`
+builds the model they describe (or the kind asked for) and says what it did with each tensor. The import command
 (`jobs/import_weights.py`) and `--init` of training use these."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from elasticast.checkpoint import Model, make_model
 from elasticast.config import ModelConfig
+from elasticast.foreign.ast import ast_config, ast_format, ast_weights, canonical, elastic_weights
 from elasticast.foreign.paper import HEAD_DIM, is_paper, paper_config, paper_weights
 from elasticast.model import ElasticAST
 from elasticast.weights import ImportReport, load_vit_weights_from, read_state_dict
 from loaders.feature_spec import FeatureSpec
 
-FORMATS = ("paper", "vit")
+FORMATS = ("paper", "ast", "ast-hf", "ssast", "vit")
+NATIVE_KIND = {"paper": "elasticast", "ast": "ast", "ast-hf": "ast", "ssast": "elasticast", "vit": "elasticast"}
 SAMPLE_RATE = 16000  # every released model's
 
 
@@ -55,6 +59,8 @@ def detect_format(state: dict, source: str | Path = "weights") -> str:
     """The format of a state dict, from its keys; a file of none is refused naming what it holds."""
     if is_paper(state):
         return "paper"
+    if ast_format(state):
+        return ast_format(state)
     if "patch_embed.proj.weight" in state and "pos_embed" in state:
         return "vit"
     sample = ", ".join(list(state)[:6])
@@ -72,33 +78,77 @@ def read_weights(path: str | Path, format: str | None = None) -> tuple[str, dict
     return format or detect_format(state, path), state
 
 
-def model_config(
+def import_model(
     format: str,
     state: dict[str, torch.Tensor],
-    labels: list[str] | None = None,
+    kind: str | None = None,
+    classes: int | None = None,
     heads: int | None = None,
-    max_frames: int | None = None,
-) -> ModelConfig:
-    """The ElasticAST a foreign file fills. The paper's files fix every size (`heads` cannot be
-    read: default head dim 64); a ViT fixes the encoder's, `labels` the classes, `max_frames` the
-    time table (default 3072)."""
+    frames: int | None = None,
+    base: ModelConfig | None = None,
+) -> tuple[Model, ImportReport]:
+    """The model a foreign file fills, holding its weights, and what became of each tensor.
+
+    kind: "elasticast" or "ast" (default: the format's own: AST files make the AST baseline).
+    classes: the head's classes (default: the file's); a head of another size is left out.
+    heads: attention heads (not in the weights; default head dim 64).
+    frames: the time table's frames (paper: read from the file; AST baseline: the frames its
+        grid was trained at, default 1024; ElasticAST from AST/SSAST/ViT: default 3072).
+    base: the configuration a ViT fills (default: its width and depth, `classes`, `frames`)."""
+    kind = kind or NATIVE_KIND[format]
+    report = ImportReport()
+    if format == "vit":
+        if base is None and classes is None:
+            raise ValueError("a vit file holds no classifier: name the classes (--labels)")
+        dim = state["pos_embed"].shape[-1]
+        depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
+        own = ModelConfig(classes or 1, dim=dim, depth=depth, heads=heads or dim // HEAD_DIM, max_frames=frames or 3072)
+        model = make_model(kind, base or own)
+        return model, load_vit_weights_from(model, state, "ViT")
     if format == "paper":
+        if kind != "elasticast":
+            raise ValueError("the paper's files are ElasticAST models: they cannot fill the AST baseline")
         config = paper_config(state, heads)
-        if max_frames not in (None, config.max_frames):
-            raise ValueError(f"its time table covers {config.max_frames} frames, not --max-frames {max_frames}")
-        return config
-    if not labels:
-        raise ValueError(f"a {format} file holds no classifier: name the classes (--labels)")
-    dim = state["pos_embed"].shape[-1]
-    depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
-    return ModelConfig(len(labels), dim=dim, depth=depth, heads=heads or dim // HEAD_DIM, max_frames=max_frames or 3072)
-
-
-def import_model(format: str, state: dict[str, torch.Tensor], config: ModelConfig) -> tuple[ElasticAST, ImportReport]:
-    """An ElasticAST of `config` (`model_config`) holding the foreign weights, and what became of each."""
-    model = ElasticAST(config)
-    if format == "paper":
+        if frames not in (None, config.max_frames):
+            raise ValueError(f"its time table covers {config.max_frames} frames, not {frames}")
         weights, report = paper_weights(state)
-        model.load_state_dict(weights)
-        return model, report
-    return model, load_vit_weights_from(model, state, "ViT")
+    else:
+        common = canonical(format, state, report)
+        if kind == "ast":
+            config, rows = ast_config(common, _classes(common), heads, frames or 1024)
+            weights = ast_weights(common, rows, report, dist=True)
+        else:
+            config = _encoder_config(common, heads, frames or 3072)
+            weights = elastic_weights(common, config, report, ssast=format == "ssast")
+    found = weights["head.weight"].shape[0] if "head.weight" in weights else None
+    classes = classes or found
+    if classes is None:
+        raise ValueError(f"a {format} file holds no classifier: name the classes (--labels)")
+    if found not in (None, classes):
+        for key in ("head.weight", "head.bias"):
+            del weights[key]
+            report.loaded = {k: v for k, v in report.loaded.items() if v != key}
+            report.left_out.append(f"{key} ({found} classes, not {classes})")
+    config = replace(config, num_classes=classes)
+    model = make_model(kind, config, config.max_frames, "cls_dist") if kind == "ast" else ElasticAST(config)
+    target = model.state_dict()
+    unknown = sorted(set(weights) - set(target))
+    if unknown:
+        raise KeyError(f"weights with no place in the model: {unknown[:5]}")
+    model.load_state_dict(weights, strict=False)
+    report.initialised = sorted(set(target) - set(weights))
+    return model, report
+
+
+def _classes(common: dict) -> int:
+    return common["head.weight"].shape[0] if "head.weight" in common else 1
+
+
+def _encoder_config(common: dict, heads: int | None, frames: int) -> ModelConfig:
+    """ElasticAST at an AST-family file's width and depth, over `frames` frames."""
+    dim = common["pos_embed"].shape[-1]
+    depth = len({k.split(".")[1] for k in common if k.startswith("blocks.")})
+    mlp_ratio = common["blocks.0.mlp.fc1.weight"].shape[0] / dim
+    return ModelConfig(
+        _classes(common), dim=dim, depth=depth, heads=heads or dim // HEAD_DIM, mlp_ratio=mlp_ratio, max_frames=frames
+    )

@@ -6,11 +6,14 @@ feature recipe as well as the model.
 - An elasticast checkpoint gives the model (kind, sizes, attention scaling, time table): the
   preset and size flags are not used. Its head is kept when its labels are the data's, in the
   same order, and re-initialised otherwise.
-- A paper file gives the whole ElasticAST too (heads: head dim 64); it names no classes, so its
-  head is kept when the class count is the data's.
-- A ViT initialises the configured model (`elasticast.weights`); its head is always new.
+- A foreign file (`elasticast.foreign`) fills the `--model` asked for: a paper file gives the
+  whole ElasticAST (heads: head dim 64), an AST or SSAST file the encoder (ElasticAST: its
+  position grid converted and factorised; the AST baseline: as it is, at its strides, with
+  `--target-frames` the frames it was trained at), a ViT the configured preset. A file names no
+  classes: its head is kept when the class count is the data's, else re-initialised.
 The recipe "auto" and fixed_frames 0 take the starting checkpoint's feature recipe and fixed
-length (a paper file: the paper's recipe); the fbank statistics are the shard set's own.
+length (a foreign file but a ViT: the reference codes' recipe, "paper"); the fbank statistics
+are the shard set's own.
 """
 
 from __future__ import annotations
@@ -21,12 +24,9 @@ import torch
 
 from elasticast.checkpoint import Checkpoint, Model, load_checkpoint, make_model
 from elasticast.config import ModelConfig
-from elasticast.foreign import model_config, read_weights
-from elasticast.foreign.paper import paper_weights
-from elasticast.model import ElasticAST
+from elasticast.foreign import import_model, read_weights
 from elasticast.training.config import TrainConfig
 from elasticast.training.loop import build_model
-from elasticast.weights import load_vit_weights_from
 from loaders.feature_spec import FeatureSpec
 
 
@@ -43,7 +43,7 @@ class Start:
     def recipe(self) -> str:
         if self.checkpoint is not None:
             return self.checkpoint.features.recipe
-        return "paper" if self.format == "paper" else "elasticast"
+        return "elasticast" if self.format == "vit" else "paper"
 
     @property
     def fixed_frames(self) -> int | None:
@@ -85,31 +85,18 @@ def start_model(config: TrainConfig, labels: list[str], start: Start | None) -> 
         return build_model(config, len(labels)), []
     if start.checkpoint is not None:
         return _from_checkpoint(config, labels, start)
-    if start.format == "paper":
-        if config.model != "elasticast":
-            raise ValueError(
-                f"--init {start.path} is an ElasticAST of the paper; --model {config.model} cannot hold it"
-            )
-        found = model_config("paper", start.state)
-        model = ElasticAST(_sized(found, config, len(labels)))
-        weights, report = paper_weights(start.state)
-        if found.num_classes == len(labels):
-            note = f"head kept: {len(labels)} classes in the file and the data (it names none)"
-        else:
-            head = ["head.weight", "head.bias"]
-            for key in head:
-                del weights[key]
-                del report.loaded[key]
-            report.left_out += head
-            report.initialised += head
-            note = f"head re-initialised: the file has {found.num_classes} classes, the data {len(labels)}"
-        model.load_state_dict(weights, strict=False)
-        return model, [*report.lines(), note]
-    model = build_model(config, len(labels))
-    return model, [
-        *load_vit_weights_from(model, start.state, start.path).lines(),
-        "head: new (a ViT has none for audio)",
-    ]
+    frames = {"paper": None, "vit": None}.get(
+        start.format, config.target_frames if config.model == "ast" else config.max_frames
+    )
+    base = build_model(config, len(labels)).config if start.format == "vit" else None
+    model, report = import_model(start.format, start.state, config.model, len(labels), frames=frames, base=base)
+    if config.model == "elasticast":
+        _sized(model.config, config, len(labels))  # the clips must fit its time table
+    if "head.weight" in report.initialised:
+        note = f"head re-initialised: the file's classes are not the data's {len(labels)} (or it has none)"
+    else:
+        note = f"head kept: {len(labels)} classes in the file and the data (it names none)"
+    return model, [*report.lines(), note]
 
 
 def _from_checkpoint(config: TrainConfig, labels: list[str], start: Start) -> tuple[Model, list[str]]:
