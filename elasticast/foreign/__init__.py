@@ -14,7 +14,7 @@ import torch
 from elasticast.checkpoint import Model, make_model
 from elasticast.config import ModelConfig
 from elasticast.foreign.ast import ast_config, ast_format, ast_weights, canonical, elastic_weights
-from elasticast.foreign.paper import HEAD_DIM, is_paper, paper_config, paper_weights
+from elasticast.foreign.paper import default_heads, is_paper, paper_config, paper_weights
 from elasticast.model import ElasticAST
 from elasticast.weights import ImportReport, load_vit_weights_from, read_state_dict
 from loaders.feature_spec import FeatureSpec
@@ -102,7 +102,9 @@ def import_model(
             raise ValueError("a vit file holds no classifier: name the classes (--labels)")
         dim = state["pos_embed"].shape[-1]
         depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
-        own = ModelConfig(classes or 1, dim=dim, depth=depth, heads=heads or dim // HEAD_DIM, max_frames=frames or 3072)
+        own = ModelConfig(
+            classes or 1, dim=dim, depth=depth, heads=default_heads(dim, heads), max_frames=frames or 3072
+        )
         model = make_model(kind, base or own)
         return model, load_vit_weights_from(model, state, "ViT")
     if format == "paper":
@@ -150,5 +152,5 @@ def _encoder_config(common: dict, heads: int | None, frames: int) -> ModelConfig
     depth = len({k.split(".")[1] for k in common if k.startswith("blocks.")})
     mlp_ratio = common["blocks.0.mlp.fc1.weight"].shape[0] / dim
     return ModelConfig(
-        _classes(common), dim=dim, depth=depth, heads=heads or dim // HEAD_DIM, mlp_ratio=mlp_ratio, max_frames=frames
+        _classes(common), dim=dim, depth=depth, heads=default_heads(dim, heads), mlp_ratio=mlp_ratio, max_frames=frames
     )

@@ -21,6 +21,7 @@ import re
 import torch
 
 from elasticast.config import ModelConfig
+from elasticast.foreign.paper import default_heads
 from elasticast.weights import ImportReport, crop_and_stretch
 
 HF_PREFIX = "audio_spectrogram_transformer."
@@ -82,6 +83,7 @@ def canonical(format: str, state: dict[str, torch.Tensor], report: ImportReport)
             "head": "classifier.dense",
         }
     else:
+        original = {k.removeprefix("module."): k for k in state}
         state = {k.removeprefix("module."): v for k, v in state.items()}
         out = {}
         for key, value in state.items():
@@ -117,6 +119,9 @@ def canonical(format: str, state: dict[str, torch.Tensor], report: ImportReport)
     out["cells"] = out["pos_embed"].shape[1] - out["leading"]
     used = {*report.loaded, f"{taken['patch']}.weight"} | {taken[k] for k in ("cls_token", "dist_token", "pos_embed")}
     report.left_out = sorted(k for k in state if k not in used and not _is_hf_attention(k))
+    if format != "ast-hf":  # name their tensors as their file does
+        report.loaded = {original[k]: v for k, v in report.loaded.items()}
+        report.left_out = [original[k] for k in report.left_out]
     return out
 
 
@@ -136,7 +141,7 @@ def ast_config(common: dict, classes: int, heads: int | None, target_frames: int
         num_classes=classes,
         dim=dim,
         depth=depth,
-        heads=heads or dim // 64,
+        heads=default_heads(dim, heads),
         mlp_ratio=common["blocks.0.mlp.fc1.weight"].shape[0] / dim,
         max_frames=target_frames,
         freq_stride=stride,

@@ -25,6 +25,13 @@ from elasticast.weights import ImportReport
 PREFIX = "module."
 MARKERS = ("pos_embed_freq", "pos_embed_time", "attn_pool_queries")
 HEAD_DIM = 64
+
+
+def default_heads(dim: int, heads: int | None) -> int:
+    """`heads`, else head dim 64 as in every released model (at least one head)."""
+    return heads or max(1, dim // HEAD_DIM)
+
+
 _BLOCK = re.compile(r"^blocks\.modules_list\.(\d+)\.(.+)$")
 _RENAMED = {
     "mlp_norm": "head_norm",
@@ -52,7 +59,7 @@ def paper_config(state: dict[str, torch.Tensor], heads: int | None = None, **set
         num_classes=state["head.weight"].shape[0],
         dim=dim,
         depth=depth,
-        heads=heads or dim // HEAD_DIM,
+        heads=default_heads(dim, heads),
         mlp_ratio=state["blocks.modules_list.0.mlp.fc1.weight"].shape[0] / dim,
         patch=patch,
         n_mels=state["pos_embed_freq"].shape[0] * patch,
