@@ -166,9 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     progress = tqdm(points, desc="evaluating", unit="point", file=sys.stderr)
     for point in progress:
-        rows = evaluate_point(
-            point, str(split), candidates, native_frames, args.loader, args.loader_workers, args.rows_per_batch
-        )
+        stream = dict(backend=args.loader, workers=args.loader_workers, rows_per_batch=args.rows_per_batch)
+        rows = evaluate_point(point, str(split), candidates, native_frames, **stream)
         results += rows
         progress.set_postfix_str(f"{point.name}: " + ", ".join(f"{r['checkpoint']} {r['metric']:.3f}" for r in rows))
     failed = max((r["failed"] for r in results), default=0)

@@ -147,26 +147,9 @@ def spectrogram(
     shifts, pools = resolution(scale, compression)
     shift, pool = float(shifts), int(pools)
     wave = torch.as_tensor(waveform, dtype=torch.float32).reshape(-1)
-    counts = clip_counts(
-        wave.numel(),
-        sample_rate,
-        scale,
-        compression=compression,
-        max_frames=max_frames,
-        capacity=capacity,
-        fixed_frames=fixed_frames,
-    )
-    wave = wave[
-        : samples_needed(
-            wave.numel(),
-            sample_rate,
-            scale,
-            compression=compression,
-            max_frames=max_frames,
-            capacity=capacity,
-            fixed_frames=fixed_frames,
-        )
-    ]
+    limits = dict(compression=compression, max_frames=max_frames, capacity=capacity, fixed_frames=fixed_frames)
+    counts = clip_counts(wave.numel(), sample_rate, scale, **limits)
+    wave = wave[: samples_needed(wave.numel(), sample_rate, scale, **limits)]
     window = int(frame_samples(sample_rate, FRAME_LENGTH_MS))
     spec = fbank(torch.nn.functional.pad(wave, (0, max(window - wave.numel(), 0))), sample_rate, shift)
     if pool > 1:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_foreign_layouts import timm_blocks
 
 from elasticast.checkpoint import load_checkpoint, model_from_checkpoint
 from elasticast.foreign import detect_format
@@ -68,12 +69,7 @@ def grid_state(prefix: str, rows: int, steps: int, generator: torch.Generator) -
         f"{prefix}head_dist.weight": torch.randn(1000, DIM, generator=generator),
         f"{prefix}head_dist.bias": torch.randn(1000, generator=generator),
     }
-    shapes = {"norm1": [DIM], "attn.qkv": [3 * DIM, DIM], "attn.proj": [DIM, DIM], "norm2": [DIM]}
-    shapes |= {"mlp.fc1": [4 * DIM, DIM], "mlp.fc2": [DIM, 4 * DIM]}
-    for n in range(DEPTH):
-        for name, shape in shapes.items():
-            state[f"{prefix}blocks.{n}.{name}.weight"] = torch.randn(shape, generator=generator)
-            state[f"{prefix}blocks.{n}.{name}.bias"] = torch.randn(shape[0], generator=generator)
+    state |= timm_blocks(prefix, DIM, DEPTH, generator)
     return state
 
 

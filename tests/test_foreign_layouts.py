@@ -53,17 +53,19 @@ def vit_state(depth: int = 2, side: int = 14) -> dict[str, torch.Tensor]:
     }
     grid = (100 * torch.arange(side)[:, None] + torch.arange(side)[None, :]).float().reshape(-1, 1).expand(-1, VIT_DIM)
     state["pos_embed"] = torch.cat([torch.full((1, VIT_DIM), -1.0), grid]).unsqueeze(0)
-    shapes = {
-        "norm1": [VIT_DIM],
-        "attn.qkv": [3 * VIT_DIM, VIT_DIM],
-        "attn.proj": [VIT_DIM, VIT_DIM],
-        "norm2": [VIT_DIM],
-    }
-    shapes |= {"mlp.fc1": [4 * VIT_DIM, VIT_DIM], "mlp.fc2": [VIT_DIM, 4 * VIT_DIM]}
+    state |= timm_blocks("", VIT_DIM, depth, generator)
+    return state
+
+
+def timm_blocks(prefix: str, dim: int, depth: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """timm's ViT blocks (`prefix` + `blocks.N.*`), random values."""
+    shapes = {"norm1": [dim], "attn.qkv": [3 * dim, dim], "attn.proj": [dim, dim], "norm2": [dim]}
+    shapes |= {"mlp.fc1": [4 * dim, dim], "mlp.fc2": [dim, 4 * dim]}
+    state = {}
     for n in range(depth):
         for name, shape in shapes.items():
-            state[f"blocks.{n}.{name}.weight"] = torch.randn(shape, generator=generator)
-            state[f"blocks.{n}.{name}.bias"] = torch.randn(shape[0], generator=generator)
+            state[f"{prefix}blocks.{n}.{name}.weight"] = torch.randn(shape, generator=generator)
+            state[f"{prefix}blocks.{n}.{name}.bias"] = torch.randn(shape[0], generator=generator)
     return state
 
 

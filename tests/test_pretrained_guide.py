@@ -26,6 +26,8 @@ def test_the_paper_recipes_load(dataset):
     assert config.fixed_frames == (1024 if dataset in ("audioset", "vggsound") else 0)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_the_guide_from_a_paper_checkpoint_to_predictions_sweeps_and_fine_tuning(
     tmp_path, make_shards, train_job, ray_local, capsys
 ):

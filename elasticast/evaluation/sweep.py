@@ -57,20 +57,10 @@ def in_classes(labels: torch.Tensor, split_labels: list[str], classes: list[str]
     return torch.nn.functional.one_hot(ids[labels], len(classes)).float() if multi_label else ids[labels]
 
 
-def evaluate_point(
-    point: Point,
-    split: str,
-    candidates: list[Candidate],
-    native_frames: int,
-    backend: str = "local",
-    workers: int = 1,
-    rows_per_batch: int = 4,
-) -> list[dict]:
+def evaluate_point(point: Point, split: str, candidates: list[Candidate], native_frames: int, **stream) -> list[dict]:
     """One result row per candidate at `point`: the split is featurized once and every model
-    scores the same batches."""
-    keys, logits, labels, stats = point_logits(
-        point, split, candidates, native_frames, backend, workers, rows_per_batch
-    )
+    scores the same batches (`stream`: `point_logits`' backend, workers, rows_per_batch)."""
+    keys, logits, labels, stats = point_logits(point, split, candidates, native_frames, **stream)
     rows = []
     for candidate, candidate_logits in zip(candidates, logits):
         metrics = score(candidate_logits, labels)
