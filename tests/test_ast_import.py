@@ -5,14 +5,17 @@ converted for ElasticAST as hand-computed."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_foreign_layouts import timm_blocks
 
 from elasticast.checkpoint import load_checkpoint, model_from_checkpoint
 from elasticast.foreign import detect_format
+from elasticast.model import loss
 from elasticast.training.config import TrainConfig
 from elasticast.training.init import read_start, start_model
+from elasticast.training.loop import build_model
 from jobs import import_weights
 from loaders.batch import from_features
 from loaders.features import patchify
@@ -143,3 +146,12 @@ def test_an_ssast_file_is_cropped_and_stretched_as_the_paper_does(tmp_path):
     assert torch.allclose(ours["time_embed"][:, 0], rows.mean() + steps, atol=1e-3)
     assert torch.equal(ours["blocks.0.mlp.fc2.weight"], state["module.v.blocks.0.mlp.fc2.weight"])
     assert "left out module.cpredlayer.0.weight" in lines and "head re-initialised" in lines[-1]
+
+
+def test_the_ast_baseline_trains_at_stride_10_from_the_flag():
+    model = build_model(TrainConfig(model="ast", ast_stride=10, preset="tiny", depth=1, target_frames=128), 3)
+    assert (model.config.freq_stride, model.tokens) == (10, 12 * 12)  # (128 - 16) // 10 + 1 both ways
+    features = [patchify(torch.randn(frames, 128)) for frames in (64, 160)]
+    batch = from_features(features, np.array([0, 0]), np.array([0, 32]), np.ones(2), ["short", "long"])
+    loss(model(batch), torch.tensor([0, 2])).backward()
+    assert model.patch_embed.weight.grad.abs().sum() > 0

@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_paper_model import REFERENCE
 
-from elasticast import load_checkpoint, save_checkpoint
+from elasticast import load_checkpoint, model_from_checkpoint, save_checkpoint
 from elasticast.foreign import detect_format
 from elasticast.training.config import TrainConfig
 from elasticast.training.init import read_start, start_model, training_features
@@ -138,3 +138,18 @@ def test_an_elasticast_checkpoint_keeps_its_head_for_the_same_labels_only(tmp_pa
     with pytest.raises(ValueError, match="exceeds the starting model's time table"):
         start_model(TrainConfig(init="x", max_frames=512), ["a"], start)
     assert load_checkpoint(tmp_path / "run.pt").features.recipe == "elasticast"
+
+
+def test_a_version_2_checkpoint_loads_with_what_version_3_added_at_its_former_behaviour(tmp_path):
+    model, _ = start_model(TrainConfig(preset="tiny", depth=1, max_frames=256), ["a", "b"], None)
+    save_checkpoint(tmp_path / "v3.pt", model, ["a", "b"], FeatureSpec(16000, -5.0, 4.0, max_frames=256))
+    raw = torch.load(tmp_path / "v3.pt", weights_only=True)
+    raw["format_version"] = 2
+    for key in ("recipe", "fixed_frames"):
+        del raw["features"][key]
+    for key in ("scaled_attention", "freq_stride", "time_stride"):
+        del raw["model"]["config"][key]
+    torch.save(raw, tmp_path / "v2.pt")
+    loaded = load_checkpoint(tmp_path / "v2.pt")
+    assert (loaded.features.recipe, loaded.features.fixed_frames) == ("elasticast", None)
+    assert model_from_checkpoint(loaded).config == model.config

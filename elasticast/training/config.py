@@ -72,7 +72,13 @@ class TrainConfig:
     depth: int = knob(0, "transformer blocks (0: the preset's)")
     model: str = knob("elasticast", "elasticast (packed, any length) or ast (the fixed-size baseline)")
     target_frames: int = knob(1024, "ast only: every sample cropped or zero-padded to this many frames")
-    pooling: str = knob("cls", "ast only: the head reads the [cls] token or the mean of all tokens")
+    pooling: str = knob(
+        "cls",
+        "ast only: the head reads the [cls] token, the mean of all tokens, or cls_dist ([cls] and distillation tokens averaged, as AST)",
+    )
+    ast_stride: int = knob(
+        16, "ast only: patch stride in frequency and time (16: non-overlapping; 10: AudioSet-pretrained AST's)"
+    )
     attention: str = knob("auto", "attention kernel; auto: split on CPU, flex on CUDA")
     compile: bool = knob(False, "torch.compile the model")
     init: str = knob(
@@ -150,6 +156,8 @@ class TrainConfig:
             raise ValueError(f"scales must be C >= 1.0 (1.0 = the base 10 ms frame shift), got {self.scales}")
         if self.lr <= 0 or self.cpus_per_worker <= 0 or self.loader_cpus <= 0:
             raise ValueError("lr, cpus_per_worker and loader_cpus must be > 0")
+        if not 1 <= self.ast_stride <= 16:
+            raise ValueError(f"ast_stride must be in 1..16 (patches may overlap, not skip), got {self.ast_stride}")
         if self.fixed_frames and self.fixed_frames < 16:
             raise ValueError(f"fixed_frames must be 0 (off) or at least one 16-frame patch, got {self.fixed_frames}")
         if self.checkpoint_every < 0 or self.depth < 0:

@@ -23,8 +23,10 @@ from loaders.batch import PackedBatch
 
 def build_model(config: TrainConfig, num_classes: int) -> Model:
     """The model `config` asks for, freshly initialised."""
-    depth = {"depth": config.depth} if config.depth else {}
-    model_config = preset(config.preset, num_classes, max_frames=config.max_frames, attention=config.attention, **depth)
+    sizes = {"depth": config.depth} if config.depth else {}
+    if config.model == "ast":
+        sizes |= {"freq_stride": config.ast_stride, "time_stride": config.ast_stride}
+    model_config = preset(config.preset, num_classes, max_frames=config.max_frames, attention=config.attention, **sizes)
     return make_model(config.model, model_config, config.target_frames, config.pooling)
 
 
