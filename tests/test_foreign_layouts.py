@@ -11,6 +11,7 @@ import torch
 from test_paper_model import REFERENCE
 
 from elasticast import load_checkpoint, model_from_checkpoint, save_checkpoint
+from elasticast.attention import Attention, build_layout
 from elasticast.foreign import detect_format
 from elasticast.training.config import TrainConfig
 from elasticast.training.init import read_start, start_model, training_features
@@ -153,3 +154,19 @@ def test_a_version_2_checkpoint_loads_with_what_version_3_added_at_its_former_be
     loaded = load_checkpoint(tmp_path / "v2.pt")
     assert (loaded.features.recipe, loaded.features.fixed_frames) == ("elasticast", None)
     assert model_from_checkpoint(loaded).config == model.config
+
+
+@pytest.mark.parametrize("backend", ["split", "dense"])
+def test_unscaled_attention_is_the_softmax_of_raw_logits_within_each_sample(backend):
+    """The paper's attention, written out: softmax(q k^T) v per head, per sample, no 1/sqrt(d)."""
+    torch.manual_seed(0)
+    attention = Attention(16, 2, scaled=False)
+    x, segments = torch.randn(1, 7, 16), torch.tensor([[1, 1, 1, 2, 2, 2, 2]])
+    q, k, v = attention.qkv(x)[0].reshape(7, 3, 2, 8).unbind(dim=1)  # [tokens, heads, 8] each
+    expected = torch.zeros(7, 2, 8)
+    for span in (slice(0, 3), slice(3, 7)):
+        weights = torch.einsum("qhd,khd->hqk", q[span], k[span]).softmax(dim=-1)
+        expected[span] = torch.einsum("hqk,khd->qhd", weights, v[span])
+    with torch.no_grad():
+        out = attention(x, build_layout(segments, backend))
+        assert torch.allclose(out[0], attention.proj(expected.reshape(7, 16)), atol=1e-5)
