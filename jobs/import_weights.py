@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 FORMATS = ("paper", "ast", "ast-hf", "ssast", "vit")  # elasticast.foreign.FORMATS, without importing torch for --help
+HEADLESS = ("ssast", "vit")  # formats whose files hold no classifier for audio
 DATASETS = ("voxceleb", "epic_sounds", "audioset", "vggsound")
 
 
@@ -53,16 +55,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def read_labels(path: str) -> list[str]:
     """display_name by index from a class_labels_indices.csv (index,mid,display_name); a file
     without those columns: the first column of each row."""
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    lines = Path(path).read_text().splitlines()
+    rows = list(csv.DictReader(lines))
     if rows and {"index", "display_name"} <= set(rows[0]):
         return [row["display_name"] for row in sorted(rows, key=lambda row: int(row["index"]))]
-    with open(path, newline="") as handle:
-        return [row[0] for row in csv.reader(handle) if row]
+    return [row[0] for row in csv.reader(lines) if row]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from elasticast.ast_baseline import ASTBaseline
     from elasticast.checkpoint import save_checkpoint
     from elasticast.foreign import PAPER_DATASETS, SAMPLE_RATE, import_model, read_weights
     from loaders.feature_spec import FeatureSpec
@@ -89,14 +91,14 @@ def main(argv: list[str] | None = None) -> int:
             recipe=args.recipe or ("elasticast" if format == "vit" else "paper"),
             fixed_frames=args.fixed_frames,
         )
-    try:
-        classes = len(labels) if labels else None
+    try:  # a file with a classifier keeps its own classes: --labels must name as many
+        classes = len(labels) if labels and format in HEADLESS else None
         model, report = import_model(format, state, classes=classes, heads=args.heads, frames=args.max_frames)
     except (KeyError, ValueError) as error:
         print(f"error: {args.input}: {error}", file=sys.stderr)
         return 2
     classes = model.config.num_classes
-    kind = "ElasticAST" if model.__class__.__name__ == "ElasticAST" else "the AST baseline"
+    kind = "the AST baseline" if isinstance(model, ASTBaseline) else "ElasticAST"
     if preset is not None and preset.classes != classes:
         print(
             f"error: {args.input} has {classes} classes, {args.dataset}'s model has {preset.classes}", file=sys.stderr
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if labels is None:
         labels = [str(i) for i in range(classes)]
         print(f"note: no --labels: classes are named by index 0..{classes - 1}")
-    features = FeatureSpec(**{**features.__dict__, "max_frames": model.config.max_frames})
+    features = replace(features, max_frames=model.config.max_frames)
     print(f"model: {kind} {model.config}")
     print(f"features: {features}")
     for line in report.lines():
