@@ -155,3 +155,57 @@ def test_the_ast_baseline_trains_at_stride_10_from_the_flag():
     batch = from_features(features, np.array([0, 0]), np.array([0, 32]), np.ones(2), ["short", "long"])
     loss(model(batch), torch.tensor([0, 2])).backward()
     assert model.patch_embed.weight.grad.abs().sum() > 0
+
+
+def test_a_huggingface_file_of_transformers_4_names_lands_tensor_by_tensor(tmp_path, capsys):
+    """The layout of the Hub's AST checkpoints (model.safetensors, transformers 4 names), stride 10."""
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(4)
+    cells = 12 * 101
+    root = "audio_spectrogram_transformer."
+    shapes = {
+        "embeddings.cls_token": [1, 1, DIM],
+        "embeddings.distillation_token": [1, 1, DIM],
+        "embeddings.position_embeddings": [1, 2 + cells, DIM],
+        "embeddings.patch_embeddings.projection.weight": [DIM, 1, 16, 16],
+        "embeddings.patch_embeddings.projection.bias": [DIM],
+        "layernorm.weight": [DIM],
+        "layernorm.bias": [DIM],
+    }
+    layer = {"attention.attention.query": [DIM, DIM], "attention.attention.key": [DIM, DIM]}
+    layer |= {"attention.attention.value": [DIM, DIM], "attention.output.dense": [DIM, DIM]}
+    layer |= {"intermediate.dense": [4 * DIM, DIM], "output.dense": [DIM, 4 * DIM]}
+    layer |= {"layernorm_before": [DIM], "layernorm_after": [DIM]}
+    for n in range(DEPTH):
+        for name, shape in layer.items():
+            shapes[f"encoder.layer.{n}.{name}.weight"] = shape
+            shapes[f"encoder.layer.{n}.{name}.bias"] = shape[:1]
+    state = {root + key: torch.randn(shape, generator=generator) for key, shape in shapes.items()}
+    state |= {f"classifier.layernorm.{leaf}": torch.randn(DIM, generator=generator) for leaf in ("weight", "bias")}
+    state |= {
+        "classifier.dense.weight": torch.randn(527, DIM, generator=generator),
+        "classifier.dense.bias": torch.randn(527),
+    }
+    save_file(state, str(tmp_path / "model.safetensors"))
+    assert import_weights.main([str(tmp_path / "model.safetensors"), str(tmp_path / "hf.pt"), *FLAGS]) == 0
+    out = capsys.readouterr().out
+    assert "ast-hf weights" in out and "left out nothing" in out and "newly initialised nothing" in out
+    ours = load_checkpoint(tmp_path / "hf.pt").state_dict
+    layer1 = root + "encoder.layer.1."
+    qkv = torch.cat([state[f"{layer1}attention.attention.{p}.weight"] for p in ("query", "key", "value")])
+    assert torch.equal(ours["blocks.1.attn.qkv.weight"], qkv)
+    for mine, theirs in [
+        ("blocks.1.attn.proj.bias", f"{layer1}attention.output.dense.bias"),
+        ("blocks.1.mlp.fc1.weight", f"{layer1}intermediate.dense.weight"),
+        ("blocks.1.mlp.fc2.weight", f"{layer1}output.dense.weight"),
+        ("blocks.1.norm1.weight", f"{layer1}layernorm_before.weight"),
+        ("blocks.1.norm2.bias", f"{layer1}layernorm_after.bias"),
+        ("norm.weight", root + "layernorm.weight"),
+        ("head_norm.weight", "classifier.layernorm.weight"),
+        ("head.weight", "classifier.dense.weight"),
+        ("dist_token", root + "embeddings.distillation_token"),
+    ]:
+        assert torch.equal(ours[mine], state[theirs]), mine
+    grid = state[root + "embeddings.position_embeddings"][0]
+    assert torch.equal(ours["pos_embed"][0, 2 + 37 * 12 + 5], grid[2 + 5 * 101 + 37])  # time 37, frequency row 5
