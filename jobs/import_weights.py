@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # a file with a classifier keeps its own classes: --labels must name as many
         classes = len(labels) if labels and format in HEADLESS else None
         model, report = import_model(format, state, classes=classes, heads=args.heads, frames=args.max_frames)
-    except (KeyError, ValueError) as error:
+    except (KeyError, ValueError, RuntimeError) as error:  # RuntimeError: a shape the model has not
         print(f"error: {args.input}: {error}", file=sys.stderr)
         return 2
     classes = model.config.num_classes

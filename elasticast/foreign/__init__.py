@@ -1,7 +1,8 @@
 """Weights made elsewhere, as elasticast models: the paper's released checkpoints (`paper`), AST
 (`ast`, the original code's files; `ast-hf`, its HuggingFace port), SSAST (`ssast`) and timm ViTs
-(`vit`), one file per format. `detect_format` tells them apart by their keys; `import_model`
-builds the model they describe (or the kind asked for) and says what it did with each tensor. The import command
+(`vit`); the mappings live in `paper.py`, `ast.py` (the AST family) and `elasticast.weights`
+(ViT). `detect_format` tells the formats apart by their keys; `import_model` builds the model a
+file describes (or the kind asked for) and says what it did with each tensor. The import command
 (`jobs/import_weights.py`) and `--init` of training use these."""
 
 from __future__ import annotations
