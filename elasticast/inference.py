@@ -200,7 +200,7 @@ class Classifier:
         counts = self._counts(num_samples, scale)
         if not counts.cut or self.features.crops_long_clips:
             return [_Window(clip, 0, num_samples, scale, int(counts.tokens))]
-        shift_ms, pool = resolution(scale, self.features.compression)
+        shift_ms, pool = self.features.resolution(scale)
         shift, rate = int(frame_samples(self.features.sample_rate, shift_ms)), self.features.sample_rate
         size = int(frame_samples(rate, FRAME_LENGTH_MS)) + (self.frames * int(pool) - 1) * shift
         starts = [*range(0, num_samples - size, self.frames // 2 * int(pool) * shift), num_samples - size]

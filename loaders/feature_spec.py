@@ -12,7 +12,8 @@ The paper's recipe differs in two places: padding is zeros of the fbank, normali
 rest (ours: zeros after normalising, the dataset mean), and a clip longer than the cap is
 cropped to its first `max_frames` frames where `Classifier` would otherwise average windows.
 `fixed_frames` (the paper's fixed-length resolution mode, AudioSet and VGGSound): every clip is
-cropped or padded to `int(fixed_frames / C)` frames, floored to 16.
+cropped or padded to `int(fixed_frames / C)` frames, floored to 16. `frame_shift_ms`: the frame
+shift at C = 1, 10 ms but for the paper's Epic-Sounds recipe (5 ms).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from numpy.typing import ArrayLike
 
 from loaders.config import StreamConfig
 from loaders.features import samples_needed, spectrogram
-from loaders.tokens import COMPRESSIONS, PATCH, RECIPES, TokenCounts, clip_counts
+from loaders.tokens import BASE_SHIFT_MS, COMPRESSIONS, PATCH, RECIPES, TokenCounts, clip_counts, resolution
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class FeatureSpec:
     multi_label: bool = False
     recipe: str = "elasticast"
     fixed_frames: int | None = None
+    frame_shift_ms: float = BASE_SHIFT_MS
 
     def __post_init__(self):
         if self.compression not in COMPRESSIONS:
@@ -48,6 +50,8 @@ class FeatureSpec:
             raise ValueError(f"feature recipe {self.recipe!r} is not one of {RECIPES}")
         if self.sample_rate < 1 or self.std <= 0:
             raise ValueError(f"sample_rate ({self.sample_rate}) and fbank std ({self.std}) must be > 0")
+        if self.frame_shift_ms <= 0:
+            raise ValueError(f"frame_shift_ms must be > 0, got {self.frame_shift_ms}")
         for name in ("max_frames", "fixed_frames"):
             value = getattr(self, name)
             if value is not None and value < PATCH:
@@ -93,13 +97,22 @@ class FeatureSpec:
             **self._options(limits),
         )
 
+    def resolution(self, scale: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """(frame shift in ms, pooling factor) at C (`loaders.tokens.resolution`)."""
+        return resolution(scale, self.compression, self.frame_shift_ms)
+
+    @property
+    def framing(self) -> dict:
+        """How frames are made beyond the compression and the caps: the fixed length and the shift at C = 1."""
+        return {"fixed_frames": self.fixed_frames, "base_shift_ms": self.frame_shift_ms}
+
     def _options(self, limits: dict) -> dict:
         unknown = set(limits) - {"max_frames", "capacity"}
         if unknown:
             raise TypeError(f"unknown limits {sorted(unknown)}: pass max_frames or capacity")
         return {
             "compression": self.compression,
-            "fixed_frames": self.fixed_frames,
             "max_frames": limits.get("max_frames", self.max_frames),
             "capacity": limits.get("capacity"),
+            **self.framing,
         }

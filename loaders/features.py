@@ -97,6 +97,7 @@ def samples_needed(
     max_frames: int | None = None,
     capacity: int | None = None,
     fixed_frames: int | None = None,
+    base_shift_ms: float = BASE_SHIFT_MS,
 ) -> int:
     """Samples of a clip that its kept frames read: all of them unless `max_frames`/`capacity`
     (or `fixed_frames`) crop it, else the window and shifts of the kept frames. What the loader
@@ -109,10 +110,11 @@ def samples_needed(
         max_frames=max_frames,
         capacity=capacity,
         fixed_frames=fixed_frames,
+        base_shift_ms=base_shift_ms,
     )
     if not counts.cut:
         return num_samples
-    shifts, pools = resolution(scale, compression)
+    shifts, pools = resolution(scale, compression, base_shift_ms)
     kept = int(counts.tokens) // (N_MELS // PATCH) * PATCH * int(pools)
     return int(frame_samples(sample_rate, FRAME_LENGTH_MS)) + (kept - 1) * int(
         frame_samples(sample_rate, float(shifts))
@@ -131,6 +133,7 @@ def spectrogram(
     capacity: int | None = None,
     fixed_frames: int | None = None,
     pad_before_normalising: bool = False,
+    base_shift_ms: float = BASE_SHIFT_MS,
 ) -> torch.Tensor:
     """Normalised fbank `[frames, 128]` at resolution `scale`, cut to exactly the frames that
     `loaders.tokens.clip_counts` promises (so the plan and the features always agree).
@@ -142,12 +145,14 @@ def spectrogram(
     shorter than one window or one patch padded at the end with zeros: zeros of the normalised
     values (the dataset mean), or with `pad_before_normalising` (the paper's recipe) zeros of the
     fbank, normalised with the rest. `fixed_frames`: the paper's fixed-length mode, every clip
-    cropped or padded to `int(fixed_frames / C)` frames (floored to 16).
+    cropped or padded to `int(fixed_frames / C)` frames (floored to 16). `base_shift_ms`: the
+    frame shift at C = 1.
     """
-    shifts, pools = resolution(scale, compression)
+    shifts, pools = resolution(scale, compression, base_shift_ms)
     shift, pool = float(shifts), int(pools)
     wave = torch.as_tensor(waveform, dtype=torch.float32).reshape(-1)
     limits = dict(compression=compression, max_frames=max_frames, capacity=capacity, fixed_frames=fixed_frames)
+    limits["base_shift_ms"] = base_shift_ms
     counts = clip_counts(wave.numel(), sample_rate, scale, **limits)
     wave = wave[: samples_needed(wave.numel(), sample_rate, scale, **limits)]
     window = int(frame_samples(sample_rate, FRAME_LENGTH_MS))

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from loaders.config import StreamConfig
+from loaders.feature_spec import FeatureSpec
 from loaders.pack import Packing, pack
 from loaders.tokens import clip_counts
 
@@ -81,11 +82,11 @@ def plan_epoch(
     config: StreamConfig,
     epoch: int,
     key_hash: np.ndarray | None = None,
-    fixed_frames: int | None = None,
+    features: FeatureSpec | None = None,
 ) -> EpochPlan:
     """The plan of one epoch (see the module docstring); a pure function of index, config and
     epoch (of the config, only the packing and feature settings matter: not the backend).
-    `fixed_frames`: every clip cropped or padded to that length at C (`loaders.tokens.clip_counts`)."""
+    `features`: how the stream featurizes (its fixed length and frame shift count here too)."""
     key_hash = index.key_hash if key_hash is None else key_hash
     scales = np.asarray(config.scales, dtype=np.float64)
     n = len(key_hash)
@@ -101,7 +102,7 @@ def plan_epoch(
             compression=config.compression,
             max_frames=config.max_frames,
             capacity=config.max_tokens,
-            fixed_frames=fixed_frames,
+            **(features.framing if features else {}),
         )
         tokens[part], cut[part] = counts.tokens, counts.cut
     return plan_tokens(tokens, index.shard, config, epoch, cut=cut, scale=scale)

@@ -169,7 +169,7 @@ class PackedStream(IterableDataset):
         if epoch not in self._plans:
             self._plans.clear()  # the former epoch's plan goes before the next is made, not after
             self._plans[epoch] = plan_epoch(
-                self._plan_index, self.config, epoch, self.index.key_hash, self.features.spec.fixed_frames
+                self._plan_index, self.config, epoch, self.index.key_hash, self.features.spec
             )
         return self._plans[epoch]
 

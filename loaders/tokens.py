@@ -62,17 +62,20 @@ def shift_for_scale(scale: ArrayLike) -> np.ndarray:
     return BASE_SHIFT_MS * np.round(np.asarray(scale, dtype=np.float64), 1)
 
 
-def resolution(scale: ArrayLike, compression: str = "shift") -> tuple[np.ndarray, np.ndarray]:
+def resolution(
+    scale: ArrayLike, compression: str = "shift", base_shift_ms: float = BASE_SHIFT_MS
+) -> tuple[np.ndarray, np.ndarray]:
     """(frame shift in ms, average-pooling factor) that make resolution C under `compression`:
-    "shift" moves the frame shift to 10*C ms; "avgpool" keeps 10 ms frames and pools whole C of them."""
+    "shift" moves the frame shift to 10*C ms; "avgpool" keeps 10 ms frames and pools whole C of them.
+    `base_shift_ms`: the shift at C = 1 (10 ms; the paper's Epic-Sounds recipe: 5)."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression {compression!r} is not one of {COMPRESSIONS}")
     scale = np.asarray(scale, dtype=np.float64)
     if compression == "shift":
-        return shift_for_scale(scale), np.ones(scale.shape, np.int64)
+        return shift_for_scale(scale) * (base_shift_ms / BASE_SHIFT_MS), np.ones(scale.shape, np.int64)
     if np.any(scale != np.round(scale)):
         raise ValueError(f"avgpool compression needs whole scales (e.g. 1, 2, 3, 4), got {scale}")
-    return np.full(scale.shape, BASE_SHIFT_MS), scale.astype(np.int64)
+    return np.full(scale.shape, float(base_shift_ms)), scale.astype(np.int64)
 
 
 def frame_samples(sample_rate: ArrayLike, milliseconds: ArrayLike) -> np.ndarray:
@@ -206,11 +209,13 @@ def clip_counts(
     max_frames: int | None = None,
     capacity: int | None = None,
     fixed_frames: int | None = None,
+    base_shift_ms: float = BASE_SHIFT_MS,
 ) -> TokenCounts:
     """Tokens per clip at resolution `scale`: the clip's own frames (`token_counts`), or with
     `fixed_frames` every clip cropped or padded to `fixed_frames_at(fixed_frames, C)` frames (then
-    `cut` counts the tokens of the clip beyond them). `max_frames` and `capacity` crop either."""
-    shift, pool = resolution(scale, compression)
+    `cut` counts the tokens of the clip beyond them). `max_frames` and `capacity` crop either.
+    `base_shift_ms`: the frame shift at C = 1 (`resolution`)."""
+    shift, pool = resolution(scale, compression, base_shift_ms)
     natural = token_counts(num_samples, sample_rate, shift, max_frames=max_frames, capacity=capacity, pool=pool)
     if fixed_frames is None:
         return natural

@@ -16,6 +16,9 @@ from elasticast import Classifier
 from elasticast.checkpoint import load_checkpoint
 from elasticast.evaluation import Point, load_candidate, point_logits
 from jobs import import_weights
+from loaders import PackedStream
+from loaders.feature_spec import FeatureSpec
+from loaders.features import kaldi_fbank
 from shards.audio import load_source
 from shards.inputs import write_manifest
 
@@ -100,14 +103,20 @@ def test_classifier_of_the_imported_checkpoint_gives_the_reference_probabilities
         assert abs(torch.from_numpy(prediction.probabilities) - expected).max() < 1e-4, clip
 
 
-def test_fixed_length_modes_through_the_evaluation_give_the_reference_probabilities(
-    reference, imported, make_shards, tmp_path
-):
-    names = reference["meta"]["clips"]
-    rows = [{"path": str(REFERENCE / "clips" / n), "label": str(i), "split": "test"} for i, n in enumerate(names)]
-    manifest = write_manifest(tmp_path / "rows.csv", rows)
-    shards = tmp_path / "shards"
+@pytest.fixture(scope="module")
+def clip_shards(reference, make_shards, tmp_path_factory):
+    """The reference clips as one test split, clip i labelled "i"."""
+    work = tmp_path_factory.mktemp("clips")
+    rows = [{"path": str(c), "label": str(i), "split": "test"} for i, c in enumerate(reference["clips"])]
+    manifest = write_manifest(work / "rows.csv", rows)
+    shards = work / "shards"
     assert make_shards.main(["--manifest", str(manifest), "--out", str(shards), "--backend", "local", "--quiet"]) == 0
+    return shards
+
+
+def test_fixed_length_modes_through_the_evaluation_give_the_reference_probabilities(reference, imported, clip_shards):
+    names = reference["meta"]["clips"]
+    shards = clip_shards
     candidate = load_candidate(imported["fixed"])
     for mode, scale in FIXED_MODES.items():
         point = Point("scale", scale=scale)
@@ -116,3 +125,19 @@ def test_fixed_length_modes_through_the_evaluation_give_the_reference_probabilit
         for key, label, ours in zip(keys, labels.tolist(), logits):
             expected = reference["expected"][f"{mode}/{names[label]}/logits"].softmax(dim=0)
             assert abs(ours.softmax(dim=0) - expected).max() < 1e-4, (mode, key)
+
+
+def test_a_5_ms_frame_shift_is_kaldis_and_the_stream_plans_what_it_featurizes(reference, clip_shards):
+    """The paper's Epic-Sounds recipe: frames every 5 ms at C = 1 (torchaudio's kaldi.fbank the reference)."""
+    spec = FeatureSpec(16000, -8.660809, 3.878928, recipe="paper", frame_shift_ms=5.0)
+    wave = load_source(str(reference["clips"][2]), 16000)[0]
+    theirs = kaldi_fbank(wave, 16000, frame_shift_ms=5.0)
+    ours = spec.spectrogram(wave)
+    assert ours.shape[0] == theirs.shape[0] // 16 * 16 == 832  # 4.2 s: twice the frames of 10 ms
+    assert (ours - (theirs[: ours.shape[0]] - spec.mean) / (2 * spec.std)).abs().max() < 1e-3
+    stream = PackedStream(clip_shards / "test", rows_per_batch=2, shuffle=False, backend="local", features=spec)
+    tokens = {
+        key: int(n) for batch in stream.epoch(0) for key, n in zip(batch.keys, batch.n_tokens) if not batch.failed
+    }
+    assert sum(stream.stats[0]["failed"] for _ in [0]) == 0 and len(tokens) == 6
+    assert sorted(tokens.values())[2] == 832 // 16 * 8

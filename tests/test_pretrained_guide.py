@@ -24,6 +24,7 @@ def test_the_paper_recipes_load(dataset):
     config = TrainConfig(**load_yaml(REPO / "examples" / "paper" / f"{dataset}.yaml"))
     assert config.recipe == "paper" and config.init and config.preset == "base"
     assert config.fixed_frames == (1024 if dataset in ("audioset", "vggsound") else 0)
+    assert config.frame_shift == (5.0 if dataset == "epic_sounds" else 0.0)
 
 
 @pytest.mark.ray

@@ -104,6 +104,9 @@ class TrainConfig:
     fixed_frames: int = knob(
         0, "the paper's fixed-length mode: clips cropped or padded to int(N / C) frames (0: --init's, else off)"
     )
+    frame_shift: float = knob(
+        0.0, "frame shift at C = 1 in ms (0: --init's, else 10; the paper's Epic-Sounds recipe: 5)"
+    )
     freq_mask: int = knob(0, "SpecAugment: widest masked band in mel bins (0: off)")
     time_mask: int = knob(0, "SpecAugment: widest masked span in frames (0: off)")
     shuffle: bool = knob(True, "shuffle shards and rows every epoch")
@@ -156,6 +159,8 @@ class TrainConfig:
             raise ValueError(f"scales must be C >= 1.0 (1.0 = the base 10 ms frame shift), got {self.scales}")
         if self.lr <= 0 or self.cpus_per_worker <= 0 or self.loader_cpus <= 0:
             raise ValueError("lr, cpus_per_worker and loader_cpus must be > 0")
+        if self.frame_shift < 0:
+            raise ValueError(f"frame_shift must be > 0 ms (or 0: --init's, else 10), got {self.frame_shift}")
         if not 1 <= self.ast_stride <= 16:
             raise ValueError(f"ast_stride must be in 1..16 (patches may overlap, not skip), got {self.ast_stride}")
         if self.fixed_frames and self.fixed_frames < 16:

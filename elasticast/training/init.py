@@ -11,8 +11,8 @@ feature recipe as well as the model.
   position grid converted and factorised; the AST baseline: as it is, at its strides, with
   `--target-frames` the frames it was trained at), a ViT the configured preset. A file names no
   classes: its head is kept when the class count is the data's, else re-initialised.
-The recipe "auto" and fixed_frames 0 take the starting checkpoint's feature recipe and fixed
-length (a foreign file but a ViT: the reference codes' recipe, "paper"); the fbank statistics
+The recipe "auto", fixed_frames 0 and frame_shift 0 take the starting checkpoint's feature recipe,
+fixed length and frame shift (a foreign file but a ViT: the reference codes' recipe, "paper"); the fbank statistics
 are the shard set's own.
 """
 
@@ -28,6 +28,7 @@ from elasticast.foreign import import_model, read_weights
 from elasticast.training.config import TrainConfig
 from elasticast.training.loop import build_model
 from loaders.feature_spec import FeatureSpec
+from loaders.tokens import BASE_SHIFT_MS
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class Start:
     def fixed_frames(self) -> int | None:
         return self.checkpoint.features.fixed_frames if self.checkpoint is not None else None
 
+    @property
+    def frame_shift_ms(self) -> float | None:
+        return self.checkpoint.features.frame_shift_ms if self.checkpoint is not None else None
+
 
 def read_start(path: str) -> Start:
     """The file at `path`: an elasticast checkpoint if it is one, else a foreign format by its keys."""
@@ -62,10 +67,12 @@ def read_start(path: str) -> Start:
 
 
 def feature_settings(config: TrainConfig, start: Start | None) -> dict:
-    """The recipe and fixed length training featurizes with (`FeatureSpec` fields)."""
+    """The recipe, fixed length and frame shift training featurizes with (`FeatureSpec` fields):
+    the configured ones, else the starting checkpoint's, else ours."""
     recipe = config.recipe if config.recipe != "auto" else start.recipe if start else "elasticast"
     fixed = config.fixed_frames or (start.fixed_frames if start else None)
-    return {"recipe": recipe, "fixed_frames": fixed}
+    shift = config.frame_shift or (start.frame_shift_ms if start else None) or BASE_SHIFT_MS
+    return {"recipe": recipe, "fixed_frames": fixed, "frame_shift_ms": shift}
 
 
 def initial_model(config: TrainConfig, labels: list[str]) -> tuple[Model, list[str]]:
