@@ -100,6 +100,13 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
     init = absolute(config.init) if config.init else None
     if init is not None and not init.is_file():
         return f"--init {init} does not exist (weights are never downloaded)"
+    if init is not None:
+        from elasticast.training.init import read_start
+
+        try:  # a file no format reads stops here, not in every worker
+            read_start(init.url)
+        except (KeyError, ValueError) as error:
+            return f"--init {init}: {error}"
     wandb_dir = wandb_folder(config, out) if config.wandb != "disabled" else config.wandb_dir
     changes = {"shards": shards.url, "out": out.url, "valid_split": valid_split, "wandb_dir": wandb_dir}
     changes["init"] = init.url if init is not None else ""

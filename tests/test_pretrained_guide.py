@@ -60,6 +60,8 @@ def test_the_guide_from_a_paper_checkpoint_to_predictions_sweeps_and_fine_tuning
     assert points == ["native", "256 frames", "512 frames", "C=1 shift", "C=2 shift"]
 
     run = tmp_path / "run"
+    assert train_job.main(["--init", str(tmp_path / "clips.csv"), "--shards", str(shards), "--out", str(run)]) == 2
+    assert "--init" in capsys.readouterr().err
     flags = ["--epochs", "1", "--loader", "local", "--wandb", "disabled", "--rows-per-batch", "1", "--lr", "1e-5"]
     assert train_job.main(["--init", str(imported), "--shards", str(shards), "--out", str(run), *flags]) == 0
     assert "head re-initialised: the checkpoint's 7 classes are not the data's 6" in capsys.readouterr().out

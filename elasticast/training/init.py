@@ -18,6 +18,7 @@ are the shard set's own.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, replace
 
 import torch
@@ -56,13 +57,18 @@ class Start:
 
 
 def read_start(path: str) -> Start:
-    """The file at `path`: an elasticast checkpoint if it is one, else a foreign format by its keys."""
+    """The file at `path`: an elasticast checkpoint if it is one, else a foreign format by its
+    keys; a file that is neither is refused naming what went wrong with each reading."""
     try:
         return Start(path, checkpoint=load_checkpoint(path))
-    except ValueError as error:
-        if "not an ElasticAST checkpoint" not in str(error):
-            raise
-    format, state = read_weights(path)
+    except (ValueError, RuntimeError, pickle.UnpicklingError) as error:  # another format, or no torch file
+        as_checkpoint = error
+    try:
+        format, state = read_weights(path)
+    except (ValueError, RuntimeError, pickle.UnpicklingError) as error:
+        raise ValueError(
+            f"{path} is neither an elasticast checkpoint ({as_checkpoint}) nor weights elasticast imports ({error})"
+        ) from error
     return Start(path, format=format, state=state)
 
 
