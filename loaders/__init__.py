@@ -10,6 +10,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "batch": ["PackedBatch"],
         "collate": ["collate_packed"],
         "config": ["StreamConfig"],
+        "feature_spec": ["FeatureSpec"],
         "pack": ["Packing", "pack"],
         "sampler": ["PackingSampler"],
         "stream": ["PackedStream"],
