@@ -10,11 +10,12 @@ import pytest
 import torch
 from test_paper_model import REFERENCE
 
-from elasticast import load_checkpoint, model_from_checkpoint, save_checkpoint
+from elasticast import Classifier, load_checkpoint, model_from_checkpoint, save_checkpoint
 from elasticast.attention import Attention, build_layout
 from elasticast.foreign import detect_format
 from elasticast.training.config import TrainConfig
 from elasticast.training.init import read_start, start_model, training_features
+from jobs import import_weights
 from loaders.feature_spec import FeatureSpec
 
 DIM = 64  # for 768 (head dim 64: one head)
@@ -26,18 +27,46 @@ def scaled(shape: list[int]) -> tuple[int, ...]:
     return tuple({768: DIM, 1536: 2 * DIM, 3072: 4 * DIM}.get(n, n) for n in shape)
 
 
-@pytest.fixture(scope="module")
-def paper_file(tmp_path_factory):
-    """The released VoxCeleb model's every key, random values, shapes scaled to DIM (1,251 classes, 192 time rows)."""
+def released_layout(dataset: str, folder) -> tuple:
+    """A released model's every key (`paper_base_layouts.json`), random values, shapes scaled to DIM."""
     layouts = REFERENCE / "paper_base_layouts.json"
     if not layouts.is_file():
         pytest.skip(f"the paper's layouts are not at {layouts} (set ELASTICAST_PAPER_MODEL)")
     generator = torch.Generator().manual_seed(0)
-    keys = json.loads(layouts.read_text())["voxceleb"]
+    keys = json.loads(layouts.read_text())[dataset]
     state = {key: torch.randn(scaled(shape), generator=generator) for key, shape in keys.items()}
-    path = tmp_path_factory.mktemp("paper") / "voxceleb.pth"
-    torch.save(state, path)
-    return path, state
+    torch.save(state, folder / f"{dataset}.pth")
+    return folder / f"{dataset}.pth", state
+
+
+@pytest.fixture(scope="module")
+def paper_file(tmp_path_factory):
+    """The released VoxCeleb model's layout (1,251 classes, 192 time rows)."""
+    return released_layout("voxceleb", tmp_path_factory.mktemp("paper"))
+
+
+def test_the_audioset_model_imports_with_its_64_row_table_multi_label_and_fixed_length(tmp_path, capsys):
+    """Every one of its 185 tensors placed; a clip longer than the 64-row table (1024 frames) is
+    cropped to it, in the fixed-length mode at C: int(1024 / C) frames."""
+    path, _ = released_layout("audioset", tmp_path)
+    assert import_weights.main([str(path), str(tmp_path / "as.pt"), "--dataset", "audioset"]) == 0
+    out = capsys.readouterr().out
+    assert "left out nothing" in out and "newly initialised nothing" in out
+    checkpoint = load_checkpoint(tmp_path / "as.pt")
+    features = checkpoint.features
+    assert (features.multi_label, features.fixed_frames, features.max_frames, features.mean) == (
+        True,
+        1024,
+        1024,
+        -4.414,
+    )
+    assert checkpoint.state_dict["time_embed"].shape == (64, DIM)
+    classifier = Classifier(model_from_checkpoint(checkpoint), checkpoint.labels, features)
+    wave = torch.randn(16000 * 33).numpy()  # 33 s: 3,298 frames at C = 1
+    (whole,), (half,) = classifier.predict([wave], sample_rate=16000), classifier.predict([wave], 16000, scale=2.0)
+    assert whole.windows == half.windows == 1 and len(whole.probabilities) == 527
+    assert 0 < whole.probabilities.min() and whole.probabilities.sum() > 1  # sigmoid per class, not a softmax
+    assert features.counts(len(wave), 2.0).tokens == 512 // 16 * 8
 
 
 def vit_state(depth: int = 2, side: int = 14) -> dict[str, torch.Tensor]:
