@@ -6,7 +6,9 @@ the checkpoint; `Classifier` and the evaluation featurize by the checkpoint's. S
 always fed as it was trained, whichever path the audio takes.
 
 Recipes: "elasticast" (ours) and "paper" (the reference code of the paper, which its released
-checkpoints were trained with). Both remove the waveform's mean, normalise as
+checkpoints were trained with). Both remove the waveform's mean (theirs over the whole file, ours
+over the audio the kept frames read: the same fbank, since Kaldi removes each frame's own mean
+before anything else), normalise as
 `(fbank - mean) / (2 * std)`, floor frames to a multiple of 16 and cap them at `max_frames`.
 The paper's recipe differs in two places: padding is zeros of the fbank, normalised with the
 rest (ours: zeros after normalising, the dataset mean), and a clip longer than the cap is
