@@ -7,7 +7,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
     __name__,
     submod_attrs={
         "config": ["PRESETS", "ModelConfig", "preset"],
-        "checkpoint": ["TrainedFeatures", "load_checkpoint", "model_from_checkpoint", "save_checkpoint"],
+        "checkpoint": ["load_checkpoint", "model_from_checkpoint", "save_checkpoint"],
         "inference": ["Classifier", "Prediction"],
         "model": ["ElasticAST", "loss"],
     },

@@ -40,9 +40,6 @@ READABLE_VERSIONS = (1, 2, FORMAT_VERSION)  # 2 lacks only what 3 added, which d
 Model = ElasticAST | ASTBaseline
 
 
-TrainedFeatures = FeatureSpec  # the name this module gave the features a model was trained with
-
-
 @dataclass(frozen=True)
 class Checkpoint:
     """A loaded checkpoint. `model`: kind, `ModelConfig` fields, and for AST its `target_frames`

@@ -36,8 +36,9 @@ import numpy as np
 import torch
 
 from elasticast.ast_baseline import ASTBaseline
-from elasticast.checkpoint import Model, TrainedFeatures, load_checkpoint, model_from_checkpoint
+from elasticast.checkpoint import Model, load_checkpoint, model_from_checkpoint
 from loaders.batch import from_features
+from loaders.feature_spec import FeatureSpec
 from loaders.features import patchify
 from loaders.pack import Packing, pack
 from loaders.tokens import (
@@ -90,7 +91,7 @@ class Classifier:
     `predict` puts the model in eval mode; the model stays on its own device.
     """
 
-    def __init__(self, model: Model, labels: Sequence[str], features: TrainedFeatures):
+    def __init__(self, model: Model, labels: Sequence[str], features: FeatureSpec):
         config = model.config
         if config.patch != PATCH or config.n_mels != N_MELS:
             raise ValueError(

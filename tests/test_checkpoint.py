@@ -11,10 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from elasticast import Classifier, TrainedFeatures, load_checkpoint, model_from_checkpoint, preset, save_checkpoint
+from elasticast import Classifier, load_checkpoint, model_from_checkpoint, preset, save_checkpoint
 from elasticast.ast_baseline import ASTBaseline
 from elasticast.checkpoint import make_model
 from loaders.batch import from_features
+from loaders.feature_spec import FeatureSpec
 from loaders.features import patchify
 
 from conftest import kaldi_reference_fbank
@@ -65,7 +66,7 @@ def test_classifier_serves_each_checkpoint_with_its_training_features(
 ):
     model = tiny(kind, **({"target_frames": 128} if kind == "ast" else {}))
     path = tmp_path / "model.pt"
-    save_checkpoint(path, model, LABELS, TrainedFeatures(RATE, MEAN, STD, compression, 512))
+    save_checkpoint(path, model, LABELS, FeatureSpec(RATE, MEAN, STD, compression, 512))
     classifier = Classifier.from_checkpoint(path)
     wave = clip(0.9, 1)  # under one window: one whole-clip input
     predicted = classifier.predict([wave], sample_rate=RATE, scale=scale)[0]
@@ -85,7 +86,7 @@ def test_ast_windows_are_its_training_size_and_avgpool_takes_whole_scales(tmp_pa
     """A 3 s clip is 298 frames at C = 1: AST trained at 128 frames sees 128-frame windows at a
     64-frame hop, the last one ending at the clip's end (the module docstring's arithmetic)."""
     ast = tiny("ast", target_frames=128)
-    classifier = Classifier(ast, LABELS, TrainedFeatures(RATE, MEAN, STD))
+    classifier = Classifier(ast, LABELS, FeatureSpec(RATE, MEAN, STD))
     wave = clip(3.0, 2)
     window = 400 + (128 - 1) * 160
     starts = [*range(0, len(wave) - window, 64 * 160), len(wave) - window]
@@ -95,7 +96,7 @@ def test_ast_windows_are_its_training_size_and_avgpool_takes_whole_scales(tmp_pa
     predicted = classifier.predict([wave], sample_rate=RATE)[0]
     assert predicted.windows == len(starts) == 4
     assert np.allclose(predicted.logits, expected.numpy(), atol=2e-3)
-    pooled = Classifier(tiny("elasticast"), LABELS, TrainedFeatures(RATE, MEAN, STD, "avgpool"))
+    pooled = Classifier(tiny("elasticast"), LABELS, FeatureSpec(RATE, MEAN, STD, "avgpool"))
     with pytest.raises(ValueError, match="whole scales"):
         pooled.predict([wave], sample_rate=RATE, scale=1.5)
     assert pooled.predict([wave], sample_rate=RATE, token_budget=100)[0].scale in (1.0, 2.0, 3.0, 4.0)
@@ -103,7 +104,7 @@ def test_ast_windows_are_its_training_size_and_avgpool_takes_whole_scales(tmp_pa
 
 def test_model_from_checkpoint_rebuilds_the_kind_and_its_settings(tmp_path):
     ast = tiny("ast", target_frames=256, pooling="mean")
-    save_checkpoint(tmp_path / "ast.pt", ast, LABELS, TrainedFeatures(RATE, MEAN, STD), extra={"epoch": 2})
+    save_checkpoint(tmp_path / "ast.pt", ast, LABELS, FeatureSpec(RATE, MEAN, STD), extra={"epoch": 2})
     loaded = model_from_checkpoint(tmp_path / "ast.pt")
     assert isinstance(loaded, ASTBaseline) and (loaded.target_frames, loaded.pooling) == (256, "mean")
     assert not loaded.training
@@ -131,7 +132,7 @@ def test_version_1_files_still_load(tmp_path):
         tmp_path / "v1.pt",
     )
     checkpoint = load_checkpoint(tmp_path / "v1.pt")
-    assert checkpoint.kind == "ast" and checkpoint.features == TrainedFeatures(RATE, MEAN, STD, "shift", 512)
+    assert checkpoint.kind == "ast" and checkpoint.features == FeatureSpec(RATE, MEAN, STD, "shift", 512)
     wave = clip(0.5, 3)
     expected = logits_on(ast, reference_features(wave, 10.0, 1, 512))
     assert np.allclose(

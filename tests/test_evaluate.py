@@ -9,13 +9,14 @@ import dataclasses
 import pytest
 import torch
 
-from elasticast import TrainedFeatures, save_checkpoint
+from elasticast import save_checkpoint
 from elasticast.ast_baseline import fixed_size_tokens, fixed_size_usage
 from elasticast.evaluation import Point, load_candidate, sweep_points
 from elasticast.training.config import TrainConfig
 from elasticast.training.loop import build_model
 from jobs import evaluate as evaluate_job
 from loaders import PackedStream
+from loaders.feature_spec import FeatureSpec
 from shards import ShardDataset
 from shards.demo import write_demo_corpus
 
@@ -50,7 +51,7 @@ def write_checkpoint(path, shards, labels=None, **overrides):
     config = TrainConfig(**overrides)
     torch.manual_seed(0)
     model = build_model(config, len(labels or dataset.labels))
-    features = TrainedFeatures(
+    features = FeatureSpec(
         dataset.sample_rate,
         dataset.fbank_stats["mean"],
         dataset.fbank_stats["std"],

@@ -9,14 +9,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from elasticast import Classifier, ElasticAST, TrainedFeatures, load_checkpoint, preset, save_checkpoint
+from elasticast import Classifier, ElasticAST, load_checkpoint, preset, save_checkpoint
+from loaders.feature_spec import FeatureSpec
 from loaders.tokens import shift_for_scale, token_counts
 from shards.audio import AudioError
 
 RATE = 16000
 LABELS = ["a", "b", "c"]
 MAX_FRAMES = 512
-FEATURES = TrainedFeatures(sample_rate=RATE, mean=-5.0, std=4.0, max_frames=MAX_FRAMES)
+FEATURES = FeatureSpec(sample_rate=RATE, mean=-5.0, std=4.0, max_frames=MAX_FRAMES)
 WINDOW_SAMPLES = 400 + (MAX_FRAMES - 1) * 160  # 25 ms window + 511 shifts of 10 ms: exactly 512 frames
 HOP_SAMPLES = MAX_FRAMES // 2 * 160
 
@@ -67,7 +68,7 @@ def test_checkpoint_errors_name_the_file(tmp_path, model):
     with pytest.raises(ValueError, match="2 labels for a model with num_classes 3"):
         save_checkpoint(path, model, ["a", "b"], FEATURES)
     with pytest.raises(ValueError, match="std"):
-        TrainedFeatures(sample_rate=RATE, mean=0.0, std=0.0)
+        FeatureSpec(sample_rate=RATE, mean=0.0, std=0.0)
 
 
 def test_clips_predicted_together_equal_each_alone(classifier):

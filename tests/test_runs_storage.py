@@ -13,11 +13,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from elasticast import Classifier, TrainedFeatures, save_checkpoint
+from elasticast import Classifier, save_checkpoint
 from elasticast.checkpoint import CheckpointStore, RunStorageError, write_text
 from elasticast.training.config import TrainConfig
 from elasticast.training.loop import build_model
 from jobs import evaluate as evaluate_job
+from loaders.feature_spec import FeatureSpec
 from shards import ShardDataset
 from shards.audio import AudioError
 from shards.location import Location
@@ -155,7 +156,7 @@ def synthetic_checkpoint(shards: Path) -> tuple[torch.nn.Module, bytes]:
     torch.manual_seed(0)
     model = build_model(config, len(dataset.labels))
     stats = dataset.fbank_stats
-    features = TrainedFeatures(dataset.sample_rate, stats["mean"], stats["std"], config.compression, config.max_frames)
+    features = FeatureSpec(dataset.sample_rate, stats["mean"], stats["std"], config.compression, config.max_frames)
     buffer = io.BytesIO()
     save_checkpoint(buffer, model, dataset.labels, features)
     return model, buffer.getvalue()

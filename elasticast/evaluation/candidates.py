@@ -10,9 +10,10 @@ from pathlib import PurePosixPath
 
 import torch
 
-from elasticast.checkpoint import Model, TrainedFeatures, load_checkpoint, model_from_checkpoint
+from elasticast.checkpoint import Model, load_checkpoint, model_from_checkpoint
 from loaders.batch import PackedBatch
 from loaders.config import StreamConfig
+from loaders.feature_spec import FeatureSpec
 from shards.location import Location
 
 CHECKPOINT_IN_RUN = "best.pt"
@@ -24,7 +25,7 @@ class Candidate:
     kind: str  # "elasticast" | "ast"
     model: Model
     labels: list[str]
-    features: TrainedFeatures
+    features: FeatureSpec
     stream: StreamConfig | None  # the training stream's settings, when the trainer recorded them
 
     @property
