@@ -30,7 +30,7 @@ from elasticast.predict import predict
 from elasticast.training.config import TrainConfig
 from elasticast.training.epoch_report import delivery_check, epoch_metrics, progress_line
 from elasticast.training.loop import EpochResult, build_model, train_epoch
-from elasticast.training.schedule import make_optimizer, make_scheduler
+from elasticast.training.schedule import make_optimizer, make_scheduler, rescale_schedule
 from loaders import PackedStream
 from shards.location import Location
 
@@ -58,15 +58,17 @@ def gather(value, world: int) -> list:
 
 
 def training_state(
-    model, optimizer, scheduler, position: dict, history: list, partial: list[EpochResult] | None
+    model, optimizer, scheduler, position: dict, history: list, partial: list[EpochResult] | None, world: int
 ) -> dict:
-    """Everything a resumed run needs to continue bitwise at `position` (the stream's epoch and
-    next step); mid-epoch, `partial` holds each rank's share of the epoch so far."""
+    """Everything a resumed run needs to continue bitwise at `position` (the epoch and the batches
+    of its plan consumed, all ranks together); mid-epoch, `partial` holds each rank's share of the
+    epoch so far; `world` the ranks that wrote it."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "stream": dict(position),
+        "world": world,
         "history": history,
         "partial": [dataclasses.asdict(r) for r in partial] if partial else None,
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
@@ -74,22 +76,27 @@ def training_state(
 
 
 def restore_state(
-    path: Location, model, optimizer, scheduler, rank: int, world: int
-) -> tuple[dict, list, EpochResult | None]:
-    """(stream position, history, this rank's share of the epoch so far) from checkpoint `path`."""
+    path: Location, model, optimizer, scheduler, rank: int, world: int, train: PackedStream
+) -> tuple[dict, list, EpochResult | None, int]:
+    """(stream position, history, this rank's share of the epoch so far, the world that wrote it)
+    from checkpoint `path`. On another world the epoch's remaining batches are dealt to the new
+    ranks (`PackedStream.epoch(consumed=...)`), the shares so far go to rank 0 as one, and the
+    schedule moves to the same point in the epochs."""
     state = CheckpointStore.load(path)
-    partial = state["partial"]
-    if partial is not None and len(partial) != world:
-        raise ValueError(
-            f"{path} was written mid-epoch by {len(partial)} ranks: resume it with --workers {len(partial)}"
-        )
+    partial = [EpochResult(**share) for share in state["partial"] or []]
+    saved_world = state.get("world", len(partial) or world)  # checkpoints before "world" resumed on theirs
+    stream = state["stream"]
+    position = {"epoch": stream["epoch"], "consumed": stream.get("consumed", stream.get("next_step", 0) * saved_world)}
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if saved_world != world:
+        rescale_schedule(scheduler, train.plan(0).steps(saved_world), train.steps(0))
+        partial = [EpochResult.merged(partial)] + [EpochResult() for _ in range(world - 1)] if partial else []
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
-    return state["stream"], state["history"], EpochResult(**partial[rank]) if partial else None
+    return position, state["history"], partial[rank] if partial else None, saved_world
 
 
 def save_inference(location: Location, model, train: PackedStream, config: TrainConfig) -> None:
@@ -131,12 +138,20 @@ def train_worker(values: dict) -> None:
     run = Location.of(config.out)
     store = CheckpointStore(run / CHECKPOINTS, KEEP_CHECKPOINTS)
     latest = store.latest()
-    position, history, so_far = {"epoch": 0, "next_step": 0}, [], None
+    position, history, so_far = {"epoch": 0, "consumed": 0}, [], None
     if latest is not None:
-        position, history, so_far = restore_state(latest, model, optimizer, scheduler, rank, world)
+        position, history, so_far, saved_world = restore_state(latest, model, optimizer, scheduler, rank, world, train)
         if rank == 0:
             write_text(run / "history.json", json.dumps(history, indent=1))  # no epoch the checkpoint does not hold
-            say(f"resuming from checkpoint {latest.name}: epoch {position['epoch'] + 1}, step {position['next_step']}")
+            moved = (
+                f" (written by {saved_world} ranks, its remaining batches dealt to {world})"
+                if saved_world != world
+                else ""
+            )
+            say(
+                f"resuming from checkpoint {latest.name}: epoch {position['epoch'] + 1}, "
+                f"step {position['consumed'] // world}{moved}"
+            )
     unused = config.model == "ast" and config.pooling == "mean"  # the [cls] token is unused then
     trained = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
     if config.compile:
@@ -144,23 +159,20 @@ def train_worker(values: dict) -> None:
     logger = _wandb(config, run) if rank == 0 else None
     started = time.perf_counter()
     for epoch in range(position["epoch"], config.run_epochs):
-        resumed = epoch == position["epoch"] and position["next_step"] > 0
+        resumed = epoch == position["epoch"] and position["consumed"] > 0
+        start = position["consumed"] if resumed else 0
 
-        def save_step(next_step: int, partial: EpochResult, epoch: int = epoch) -> None:
-            if next_step < train.steps(epoch):  # the epoch's end is checkpointed below, with its metrics
+        def save_step(next_step: int, partial: EpochResult, epoch: int = epoch, start: int = start) -> None:
+            consumed = train.plan(epoch).consumed(next_step, world, start % world)
+            if consumed < train.plan(epoch).n_batches:  # the epoch's end is checkpointed below, with its metrics
                 shares = gather(partial, world)
                 if rank == 0:
-                    store.save(
-                        training_state(
-                            model, optimizer, scheduler, {"epoch": epoch, "next_step": next_step}, history, shares
-                        ),
-                        epoch,
-                        next_step,
-                    )
+                    at = {"epoch": epoch, "consumed": consumed}
+                    store.save(training_state(model, optimizer, scheduler, at, history, shares, world), epoch, consumed)
 
         result = train_epoch(
             trained,
-            train.epoch(epoch, position["next_step"] if resumed else 0),
+            train.epoch(epoch, consumed=start),
             optimizer,
             scheduler,
             device,
@@ -183,7 +195,7 @@ def train_worker(values: dict) -> None:
             if metrics["val_metric"] > best_so_far:
                 save_inference(run / "best.pt", model, train, config)
             store.save(
-                training_state(model, optimizer, scheduler, {"epoch": epoch + 1, "next_step": 0}, history, None),
+                training_state(model, optimizer, scheduler, {"epoch": epoch + 1, "consumed": 0}, history, None, world),
                 epoch + 1,
                 0,
             )

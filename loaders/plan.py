@@ -11,7 +11,9 @@
    are shuffled within their group (packing order sorts rows by length otherwise), then all rows
    are cut into batches of `rows_per_batch`.
 4. Batches are dealt round-robin to ranks; ranks short of a batch get an all-padding one, so
-   every rank runs the same number of steps and no sample is dropped or repeated.
+   every rank runs the same number of steps and no sample is dropped or repeated. A position in
+   the epoch is the number of batches consumed (all ranks together), so an epoch resumed on
+   another number of ranks deals exactly the remaining batches to them (`EpochPlan.batch_for`).
 """
 
 from __future__ import annotations
@@ -62,18 +64,29 @@ class EpochPlan:
     def n_batches(self) -> int:
         return len(self.batch_starts) - 1
 
-    def steps(self, world: int) -> int:
-        """Batches every rank runs: the same for all ranks by construction."""
-        return -(-self.n_batches // world)
+    def steps(self, world: int, consumed: int = 0) -> int:
+        """Steps every rank runs in the epoch (the same for all ranks by construction) when its
+        first `consumed` batches were delivered before (on any number of ranks): the rank's steps
+        are then numbered from `consumed // world` (see `batch_for`)."""
+        return -(-(self.n_batches - consumed % world) // world)
 
-    def batch_for(self, step: int, rank: int, world: int) -> int | None:
-        """Global batch of a rank's step; None for the all-padding filler at the epoch's end."""
+    def batch_for(self, step: int, rank: int, world: int, consumed: int = 0) -> int | None:
+        """Global batch of a rank's step; None for the all-padding filler at the epoch's end.
+        The batches after the first `consumed` are dealt round-robin, step s of rank r taking
+        batch s * world + r + consumed % world: from step consumed // world on, each remaining
+        batch goes to exactly one rank, whatever the world the first `consumed` were dealt to."""
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in 0..{world - 1}")
-        if not 0 <= step < self.steps(world):
-            raise IndexError(f"step {step} is not in 0..{self.steps(world) - 1}")
-        batch = step * world + rank
+        first, shift = divmod(consumed, world)
+        if not first <= step < self.steps(world, consumed):
+            raise IndexError(f"step {step} is not in {first}..{self.steps(world, consumed) - 1}")
+        batch = step * world + rank + shift
         return batch if batch < self.n_batches else None
+
+    def consumed(self, next_step: int, world: int, shift: int = 0) -> int:
+        """Batches of the plan delivered once every rank has run the steps before `next_step`
+        (`shift`: `consumed % world` of the position the epoch was resumed at, else 0)."""
+        return min(self.n_batches, next_step * world + shift)
 
 
 def plan_epoch(index: Index, config: StreamConfig, epoch: int, key_hash: np.ndarray | None = None) -> EpochPlan:

@@ -94,6 +94,22 @@ def test_a_run_killed_mid_epoch_resumes_bitwise(tmp_path, fsdd_dir, fsdd_small_s
     assert train_job.main([*args, "--out", str(tmp_path / "full")]) == 2
 
 
+def test_a_run_killed_mid_epoch_on_three_workers_resumes_on_two_with_every_key_once(
+    tmp_path, fsdd_small_shards, ray_local, train_job, capfd
+):
+    """3 Ray Train workers killed after a step checkpoint; resumed with --workers 2, the epoch's
+    remaining batches are dealt to the 2 ranks: every key once across both runs."""
+    run = tmp_path / "run"
+    args = ["--shards", str(fsdd_small_shards), "--out", str(run), *STEPS, "--epochs", "1", "--loader", "local"]
+    args += ["--cpus-per-worker", "0.5", "--wandb", "disabled"]
+    killed_at = kill_mid_epoch(ray_local, [*args, "--workers", "3"], epoch=0)
+    assert killed_at.name == "epoch-0000-step-0000012.pt"  # 4 steps of 3 ranks: 12 batches of the plan consumed
+    assert train_job.main([*args, "--workers", "2", "--resume"]) == 0
+    assert "epoch 1, step 6 (written by 3 ranks, its remaining batches dealt to 2)" in capfd.readouterr().out
+    (counts,) = key_files(run)
+    assert counts["exactly_once"] and counts["delivered"] == counts["expected"] == 540  # the train split
+
+
 def without_timings(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in ("samples_per_s", "tokens_per_s", "data_wait", "epoch_s")}
 

@@ -52,6 +52,16 @@ class EpochResult:
     def copy(self) -> EpochResult:
         return dataclasses.replace(self, keys=list(self.keys))
 
+    @classmethod
+    def merged(cls, shares: list[EpochResult]) -> EpochResult:
+        """Several ranks' shares of an epoch as one (counts added, keys joined, the longest time)."""
+        total = cls(keys=[key for share in shares for key in share.keys])
+        for name in ("steps", "samples", "loss_sum", "tokens", "slots", "cut_tokens", "failed", "requests", "retries"):
+            setattr(total, name, sum(getattr(share, name) for share in shares))
+        total.seconds = max((share.seconds for share in shares), default=0.0)
+        total.data_wait_s = max((share.data_wait_s for share in shares), default=0.0)
+        return total
+
 
 def train_epoch(
     model: nn.Module,
