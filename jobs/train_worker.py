@@ -28,24 +28,38 @@ from elasticast.checkpoint import (
 from elasticast.metrics import score
 from elasticast.predict import predict
 from elasticast.training.config import TrainConfig
-from elasticast.training.epoch_report import delivery_check, epoch_metrics, progress_line
+from elasticast.training.epoch_report import delivery_check, epoch_metrics, progress_line, valid_metrics
 from elasticast.training.loop import EpochResult, build_model, train_epoch
 from elasticast.training.schedule import make_optimizer, make_scheduler, rescale_schedule
 from loaders import PackedStream
 from shards.location import Location
 
 
-def streams(config: TrainConfig, rank: int, world: int) -> tuple[PackedStream, PackedStream]:
-    """This rank's training stream (the configured packing and scales) and validation stream
-    (`config.valid_split` at native length: C = 1, no augmentation, no shuffling)."""
-    shards = Location.of(config.shards)
-    train = PackedStream(str(shards / "train"), config.stream(), rank=rank, world=world)
-    valid_config = config.stream(scales=(1.0,), shuffle=False, freq_mask=0, time_mask=0)
-    valid = PackedStream(str(shards / config.valid_split), valid_config, rank=rank, world=world)
+def streams(config: TrainConfig, rank: int, world: int) -> tuple[PackedStream, dict[str, PackedStream]]:
+    """This rank's training stream (the configured packing and scales; several shard sets: their
+    mix) and validation streams, one per shard set by its source name (`config.valid_split` at
+    native length: C = 1, no augmentation, no shuffling; labels as the training stream's)."""
+    sources = [Location.of(shards) for shards in config.shards]
+    train = PackedStream([str(s / "train") for s in sources], config.stream(), rank=rank, world=world)
+    valid_config = config.stream(scales=(1.0,), shuffle=False, freq_mask=0, time_mask=0, weights=None)
+    valid = {
+        name: PackedStream(str(s / config.valid_split), valid_config, rank=rank, world=world, labels=train.labels)
+        for name, s in zip(train.sources.names, sources)
+    }
     label_type = "multi" if train.features.multi_label else "single"
     if config.label_type not in ("auto", label_type):
         raise ValueError(f"label_type={config.label_type!r} but {config.shards} holds {label_type}-label data")
     return train, valid
+
+
+def validate(model, valid: dict[str, PackedStream], device, world: int, weights: dict[str, float]) -> dict:
+    """Each validation stream scored over all ranks, and merged (`valid_metrics`)."""
+    scores, samples = {}, {}
+    for name, stream in valid.items():
+        predictions = gather(predict(model, stream.epoch(0), device), world)
+        scores[name] = score(torch.cat([p[1] for p in predictions]), torch.cat([p[2] for p in predictions]))
+        samples[name] = sum(len(p[0]) for p in predictions)
+    return valid_metrics(scores, samples, weights)
 
 
 def gather(value, world: int) -> list:
@@ -58,17 +72,25 @@ def gather(value, world: int) -> list:
 
 
 def training_state(
-    model, optimizer, scheduler, position: dict, history: list, partial: list[EpochResult] | None, world: int
+    model,
+    optimizer,
+    scheduler,
+    position: dict,
+    history: list,
+    partial: list[EpochResult] | None,
+    world: int,
+    label_map: dict,
 ) -> dict:
     """Everything a resumed run needs to continue bitwise at `position` (the epoch and the batches
     of its plan consumed, all ranks together); mid-epoch, `partial` holds each rank's share of the
-    epoch so far; `world` the ranks that wrote it."""
+    epoch so far; `world` the ranks that wrote it; `label_map` each source's labels' ids."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "stream": dict(position),
         "world": world,
+        "label_map": label_map,
         "history": history,
         "partial": [dataclasses.asdict(r) for r in partial] if partial else None,
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
@@ -108,7 +130,11 @@ def save_inference(location: Location, model, train: PackedStream, config: Train
             model,
             train.labels,
             TrainedFeatures.of_stream(train.features),
-            extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(train.config)},
+            extra={
+                "train_config": config.to_dict(),
+                "stream": dataclasses.asdict(train.config),
+                "label_map": train.sources.label_map,
+            },
         ),
     )
 
@@ -132,6 +158,7 @@ def train_worker(values: dict) -> None:
     torch.manual_seed(config.seed)
     device = ray.train.torch.get_device()
     train, valid = streams(config, rank, world)
+    labels = train.sources.label_map
     model = build_model(config, len(train.labels)).to(device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, train.steps(0), config)
@@ -168,7 +195,11 @@ def train_worker(values: dict) -> None:
                 shares = gather(partial, world)
                 if rank == 0:
                     at = {"epoch": epoch, "consumed": consumed}
-                    store.save(training_state(model, optimizer, scheduler, at, history, shares, world), epoch, consumed)
+                    store.save(
+                        training_state(model, optimizer, scheduler, at, history, shares, world, labels),
+                        epoch,
+                        consumed,
+                    )
 
         result = train_epoch(
             trained,
@@ -182,20 +213,25 @@ def train_worker(values: dict) -> None:
             config.checkpoint_every,
             save_step,
         )
-        results, predictions = gather(result, world), gather(predict(model, valid.epoch(0), device), world)
-        valid_scores = score(torch.cat([p[1] for p in predictions]), torch.cat([p[2] for p in predictions]))
+        mix = train.mix(epoch)
+        weights = {name: m["weight"] for name, m in mix.items()}
+        results, valid_scores = gather(result, world), validate(model, valid, device, world, weights)
         metrics = epoch_metrics(epoch, result, results, valid_scores, scheduler.get_last_lr()[0])
-        metrics["val_samples"] = sum(len(p[0]) for p in predictions)
+        if mix:
+            metrics["mix"] = mix
         best_so_far = max((m["val_metric"] for m in history), default=-math.inf)
         history.append(metrics)
         if rank == 0:
-            counts = delivery_check(train.index, epoch, [k for r in results for k in r.keys], metrics["failed_samples"])
+            seen = [k for r in results for k in r.keys]
+            counts = delivery_check(train.planned_ids(epoch), epoch, seen, metrics["failed_samples"])
             write_text(run / "keys" / f"epoch-{epoch:03d}.json", json.dumps(counts))
             save_inference(run / "last.pt", model, train, config)
             if metrics["val_metric"] > best_so_far:
                 save_inference(run / "best.pt", model, train, config)
             store.save(
-                training_state(model, optimizer, scheduler, {"epoch": epoch + 1, "consumed": 0}, history, None, world),
+                training_state(
+                    model, optimizer, scheduler, {"epoch": epoch + 1, "consumed": 0}, history, None, world, labels
+                ),
                 epoch + 1,
                 0,
             )

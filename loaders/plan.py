@@ -93,6 +93,14 @@ def plan_epoch(index: Index, config: StreamConfig, epoch: int, key_hash: np.ndar
     """The plan of one epoch (see the module docstring); a pure function of index, config and
     epoch (of the config, only the packing and feature settings matter: not the backend)."""
     key_hash = index.key_hash if key_hash is None else key_hash
+    scale, tokens, cut = sample_tokens(index, key_hash, config, epoch)
+    return plan_tokens(tokens, index.shard, config, epoch, cut=cut, scale=scale)
+
+
+def sample_tokens(
+    index: Index, key_hash: np.ndarray, config: StreamConfig, epoch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scale, tokens, cut) of every sample: its C drawn from (seed, epoch, key), its tokens at C."""
     scales = np.asarray(config.scales, dtype=np.float64)
     n = len(key_hash)
     scale, tokens, cut = np.empty(n), np.empty(n, np.int32), np.empty(n, np.int32)
@@ -100,17 +108,19 @@ def plan_epoch(index: Index, config: StreamConfig, epoch: int, key_hash: np.ndar
         part = slice(start, start + _CHUNK)
         pick = (keyed_uniform(key_hash[part], config.seed, epoch, _SALT_SCALE) * len(scales)).astype(np.int64)
         scale[part] = scales[np.minimum(pick, len(scales) - 1)]
-        shift, pool = resolution(scale[part], config.compression)
-        counts = token_counts(
-            index.num_samples[part],
-            index.sample_rate[part],
-            shift,
-            max_frames=config.max_frames,
-            capacity=config.max_tokens,
-            pool=pool,
-        )
-        tokens[part], cut[part] = counts.tokens, counts.cut
-    return plan_tokens(tokens, index.shard, config, epoch, cut=cut, scale=scale)
+        tokens[part], cut[part] = tokens_at(index.num_samples[part], index.sample_rate[part], scale[part], config)
+    return scale, tokens, cut
+
+
+def tokens_at(
+    num_samples: np.ndarray, sample_rate: np.ndarray, scale: np.ndarray | float, config: StreamConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, cut) of clips at resolution `scale` under the config's crop and row capacity."""
+    shift, pool = resolution(np.broadcast_to(scale, np.shape(num_samples)), config.compression)
+    counts = token_counts(
+        num_samples, sample_rate, shift, max_frames=config.max_frames, capacity=config.max_tokens, pool=pool
+    )
+    return counts.tokens, counts.cut
 
 
 def plan_tokens(
@@ -124,12 +134,28 @@ def plan_tokens(
     """Steps 2-4 of the module docstring from token counts alone (`cut`, `scale`: per sample, for
     the record). `PackingSampler` plans a map-style dataset with it, each sample its own shard.
     Per-sample arrays are int32 and freed as soon as used: every rank plans the whole epoch."""
-    tokens = np.asarray(tokens)
-    cut = np.zeros(len(tokens), np.int32) if cut is None else cut
-    scale = np.ones(len(tokens)) if scale is None else scale
     rng = np.random.default_rng([config.seed, epoch, _SALT_ORDER])
     arrival, group = _arrival_order(np.asarray(shard), config, rng)
+    return plan_arrivals(np.asarray(tokens), arrival, group, config, epoch, rng, cut, scale)
+
+
+def plan_arrivals(
+    tokens: np.ndarray,
+    arrival: np.ndarray,
+    group: np.ndarray,
+    config: StreamConfig,
+    epoch: int,
+    rng: np.random.Generator,
+    cut: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+) -> EpochPlan:
+    """Steps 2-4 from the order samples reach the packer: `arrival` (sample ids, by which
+    `tokens`, `cut` and `scale` are indexed; an id may arrive more than once) and the `group` of
+    each arrival (rows are shuffled within the group being read when they closed)."""
+    cut = np.zeros(len(tokens), np.int32) if cut is None else cut
+    scale = np.ones(len(tokens)) if scale is None else scale
     arriving = tokens[arrival]
+    total = int(arriving.sum(dtype=np.int64))
     layout = Packing.from_rows(
         arriving,
         pack(arriving, config.max_tokens, config.packing, config.buffer, max_per_row=config.max_per_row),
@@ -166,7 +192,7 @@ def plan_tokens(
         cut=cut[sample].astype(np.int32, copy=False),
         scale=scale[sample],
         batch_starts=np.searchsorted(batch, np.arange(n_batches + 1)),
-        pad_ratio=1.0 - float(tokens.sum(dtype=np.int64)) / capacity_total if capacity_total else 0.0,
+        pad_ratio=1.0 - total / capacity_total if capacity_total else 0.0,
     )
 
 

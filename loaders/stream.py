@@ -21,23 +21,24 @@ import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from loaders.assemble import BatchSpec, FeatureConfig, Reads, assemble, batch_spec, read_audio, to_batch
 from loaders.batch import PackedBatch
 from loaders.config import StreamConfig
-from loaders.index import StreamIndex
+from loaders.mix import MixedPlan, plan_mix, realised_mix, sample_measure
 from loaders.plan import EpochPlan, plan_epoch
+from loaders.sources import open_sources
 from loaders.threads import torch_threads
-from shards.dataset import DATASET_FILE, ShardDataset
-from shards.location import Location
 from shards.parallel import quiet_ray_data
 
 
@@ -57,12 +58,13 @@ class PackedStream(IterableDataset):
 
     def __init__(
         self,
-        shards: str | Path,
+        shards: str | Path | Sequence[str | Path],
         config: StreamConfig | None = None,
         *,
         subset: str | None = None,
         rank: int = 0,
         world: int = 1,
+        labels: Sequence[str] | None = None,
         split: tuple[int, int] | None = None,
         **settings,
     ):
@@ -79,23 +81,17 @@ class PackedStream(IterableDataset):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} and world {world} must satisfy 0 <= rank < world")
         self.rank, self.world = rank, world
-        self.dataset, self.subset = _open(Location.of(shards), subset)
-        stats = self.dataset.fbank_stats
-        if not stats:
-            raise ValueError(f"{self.dataset.root / DATASET_FILE} has no fbank statistics: rebuild it with make_shards")
-        self.features = FeatureConfig(
-            stream=self.config,
-            split_dir=(self.dataset.root / self.subset).url,
-            sample_rate=self.dataset.sample_rate,
-            num_classes=len(self.dataset.labels),
-            multi_label=bool(self.dataset.meta.get("multi_label")),
-            mean=stats["mean"],
-            std=stats["std"],
-        )
-        self.dataset.shard_locations(self.subset)  # a missing shard is an error now, not mid-epoch
-        self.index = StreamIndex.read(self.dataset, self.subset)
+        self.sources = open_sources(shards, subset, labels)
+        self.dataset, self.subset = self.sources.datasets[0], self.sources.subsets[0]
+        self.mixed = len(self.sources.indexes) > 1
+        weights = self.config.weights
+        if weights is not None and len(weights) != len(self.sources.indexes):
+            raise ValueError(f"{len(weights)} weights for {len(self.sources.indexes)} sources {self.sources.names}")
+        self.features = self.sources.features(self.config)
+        self.index = self.sources.index
         self._plan_index = self.index.plan_index
-        self._plans: dict[int, EpochPlan] = {}
+        self._measures: list[np.ndarray] | None = None  # of each source's samples, in the mix's weight_by
+        self._plans: dict[int, EpochPlan | MixedPlan] = {}
         self.stats: dict[int, dict] = {}
         # (epoch, plan batches consumed) of the next iter(): in shared memory, so that DataLoader workers,
         # persistent ones included, see set_epoch() and load_state_dict() made in the trainer
@@ -104,7 +100,8 @@ class PackedStream(IterableDataset):
 
     @property
     def labels(self) -> list[str]:
-        return self.dataset.labels
+        """The stream's labels (label id = position): a mix's sources' labels merged by name."""
+        return self.sources.labels
 
     @property
     def num_samples(self) -> int:
@@ -175,10 +172,43 @@ class PackedStream(IterableDataset):
 
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's plan (identical on every rank); the latest one is kept."""
+        made = self._plan(epoch)
+        return made.plan if self.mixed else made
+
+    def _plan(self, epoch: int) -> EpochPlan | MixedPlan:
         if epoch not in self._plans:
             self._plans.clear()  # the former epoch's plan goes before the next is made, not after
-            self._plans[epoch] = plan_epoch(self._plan_index, self.config, epoch, self.index.key_hash)
+            if not self.mixed:
+                self._plans[epoch] = plan_epoch(self._plan_index, self.config, epoch, self.index.key_hash)
+            else:
+                indexes = [index.plan_index for index in self.sources.indexes]
+                if self._measures is None:
+                    self._measures = [sample_measure(index, self.config) for index in indexes]
+                hashes = [index.key_hash for index in self.sources.indexes]
+                self._plans[epoch] = plan_mix(indexes, self.config, epoch, self._measures, hashes)
         return self._plans[epoch]
+
+    def mix(self, epoch: int) -> dict[str, dict]:
+        """Per source of a mix, by name: its weight and what the epoch's plan gives it (samples,
+        seconds, tokens, `share` in the `weight_by` measure, the pass it ends in; `loaders.mix`)."""
+        if not self.mixed:
+            return {}
+        seconds = self.index.num_samples / self.index.sample_rate
+        realised = realised_mix(self._plan(epoch), seconds, self.config.weight_by)
+        weights = np.asarray(self.config.weights or [len(index) for index in self.sources.indexes], np.float64)
+        if self.config.weights is None and self.config.weight_by != "samples":
+            weights = np.array([float(m.sum()) for m in self._measures])
+        weights = weights / weights.sum()
+        return {name: {"weight": float(w)} | r for name, w, r in zip(self.sources.names, weights, realised)}
+
+    def planned_ids(self, epoch: int) -> pa.Array:
+        """`PackedBatch.sample_ids` of every sample the epoch delivers, all ranks together (a mix's
+        small sources more than once): what an exactly-once check compares deliveries with."""
+        if not self.mixed:
+            return self.index.keys
+        sample = self.plan(epoch).sample
+        source = self.sources.index.shard_source[self.index.shard[sample]].astype(str)
+        return pc.binary_join_element_wise(pa.array(source), self.index.keys.take(pa.array(sample)), "/")
 
     def steps(self, epoch: int, consumed: int = 0) -> int:
         """Steps of this rank in `epoch` (equal on all ranks; varies with the epoch's scales), its
@@ -280,20 +310,6 @@ def _assemble_one(batch: dict, features: FeatureConfig) -> dict:
         name: np.asarray([value]) if name != "meta" else np.array([value], dtype=object)
         for name, value in arrays.items()
     }
-
-
-def _open(path: Location, subset: str | None) -> tuple[ShardDataset, str]:
-    if (path / DATASET_FILE).is_file():
-        return ShardDataset(path), subset or "train"
-    if (path.parent / DATASET_FILE).is_file():
-        if subset not in (None, path.name):
-            raise ValueError(f"{path} is split {path.name!r} but subset={subset!r} was asked for")
-        return ShardDataset(path.parent), path.name
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (no such folder, or no such bucket or prefix)")
-    raise FileNotFoundError(
-        f"{path} is neither a shard set nor a split folder of one (no {DATASET_FILE} there or above)"
-    )
 
 
 def _empty_stats() -> dict:

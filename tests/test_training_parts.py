@@ -28,6 +28,16 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     assert parse_args([]) == TrainConfig()
 
 
+def test_a_mix_is_flags_or_yaml_and_reaches_the_stream(tmp_path):
+    config = parse_args(["--shards", "a", "s3://b/c", "--weights", "0.7", "0.3", "--weight-by", "tokens"])
+    assert (config.shards, config.weights) == (("a", "s3://b/c"), (0.7, 0.3))
+    assert (config.stream().weights, config.stream().weight_by) == ((0.7, 0.3), "tokens")
+    path = tmp_path / "run.yaml"
+    path.write_text("shards: data/x\n")
+    assert parse_args(["--config", str(path)]).shards == ("data/x",) and TrainConfig().stream().weights is None
+    assert TrainConfig(**config.to_dict()) == config  # what config.yaml and the workers receive
+
+
 @pytest.mark.parametrize(
     "text, message", [("lr: 1\nbogus: 2\n", "unknown config keys \\['bogus'\\]"), ("- 1\n", "expected a mapping")]
 )
@@ -39,7 +49,15 @@ def test_bad_yaml_is_refused_by_name(tmp_path, text, message):
 
 
 @pytest.mark.parametrize(
-    "flags", [["--packing", "best"], ["--scales", "0.5"], ["--epochs", "0"], ["--stop-after", "99"]]
+    "flags",
+    [
+        ["--packing", "best"],
+        ["--scales", "0.5"],
+        ["--epochs", "0"],
+        ["--stop-after", "99"],
+        ["--shards", "a", "b", "--weights", "1"],
+        ["--weight-by", "bytes"],
+    ],
 )
 def test_bad_flags_exit_with_a_message(flags, capsys):
     with pytest.raises(SystemExit) as raised:

@@ -117,7 +117,7 @@ def train_epoch(
             result.slots + slots,
             result.cut_tokens + cut,
         )
-        result.keys.extend(batch.keys)
+        result.keys.extend(batch.sample_ids)
         if checkpoint is not None and checkpoint_every > 0 and (batch.step + 1) % checkpoint_every == 0:
             result.loss_sum, result.seconds = float(loss_sum), time.perf_counter() - started
             checkpoint(batch.step + 1, result.copy())
