@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,12 +111,19 @@ def stretch(
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Positions in the source of its endless sequence of passes between the cumulative measures
     `begin` and `end`, and the (first, last) pass they span."""
-    first_pass, first = _position(index, measure, config, source, begin)
-    last_pass, last = _position(index, measure, config, source, end)
-    positions = []
-    for number in range(first_pass, last_pass + 1):
-        order = pass_order(index, config, source, number)
-        positions.append(order[first if number == first_pass else 0 : last if number == last_pass else len(order)])
+    orders: dict[int, np.ndarray] = {}
+
+    def order(number: int) -> np.ndarray:
+        if number not in orders:
+            orders[number] = pass_order(index, config, source, number)
+        return orders[number]
+
+    first_pass, first = _position(measure, order, begin)
+    last_pass, last = _position(measure, order, end)
+    positions = [
+        order(number)[first if number == first_pass else 0 : last if number == last_pass else len(measure)]
+        for number in range(first_pass, last_pass + 1)
+    ]
     return np.concatenate(positions), (first_pass, last_pass)
 
 
@@ -125,13 +133,13 @@ def pass_order(index: Index, config: StreamConfig, source: int, number: int) -> 
     return _arrival_order(np.asarray(index.shard), config, rng)[0]
 
 
-def _position(index: Index, measure: np.ndarray, config: StreamConfig, source: int, at: float) -> tuple[int, int]:
+def _position(measure: np.ndarray, order: Callable[[int], np.ndarray], at: float) -> tuple[int, int]:
     """(pass, samples of it taken) once the cumulative measure `at` is reached: a sample is taken
     when the middle of its measure lies before `at`."""
     total = float(measure.sum())
     number = int(at // total)
     within = at - number * total
-    weighed = measure[pass_order(index, config, source, number)]
+    weighed = measure[order(number)]
     middles = np.cumsum(weighed) - weighed / 2
     return number, int(np.searchsorted(middles, within, side="left"))
 
