@@ -46,7 +46,9 @@ class PackedStream(IterableDataset):
     """Packed batches of one split of a shard set, for one trainer rank (see module docstring).
 
     shards: a split folder (`OUT/train`), or a shard-set folder with `subset` naming the split; a
-        local path or a URL (s3://, gs://, http(s)://, ...: `shards.location`).
+        local path or a URL (s3://, gs://, http(s)://, ...: `shards.location`). A list of them:
+        a mix of sources at `config.weights` (`loaders.mix`), labels merged by name.
+    labels: the label list to map the labels into, by name (default: the sources' own, merged).
     config: a `StreamConfig`; keyword settings (its field names) build one or override its fields.
     rank / world: this data-parallel rank among `world`; every rank gets the same step count.
 

@@ -89,7 +89,8 @@ def valid_metrics(scores: dict[str, dict], samples: dict[str, int], weights: dic
         ((name, only),) = scores.items()
         return only | {"samples": samples[name]}
     total = sum(weights.values())
-    merged = {key: sum(weights[name] * scores[name][key] for name in scores) / total for key in scores[name]}
+    keys = next(iter(scores.values()))
+    merged = {key: sum(weights[name] * scores[name][key] for name in scores) / total for key in keys}
     per_source = {f"metric/{name}": scores[name]["metric"] for name in scores}
     return merged | {"samples": sum(samples.values())} | per_source | {f"samples/{n}": samples[n] for n in scores}
 
