@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from test_plan import configs
 
 from loaders import PackedStream, StreamConfig
-from loaders.mix import plan_mix
+from loaders.mix import pass_order, plan_mix
 from loaders.plan import Index
 from loaders.tokens import SCALE_GRID
 
@@ -100,7 +100,18 @@ def test_the_realised_mix_meets_the_weights_within_one_percent(weight_by):
         got = np.bincount(source_of, weights=amount[weight_by]) / amount[weight_by].sum()
         assert len(plan.sample) > 10_000
         assert np.abs(got - weights).max() < 0.01, got
+        tenth = np.bincount(source_of[: len(source_of) // 10], weights=amount[weight_by][: len(source_of) // 10])
+        assert np.abs(tenth / tenth.sum() - weights).max() < 0.05  # mixed all along the epoch, not source by source
         assert plan.pad_ratio < 0.01
+
+
+def test_each_pass_is_reshuffled_by_its_number_and_shard_by_shard():
+    index = source(np.full(400, 2.0), "s", per_shard=20)
+    config = StreamConfig(rows_per_batch=1, buffer=40)
+    orders = [pass_order(index, config, 0, number) for number in range(3)]
+    assert all(sorted(order.tolist()) == list(range(400)) for order in orders)
+    assert len({tuple(order.tolist()) for order in orders}) == 3
+    assert all(len(set(index.shard[order[:40]].tolist())) == 2 for order in orders)  # reads stay local
 
 
 @pytest.fixture(scope="module")
