@@ -197,10 +197,8 @@ class PackedStream(IterableDataset):
             return {}
         seconds = self.index.num_samples / self.index.sample_rate
         realised = realised_mix(self._plan(epoch), seconds, self.config.weight_by)
-        weights = np.asarray(self.config.weights or [len(index) for index in self.sources.indexes], np.float64)
-        if self.config.weights is None and self.config.weight_by != "samples":
-            weights = np.array([float(m.sum()) for m in self._measures])
-        weights = weights / weights.sum()
+        weights = np.asarray(self.config.weights or [float(m.sum()) for m in self._measures], np.float64)
+        weights = weights / weights.sum()  # the default: each source's own measure, one pass each
         return {name: {"weight": float(w)} | r for name, w, r in zip(self.sources.names, weights, realised)}
 
     def planned_ids(self, epoch: int) -> pa.Array:
@@ -209,7 +207,7 @@ class PackedStream(IterableDataset):
         if not self.mixed:
             return self.index.keys
         sample = self.plan(epoch).sample
-        source = self.sources.index.shard_source[self.index.shard[sample]].astype(str)
+        source = self.index.shard_source[self.index.shard[sample]].astype(str)
         return pc.binary_join_element_wise(pa.array(source), self.index.keys.take(pa.array(sample)), "/")
 
     def steps(self, epoch: int, consumed: int = 0) -> int:
