@@ -39,12 +39,11 @@ def streams(config: TrainConfig, rank: int, world: int) -> tuple[PackedStream, d
     """This rank's training stream (the configured packing and scales; several shard sets: their
     mix) and validation streams, one per shard set by its source name (`config.valid_split` at
     native length: C = 1, no augmentation, no shuffling; labels as the training stream's)."""
-    sources = [Location.of(shards) for shards in config.shards]
-    train = PackedStream([str(s / "train") for s in sources], config.stream(), rank=rank, world=world)
+    train = PackedStream(config.splits("train"), config.stream(), rank=rank, world=world)
     valid_config = config.stream(scales=(1.0,), shuffle=False, freq_mask=0, time_mask=0, weights=None)
     valid = {
-        name: PackedStream(str(s / config.valid_split), valid_config, rank=rank, world=world, labels=train.labels)
-        for name, s in zip(train.sources.names, sources)
+        name: PackedStream(split, valid_config, rank=rank, world=world, labels=train.labels)
+        for name, split in zip(train.sources.names, config.splits(config.valid_split))
     }
     label_type = "multi" if train.features.multi_label else "single"
     if config.label_type not in ("auto", label_type):

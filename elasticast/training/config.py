@@ -18,6 +18,7 @@ from elasticast.config import ATTENTION_BACKENDS, MODEL_KINDS, POOLINGS, PRESETS
 from loaders.config import WEIGHT_BY, StreamConfig
 from loaders.pack import MODES
 from loaders.tokens import COMPRESSIONS
+from shards.location import Location
 from shards.parallel import BACKENDS
 
 CHOICES = {
@@ -158,6 +159,10 @@ class TrainConfig:
     def run_epochs(self) -> int:
         """Epochs this invocation runs up to."""
         return self.stop_after or self.epochs
+
+    def splits(self, split: str) -> list[str]:
+        """`split` of every shard set (a `PackedStream` of several mixes them)."""
+        return [str(Location.of(shards) / split) for shards in self.shards]
 
     def stream(self, **changes) -> StreamConfig:
         """The training stream's settings (`changes` override them, e.g. for validation)."""
