@@ -80,10 +80,8 @@ def test_a_schedule_moved_to_another_world_keeps_its_place_in_the_epochs():
     """Cosine over 10 epochs, no warm-up: 30 steps of 20 an epoch (1.5 epochs) become 45 of 30."""
     config = TrainConfig(epochs=10, warmup_epochs=0, min_lr_ratio=0.0, lr=1.0)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    saved = make_scheduler(optimizer, 20, config)  # on the first world
-    for _ in range(30):
-        optimizer.step()
-        saved.step()
+    saved = make_scheduler(optimizer, 20, config)  # on the first world, 30 steps in
+    saved.last_epoch = 30
     scheduler = make_scheduler(optimizer, 30, config)  # on the new world, restored from the checkpoint
     scheduler.load_state_dict(saved.state_dict())
     rescale_schedule(scheduler, 20, 30)
