@@ -92,13 +92,9 @@ def plan_mix(
         ids.append(taken + starts[i])
         passes.append(spans)
     ids = np.concatenate(ids)[interleave([len(t) for t in ids])]
-    joined = Index(
-        keys=None,
-        shard=None,
-        num_samples=np.concatenate([index.num_samples for index in indexes]),
-        sample_rate=np.concatenate([index.sample_rate for index in indexes]),
-    )
-    scale, tokens, cut = sample_tokens(joined, np.concatenate(key_hashes), config, epoch)
+    num_samples = np.concatenate([index.num_samples for index in indexes])
+    sample_rate = np.concatenate([index.sample_rate for index in indexes])
+    scale, tokens, cut = sample_tokens(num_samples, sample_rate, np.concatenate(key_hashes), config, epoch)
     group = (np.arange(len(ids)) // config.buffer).astype(np.int32)
     rng = np.random.default_rng([config.seed, epoch, _SALT_MIX])
     plan = plan_arrivals(tokens, ids.astype(np.int32), group, config, epoch, rng, cut, scale)

@@ -93,12 +93,12 @@ def plan_epoch(index: Index, config: StreamConfig, epoch: int, key_hash: np.ndar
     """The plan of one epoch (see the module docstring); a pure function of index, config and
     epoch (of the config, only the packing and feature settings matter: not the backend)."""
     key_hash = index.key_hash if key_hash is None else key_hash
-    scale, tokens, cut = sample_tokens(index, key_hash, config, epoch)
+    scale, tokens, cut = sample_tokens(index.num_samples, index.sample_rate, key_hash, config, epoch)
     return plan_tokens(tokens, index.shard, config, epoch, cut=cut, scale=scale)
 
 
 def sample_tokens(
-    index: Index, key_hash: np.ndarray, config: StreamConfig, epoch: int
+    num_samples: np.ndarray, sample_rate: np.ndarray, key_hash: np.ndarray, config: StreamConfig, epoch: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scale, tokens, cut) of every sample: its C drawn from (seed, epoch, key), its tokens at C."""
     scales = np.asarray(config.scales, dtype=np.float64)
@@ -108,7 +108,7 @@ def sample_tokens(
         part = slice(start, start + _CHUNK)
         pick = (keyed_uniform(key_hash[part], config.seed, epoch, _SALT_SCALE) * len(scales)).astype(np.int64)
         scale[part] = scales[np.minimum(pick, len(scales) - 1)]
-        tokens[part], cut[part] = tokens_at(index.num_samples[part], index.sample_rate[part], scale[part], config)
+        tokens[part], cut[part] = tokens_at(num_samples[part], sample_rate[part], scale[part], config)
     return scale, tokens, cut
 
 
