@@ -161,7 +161,7 @@ def measure(kind: str, split: Path) -> dict:
     del keys
     start = time.perf_counter()
     if kind == "lean":
-        text = json.dumps(delivery_check(stream.index, 1, seen, 0))
+        text = json.dumps(delivery_check(stream.index.keys, 1, seen, 0))
     else:
         text = json.dumps(key_counts(index["key"].tolist(), 1, seen, 0))
     check_s = time.perf_counter() - start

@@ -6,8 +6,9 @@
   (`model_from_checkpoint`) and serves it with the right features (`elasticast.Classifier`).
   Every model of the project is built here (`make_model`), fresh or from a checkpoint;
 - training states (`CheckpointStore`): one file per stream position,
-  `epoch-EEEE-step-SSSSSSS.pt` (the next step to run), so the latest is the greatest name; the
-  store keeps the `keep` latest;
+  `epoch-EEEE-step-SSSSSSS.pt` (S: the batches of the epoch's plan consumed, all ranks together,
+  i.e. the next step to run times the ranks; a resume on another number of ranks continues it),
+  so the latest is the greatest name; the store keeps the `keep` latest;
 - writes to the run folder that are complete or invisible, and fail once, clearly, when retrying
   cannot help (`RunStorageError`). A local file is written under a hidden temporary name, flushed
   and renamed into place; an object is written in one PUT, which the store applies whole or not at all.
@@ -237,8 +238,8 @@ class CheckpointStore:
         self.folder, self.keep = Location.of(folder), keep
 
     @staticmethod
-    def name(epoch: int, next_step: int) -> str:
-        return f"epoch-{epoch:04d}-step-{next_step:07d}.pt"
+    def name(epoch: int, consumed: int) -> str:
+        return f"epoch-{epoch:04d}-step-{consumed:07d}.pt"
 
     def complete(self) -> list[Location]:
         """Committed checkpoints, oldest first (temporary files of interrupted writes are not listed)."""
@@ -251,9 +252,9 @@ class CheckpointStore:
         complete = self.complete()
         return complete[-1] if complete else None
 
-    def save(self, state: dict, epoch: int, next_step: int) -> Location:
-        """Commit `state` as the checkpoint at (epoch, next_step), then drop all but the `keep` latest."""
-        location = self.folder / self.name(epoch, next_step)
+    def save(self, state: dict, epoch: int, consumed: int) -> Location:
+        """Commit `state` as the checkpoint at (epoch, plan batches consumed), then drop all but the `keep` latest."""
+        location = self.folder / self.name(epoch, consumed)
         save_torch(location, state)
         self.prune()
         return location

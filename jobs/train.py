@@ -2,6 +2,7 @@
 
     elasticast-train                                   # tiny preset on the demo shards, local Ray
     elasticast-train --shards OUT --out runs/x --workers 2 --epochs 20 --config my.yaml
+    elasticast-train --shards A B --weights 0.7 0.3 --weight-by tokens --out runs/mix   # a mix of two sets
     ray job submit --working-dir . -- python jobs/train.py --shards /shared/OUT --out /shared/runs/x
 
 (`python jobs/train.py ...` is the same command.) Each Ray Train worker is one DDP rank fed by its
@@ -58,26 +59,22 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
     chosen, the run folder checked against `--resume` and for writing. A string is the reason to stop."""
     from elasticast.checkpoint import CHECKPOINTS, CheckpointStore, write_text
 
-    shards, out = absolute(config.shards), absolute(config.out)
+    sources, out = [absolute(shards) for shards in config.shards], absolute(config.out)
     if out.is_read_only:
         return f"cannot write to --out {out}: {out.protocol}:// locations are read-only"
-    try:
-        built = (shards / DATASET_FILE).is_file()
-        if not built and config.shards == DEMO_SHARDS and shards.is_local:
-            print(f"building the demo shard set in {shards} ...", flush=True)
-            if make_shards.main(["--out", str(shards), "--overwrite", "--quiet", "--backend", "local"]) != 0:
-                return "building the demo shards failed"
-        elif not built:
-            return f"{shards} is not a make_shards output (no {DATASET_FILE}); run elasticast-make-shards first"
-        splits = json.loads((shards / DATASET_FILE).read_text()).get("splits", {})
-    except Exception as error:  # no permission, no such bucket, an unreachable endpoint
-        return f"cannot read --shards {shards}: {reason(error)}"
-    valid_split = config.valid_split if config.valid_split != "auto" else "valid" if "valid" in splits else "test"
-    if not {"train", valid_split} <= set(splits):
-        return f"{shards} has splits {sorted(splits)}; training needs 'train' and '{valid_split}' (to validate on)"
+    found = [source_splits(shards, config.shards == DEMO_SHARDS) for shards in sources]
+    problems = [splits for splits in found if isinstance(splits, str)]
+    if problems:
+        return problems[0]
+    every_valid = all("valid" in splits for splits in found)
+    valid_split = config.valid_split if config.valid_split != "auto" else "valid" if every_valid else "test"
+    for shards, splits in zip(sources, found):
+        if not {"train", valid_split} <= set(splits):
+            return f"{shards} has splits {sorted(splits)}; training needs 'train' and '{valid_split}' (to validate on)"
     if config.valid_split == "auto" and valid_split == "test":
+        lacking = ", ".join(str(shards) for shards, splits in zip(sources, found) if "valid" not in splits)
         print(
-            f"WARNING: {shards} has no 'valid' split: validating on 'test' and choosing best.pt there, so results on test "
+            f"WARNING: {lacking} has no 'valid' split: validating on 'test' and choosing best.pt there, so results on test "
             "are optimistic (make_shards --valid-fraction makes a valid split)",
             file=sys.stderr,
             flush=True,
@@ -108,8 +105,13 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
         except (KeyError, ValueError) as error:
             return f"--init {init}: {error}"
     wandb_dir = wandb_folder(config, out) if config.wandb != "disabled" else config.wandb_dir
-    changes = {"shards": shards.url, "out": out.url, "valid_split": valid_split, "wandb_dir": wandb_dir}
-    changes["init"] = init.url if init is not None else ""
+    changes = {
+        "shards": [shards.url for shards in sources],
+        "out": out.url,
+        "valid_split": valid_split,
+        "wandb_dir": wandb_dir,
+        "init": init.url if init is not None else "",
+    }
     config = TrainConfig(**(config.to_dict() | changes))
     try:
         out.check_writable()
@@ -117,6 +119,21 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
     except Exception as error:
         return f"cannot write to --out {out}: {reason(error)}"
     return config
+
+
+def source_splits(shards: Location, demo: bool) -> dict | str:
+    """The splits of a shard set (the demo set built first if it is missing); a string is the reason to stop."""
+    try:
+        built = (shards / DATASET_FILE).is_file()
+        if not built and demo and shards.is_local:
+            print(f"building the demo shard set in {shards} ...", flush=True)
+            if make_shards.main(["--out", str(shards), "--overwrite", "--quiet", "--backend", "local"]) != 0:
+                return "building the demo shards failed"
+        elif not built:
+            return f"{shards} is not a make_shards output (no {DATASET_FILE}); run elasticast-make-shards first"
+        return json.loads((shards / DATASET_FILE).read_text()).get("splits", {})
+    except Exception as error:  # no permission, no such bucket, an unreachable endpoint
+        return f"cannot read --shards {shards}: {reason(error)}"
 
 
 def reason(error: BaseException) -> str:
@@ -163,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     local_wandb = f"; wandb files in {config.wandb_dir}" if config.wandb != "disabled" and not out.is_local else ""
     print(
-        f"training {config.model} ({config.preset}) on {config.shards}: {config.workers} worker(s), "
+        f"training {config.model} ({config.preset}) on {' + '.join(config.shards)}: {config.workers} worker(s), "
         f"{'GPU' if use_gpu else 'CPU'}, {config.epochs} epochs -> {out}{local_wandb}",
         flush=True,
     )

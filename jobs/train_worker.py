@@ -27,30 +27,44 @@ from elasticast.checkpoint import (
 from elasticast.metrics import score
 from elasticast.predict import predict
 from elasticast.training.config import TrainConfig
-from elasticast.training.epoch_report import delivery_check, epoch_metrics, progress_line
-from elasticast.training.init import Start, read_start, start_model, training_features
+from elasticast.training.epoch_report import delivery_check, epoch_metrics, progress_line, valid_metrics
+from elasticast.training.init import Start, feature_settings, read_start, start_model
 from elasticast.training.loop import EpochResult, train_epoch
-from elasticast.training.schedule import make_optimizer, make_scheduler
+from elasticast.training.schedule import make_optimizer, make_scheduler, rescale_schedule
 from loaders import PackedStream
-from shards.dataset import ShardDataset
 from shards.location import Location
 
 
 def streams(
     config: TrainConfig, rank: int, world: int, start: Start | None = None
-) -> tuple[PackedStream, PackedStream]:
-    """This rank's training stream (the configured packing and scales) and validation stream
-    (`config.valid_split` at native length: C = 1, no augmentation, no shuffling), featurized as
-    `training_features` says (`start`: what `--init` named)."""
-    shards = Location.of(config.shards)
-    features = training_features(config, ShardDataset(shards).meta, start)
-    train = PackedStream(str(shards / "train"), config.stream(), rank=rank, world=world, features=features)
-    valid_config = config.stream(scales=(1.0,), shuffle=False, freq_mask=0, time_mask=0)
-    valid = PackedStream(str(shards / config.valid_split), valid_config, rank=rank, world=world, features=features)
+) -> tuple[PackedStream, dict[str, PackedStream]]:
+    """This rank's training stream (the configured packing and scales; several shard sets: their
+    mix) and validation streams, one per shard set by its source name (`config.valid_split` at
+    native length: C = 1, no augmentation, no shuffling; labels and features as the training
+    stream's), featurized with the recipe `feature_settings` gives (`start`: what `--init` named)."""
+    settings = feature_settings(config, start)
+    train = PackedStream(config.splits("train"), config.stream(), rank=rank, world=world, features=settings)
+    valid_config = config.stream(scales=(1.0,), shuffle=False, freq_mask=0, time_mask=0, weights=None)
+    valid = {
+        name: PackedStream(
+            split, valid_config, rank=rank, world=world, labels=train.labels, features=train.features.spec
+        )
+        for name, split in zip(train.sources.names, config.splits(config.valid_split))
+    }
     label_type = "multi" if train.features.spec.multi_label else "single"
     if config.label_type not in ("auto", label_type):
         raise ValueError(f"label_type={config.label_type!r} but {config.shards} holds {label_type}-label data")
     return train, valid
+
+
+def validate(model, valid: dict[str, PackedStream], device, world: int, weights: dict[str, float]) -> dict:
+    """Each validation stream scored over all ranks, and merged (`valid_metrics`)."""
+    scores, samples = {}, {}
+    for name, stream in valid.items():
+        predictions = gather(predict(model, stream.epoch(0), device), world)
+        scores[name] = score(torch.cat([p[1] for p in predictions]), torch.cat([p[2] for p in predictions]))
+        samples[name] = sum(len(p[0]) for p in predictions)
+    return valid_metrics(scores, samples, weights)
 
 
 def gather(value, world: int) -> list:
@@ -63,15 +77,25 @@ def gather(value, world: int) -> list:
 
 
 def training_state(
-    model, optimizer, scheduler, position: dict, history: list, partial: list[EpochResult] | None
+    model,
+    optimizer,
+    scheduler,
+    position: dict,
+    history: list,
+    partial: list[EpochResult] | None,
+    world: int,
+    label_map: dict,
 ) -> dict:
-    """Everything a resumed run needs to continue bitwise at `position` (the stream's epoch and
-    next step); mid-epoch, `partial` holds each rank's share of the epoch so far."""
+    """Everything a resumed run needs to continue bitwise at `position` (the epoch and the batches
+    of its plan consumed, all ranks together); mid-epoch, `partial` holds each rank's share of the
+    epoch so far; `world` the ranks that wrote it; `label_map` each source's labels' ids."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "stream": dict(position),
+        "world": world,
+        "label_map": label_map,
         "history": history,
         "partial": [dataclasses.asdict(r) for r in partial] if partial else None,
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
@@ -79,22 +103,27 @@ def training_state(
 
 
 def restore_state(
-    path: Location, model, optimizer, scheduler, rank: int, world: int
-) -> tuple[dict, list, EpochResult | None]:
-    """(stream position, history, this rank's share of the epoch so far) from checkpoint `path`."""
+    path: Location, model, optimizer, scheduler, rank: int, world: int, train: PackedStream
+) -> tuple[dict, list, EpochResult | None, int]:
+    """(stream position, history, this rank's share of the epoch so far, the world that wrote it)
+    from checkpoint `path`. On another world the epoch's remaining batches are dealt to the new
+    ranks (`PackedStream.epoch(consumed=...)`), the shares so far go to rank 0 as one, and the
+    schedule moves to the same point in the epochs."""
     state = CheckpointStore.load(path)
-    partial = state["partial"]
-    if partial is not None and len(partial) != world:
-        raise ValueError(
-            f"{path} was written mid-epoch by {len(partial)} ranks: resume it with --workers {len(partial)}"
-        )
+    partial = [EpochResult(**share) for share in state["partial"] or []]
+    saved_world = state.get("world", len(partial) or world)  # checkpoints before "world" resumed on theirs
+    stream = state["stream"]
+    position = {"epoch": stream["epoch"], "consumed": stream.get("consumed", stream.get("next_step", 0) * saved_world)}
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if saved_world != world:
+        rescale_schedule(scheduler, train.plan(0).steps(saved_world), train.steps(0))
+        partial = [EpochResult.merged(partial)] + [EpochResult() for _ in range(world - 1)] if partial else []
     torch.set_rng_state(state["rng"]["torch"])
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
-    return state["stream"], state["history"], EpochResult(**partial[rank]) if partial else None
+    return position, state["history"], partial[rank] if partial else None, saved_world
 
 
 def save_inference(location: Location, model, train: PackedStream, config: TrainConfig) -> None:
@@ -106,7 +135,11 @@ def save_inference(location: Location, model, train: PackedStream, config: Train
             model,
             train.labels,
             train.features.spec,
-            extra={"train_config": config.to_dict(), "stream": dataclasses.asdict(train.config)},
+            extra={
+                "train_config": config.to_dict(),
+                "stream": dataclasses.asdict(train.config),
+                "label_map": train.sources.label_map,
+            },
         ),
     )
 
@@ -131,6 +164,7 @@ def train_worker(values: dict) -> None:
     device = ray.train.torch.get_device()
     start = read_start(config.init) if config.init else None
     train, valid = streams(config, rank, world, start)
+    labels = train.sources.label_map
     model, how = start_model(config, train.labels, start)
     model = model.to(device)
     if rank == 0:
@@ -141,12 +175,20 @@ def train_worker(values: dict) -> None:
     run = Location.of(config.out)
     store = CheckpointStore(run / CHECKPOINTS, KEEP_CHECKPOINTS)
     latest = store.latest()
-    position, history, so_far = {"epoch": 0, "next_step": 0}, [], None
+    position, history, so_far = {"epoch": 0, "consumed": 0}, [], None
     if latest is not None:
-        position, history, so_far = restore_state(latest, model, optimizer, scheduler, rank, world)
+        position, history, so_far, saved_world = restore_state(latest, model, optimizer, scheduler, rank, world, train)
         if rank == 0:
             write_text(run / "history.json", json.dumps(history, indent=1))  # no epoch the checkpoint does not hold
-            say(f"resuming from checkpoint {latest.name}: epoch {position['epoch'] + 1}, step {position['next_step']}")
+            moved = (
+                f" (written by {saved_world} ranks, its remaining batches dealt to {world})"
+                if saved_world != world
+                else ""
+            )
+            say(
+                f"resuming from checkpoint {latest.name}: epoch {position['epoch'] + 1}, "
+                f"step {position['consumed'] // world}{moved}"
+            )
     unused = config.model == "ast" and config.pooling == "mean"  # the [cls] token is unused then
     trained = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
     if config.compile:
@@ -154,23 +196,24 @@ def train_worker(values: dict) -> None:
     logger = _wandb(config, run) if rank == 0 else None
     started = time.perf_counter()
     for epoch in range(position["epoch"], config.run_epochs):
-        resumed = epoch == position["epoch"] and position["next_step"] > 0
+        resumed = epoch == position["epoch"] and position["consumed"] > 0
+        start = position["consumed"] if resumed else 0
 
-        def save_step(next_step: int, partial: EpochResult, epoch: int = epoch) -> None:
-            if next_step < train.steps(epoch):  # the epoch's end is checkpointed below, with its metrics
+        def save_step(next_step: int, partial: EpochResult, epoch: int = epoch, start: int = start) -> None:
+            consumed = train.plan(epoch).consumed(next_step, world, start % world)
+            if consumed < train.plan(epoch).n_batches:  # the epoch's end is checkpointed below, with its metrics
                 shares = gather(partial, world)
                 if rank == 0:
+                    at = {"epoch": epoch, "consumed": consumed}
                     store.save(
-                        training_state(
-                            model, optimizer, scheduler, {"epoch": epoch, "next_step": next_step}, history, shares
-                        ),
+                        training_state(model, optimizer, scheduler, at, history, shares, world, labels),
                         epoch,
-                        next_step,
+                        consumed,
                     )
 
         result = train_epoch(
             trained,
-            train.epoch(epoch, position["next_step"] if resumed else 0),
+            train.epoch(epoch, consumed=start),
             optimizer,
             scheduler,
             device,
@@ -180,20 +223,25 @@ def train_worker(values: dict) -> None:
             config.checkpoint_every,
             save_step,
         )
-        results, predictions = gather(result, world), gather(predict(model, valid.epoch(0), device), world)
-        valid_scores = score(torch.cat([p[1] for p in predictions]), torch.cat([p[2] for p in predictions]))
+        mix = train.mix(epoch)
+        weights = {name: m["weight"] for name, m in mix.items()}
+        results, valid_scores = gather(result, world), validate(model, valid, device, world, weights)
         metrics = epoch_metrics(epoch, result, results, valid_scores, scheduler.get_last_lr()[0])
-        metrics["val_samples"] = sum(len(p[0]) for p in predictions)
+        if mix:
+            metrics["mix"] = mix
         best_so_far = max((m["val_metric"] for m in history), default=-math.inf)
         history.append(metrics)
         if rank == 0:
-            counts = delivery_check(train.index, epoch, [k for r in results for k in r.keys], metrics["failed_samples"])
+            seen = [k for r in results for k in r.keys]
+            counts = delivery_check(train.planned_ids(epoch), epoch, seen, metrics["failed_samples"])
             write_text(run / "keys" / f"epoch-{epoch:03d}.json", json.dumps(counts))
             save_inference(run / "last.pt", model, train, config)
             if metrics["val_metric"] > best_so_far:
                 save_inference(run / "best.pt", model, train, config)
             store.save(
-                training_state(model, optimizer, scheduler, {"epoch": epoch + 1, "next_step": 0}, history, None),
+                training_state(
+                    model, optimizer, scheduler, {"epoch": epoch + 1, "consumed": 0}, history, None, world, labels
+                ),
                 epoch + 1,
                 0,
             )

@@ -44,12 +44,16 @@ class FeatureConfig:
     split_dir: str  # a path or URL (shards.location)
     num_classes: int
     spec: FeatureSpec
+    more_split_dirs: tuple[str, ...] = ()  # a mix's further sources, 1, 2, ... (source 0 is split_dir)
 
     def __post_init__(self):  # the stream's compression and frame cap are the ones its features use
         stream = self.stream
         object.__setattr__(
             self, "spec", replace(self.spec, compression=stream.compression, max_frames=stream.max_frames)
         )
+
+    def source_dir(self, source: int) -> Location:
+        return Location.of(self.split_dir if source == 0 else self.more_split_dirs[source - 1])
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class SampleSpec:
     cut: int
     scale: float
     xxh3_64: int | None = None  # of its wav bytes; None for shard sets made before checksums
+    source: int = 0  # its source in a mix (`FeatureConfig.source_dir`)
 
 
 @dataclass(frozen=True)
@@ -124,13 +129,14 @@ def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int
             cut=cut,
             scale=scale,
             xxh3_64=checksum,
+            source=index.source_of(position),
         )
         for position, key, shard, offset, nbytes, num_samples, row, start, tokens, cut, scale, checksum in columns
     )
     return BatchSpec(plan.epoch, step, samples=samples)
 
 
-Reads = tuple[dict[str, np.ndarray], list[dict], ReadStats]  # what `read_audio` returns
+Reads = tuple[dict[tuple[int, str], np.ndarray], list[dict], ReadStats]  # what `read_audio` returns
 
 
 def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None) -> dict:
@@ -144,9 +150,9 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
     audio, failed, reads = reads if reads is not None else read_audio(spec.samples, config)
     placed, slots = [], defaultdict(int)
     for sample in spec.samples:
-        if sample.key not in audio:
+        if (sample.source, sample.key) not in audio:
             continue
-        tokens, freqs, times = featurize(audio[sample.key], sample, spec.epoch, config)
+        tokens, freqs, times = featurize(audio[sample.source, sample.key], sample, spec.epoch, config)
         if tokens.shape[0] != sample.tokens:
             failed.append(_failure(sample, f"{tokens.shape[0]} tokens where the plan has {sample.tokens}"))
             continue
@@ -159,6 +165,7 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
         placed.append(
             {
                 "key": sample.key,
+                "source": sample.source,
                 "label_ids": sample.label_ids,
                 "row": r,
                 "slot": slots[r],
@@ -189,17 +196,16 @@ def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> Reads:
     """Waveforms by key (cut to the samples their features need), read as one ranged request per
     contiguous run of members in each shard (retried when the store fails transiently) and
     verified; failures named by shard and key; what the reads cost."""
-    split = Location.of(config.split_dir)
     members = [Member(s.offset, s.nbytes, s.xxh3_64) for s in samples]
-    data, stats = read_spans([member_span(split / s.shard, m) for s, m in zip(samples, members)])
+    data, stats = read_spans([member_span(config.source_dir(s.source) / s.shard, m) for s, m in zip(samples, members)])
     audio, failed = {}, []
     for sample, member, read in zip(samples, members, data):
         problem = member_problem(read, sample.key, member)
         if problem is None:
             wav = memoryview(read)[tarfile.BLOCKSIZE :]
-            problem, audio[sample.key] = _kept_audio(wav, sample, config)
+            problem, audio[sample.source, sample.key] = _kept_audio(wav, sample, config)
         if problem:
-            audio.pop(sample.key, None)
+            audio.pop((sample.source, sample.key), None)
             failed.append(_failure(sample, problem))
     return audio, failed, stats
 
@@ -250,6 +256,7 @@ def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
         n_tokens=column("tokens", torch.int64),
         scale=column("scale", torch.float32),
         keys=[s["key"] for s in samples],
+        sources=[s["source"] for s in samples] if config.more_split_dirs else [],
         epoch=meta["epoch"],
         step=meta["step"],
         is_padding=meta["is_padding"],

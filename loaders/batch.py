@@ -35,10 +35,16 @@ class PackedBatch:
     cut_tokens: int = 0
     requests: int = 0  # storage requests the batch's reads took (retries included)
     retries: int = 0  # of those, retries after transient storage errors
+    sources: list[int] = field(default_factory=list)  # in a mix: each sample's source (else empty)
 
     @property
     def num_samples(self) -> int:
         return len(self.keys)
+
+    @property
+    def sample_ids(self) -> list[str]:
+        """What names a delivered sample: its key, in a mix `source/key` (keys may repeat across sources)."""
+        return [f"{s}/{k}" for s, k in zip(self.sources, self.keys)] if self.sources else list(self.keys)
 
     @property
     def real_tokens(self) -> int:

@@ -13,6 +13,8 @@ from loaders.pack import MODES
 from loaders.tokens import COMPRESSIONS, SCALE_RANGE, resolution
 from shards.parallel import BACKENDS
 
+WEIGHT_BY = ("samples", "duration", "tokens")  # what a mix's weights measure
+
 
 @dataclass(frozen=True)
 class StreamConfig:
@@ -23,7 +25,9 @@ class StreamConfig:
     assembling batches concurrently, CPUs each (fractions allowed); prefetch: batches fetched ahead
     (from Ray's tasks; in-process, batches whose bytes a reader thread reads ahead).
     torch_threads: torch threads while featurizing (None: the caller's), in-process, in DataLoader
-    workers and in Ray tasks; the caller's count is restored after each batch."""
+    workers and in Ray tasks; the caller's count is restored after each batch.
+    weights / weight_by: a stream of several sources (`loaders.mix`): each source's share of an
+    epoch, measured in samples, seconds of audio or tokens (None: in proportion to their sizes)."""
 
     rows_per_batch: int
     max_tokens: int = 2048
@@ -42,10 +46,17 @@ class StreamConfig:
     worker_cpus: float = 1.0
     prefetch: int = 2
     torch_threads: int | None = 1
+    weights: tuple[float, ...] | None = None
+    weight_by: str = "samples"
 
     def __post_init__(self):
         object.__setattr__(self, "scales", tuple(float(c) for c in self.scales))
-        for name, allowed in (("packing", MODES), ("compression", COMPRESSIONS), ("backend", BACKENDS)):
+        if self.weights is not None:
+            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+            if not self.weights or min(self.weights) <= 0:
+                raise ValueError(f"weights {self.weights} must be a non-empty set of values > 0")
+        choices = (("packing", MODES), ("compression", COMPRESSIONS), ("backend", BACKENDS), ("weight_by", WEIGHT_BY))
+        for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {allowed}")
         for name in ("rows_per_batch", "max_tokens", "buffer", "max_frames", "workers"):

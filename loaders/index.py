@@ -38,6 +38,7 @@ class StreamIndex:
     label_values: np.ndarray
     xxh3_64: np.ndarray | None
     key_hash: np.ndarray
+    shard_source: np.ndarray | None = None  # a mix's source of each shard (None: one source)
 
     @classmethod
     def read(cls, dataset: ShardDataset, split: str) -> StreamIndex:
@@ -76,6 +77,34 @@ class StreamIndex:
         del table, shards, labels, checksums
         pa.default_memory_pool().release_unused()  # the Parquet decode and the shard names: no longer held
         return index
+
+    @classmethod
+    def joined(cls, indexes: list[StreamIndex], label_maps: list[np.ndarray]) -> StreamIndex:
+        """The sources of a mix as one index, in order: shard ids and names run on from source to
+        source (`shard_source` says whose), label ids become `label_maps[i][id]` (merged ids)."""
+        shard_starts = np.cumsum([0] + [len(index.shard_names) for index in indexes])
+        label_starts = np.cumsum([0] + [len(index.label_values) for index in indexes])
+        checksums = [index.xxh3_64 for index in indexes]
+        return cls(
+            keys=pa.concat_arrays([index.keys for index in indexes]),
+            shard_names=tuple(name for index in indexes for name in index.shard_names),
+            shard=np.concatenate([index.shard + start for index, start in zip(indexes, shard_starts)]),
+            offset=np.concatenate([index.offset for index in indexes]),
+            nbytes=np.concatenate([index.nbytes for index in indexes]),
+            num_samples=np.concatenate([index.num_samples for index in indexes]),
+            sample_rate=np.concatenate([index.sample_rate for index in indexes]),
+            label_starts=np.concatenate(
+                [[0]] + [index.label_starts[1:] + start for index, start in zip(indexes, label_starts)]
+            ).astype(np.int64),
+            label_values=np.concatenate([m[index.label_values] for index, m in zip(indexes, label_maps)]),
+            xxh3_64=None if any(c is None for c in checksums) else np.concatenate(checksums),
+            key_hash=np.concatenate([index.key_hash for index in indexes]),
+            shard_source=np.repeat(np.arange(len(indexes), dtype=np.int16), np.diff(shard_starts)),
+        )
+
+    def source_of(self, position: int) -> int:
+        """The mix source of the sample at `position` (0 for a single source)."""
+        return 0 if self.shard_source is None else int(self.shard_source[self.shard[position]])
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -14,7 +14,7 @@ Two things a plain `DataLoader(stream)` would get wrong under Lightning, both si
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -58,7 +58,7 @@ class PackedDataModule(lightning.LightningDataModule):
 
     def __init__(
         self,
-        train: str | Path,
+        train: str | Path | Sequence[str | Path],
         config: StreamConfig,
         *,
         num_workers: int = 0,

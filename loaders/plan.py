@@ -11,7 +11,9 @@
    are shuffled within their group (packing order sorts rows by length otherwise), then all rows
    are cut into batches of `rows_per_batch`.
 4. Batches are dealt round-robin to ranks; ranks short of a batch get an all-padding one, so
-   every rank runs the same number of steps and no sample is dropped or repeated.
+   every rank runs the same number of steps and no sample is dropped or repeated. A position in
+   the epoch is the number of batches consumed (all ranks together), so an epoch resumed on
+   another number of ranks deals exactly the remaining batches to them (`EpochPlan.batch_for`).
 """
 
 from __future__ import annotations
@@ -63,18 +65,29 @@ class EpochPlan:
     def n_batches(self) -> int:
         return len(self.batch_starts) - 1
 
-    def steps(self, world: int) -> int:
-        """Batches every rank runs: the same for all ranks by construction."""
-        return -(-self.n_batches // world)
+    def steps(self, world: int, consumed: int = 0) -> int:
+        """Steps every rank runs in the epoch (the same for all ranks by construction) when its
+        first `consumed` batches were delivered before (on any number of ranks): the rank's steps
+        are then numbered from `consumed // world` (see `batch_for`)."""
+        return -(-(self.n_batches - consumed % world) // world)
 
-    def batch_for(self, step: int, rank: int, world: int) -> int | None:
-        """Global batch of a rank's step; None for the all-padding filler at the epoch's end."""
+    def batch_for(self, step: int, rank: int, world: int, consumed: int = 0) -> int | None:
+        """Global batch of a rank's step; None for the all-padding filler at the epoch's end.
+        The batches after the first `consumed` are dealt round-robin, step s of rank r taking
+        batch s * world + r + consumed % world: from step consumed // world on, each remaining
+        batch goes to exactly one rank, whatever the world the first `consumed` were dealt to."""
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is not in 0..{world - 1}")
-        if not 0 <= step < self.steps(world):
-            raise IndexError(f"step {step} is not in 0..{self.steps(world) - 1}")
-        batch = step * world + rank
+        first, shift = divmod(consumed, world)
+        if not first <= step < self.steps(world, consumed):
+            raise IndexError(f"step {step} is not in {first}..{self.steps(world, consumed) - 1}")
+        batch = step * world + rank + shift
         return batch if batch < self.n_batches else None
+
+    def consumed(self, next_step: int, world: int, shift: int = 0) -> int:
+        """Batches of the plan delivered once every rank has run the steps before `next_step`
+        (`shift`: `consumed % world` of the position the epoch was resumed at, else 0)."""
+        return min(self.n_batches, next_step * world + shift)
 
 
 def plan_epoch(
@@ -88,6 +101,19 @@ def plan_epoch(
     epoch (of the config, only the packing and feature settings matter: not the backend).
     `features`: how the stream featurizes (its fixed length and frame shift count here too)."""
     key_hash = index.key_hash if key_hash is None else key_hash
+    scale, tokens, cut = sample_tokens(index.num_samples, index.sample_rate, key_hash, config, epoch, features)
+    return plan_tokens(tokens, index.shard, config, epoch, cut=cut, scale=scale)
+
+
+def sample_tokens(
+    num_samples: np.ndarray,
+    sample_rate: np.ndarray,
+    key_hash: np.ndarray,
+    config: StreamConfig,
+    epoch: int,
+    features: FeatureSpec | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scale, tokens, cut) of every sample: its C drawn from (seed, epoch, key), its tokens at C."""
     scales = np.asarray(config.scales, dtype=np.float64)
     n = len(key_hash)
     scale, tokens, cut = np.empty(n), np.empty(n, np.int32), np.empty(n, np.int32)
@@ -95,17 +121,29 @@ def plan_epoch(
         part = slice(start, start + _CHUNK)
         pick = (keyed_uniform(key_hash[part], config.seed, epoch, _SALT_SCALE) * len(scales)).astype(np.int64)
         scale[part] = scales[np.minimum(pick, len(scales) - 1)]
-        counts = clip_counts(
-            index.num_samples[part],
-            index.sample_rate[part],
-            scale[part],
-            compression=config.compression,
-            max_frames=config.max_frames,
-            capacity=config.max_tokens,
-            **(features.framing if features else {}),
-        )
-        tokens[part], cut[part] = counts.tokens, counts.cut
-    return plan_tokens(tokens, index.shard, config, epoch, cut=cut, scale=scale)
+        tokens[part], cut[part] = tokens_at(num_samples[part], sample_rate[part], scale[part], config, features)
+    return scale, tokens, cut
+
+
+def tokens_at(
+    num_samples: np.ndarray,
+    sample_rate: np.ndarray,
+    scale: np.ndarray | float,
+    config: StreamConfig,
+    features: FeatureSpec | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, cut) of clips at resolution `scale` under the config's crop and row capacity (and
+    the features' fixed length and frame shift)."""
+    counts = clip_counts(
+        num_samples,
+        sample_rate,
+        np.broadcast_to(scale, np.shape(num_samples)),
+        compression=config.compression,
+        max_frames=config.max_frames,
+        capacity=config.max_tokens,
+        **(features.framing if features else {}),
+    )
+    return counts.tokens, counts.cut
 
 
 def plan_tokens(
@@ -119,12 +157,28 @@ def plan_tokens(
     """Steps 2-4 of the module docstring from token counts alone (`cut`, `scale`: per sample, for
     the record). `PackingSampler` plans a map-style dataset with it, each sample its own shard.
     Per-sample arrays are int32 and freed as soon as used: every rank plans the whole epoch."""
-    tokens = np.asarray(tokens)
-    cut = np.zeros(len(tokens), np.int32) if cut is None else cut
-    scale = np.ones(len(tokens)) if scale is None else scale
     rng = np.random.default_rng([config.seed, epoch, _SALT_ORDER])
     arrival, group = _arrival_order(np.asarray(shard), config, rng)
+    return plan_arrivals(np.asarray(tokens), arrival, group, config, epoch, rng, cut, scale)
+
+
+def plan_arrivals(
+    tokens: np.ndarray,
+    arrival: np.ndarray,
+    group: np.ndarray,
+    config: StreamConfig,
+    epoch: int,
+    rng: np.random.Generator,
+    cut: np.ndarray | None = None,
+    scale: np.ndarray | None = None,
+) -> EpochPlan:
+    """Steps 2-4 from the order samples reach the packer: `arrival` (sample ids, by which
+    `tokens`, `cut` and `scale` are indexed; an id may arrive more than once) and the `group` of
+    each arrival (rows are shuffled within the group being read when they closed)."""
+    cut = np.zeros(len(tokens), np.int32) if cut is None else cut
+    scale = np.ones(len(tokens)) if scale is None else scale
     arriving = tokens[arrival]
+    total = int(arriving.sum(dtype=np.int64))
     layout = Packing.from_rows(
         arriving,
         pack(arriving, config.max_tokens, config.packing, config.buffer, max_per_row=config.max_per_row),
@@ -161,7 +215,7 @@ def plan_tokens(
         cut=cut[sample].astype(np.int32, copy=False),
         scale=scale[sample],
         batch_starts=np.searchsorted(batch, np.arange(n_batches + 1)),
-        pad_ratio=1.0 - float(tokens.sum(dtype=np.int64)) / capacity_total if capacity_total else 0.0,
+        pad_ratio=1.0 - total / capacity_total if capacity_total else 0.0,
     )
 
 

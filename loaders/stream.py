@@ -2,7 +2,7 @@
 
     stream = PackedStream("data/demo/train", rows_per_batch=4, rank=rank, world=world)
     stream = PackedStream("data/demo/train", StreamConfig(rows_per_batch=4, scales=SCALE_GRID))
-    for batch in stream.epoch(e):           # or stream.epoch(e, start_step=k) to resume
+    for batch in stream.epoch(e):           # or stream.epoch(e, consumed=c) to resume on any world
         ...
     loader = DataLoader(stream, batch_size=None, num_workers=2)   # a torch IterableDataset too
     stream.set_epoch(e)
@@ -21,12 +21,14 @@ import sys
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
@@ -34,11 +36,10 @@ from loaders.assemble import BatchSpec, FeatureConfig, Reads, assemble, batch_sp
 from loaders.batch import PackedBatch
 from loaders.config import StreamConfig
 from loaders.feature_spec import FeatureSpec
-from loaders.index import StreamIndex
+from loaders.mix import MixedPlan, plan_mix, realised_mix, sample_measure
 from loaders.plan import EpochPlan, plan_epoch
+from loaders.sources import open_sources
 from loaders.threads import torch_threads
-from shards.dataset import DATASET_FILE, ShardDataset
-from shards.location import Location
 from shards.parallel import quiet_ray_data
 
 
@@ -46,26 +47,31 @@ class PackedStream(IterableDataset):
     """Packed batches of one split of a shard set, for one trainer rank (see module docstring).
 
     shards: a split folder (`OUT/train`), or a shard-set folder with `subset` naming the split; a
-        local path or a URL (s3://, gs://, http(s)://, ...: `shards.location`).
+        local path or a URL (s3://, gs://, http(s)://, ...: `shards.location`). A list of them:
+        a mix of sources at `config.weights` (`loaders.mix`), labels merged by name.
+    labels: the label list to map the labels into, by name (default: the sources' own, merged).
     config: a `StreamConfig`; keyword settings (its field names) build one or override its fields.
     rank / world: this data-parallel rank among `world`; every rank gets the same step count.
-    features: how to featurize (e.g. a checkpoint's `FeatureSpec`); default: the shard set's statistics.
+    features: how to featurize: a `FeatureSpec` (e.g. a checkpoint's), or `FeatureSpec` settings
+        (a dict, e.g. the paper's recipe) on the shard set's statistics; default: those statistics.
 
     As a torch `IterableDataset`: `set_epoch(e)` picks the epoch `iter()` delivers, `len()` is its
-    step count, and `state_dict()` / `load_state_dict()` hold the position (epoch, next step),
-    as torchdata's `StatefulDataLoader` expects.
+    step count, and `state_dict()` / `load_state_dict()` hold the position (epoch, batches of its
+    plan consumed by all ranks together), as torchdata's `StatefulDataLoader` expects; a position
+    saved on one number of ranks resumes on any other.
     """
 
     def __init__(
         self,
-        shards: str | Path,
+        shards: str | Path | Sequence[str | Path],
         config: StreamConfig | None = None,
         *,
         subset: str | None = None,
         rank: int = 0,
         world: int = 1,
+        labels: Sequence[str] | None = None,
         split: tuple[int, int] | None = None,
-        features: FeatureSpec | None = None,
+        features: FeatureSpec | dict | None = None,
         **settings,
     ):
         if config is not None and not isinstance(config, StreamConfig):
@@ -81,26 +87,27 @@ class PackedStream(IterableDataset):
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} and world {world} must satisfy 0 <= rank < world")
         self.rank, self.world = rank, world
-        self.dataset, self.subset = _open(Location.of(shards), subset)
-        self.features = FeatureConfig(
-            stream=self.config,
-            split_dir=(self.dataset.root / self.subset).url,
-            num_classes=len(self.dataset.labels),
-            spec=stream_features(self.dataset, self.config, features),
-        )
-        self.dataset.shard_locations(self.subset)  # a missing shard is an error now, not mid-epoch
-        self.index = StreamIndex.read(self.dataset, self.subset)
+        self.sources = open_sources(shards, subset, labels)
+        self.dataset, self.subset = self.sources.datasets[0], self.sources.subsets[0]
+        self.mixed = len(self.sources.indexes) > 1
+        weights = self.config.weights
+        if weights is not None and len(weights) != len(self.sources.indexes):
+            raise ValueError(f"{len(weights)} weights for {len(self.sources.indexes)} sources {self.sources.names}")
+        self.features = self.sources.features(self.config, features)
+        self.index = self.sources.index
         self._plan_index = self.index.plan_index
-        self._plans: dict[int, EpochPlan] = {}
+        self._measures: list[np.ndarray] | None = None  # of each source's samples, in the mix's weight_by
+        self._plans: dict[int, EpochPlan | MixedPlan] = {}
         self.stats: dict[int, dict] = {}
-        # (epoch, first step) of the next iter(): in shared memory, so that DataLoader workers,
+        # (epoch, plan batches consumed) of the next iter(): in shared memory, so that DataLoader workers,
         # persistent ones included, see set_epoch() and load_state_dict() made in the trainer
         self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._delivered: dict[str, int] | None = None  # state_dict() of the pass under way in this process
 
     @property
     def labels(self) -> list[str]:
-        return self.dataset.labels
+        """The stream's labels (label id = position): a mix's sources' labels merged by name."""
+        return self.sources.labels
 
     @property
     def num_samples(self) -> int:
@@ -109,41 +116,44 @@ class PackedStream(IterableDataset):
 
     def __len__(self) -> int:
         """Steps this rank runs in the epoch set by `set_epoch` (`num_samples` counts samples)."""
-        return self.steps(int(self._position[0]))
+        return self.steps(int(self._position[0]), int(self._position[1]))
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch `iter()` delivers next, from step 0; the epoch already set keeps a step
+        """The epoch `iter()` delivers next, from its start; the epoch already set keeps a position
         restored by `load_state_dict`, so a resumed loop may call this as usual."""
         if epoch != int(self._position[0]):
             self._move(epoch, 0)
 
     def state_dict(self) -> dict[str, int]:
-        """Where delivery stands: {"epoch", "next_step"} (in a DataLoader worker: the first step
-        of its next round of turns). `batch.epoch` and `batch.step + 1` of the last batch a trainer
-        took say the same, whatever the number of workers."""
+        """Where delivery stands: {"epoch", "consumed"}, the batches of the epoch's plan that all
+        ranks together have taken once every rank has run the steps this one has (in a DataLoader
+        worker: up to its next round of turns). Not a per-rank cursor: `load_state_dict` resumes it
+        with any `world`. `plan(epoch).consumed(batch.step + 1, world, shift)` of the last batch
+        a trainer took says the same, whatever the number of workers."""
         return (
             dict(self._delivered)
             if self._delivered
-            else {"epoch": int(self._position[0]), "next_step": int(self._position[1])}
+            else {"epoch": int(self._position[0]), "consumed": int(self._position[1])}
         )
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue at (epoch, next_step): `iter()` then yields exactly the remaining batches."""
-        missing = {"epoch", "next_step"} - set(state)
+        """Continue at (epoch, consumed): `iter()` then yields exactly this rank's share of the
+        remaining batches, dealt to this stream's `world` (which may differ from the saver's)."""
+        missing = {"epoch", "consumed"} - set(state)
         if missing:
             raise KeyError(f"PackedStream state {state!r} lacks {sorted(missing)}")
         if get_worker_info() is not None:  # torchdata restores each worker: its own position, unshared
             self._position = torch.zeros(2, dtype=torch.int64)
-        self._move(int(state["epoch"]), int(state["next_step"]))
+        self._move(int(state["epoch"]), int(state["consumed"]))
 
-    def _move(self, epoch: int, step: int) -> None:
-        self._position[0], self._position[1] = epoch, step
+    def _move(self, epoch: int, consumed: int) -> None:
+        self._position[0], self._position[1] = epoch, consumed
         self._delivered = None
 
     def __iter__(self) -> Iterator[PackedBatch]:
         """This rank's batches of the set epoch from the set step on; inside DataLoader worker w of
         k, the steps w, w+k, ... of those (each step once, in order once DataLoader interleaves)."""
-        epoch, start = int(self._position[0]), int(self._position[1])
+        epoch, consumed = int(self._position[0]), int(self._position[1])
         worker = get_worker_info()
         turn, turns = (0, 1) if worker is None else (worker.id, worker.num_workers)
         if worker is not None and self.config.backend == "ray":
@@ -152,44 +162,94 @@ class PackedStream(IterableDataset):
                 "use DataLoader(stream, batch_size=None, num_workers=0) (Ray tasks already featurize in parallel), "
                 "or backend='local' to featurize in the DataLoader workers"
             )
-        steps = self.steps(epoch)
-        if not 0 <= start <= steps:
-            raise ValueError(f"next_step {start} is not in 0..{steps} (epoch {epoch} has {steps} steps on this rank)")
-        self._delivered = {"epoch": epoch, "next_step": start}
-        return self._iterate(epoch, start, turn, turns)
+        plan = self.plan(epoch)
+        if not 0 <= consumed <= plan.n_batches:
+            raise ValueError(f"consumed {consumed} is not in 0..{plan.n_batches} (the batches of epoch {epoch})")
+        self._delivered = {"epoch": epoch, "consumed": consumed}
+        return self._iterate(plan, consumed, turn, turns)
 
-    def _iterate(self, epoch: int, start: int, turn: int, turns: int) -> Iterator[PackedBatch]:
-        steps = self.steps(epoch)
-        for batch in self.epoch(epoch, min(start + turn, steps), turns):
-            self._delivered = {"epoch": epoch, "next_step": min(batch.step - turn + turns, steps)}
+    def _iterate(self, plan: EpochPlan, consumed: int, turn: int, turns: int) -> Iterator[PackedBatch]:
+        start, shift = divmod(consumed, self.world)
+        steps = plan.steps(self.world, consumed)
+        for batch in self._batches(plan.epoch, min(start + turn, steps), turns, shift):
+            next_step = min(batch.step - turn + turns, steps)
+            self._delivered = {"epoch": plan.epoch, "consumed": plan.consumed(next_step, self.world, shift)}
             yield batch
 
     def plan(self, epoch: int) -> EpochPlan:
         """The epoch's plan (identical on every rank); the latest one is kept."""
+        made = self._plan(epoch)
+        return made.plan if self.mixed else made
+
+    def _plan(self, epoch: int) -> EpochPlan | MixedPlan:
         if epoch not in self._plans:
             self._plans.clear()  # the former epoch's plan goes before the next is made, not after
-            self._plans[epoch] = plan_epoch(
-                self._plan_index, self.config, epoch, self.index.key_hash, self.features.spec
-            )
+            if not self.mixed:
+                self._plans[epoch] = plan_epoch(
+                    self._plan_index, self.config, epoch, self.index.key_hash, self.features.spec
+                )
+            else:
+                indexes = [index.plan_index for index in self.sources.indexes]
+                if self._measures is None:
+                    self._measures = [sample_measure(index, self.config, self.features.spec) for index in indexes]
+                hashes = [index.key_hash for index in self.sources.indexes]
+                self._plans[epoch] = plan_mix(indexes, self.config, epoch, self._measures, hashes, self.features.spec)
         return self._plans[epoch]
 
-    def steps(self, epoch: int) -> int:
-        """Batches this rank receives in `epoch` (equal on all ranks; varies with the epoch's scales)."""
-        return self.plan(epoch).steps(self.world)
+    def mix(self, epoch: int) -> dict[str, dict]:
+        """Per source of a mix, by name: its weight and what the epoch's plan gives it (samples,
+        seconds, tokens, `share` in the `weight_by` measure, the pass it ends in; `loaders.mix`)."""
+        if not self.mixed:
+            return {}
+        seconds = self.index.num_samples / self.index.sample_rate
+        realised = realised_mix(self._plan(epoch), seconds, self.config.weight_by)
+        weights = np.asarray(self.config.weights or [float(m.sum()) for m in self._measures], np.float64)
+        weights = weights / weights.sum()  # the default: each source's own measure, one pass each
+        return {name: {"weight": float(w)} | r for name, w, r in zip(self.sources.names, weights, realised)}
 
-    def specs(self, epoch: int, start_step: int = 0, stride: int = 1) -> list[BatchSpec]:
-        """Work items of this rank's steps start_step, start_step + stride, ... of `epoch`."""
+    def planned_ids(self, epoch: int) -> pa.Array:
+        """`PackedBatch.sample_ids` of every sample the epoch delivers, all ranks together (a mix's
+        small sources more than once): what an exactly-once check compares deliveries with."""
+        if not self.mixed:
+            return self.index.keys
+        sample = self.plan(epoch).sample
+        source = self.index.shard_source[self.index.shard[sample]].astype(str)
+        return pc.binary_join_element_wise(pa.array(source), self.index.keys.take(pa.array(sample)), "/")
+
+    def steps(self, epoch: int, consumed: int = 0) -> int:
+        """Steps of this rank in `epoch` (equal on all ranks; varies with the epoch's scales), its
+        first `consumed` batches taken before (on any world; the steps are then numbered from
+        `consumed // world`)."""
+        return self.plan(epoch).steps(self.world, consumed)
+
+    def specs(self, epoch: int, start_step: int = 0, stride: int = 1, shift: int = 0) -> list[BatchSpec]:
+        """Work items of this rank's steps start_step, start_step + stride, ... of `epoch`
+        (`shift`: `consumed % world` of a resumed epoch, see `EpochPlan.batch_for`)."""
         plan = self.plan(epoch)
-        if not 0 <= start_step <= plan.steps(self.world):
-            raise ValueError(f"start_step {start_step} is not in 0..{plan.steps(self.world)}")
+        steps = plan.steps(self.world, shift)
+        if not 0 <= shift < self.world or not 0 <= start_step <= steps:
+            raise ValueError(f"start_step {start_step} is not in 0..{steps} (shift {shift}, world {self.world})")
         return [
-            batch_spec(plan, self.index, plan.batch_for(step, self.rank, self.world), step)
-            for step in range(start_step, plan.steps(self.world), stride)
+            batch_spec(plan, self.index, plan.batch_for(step, self.rank, self.world, shift), step)
+            for step in range(start_step, steps, stride)
         ]
 
-    def epoch(self, epoch: int, start_step: int = 0, stride: int = 1) -> Iterator[PackedBatch]:
-        """This rank's batches of `epoch` from `start_step` on (every `stride`-th), in step order."""
-        specs = self.specs(epoch, start_step, stride)
+    def epoch(
+        self, epoch: int, start_step: int = 0, stride: int = 1, *, consumed: int | None = None
+    ) -> Iterator[PackedBatch]:
+        """This rank's batches of `epoch` from `start_step` on (every `stride`-th), in step order;
+        `consumed=c` instead continues after the plan's first c batches, whatever number of ranks
+        took them: this rank's share of the rest, from step c // world."""
+        if consumed is None:
+            return self._batches(epoch, start_step, stride, 0)
+        if not 0 <= consumed <= self.plan(epoch).n_batches:
+            raise ValueError(
+                f"consumed {consumed} is not in 0..{self.plan(epoch).n_batches} (the batches of epoch {epoch})"
+            )
+        return self._batches(epoch, consumed // self.world + start_step, stride, consumed % self.world)
+
+    def _batches(self, epoch: int, start_step: int, stride: int, shift: int) -> Iterator[PackedBatch]:
+        specs = self.specs(epoch, start_step, stride, shift)
         arrays = self._assemble_ray(specs) if self.config.backend == "ray" else self._assemble_local(specs)
         stats = self.stats[epoch] = _empty_stats()
         plan = self.plan(epoch)
@@ -256,35 +316,6 @@ def _assemble_one(batch: dict, features: FeatureConfig) -> dict:
         name: np.asarray([value]) if name != "meta" else np.array([value], dtype=object)
         for name, value in arrays.items()
     }
-
-
-def stream_features(dataset: ShardDataset, config: StreamConfig, features: FeatureSpec | None) -> FeatureSpec:
-    """`features` (or the shard set's own) with the set's label type; `FeatureConfig` sets the
-    stream's compression and frame cap."""
-    if features is None:
-        try:
-            return FeatureSpec.of_shards(dataset.meta, config)
-        except ValueError as error:
-            raise ValueError(f"{dataset.root / DATASET_FILE}: {error}") from None
-    if features.sample_rate != dataset.sample_rate:
-        raise ValueError(
-            f"features at {features.sample_rate} Hz, but {dataset.root} holds audio at {dataset.sample_rate} Hz"
-        )
-    return replace(features, multi_label=bool(dataset.meta.get("multi_label")))
-
-
-def _open(path: Location, subset: str | None) -> tuple[ShardDataset, str]:
-    if (path / DATASET_FILE).is_file():
-        return ShardDataset(path), subset or "train"
-    if (path.parent / DATASET_FILE).is_file():
-        if subset not in (None, path.name):
-            raise ValueError(f"{path} is split {path.name!r} but subset={subset!r} was asked for")
-        return ShardDataset(path.parent), path.name
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (no such folder, or no such bucket or prefix)")
-    raise FileNotFoundError(
-        f"{path} is neither a shard set nor a split folder of one (no {DATASET_FILE} there or above)"
-    )
 
 
 def _empty_stats() -> dict:

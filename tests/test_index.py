@@ -63,12 +63,12 @@ def test_delivery_check_agrees_with_per_key_counts(index):
         "a stranger in place of a key": keys[1:] + ["nobody"],
     }
     for name, seen in cases.items():
-        check, reference = delivery_check(index, 4, seen, failed=1), key_counts(keys, 4, seen, failed=1)
+        check, reference = delivery_check(index.keys, 4, seen, failed=1), key_counts(keys, 4, seen, failed=1)
         assert check["exactly_once"] == reference["exactly_once"] == (name == "shuffled"), name
         assert (check["duplicates"], check["missing"]) == (reference["duplicates"], reference["missing"]), name
         assert (check["expected"], check["delivered"], check["failed"]) == (len(keys), len(seen), 1)
         assert ("counts" in check) == (name != "shuffled"), name  # the per-key detail only on a mismatch
     assert (
-        delivery_check(index, 0, keys, 0)["delivered_digest"]
-        == delivery_check(index, 0, keys[::-1], 0)["expected_digest"]
+        delivery_check(index.keys, 0, keys, 0)["delivered_digest"]
+        == delivery_check(index.keys, 0, keys[::-1], 0)["expected_digest"]
     )

@@ -72,6 +72,36 @@ def test_every_sample_once_across_ranks_with_equal_steps_and_no_overflow(index, 
 
 
 @settings(deadline=None, max_examples=100)
+@given(
+    index=corpora(),
+    config=configs(),
+    legs=st.lists(st.tuples(st.integers(1, 6), st.integers(0, 8)), min_size=1, max_size=4),
+)
+def test_an_epoch_resumed_on_other_worlds_delivers_the_rest_once_in_equal_steps(index, config, legs):
+    """An epoch run as legs (world, steps run before a kill), each resumed from the batches the
+    ones before consumed, on another world; the last leg runs to the end. By hand: the legs
+    together deliver each sample once, all ranks of a leg run the same steps, and a leg resumed
+    on the same world takes the very batches the uninterrupted run would have."""
+    plan = plan_epoch(index, config, 0)
+    delivered, consumed = [], 0
+    for number, (world, run) in enumerate(legs):
+        last = number == len(legs) - 1
+        first, shift = divmod(consumed, world)
+        end = plan.steps(world, consumed) if last else min(first + run, plan.steps(world, consumed))
+        taken = [[plan.batch_for(step, rank, world, consumed) for step in range(first, end)] for rank in range(world)]
+        assert len({len(steps) for steps in taken}) == 1  # equal steps on every rank of the leg
+        assert sum(b is None for steps in taken for b in steps) < world  # fillers: less than a round
+        if shift == 0:  # the uninterrupted run on this world takes the same batches at these steps
+            assert taken == [[plan.batch_for(s, r, world) for s in range(first, end)] for r in range(world)]
+        batches = [b for steps in taken for b in steps if b is not None]
+        delivered += [s for b in batches for s in plan.sample[plan.batch_starts[b] : plan.batch_starts[b + 1]]]
+        assert sorted(batches) == list(range(consumed, consumed + len(batches)))  # the next ones, no gap
+        consumed = plan.consumed(end, world, shift)
+    assert consumed == plan.n_batches
+    assert sorted(delivered) == list(range(len(index.keys)))
+
+
+@settings(deadline=None, max_examples=100)
 @given(index=corpora(), config=configs(), epoch=st.integers(0, 3))
 def test_packing_runs_on_across_shard_groups_and_keeps_rows_local(index, config, epoch):
     """Unshuffled, shards arrive in order: the plan's rows are those of one `pack()` call over the

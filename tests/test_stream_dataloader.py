@@ -69,7 +69,7 @@ def test_resume_from_a_state_dict_yields_exactly_the_remaining_batches(shards):
     for _ in range(3):
         next(taken)
     state = stream.state_dict()
-    assert state == {"epoch": 2, "next_step": 3}
+    assert state == {"epoch": 2, "consumed": 6}  # 3 steps of 2 ranks
     resumed = PackedStream(shards / "train", **SETTINGS, rank=1, world=2)
     resumed.load_state_dict(state)
     resumed.set_epoch(2)  # the epoch already set keeps its restored step
@@ -77,8 +77,31 @@ def test_resume_from_a_state_dict_yields_exactly_the_remaining_batches(shards):
     assert delivered(resumed) == full[3:]
     resumed.set_epoch(3)
     assert delivered(resumed) == delivered(stream.epoch(3))
-    with pytest.raises(KeyError, match="next_step"):
+    with pytest.raises(KeyError, match="consumed"):
         resumed.load_state_dict({"epoch": 1})
+
+
+def test_a_state_saved_on_three_ranks_resumes_on_two_with_every_key_once(shards):
+    """Three ranks take a step each; the state of any of them resumes on 2 ranks (one through
+    DataLoader workers): every key of the epoch exactly once over both legs, equal steps."""
+    three = [PackedStream(shards / "train", **SETTINGS, rank=rank, world=3) for rank in range(3)]
+    seen, states = Counter(), []
+    for stream in three:
+        stream.set_epoch(1)
+        seen.update(next(iter(stream)).keys)
+        states.append(stream.state_dict())
+    assert states == [{"epoch": 1, "consumed": 3}] * 3  # the plan's batches taken, not a rank's cursor
+    two = [PackedStream(shards / "train", **SETTINGS, rank=rank, world=2) for rank in (0, 1)]
+    legs = []
+    for stream, workers in zip(two, (0, 2)):
+        stream.load_state_dict(states[0])
+        legs.append(delivered(DataLoader(stream, batch_size=None, num_workers=workers)))
+        assert legs[-1] == delivered(stream.epoch(1, consumed=3))
+        seen.update(key for _, _, keys, _ in legs[-1] for key in keys)
+    batches = three[0].plan(1).n_batches - 3
+    assert len(legs[0]) == len(legs[1]) == -(-batches // 2)  # 3 % 2: dealt from batch 3, steps from 1
+    assert [step for _, step, _, _ in legs[0]] == list(range(1, 1 + len(legs[0])))
+    assert set(seen) == set(three[0].index["key"]) and set(seen.values()) == {1}
 
 
 def test_torchdata_stateful_dataloader_resumes_mid_epoch(shards):

@@ -20,6 +20,8 @@ from elasticast.checkpoint import CheckpointStore
 from elasticast.training.config import TrainConfig
 from shards.inputs import write_manifest
 
+from conftest import write_fsdd_manifest
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FAST = ["--rows-per-batch", "2", "--max-tokens", "1024", "--buffer", "256", "--warmup-epochs", "0.5", "--lr", "2e-3"]
@@ -92,6 +94,37 @@ def test_a_run_killed_mid_epoch_resumes_bitwise(tmp_path, fsdd_dir, fsdd_small_s
     assert prediction.label in [str(d) for d in range(10)] and abs(prediction.probabilities.sum() - 1) < 1e-5
     # the run folder now holds a run: a second start without --resume is refused
     assert train_job.main([*args, "--out", str(tmp_path / "full")]) == 2
+
+
+@pytest.fixture(scope="module")
+def fsdd_other_shards(tmp_path_factory, fsdd_dir, make_shards) -> Path:
+    """Every 13th FSDD recording (231), a second shard set to mix with `fsdd_small_shards`."""
+    work = tmp_path_factory.mktemp("fsdd_other")
+    manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv", every=13)
+    out = work / "shards"
+    assert make_shards.main(["--manifest", str(manifest), "--out", str(out), "--backend", "local", "--quiet"]) == 0
+    return out
+
+
+def test_a_mix_killed_mid_epoch_on_three_workers_resumes_on_two_with_every_key_once(
+    tmp_path, fsdd_small_shards, fsdd_other_shards, ray_local, train_job, capfd
+):
+    """Two shard sets mixed 0.7 / 0.3; 3 Ray Train workers killed after a step checkpoint, resumed
+    with --workers 2: the epoch's remaining batches are dealt to the 2 ranks, every planned sample
+    once across both runs; the history reports the realised mix and a metric per source."""
+    run = tmp_path / "run"
+    args = ["--shards", str(fsdd_small_shards), str(fsdd_other_shards), "--weights", "0.7", "0.3", "--out", str(run)]
+    args += [*STEPS, "--epochs", "1", "--loader", "local", "--cpus-per-worker", "0.5", "--wandb", "disabled"]
+    killed_at = kill_mid_epoch(ray_local, [*args, "--workers", "3"], epoch=0)
+    assert killed_at.name == "epoch-0000-step-0000012.pt"  # 4 steps of 3 ranks: 12 batches of the plan consumed
+    assert train_job.main([*args, "--workers", "2", "--resume"]) == 0
+    assert "epoch 1, step 6 (written by 3 ranks, its remaining batches dealt to 2)" in capfd.readouterr().out
+    (counts,) = key_files(run)
+    (metrics,) = history(run)
+    assert counts["exactly_once"] and counts["delivered"] == sum(m["samples"] for m in metrics["mix"].values())
+    assert [round(m["share"], 2) for m in metrics["mix"].values()] == [0.7, 0.3]
+    assert metrics["val_samples/0:shards"] == 60 and metrics["val_samples/1:shards"] + 60 == metrics["val_samples"]
+    assert {"val_metric/0:shards", "val_metric/1:shards"} <= set(metrics)
 
 
 def without_timings(metrics: dict) -> dict:

@@ -9,9 +9,9 @@ import torch
 
 from elasticast.metrics import mean_average_precision, score
 from elasticast.training.config import TrainConfig, parse_args
-from elasticast.training.epoch_report import epoch_metrics, key_counts, progress_line
+from elasticast.training.epoch_report import epoch_metrics, key_counts, progress_line, valid_metrics
 from elasticast.training.loop import EpochResult
-from elasticast.training.schedule import lr_factor, make_optimizer
+from elasticast.training.schedule import lr_factor, make_optimizer, make_scheduler, rescale_schedule
 
 
 def test_flags_override_yaml_which_overrides_defaults(tmp_path):
@@ -28,6 +28,16 @@ def test_flags_override_yaml_which_overrides_defaults(tmp_path):
     assert parse_args([]) == TrainConfig()
 
 
+def test_a_mix_is_flags_or_yaml_and_reaches_the_stream(tmp_path):
+    config = parse_args(["--shards", "a", "s3://b/c", "--weights", "0.7", "0.3", "--weight-by", "tokens"])
+    assert (config.shards, config.weights) == (("a", "s3://b/c"), (0.7, 0.3))
+    assert (config.stream().weights, config.stream().weight_by) == ((0.7, 0.3), "tokens")
+    path = tmp_path / "run.yaml"
+    path.write_text("shards: data/x\n")
+    assert parse_args(["--config", str(path)]).shards == ("data/x",) and TrainConfig().stream().weights is None
+    assert TrainConfig(**config.to_dict()) == config  # what config.yaml and the workers receive
+
+
 @pytest.mark.parametrize(
     "text, message", [("lr: 1\nbogus: 2\n", "unknown config keys \\['bogus'\\]"), ("- 1\n", "expected a mapping")]
 )
@@ -39,7 +49,15 @@ def test_bad_yaml_is_refused_by_name(tmp_path, text, message):
 
 
 @pytest.mark.parametrize(
-    "flags", [["--packing", "best"], ["--scales", "0.5"], ["--epochs", "0"], ["--stop-after", "99"]]
+    "flags",
+    [
+        ["--packing", "best"],
+        ["--scales", "0.5"],
+        ["--epochs", "0"],
+        ["--stop-after", "99"],
+        ["--shards", "a", "b", "--weights", "1"],
+        ["--weight-by", "bytes"],
+    ],
 )
 def test_bad_flags_exit_with_a_message(flags, capsys):
     with pytest.raises(SystemExit) as raised:
@@ -56,6 +74,49 @@ def test_schedules():
     step = TrainConfig(epochs=10, warmup_epochs=0, schedule="step", decay_start=3, decay_every=2, decay_factor=0.5)
     assert [lr_factor(e * 10, 10, step) for e in range(8)] == [1, 1, 1, 0.5, 0.5, 0.25, 0.25, 0.125]
     assert lr_factor(50, 10, TrainConfig(warmup_epochs=0, schedule="constant")) == 1.0
+
+
+def test_a_schedule_moved_to_another_world_keeps_its_place_in_the_epochs():
+    """Cosine over 10 epochs, no warm-up: 30 steps of 20 an epoch (1.5 epochs) become 45 of 30."""
+    config = TrainConfig(epochs=10, warmup_epochs=0, min_lr_ratio=0.0, lr=1.0)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    saved = make_scheduler(optimizer, 20, config)  # on the first world, 30 steps in
+    saved.last_epoch = 30
+    scheduler = make_scheduler(optimizer, 30, config)  # on the new world, restored from the checkpoint
+    scheduler.load_state_dict(saved.state_dict())
+    rescale_schedule(scheduler, 20, 30)
+    expected = 0.5 * (1 + math.cos(math.pi * 1.5 / 10))
+    assert scheduler.last_epoch == 45 and optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+    assert scheduler.get_last_lr() == [pytest.approx(expected)]
+
+
+def test_validation_of_a_mix_is_weighted_by_source_and_kept_per_source():
+    scores = {"a": {"metric": 0.5, "accuracy": 0.5}, "b": {"metric": 1.0, "accuracy": 1.0}}
+    merged = valid_metrics(scores, {"a": 10, "b": 30}, {"a": 0.8, "b": 0.2})
+    assert merged == pytest.approx(
+        {
+            "metric": 0.6,
+            "accuracy": 0.6,
+            "samples": 40,
+            "metric/a": 0.5,
+            "metric/b": 1.0,
+            "samples/a": 10,
+            "samples/b": 30,
+        }
+    )
+    one = valid_metrics({"a": scores["a"]}, {"a": 10}, {})
+    assert one == {"metric": 0.5, "accuracy": 0.5, "samples": 10}
+
+
+def test_epoch_shares_merge_into_one():
+    shares = [
+        EpochResult(2, 5, 1.5, 40, 64, 1, 3.0, 0.5, 1, 4, 0, ["a", "b"]),
+        EpochResult(1, 2, 0.5, 10, 32, 0, 4.0, 0.2, 0, 2, 1, ["c"]),
+    ]
+    merged = EpochResult.merged(shares)
+    assert (merged.steps, merged.samples, merged.loss_sum, merged.tokens, merged.slots) == (3, 7, 2.0, 50, 96)
+    assert (merged.cut_tokens, merged.failed, merged.requests, merged.retries) == (1, 1, 6, 1)
+    assert (merged.seconds, merged.data_wait_s, merged.keys) == (4.0, 0.5, ["a", "b", "c"])
 
 
 def test_no_weight_decay_on_biases_norms_and_position_tables():

@@ -23,7 +23,7 @@ def training_usage(train_split: str | Path, candidates: list[Candidate]) -> list
             continue
         modes = [candidate.stream.packing] if candidate.kind == "ast" else list(MODES)
         for mode in modes:
-            config = replace(candidate.stream, packing=mode, shuffle=True, backend="local")
+            config = replace(candidate.stream, packing=mode, shuffle=True, backend="local", weights=None)
             plan = PackedStream(train_split, config).plan(0)
             if candidate.kind == "ast":
                 real, slots, cut = fixed_size_usage(plan.tokens, candidate.model.tokens, int(plan.cut.sum()))

@@ -15,9 +15,10 @@ from pathlib import Path
 import yaml
 
 from elasticast.config import ATTENTION_BACKENDS, MODEL_KINDS, POOLINGS, PRESETS
-from loaders.config import StreamConfig
+from loaders.config import WEIGHT_BY, StreamConfig
 from loaders.pack import MODES
 from loaders.tokens import COMPRESSIONS, RECIPES
+from shards.location import Location
 from shards.parallel import BACKENDS
 
 CHOICES = {
@@ -33,6 +34,7 @@ CHOICES = {
     "wandb": ("offline", "online", "disabled"),
     "device": ("auto", "cpu", "cuda"),
     "recipe": ("auto", *RECIPES),
+    "weight_by": WEIGHT_BY,
 }
 
 
@@ -47,9 +49,15 @@ class TrainConfig:
     examples/demo/elasticast.yaml and ast.yaml (tuned for accuracy within minutes on 2 CPU cores)."""
 
     # data and run
-    shards: str = knob(
-        "data/demo", "shard set made by elasticast-make-shards, a path or a URL; trains on its train split"
+    shards: tuple[str, ...] = knob(
+        ("data/demo",),
+        "shard set made by elasticast-make-shards, a path or a URL; trains on its train split; "
+        "several: a mix of their train splits (--weights), validated on each",
     )
+    weights: tuple[float, ...] = knob(
+        (), "a mix: each shard set's share of an epoch (none: in proportion to their sizes)"
+    )
+    weight_by: str = knob("samples", "what --weights measure: samples, duration (seconds of audio) or tokens")
     valid_split: str = knob(
         "auto",
         "split validated on (and best.pt chosen by); auto: valid if the shard set has one, else test with a warning",
@@ -142,6 +150,10 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
         self.scales = tuple(float(c) for c in self.scales)
+        self.shards = (self.shards,) if isinstance(self.shards, str) else tuple(self.shards)
+        self.weights = tuple(float(w) for w in self.weights)
+        if self.weights and len(self.weights) != len(self.shards):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.shards)} shard sets {list(self.shards)}")
         positive = (
             "epochs",
             "rows_per_batch",
@@ -175,6 +187,10 @@ class TrainConfig:
         """Epochs this invocation runs up to."""
         return self.stop_after or self.epochs
 
+    def splits(self, split: str) -> list[str]:
+        """`split` of every shard set (a `PackedStream` of several mixes them)."""
+        return [str(Location.of(shards) / split) for shards in self.shards]
+
     def stream(self, **changes) -> StreamConfig:
         """The training stream's settings (`changes` override them, e.g. for validation)."""
         settings = dict(
@@ -192,11 +208,13 @@ class TrainConfig:
             backend=self.loader,
             workers=self.loader_workers,
             worker_cpus=self.loader_cpus,
+            weights=self.weights or None,
+            weight_by=self.weight_by,
         )
         return StreamConfig(**(settings | changes))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self) | {"scales": list(self.scales)}
+        return dataclasses.asdict(self) | {name: list(getattr(self, name)) for name in ("scales", "shards", "weights")}
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -224,13 +242,13 @@ def parse_args(argv: list[str] | None, description: str = "") -> TrainConfig:
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
         flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
-        default = " ".join(f"{c:g}" for c in f.default) if isinstance(f.default, tuple) else f.default
+        default = " ".join(map(str, f.default)) if isinstance(f.default, tuple) else f.default
         help_text = f"{f.metadata['help']} (default: {default})"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) in (tuple, list):
             parser.add_argument(
-                flag, nargs="+", type=typing.get_args(kind)[0], default=None, metavar="C", help=help_text
+                flag, nargs="+", type=typing.get_args(kind)[0], default=None, metavar=f.name.upper(), help=help_text
             )
         else:
             parser.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name), help=help_text)

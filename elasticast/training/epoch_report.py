@@ -11,49 +11,48 @@ import numpy as np
 import pyarrow as pa
 
 from elasticast.training.loop import EpochResult
-from loaders.index import StreamIndex
 from loaders.plan import fnv1a64, keyed_bits
 
 _SALT_DIGEST = 0xD16E57
 
 
 def key_counts(keys: list[str], epoch: int, seen: list[str], failed: int) -> dict:
-    """How often each of the split's `keys` was delivered this epoch (`seen`, all ranks);
-    exactly once is the invariant."""
-    counts = Counter(seen)
-    expected = set(keys)
+    """How often each of the epoch's planned `keys` was delivered this epoch (`seen`, all ranks);
+    each as often as planned (once, except a mix's repeating sources) is the invariant."""
+    counts, expected = Counter(seen), Counter(keys)
     return {
         "epoch": epoch,
         "expected": len(expected),
         "seen": len(counts),
-        "exactly_once": set(counts) == expected and all(c == 1 for c in counts.values()),
-        "duplicates": sorted(k for k, c in counts.items() if c > 1),
-        "missing": sorted(expected - set(counts)),
+        "exactly_once": counts == expected,
+        "duplicates": sorted(k for k, c in counts.items() if c > expected[k]),
+        "missing": sorted(k for k, c in expected.items() if counts[k] < c),
         "failed": failed,
         "counts": dict(sorted(counts.items())),
     }
 
 
-def delivery_check(index: StreamIndex, epoch: int, seen: Sequence[str], failed: int) -> dict:
+def delivery_check(planned: pa.Array, epoch: int, seen: Sequence[str], failed: int) -> dict:
     """Exactly once, at the cost of hashing the delivered keys: the delivered count and an
-    order-independent digest (sum mod 2^64 of a 64-bit mix of each key's hash) must equal the
-    split's. A duplicate and a missing key could cancel only through a 64-bit coincidence. On a
-    mismatch the report adds `key_counts`' per-key detail (missing, duplicates, all counts)."""
-    expected, delivered = _digest(index.key_hash), _digest(fnv1a64(pa.array(seen, pa.string())))
+    order-independent digest (sum mod 2^64 of a 64-bit mix of each key's hash) must equal those
+    of the epoch's `planned` keys (`PackedStream.planned_ids`: a split's keys, or a mix's
+    `source/key`s). A duplicate and a missing key could cancel only through a 64-bit coincidence.
+    On a mismatch the report adds `key_counts`' per-key detail (missing, duplicates, all counts)."""
+    expected, delivered = _digest(fnv1a64(planned)), _digest(fnv1a64(pa.array(seen, pa.string())))
     report = {
         "epoch": epoch,
-        "expected": len(index),
+        "expected": len(planned),
         "delivered": len(seen),
         "expected_digest": f"{expected:016x}",
         "delivered_digest": f"{delivered:016x}",
-        "exactly_once": len(seen) == len(index) and delivered == expected,
+        "exactly_once": len(seen) == len(planned) and delivered == expected,
         "failed": failed,
         "duplicates": [],
         "missing": [],
     }
     if report["exactly_once"]:
         return report
-    return report | key_counts(index.keys.to_pylist(), epoch, list(seen), failed) | {"exactly_once": False}
+    return report | key_counts(planned.to_pylist(), epoch, list(seen), failed) | {"exactly_once": False}
 
 
 def _digest(key_hash: np.ndarray) -> int:
@@ -80,6 +79,20 @@ def epoch_metrics(epoch: int, result: EpochResult, totals: list[EpochResult], va
         "storage_retries": sum(r.retries for r in totals),
         **{f"val_{name}": value for name, value in valid.items()},
     }
+
+
+def valid_metrics(scores: dict[str, dict], samples: dict[str, int], weights: dict[str, float]) -> dict:
+    """The validation scores (`epoch_metrics` prefixes them with `val_`) of one split; of a mix's
+    several (one per source), each score averaged over the sources by their mix weights, plus
+    `metric/<source>` and `samples/<source>`."""
+    if len(scores) == 1:
+        ((name, only),) = scores.items()
+        return only | {"samples": samples[name]}
+    total = sum(weights.values())
+    keys = next(iter(scores.values()))
+    merged = {key: sum(weights[name] * scores[name][key] for name in scores) / total for key in keys}
+    per_source = {f"metric/{name}": scores[name]["metric"] for name in scores}
+    return merged | {"samples": sum(samples.values())} | per_source | {f"samples/{n}": samples[n] for n in scores}
 
 
 def progress_line(metrics: dict, epochs: int, elapsed: float, done: int) -> str:

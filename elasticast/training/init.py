@@ -28,7 +28,6 @@ from elasticast.config import ModelConfig
 from elasticast.foreign import import_model, read_weights
 from elasticast.training.config import TrainConfig
 from elasticast.training.loop import build_model
-from loaders.feature_spec import FeatureSpec
 from loaders.tokens import BASE_SHIFT_MS
 
 
@@ -84,12 +83,6 @@ def feature_settings(config: TrainConfig, start: Start | None) -> dict:
 def initial_model(config: TrainConfig, labels: list[str]) -> tuple[Model, list[str]]:
     """The Python form of `--init`: the model `config` starts from (its `init`, else fresh)."""
     return start_model(config, labels, read_start(config.init) if config.init else None)
-
-
-def training_features(config: TrainConfig, meta: dict, start: Start | None) -> FeatureSpec:
-    """How training featurizes: the shard set's statistics (`dataset.json`), the recipe and fixed
-    length of `feature_settings`, the stream's compression and cap."""
-    return FeatureSpec.of_shards(meta, config.stream(), **feature_settings(config, start))
 
 
 def start_model(config: TrainConfig, labels: list[str], start: Start | None) -> tuple[Model, list[str]]:

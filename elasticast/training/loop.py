@@ -54,6 +54,16 @@ class EpochResult:
     def copy(self) -> EpochResult:
         return dataclasses.replace(self, keys=list(self.keys))
 
+    @classmethod
+    def merged(cls, shares: list[EpochResult]) -> EpochResult:
+        """Several ranks' shares of an epoch as one (counts added, keys joined, the longest time)."""
+        total = cls(keys=[key for share in shares for key in share.keys])
+        for name in ("steps", "samples", "loss_sum", "tokens", "slots", "cut_tokens", "failed", "requests", "retries"):
+            setattr(total, name, sum(getattr(share, name) for share in shares))
+        total.seconds = max((share.seconds for share in shares), default=0.0)
+        total.data_wait_s = max((share.data_wait_s for share in shares), default=0.0)
+        return total
+
 
 def train_epoch(
     model: nn.Module,
@@ -109,7 +119,7 @@ def train_epoch(
             result.slots + slots,
             result.cut_tokens + cut,
         )
-        result.keys.extend(batch.keys)
+        result.keys.extend(batch.sample_ids)
         if checkpoint is not None and checkpoint_every > 0 and (batch.step + 1) % checkpoint_every == 0:
             result.loss_sum, result.seconds = float(loss_sum), time.perf_counter() - started
             checkpoint(batch.step + 1, result.copy())

@@ -36,6 +36,15 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, config))
 
 
+def rescale_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, saved_steps: int, steps: int) -> None:
+    """A run resumed on another number of ranks runs `steps` per epoch where it ran `saved_steps`:
+    its step count moves to the same share of the epochs, and the learning rates with it."""
+    scheduler.last_epoch = round(scheduler.last_epoch * steps / saved_steps)
+    scheduler._last_lr = [base * f(scheduler.last_epoch) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, lr in zip(scheduler.optimizer.param_groups, scheduler._last_lr):
+        group["lr"] = lr
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW; biases, norms, position tables and the [cls] token are not decayed (as in timm)."""
     decay, no_decay = [], []

@@ -19,7 +19,7 @@ def train(config: TrainConfig, num_workers: int = 2) -> list[list[str]]:
     """The keys each epoch trained on, in order."""
     accelerator = Accelerator()
     stream = PackedStream(
-        f"{config.shards}/train",
+        config.splits("train"),
         config.stream(backend="local"),
         rank=accelerator.process_index,
         world=accelerator.num_processes,

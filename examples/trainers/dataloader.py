@@ -17,7 +17,7 @@ from loaders import PackedStream
 
 def train(config: TrainConfig, num_workers: int = 2, rank: int = 0, world: int = 1) -> list[EpochResult]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    stream = PackedStream(f"{config.shards}/train", config.stream(backend="local"), rank=rank, world=world)
+    stream = PackedStream(config.splits("train"), config.stream(backend="local"), rank=rank, world=world)
     model = build_model(config, len(stream.labels)).to(device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, stream.steps(0), config)

@@ -45,7 +45,7 @@ def train(
 ) -> PackedClassifier:
     """rank / world: None for the trainer's own (set them to play one rank of a larger world)."""
     data = PackedDataModule(
-        f"{config.shards}/train", config.stream(backend="local"), num_workers=num_workers, rank=rank, world=world
+        config.splits("train"), config.stream(backend="local"), num_workers=num_workers, rank=rank, world=world
     )
     module = PackedClassifier(config, len(data.labels))
     trainer = lightning.Trainer(max_epochs=config.epochs, logger=False, enable_checkpointing=False, **trainer_settings)
