@@ -31,8 +31,9 @@ from elasticast.training.config import TrainConfig
 from elasticast.training.epoch_report import delivery_check, epoch_metrics, progress_line
 from elasticast.training.loop import EpochResult, build_model, train_epoch
 from elasticast.training.schedule import make_optimizer, make_scheduler
-from loaders import PackedStream
+from loaders import FailureBudgetExceeded, PackedStream
 from shards.location import Location
+from shards.retry import set_storage_timeout
 
 
 def streams(config: TrainConfig, rank: int, world: int) -> tuple[PackedStream, PackedStream]:
@@ -119,6 +120,7 @@ def train_worker(values: dict) -> None:
     import ray.train.torch
 
     config = TrainConfig(**values)
+    set_storage_timeout(config.storage_timeout)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
@@ -171,9 +173,15 @@ def train_worker(values: dict) -> None:
             save_step,
         )
         results, predictions = gather(result, world), gather(predict(model, valid.epoch(0), device), world)
+        valid_failed = sum(gather(valid.stats[0]["failed"], world))
+        if not any(len(p[0]) for p in predictions):
+            raise FailureBudgetExceeded(
+                f"validation on {config.valid_split} of {config.shards} scored 0 samples ({valid_failed} failed)"
+            )
         valid_scores = score(torch.cat([p[1] for p in predictions]), torch.cat([p[2] for p in predictions]))
         metrics = epoch_metrics(epoch, result, results, valid_scores, scheduler.get_last_lr()[0])
         metrics["val_samples"] = sum(len(p[0]) for p in predictions)
+        metrics["val_failed_samples"] = valid_failed
         best_so_far = max((m["val_metric"] for m in history), default=-math.inf)
         history.append(metrics)
         if rank == 0:

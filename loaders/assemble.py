@@ -29,7 +29,8 @@ from loaders.plan import EpochPlan
 from shards.audio import PCM16_HEADER_BYTES, pcm16_header, pcm16_samples
 from shards.location import Location
 from shards.ranged import ReadStats, read_spans
-from shards.tar import Member, member_problem, member_span
+from shards.retry import RetryPolicy
+from shards.tar import Member, member_problem, member_span, read_failure
 
 _SALT_AUGMENT = 0xA6
 
@@ -183,13 +184,18 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
 
 def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> Reads:
     """Waveforms by key (cut to the samples their features need), read as one ranged request per
-    contiguous run of members in each shard (retried when the store fails transiently) and
-    verified; failures named by shard and key; what the reads cost."""
+    contiguous run of members in each shard (retried for up to the stream's `storage_timeout` when
+    the store fails transiently) and verified; holes named by shard and key; what the reads cost.
+    A read the storage cannot serve raises `StorageFailure`."""
     split = Location.of(config.split_dir)
     members = [Member(s.offset, s.nbytes, s.xxh3_64) for s in samples]
-    data, stats = read_spans([member_span(split / s.shard, m) for s, m in zip(samples, members)])
+    policy = RetryPolicy(timeout_s=config.stream.storage_timeout)
+    data, stats = read_spans([member_span(split / s.shard, m) for s, m in zip(samples, members)], policy)
     audio, failed = {}, []
     for sample, member, read in zip(samples, members, data):
+        failure = read_failure(split / sample.shard, read)
+        if failure is not None:
+            raise failure
         problem = member_problem(read, sample.key, member)
         if problem is None:
             wav = memoryview(read)[tarfile.BLOCKSIZE :]

@@ -13,6 +13,11 @@ Plan from metadata (`loaders.plan`), then featurize (`loaders.assemble`): `backe
 the assembly as Ray Data tasks streaming batches in step order; `backend="local"`
 runs the very same function in-process, or in DataLoader workers (worker w of k takes steps
 w, w+k, ...; DataLoader fetches from its workers in turn, which restores step order).
+
+Faults: a sample whose bytes are bad is a hole (padding, named and counted); more holes than
+`max_failed` raise `FailureBudgetExceeded`. A store that cannot serve a read within
+`storage_timeout` raises `shards.retry.StorageFailure`; the epoch continues from any step with
+`epoch(e, start_step=k)` once it is back.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ from loaders.threads import torch_threads
 from shards.dataset import DATASET_FILE, ShardDataset
 from shards.location import Location
 from shards.parallel import quiet_ray_data
+
+
+class FailureBudgetExceeded(ValueError):
+    """More samples failed (holes) than `StreamConfig.max_failed` allows; names the first ones."""
 
 
 class PackedStream(IterableDataset):
@@ -195,6 +204,7 @@ class PackedStream(IterableDataset):
         stats = self.stats[epoch] = _empty_stats()
         plan = self.plan(epoch)
         stats["plan_pad_ratio"] = plan.pad_ratio
+        allowed, failures = self.config.failures_allowed(sum(len(s.samples) for s in specs)), []
         waited = time.perf_counter()
         for item in arrays:
             batch = to_batch(item, self.features)
@@ -204,6 +214,13 @@ class PackedStream(IterableDataset):
                 print(
                     f"PackedStream: {failure['shard']} {failure['key']}: {failure['reason']} (left as padding)",
                     file=sys.stderr,
+                )
+            failures += batch.failed
+            if len(failures) > allowed:
+                first = "; ".join(f"{f['shard']} {f['key']}: {f['reason']}" for f in failures[:3])
+                raise FailureBudgetExceeded(
+                    f"{self.features.split_dir}: {len(failures)} sample(s) failed in epoch {epoch}, over the "
+                    f"budget of {allowed:g} (max_failed {self.config.max_failed:g}); first: {first}"
                 )
             yield batch
             waited = time.perf_counter()
