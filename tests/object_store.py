@@ -203,7 +203,8 @@ class FaultyProxy:
                 for name, value in answer.getheaders():
                     if name.lower() not in ("transfer-encoding", "content-length", "connection", "date", "server"):
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
+                length = answer.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))  # a HEAD tells the object's size
                 self.end_headers()
                 upstream.close()
                 if fate == "cut":
