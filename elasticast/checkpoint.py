@@ -8,7 +8,8 @@
 - training states (`CheckpointStore`): one file per stream position,
   `epoch-EEEE-step-SSSSSSS.pt` (the next step to run), so the latest is the greatest name; the
   store keeps the `keep` latest, and needs room for `keep` + 1 of them while it writes one (the new
-  one is complete before the oldest goes). `usable()` verifies the latest before a resume: one
+  one is complete before the oldest goes); on a full disk it removes the oldest first and tries
+  again, so room for `keep` is enough. `usable()` verifies the latest before a resume: one
   that does not load is named and moved aside (`NAME.unreadable`), and the previous one is used;
 - writes to the run folder that are complete or invisible, and fail once, clearly, when retrying
   cannot help (`RunStorageError`). A local file is written under a hidden temporary name, flushed
@@ -18,6 +19,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import io
 import os
 import re
@@ -243,6 +245,10 @@ def storage_cause(error: BaseException) -> OSError | None:
     return found[-1] if found else None
 
 
+def _no_space(error: BaseException) -> bool:
+    return any(isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT) for c in causes(error))
+
+
 def write_atomic(target: Target, write: Callable[[BinaryIO], None]) -> None:
     """`write(handle)` into `target`, complete or absent: locally through a temporary file that is
     fsynced and renamed, remotely into memory and then one PUT. A storage failure becomes a
@@ -316,9 +322,26 @@ class CheckpointStore:
         return None if isinstance(state, dict) else f"holds {type(state).__name__}, not a training state"
 
     def save(self, state: dict, epoch: int, next_step: int) -> Location:
-        """Commit `state` as the checkpoint at (epoch, next_step), then drop all but the `keep` latest."""
+        """Commit `state` as the checkpoint at (epoch, next_step), then drop all but the `keep` latest.
+        With no room for it (a full disk or quota), the oldest of `keep` >= 2 go first and the write
+        is tried once more: room for `keep` states is then enough."""
         location = self.folder / self.name(epoch, next_step)
-        save_torch(location, state)
+        try:
+            save_torch(location, state)
+        except RunStorageError as error:
+            complete = self.complete()
+            if not _no_space(error) or self.keep < 2 or len(complete) < self.keep:
+                raise
+            oldest = complete[: len(complete) - self.keep + 1]
+            print(
+                f"no room for checkpoint {location}: removing the oldest ({', '.join(c.name for c in oldest)}) first",
+                file=sys.stderr,
+                flush=True,
+            )
+            for old in oldest:
+                with storage_errors(f"cannot remove {old}"):
+                    old.remove()
+            save_torch(location, state)
         self.prune()
         return location
 

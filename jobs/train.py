@@ -217,16 +217,16 @@ def trainer(config: TrainConfig, use_gpu: bool):
 
 def storage_failure(error: Exception) -> str | None:
     """The message of a worker's failure that no retry can fix, within a failed `fit()`, if any: a
-    `StorageFailure` (the run folder or the shards' store; `RunStorageError` is one) or more holes
-    than `--max-failed` allows, wherever it lies in the chain of causes (a Ray Data task's error
-    arrives wrapped). Ray Train wraps a worker's exception (with its traceback text) and keeps the
-    original as `_base_exc`."""
+    `StorageFailure` (the run folder or the shards' store; `RunStorageError` is one), a refusal
+    (no such file or bucket, access denied), or more holes than `--max-failed` allows, wherever it
+    lies in the chain of causes (a Ray Data task's error arrives wrapped). Ray Train wraps a
+    worker's exception (with its traceback text) and keeps the original as `_base_exc`."""
     from loaders import FailureBudgetExceeded
     from shards.retry import StorageFailure, causes
 
     for failure in getattr(error, "worker_failures", {}).values():
         for cause in causes(getattr(failure, "_base_exc", failure)):
-            if isinstance(cause, (StorageFailure, FailureBudgetExceeded)):
+            if isinstance(cause, (StorageFailure, FailureBudgetExceeded, FileNotFoundError, PermissionError)):
                 return str(cause)
     return None
 

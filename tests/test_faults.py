@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from elasticast.checkpoint import UNREADABLE, CheckpointStore
-from elasticast.metrics import score
+from elasticast.metrics import NothingToScore, score
 from elasticast.training.config import TrainConfig
 from loaders import FailureBudgetExceeded, PackedStream
 from shards import ShardDataset
@@ -160,7 +160,7 @@ def test_holes_past_the_failure_budget_stop_the_stream_naming_the_first(syntheti
 
 
 def test_scoring_no_samples_is_an_error_not_a_zero():
-    with pytest.raises(ValueError, match="no samples to score"):
+    with pytest.raises(NothingToScore, match="no samples to score"):
         score(torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64))
 
 
@@ -273,3 +273,16 @@ def test_resume_with_no_usable_checkpoint_stops_with_exit_2(synthetic_shards, tm
     err = capsys.readouterr().err
     assert f"checkpoint {run / 'checkpoints' / 'epoch-0000-step-0000003.pt'} is unreadable" in err
     assert f"error: --resume: none of the 1 checkpoint(s) in {run / 'checkpoints'} loads" in err
+
+
+def test_rotation_on_a_full_disk_removes_the_oldest_first(small_disk, capsys):
+    """A 12 MiB disk holds two 5 MiB states, not three: the third checkpoint is written once the
+    oldest is gone, and the two latest remain."""
+    store = CheckpointStore(small_disk / "checkpoints", keep=2)
+    state = lambda step: {"step": step, "weights": torch.full((5 * 2**20 // 4,), float(step))}  # noqa: E731
+    for step in (1, 2, 3):
+        store.save(state(step), 0, step)
+    assert [c.name for c in store.complete()] == [CheckpointStore.name(0, 2), CheckpointStore.name(0, 3)]
+    assert float(CheckpointStore.load(store.latest())["weights"][0]) == 3.0
+    assert f"removing the oldest ({CheckpointStore.name(0, 1)}) first" in capsys.readouterr().err
+    assert sorted(os.listdir(small_disk / "checkpoints")) == [c.name for c in store.complete()]
