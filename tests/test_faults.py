@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from elasticast.checkpoint import UNREADABLE, CheckpointStore
+from elasticast.checkpoint import UNREADABLE, CheckpointStore, storage_cause
 from elasticast.metrics import NothingToScore, score
 from elasticast.training.config import TrainConfig
 from loaders import FailureBudgetExceeded, PackedStream
@@ -47,10 +47,13 @@ def test_a_policy_of_zero_attempts_is_refused_and_one_attempt_is_one_call():
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS])
 def test_a_full_or_failing_disk_is_not_transient(code):
     assert not is_transient(OSError(code, os.strerror(code)))
-    wrapped = RuntimeError("torch.save failed")
-    wrapped.__context__ = OSError(code, os.strerror(code))  # raised while handling it, as torch.save does
-    assert not is_transient(wrapped)
     assert is_transient(ConnectionResetError(errno.ECONNRESET, "reset"))
+    disk = OSError(code, os.strerror(code))
+    wrapped = RuntimeError("torch.save failed")
+    wrapped.__context__ = disk  # raised while handling it, as torch.save does
+    assert storage_cause(wrapped) is disk and not is_transient(wrapped)
+    wrapped.__suppress_context__ = True  # `raise ... from None`: the chain ends there
+    assert storage_cause(wrapped) is None
 
 
 def test_the_backoff_is_capped_by_the_budget():
