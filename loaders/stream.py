@@ -44,6 +44,9 @@ from loaders.threads import torch_threads
 from shards.dataset import DATASET_FILE, ShardDataset
 from shards.location import Location
 from shards.parallel import quiet_ray_data
+from shards.retry import StorageFailure
+
+STORAGE_FAILURE = "storage_failure"  # what a Ray task returns in place of a batch its store did not serve
 
 
 class FailureBudgetExceeded(ValueError):
@@ -256,6 +259,8 @@ class PackedStream(IterableDataset):
                 num_cpus=self.config.worker_cpus,
             )
             for item in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=self.config.prefetch):
+                if STORAGE_FAILURE in item:
+                    raise StorageFailure(str(item[STORAGE_FAILURE][0]))
                 yield {name: value[0] for name, value in item.items()}
 
 
@@ -268,8 +273,12 @@ def featurize_batch(spec: BatchSpec, features: FeatureConfig, reads: Reads | Non
 def _assemble_one(batch: dict, features: FeatureConfig) -> dict:
     """Ray Data task: one batch spec in, its arrays out. Tasks rather than an actor pool: Ray
     reuses its worker processes (imports and feature caches warm) from one epoch to the next,
-    where a pool of actors would start afresh with every epoch's dataset."""
-    arrays = featurize_batch(BatchSpec.from_json(str(batch["spec"][0])), features)
+    where a pool of actors would start afresh with every epoch's dataset. A `StorageFailure` comes
+    back as data (Ray would deliver it wrapped, its type lost), to be raised by the consumer."""
+    try:
+        arrays = featurize_batch(BatchSpec.from_json(str(batch["spec"][0])), features)
+    except StorageFailure as error:
+        return {STORAGE_FAILURE: np.array([str(error)], dtype=object)}
     return {
         name: np.asarray([value]) if name != "meta" else np.array([value], dtype=object)
         for name, value in arrays.items()
