@@ -50,7 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", help="folder (or URL prefix) searched recursively for .wav/.flac/.ogg/.mp3")
     source.add_argument("--manifest", help=".csv or .jsonl (a path or URL) with path,label[,split,start,end]")
-    source.add_argument("--verify", metavar="OUT", help="check the shard set in OUT and exit (1 if anything disagrees)")
+    source.add_argument(
+        "--verify",
+        metavar="OUT",
+        help="check the shard set in OUT and exit: 1 for problems in the data, 2 if OUT is no shard set",
+    )
     parser.add_argument("--out", help=f"output folder or URL prefix (default for the demo: {DEMO_OUT})")
     parser.add_argument("--label-regex", help="with --input: regex on the file name with a (?P<label>...) group")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of the test split (hash of path)")

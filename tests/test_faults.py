@@ -11,6 +11,7 @@ import os
 import shutil
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from shards import ShardDataset
 from shards.audio import _ReadRecorder, probe
 from shards.dataset import InvalidShardSet
 from shards.location import Location
-from shards.retry import PROCESS_RETRIES, RetryPolicy, is_transient, retrying
+from shards.retry import PROCESS_RETRIES, RetryPolicy, StorageFailure, is_transient, retrying
 
 from conftest import SYNTHETIC_LABELS, write_synthetic_manifest
 
@@ -160,6 +161,26 @@ def test_holes_past_the_failure_budget_stop_the_stream_naming_the_first(syntheti
         batches = list(stream.epoch(0))
         assert [f["key"] for b in batches for f in b.failed] == [victim["key"]] and stream.stats[0]["failed"] == 1
     assert TrainConfig().stream().max_failed == 0.001  # the job's default: 0.1 %
+
+
+def test_a_shard_gone_from_local_disk_mid_run_stops_the_stream_naming_it(synthetic_shards, tmp_path):
+    shutil.copytree(synthetic_shards, tmp_path / "set")
+    stream = PackedStream(tmp_path / "set" / "train", **STREAM)  # every shard is there when it starts
+    (tmp_path / "set" / "train" / "shard-000002.tar").unlink()
+    with pytest.raises(StorageFailure, match=f"cannot read {tmp_path / 'set' / 'train' / 'shard-000002.tar'}"):
+        list(stream.epoch(0))
+
+
+def test_the_job_stops_on_failures_no_retry_fixes_wherever_they_lie_in_the_chain(train_job):
+    """`storage_failure` reads the workers' failures of a failed fit (as Ray Train reports them)."""
+    wrapped = RuntimeError("UDF failed")
+    wrapped.__cause__ = StorageFailure("read s3://b/x.tar: the store did not answer")
+    for failure, stop in [
+        (wrapped, "read s3://b/x.tar: the store did not answer"),
+        (FailureBudgetExceeded("3 sample(s) failed"), "3 sample(s) failed"),
+        (RuntimeError("a crashed worker"), None),
+    ]:
+        assert train_job.storage_failure(SimpleNamespace(worker_failures={0: failure})) == stop
 
 
 def test_scoring_no_samples_is_an_error_not_a_zero():
