@@ -91,7 +91,9 @@ def test_a_run_on_s3_trains_and_resumes_from_its_checkpoint_there(
     assert not [n for n in ours if n.rsplit("/", 1)[-1].startswith(".")]  # no probe, no temporary object
     capfd.readouterr()
     assert train_job.main([*train_args(shards, run, "--epochs", "2", "--wandb", "disabled"), "--resume"]) == 0
-    assert "resuming from checkpoint epoch-0001-step-0000000.pt: epoch 2, step 0" in capfd.readouterr().out
+    out = capfd.readouterr().out
+    assert "resuming from checkpoint epoch-0001-step-0000000.pt: epoch 2, step 0" in out
+    assert "failed samples (holes left as padding, over 2 epoch(s)): train 0, validation (train) 0" in out
     history = json.loads(Location.of(f"{run}/history.json").read_text())
     assert [m["epoch"] for m in history] == [1, 2]
     names = bucket_names(run)
