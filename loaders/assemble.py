@@ -30,7 +30,7 @@ from shards.audio import PCM16_HEADER_BYTES, pcm16_header, pcm16_samples
 from shards.location import Location
 from shards.ranged import ReadStats, read_spans
 from shards.retry import RetryPolicy
-from shards.tar import Member, member_problem, member_span, read_failure
+from shards.tar import Member, check_read, member_problem, member_span
 
 _SALT_AUGMENT = 0xA6
 
@@ -193,9 +193,7 @@ def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> Reads:
     data, stats = read_spans([member_span(split / s.shard, m) for s, m in zip(samples, members)], policy)
     audio, failed = {}, []
     for sample, member, read in zip(samples, members, data):
-        failure = read_failure(split / sample.shard, read)
-        if failure is not None:
-            raise failure
+        check_read(split / sample.shard, read)
         problem = member_problem(read, sample.key, member)
         if problem is None:
             wav = memoryview(read)[tarfile.BLOCKSIZE :]
