@@ -14,7 +14,8 @@ failure continue from the latest at its exact step), `wandb/` and `ray/`. Every 
 absent (a local one written under a temporary name, then renamed; an object in one PUT). A failure
 of the storage itself (no space, no permission, no such bucket, a store unreachable for longer than
 `--storage-timeout`) and more bad samples than `--max-failed` stop the run with exit status 2
-instead of being retried; `--resume` verifies the latest checkpoint and falls back to the one before. On a multi-node cluster `--out` must be storage every node sees: a shared
+instead of being retried; `--resume` verifies the latest checkpoint and falls back to the one
+before it. On a multi-node cluster `--out` must be storage every node sees: a shared
 folder, or an object-store URL (`--out s3://bucket/runs/x`, `--shards s3://bucket/shards`) with
 the same credentials configured on every node. wandb writes locally: for a URL `--out` its files
 go to `--wandb-dir` (default `~/.cache/elasticast/wandb/<scheme>/<bucket>/<prefix>` on rank 0's node).
