@@ -129,14 +129,15 @@ def delete_bucket_when(bucket: str, appears: Path, timeout_s: float = 120) -> th
 def test_a_bucket_deleted_mid_run_stops_it_with_exit_2_naming_it_and_keeps_its_checkpoint(
     s3_bucket, synthetic_shards, ray_local, train_job, capfd, tmp_path
 ):
-    """The shards' bucket goes away after the run's first step checkpoint: the run stops with one
-    line of ours naming the bucket's shard (no hole, no second attempt), and the step checkpoint
+    """The shards' bucket goes away after the run's first step checkpoint: the Ray Data tasks that
+    read the shards fail, and the run stops with one line of ours naming the bucket's shard (no
+    hole, no second attempt), and the step checkpoint
     it leaves loads (`--resume` continues from it: tests/test_train_job.py holds such a resume
     bitwise equal to an uninterrupted run)."""
     shards, run = upload_folder(synthetic_shards, f"{s3_bucket}/shards"), tmp_path / "run"
     watcher = delete_bucket_when(s3_bucket[5:], run / "checkpoints" / "epoch-0000-step-0000001.pt")
     capfd.readouterr()
-    flags = ["--epochs", "1", "--checkpoint-every", "1", "--wandb", "disabled"]
+    flags = ["--epochs", "1", "--checkpoint-every", "1", "--wandb", "disabled", "--loader", "ray"]
     assert train_job.main(train_args(shards, str(run), *flags)) == 2
     watcher.join()
     captured = capfd.readouterr()

@@ -200,18 +200,6 @@ def test_a_bucket_deleted_mid_epoch_stops_the_stream_naming_it(synthetic_shards,
     assert time.monotonic() - started < 10  # a refusal is not waited out
 
 
-def test_a_ray_stream_stops_on_a_deleted_bucket_as_the_local_one_does(synthetic_shards, s3_bucket, ray_local):
-    """Ray Data tasks read the shards themselves: their StorageFailure reaches the consumer as one."""
-    import s3fs
-
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    fs.put(str(synthetic_shards), f"{s3_bucket[5:]}/set", recursive=True)
-    stream = PackedStream(f"{s3_bucket}/set/train", **(STREAM | SMALL_BATCHES | {"backend": "ray", "workers": 1}))
-    fs.rm(s3_bucket[5:], recursive=True)
-    with pytest.raises(StorageFailure, match=f"cannot read {s3_bucket}/set/train/shard-.*bucket does not exist"):
-        list(stream.epoch(0))
-
-
 def test_a_shard_set_served_over_plain_http_streams_the_same(synthetic_shards, s3_server):
     """Read-only http(s)://: the set as public objects, fetched by plain URL (no S3 protocol, no listing)."""
     import s3fs
