@@ -8,7 +8,11 @@
 - training states (`CheckpointStore`): one file per stream position,
   `epoch-EEEE-step-SSSSSSS.pt` (S: the batches of the epoch's plan consumed, all ranks together,
   i.e. the next step to run times the ranks; a resume on another number of ranks continues it),
-  so the latest is the greatest name; the store keeps the `keep` latest;
+  so the latest is the greatest name; the store keeps the `keep` latest, and needs room for
+  `keep` + 1 of them while it writes one (the new one is complete before the oldest goes); on a
+  full disk it removes the oldest first and tries again, so room for `keep` is enough. `usable()`
+  verifies the latest before a resume: one that does not load is named and moved aside
+  (`NAME.unreadable`), and the previous one is used;
 - writes to the run folder that are complete or invisible, and fail once, clearly, when retrying
   cannot help (`RunStorageError`). A local file is written under a hidden temporary name, flushed
   and renamed into place; an object is written in one PUT, which the store applies whole or not at all.
@@ -21,6 +25,7 @@ import errno
 import io
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +38,7 @@ from elasticast.config import MODEL_KINDS, POOLINGS, ModelConfig
 from elasticast.model import ElasticAST
 from loaders.feature_spec import FeatureSpec
 from shards.location import TEMP_PREFIX, Location
+from shards.retry import LOCAL_FAILURES, StorageFailure, causes
 
 FORMAT = "elasticast-checkpoint"
 FORMAT_VERSION = 3  # 3: the features' recipe and fixed length, the model's attention scaling and strides
@@ -171,20 +177,20 @@ def _from_version_1(raw: dict) -> dict:
     }
 
 
-# failures of the storage itself: the same write fails again on a retry
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
-# an object store's refusals: no such bucket, no permission (read-only http:// included)
-STORAGE_REFUSALS = (FileNotFoundError, PermissionError)
+# failures of the storage itself: an object store's refusals (no such bucket, no permission,
+# read-only http:// included), a store unreachable for the whole time budget, a full or failing disk
+STORAGE_REFUSALS = (FileNotFoundError, PermissionError, StorageFailure)
 CHECKPOINT_NAME = re.compile(r"^epoch-(\d{4,})-step-(\d{7,})\.pt$")
 CHECKPOINTS = "checkpoints"  # the run folder's subfolder of full training states
+UNREADABLE = ".unreadable"  # suffix of a checkpoint moved aside because it does not load
 KEEP_CHECKPOINTS = 2
 
 Target = str | os.PathLike | Location
 
 
-class RunStorageError(RuntimeError):
+class RunStorageError(StorageFailure):
     """A write to the run folder failed for a reason a retry cannot fix (no space, no permission,
-    no such bucket)."""
+    no such bucket, a store that stayed unreachable)."""
 
 
 @contextmanager
@@ -203,12 +209,16 @@ def storage_cause(error: BaseException) -> OSError | None:
     """The storage failure behind `error`, if any, the innermost (the store's own words): torch.save,
     for one, reports a failed write of its file object as a RuntimeError raised while handling the
     OSError, and `Location` re-raises a store's refusal with the URL in front."""
-    found = None
-    while error is not None:
-        if isinstance(error, STORAGE_REFUSALS) or (isinstance(error, OSError) and error.errno in STORAGE_ERRNOS):
-            found = error
-        error = error.__cause__ or error.__context__
-    return found
+    found = [
+        cause
+        for cause in causes(error)
+        if isinstance(cause, STORAGE_REFUSALS) or (isinstance(cause, OSError) and cause.errno in LOCAL_FAILURES)
+    ]
+    return found[-1] if found else None
+
+
+def _no_space(error: BaseException) -> bool:
+    return any(isinstance(c, OSError) and c.errno in (errno.ENOSPC, errno.EDQUOT) for c in causes(error))
 
 
 def write_atomic(target: Target, write: Callable[[BinaryIO], None]) -> None:
@@ -252,10 +262,58 @@ class CheckpointStore:
         complete = self.complete()
         return complete[-1] if complete else None
 
+    def usable(self) -> Location | None:
+        """The latest checkpoint that loads (each is read whole to verify it); a later one that does
+        not is named on stderr and moved aside as `NAME.unreadable` (never listed again, kept for a
+        look). None: no checkpoint loads."""
+        for location in reversed(self.complete()):
+            problem = self.problem(location)
+            if problem is None:
+                return location
+            aside = location.parent / f"{location.name}{UNREADABLE}"
+            print(
+                f"checkpoint {location} is unreadable ({problem}): moved aside to {aside.name}; "
+                "trying the one before it",
+                file=sys.stderr,
+                flush=True,
+            )
+            with storage_errors(f"cannot move {location} aside"):
+                location.rename(aside)
+        return None
+
+    @classmethod
+    def problem(cls, location: Location) -> str | None:
+        """Why the checkpoint at `location` cannot be resumed from (None if it loads). A store that
+        cannot be reached is raised, not blamed on the file."""
+        try:
+            state = cls.load(location)
+        except StorageFailure:
+            raise
+        except Exception as error:  # torch.load's errors for a truncated or foreign file are many
+            return f"{type(error).__name__}: {error}"
+        return None if isinstance(state, dict) else f"holds {type(state).__name__}, not a training state"
+
     def save(self, state: dict, epoch: int, consumed: int) -> Location:
-        """Commit `state` as the checkpoint at (epoch, plan batches consumed), then drop all but the `keep` latest."""
+        """Commit `state` as the checkpoint at (epoch, plan batches consumed), then drop all but the `keep` latest.
+        With no room for it (a full disk or quota), the oldest of `keep` >= 2 go first and the write
+        is tried once more: room for `keep` states is then enough."""
         location = self.folder / self.name(epoch, consumed)
-        save_torch(location, state)
+        try:
+            save_torch(location, state)
+        except RunStorageError as error:
+            complete = self.complete()
+            if not _no_space(error) or self.keep < 2 or len(complete) < self.keep:
+                raise
+            oldest = complete[: len(complete) - self.keep + 1]
+            print(
+                f"no room for checkpoint {location}: removing the oldest ({', '.join(c.name for c in oldest)}) first",
+                file=sys.stderr,
+                flush=True,
+            )
+            for old in oldest:
+                with storage_errors(f"cannot remove {old}"):
+                    old.remove()
+            save_torch(location, state)
         self.prune()
         return location
 

@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 
 
+class NothingToScore(ValueError):
+    """A split scored over zero samples: empty, or every sample of it failed."""
+
+
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=1) == labels).float().mean()) if len(labels) else 0.0
 
@@ -24,7 +28,10 @@ def mean_average_precision(logits: torch.Tensor, targets: torch.Tensor) -> float
 
 
 def score(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """`metric` is what picks the best checkpoint: accuracy, or mAP for multi-hot labels."""
+    """`metric` is what picks the best checkpoint: accuracy, or mAP for multi-hot labels. Zero
+    samples is an error: a score of 0.0 over nothing would read as a result."""
+    if len(labels) == 0:
+        raise NothingToScore("no samples to score (the split is empty, or every sample of it failed)")
     if labels.dtype.is_floating_point:
         value = mean_average_precision(logits, labels)
         return {"metric": value, "mAP": value}

@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     from elasticast.evaluation import evaluate_point, is_run_folder, load_candidate, training_usage, write_report
+    from elasticast.metrics import NothingToScore
     from shards.dataset import ShardDataset
+    from shards.retry import StorageFailure
 
     split = Location.of(args.shards)
     if (split / DATASET_FILE).is_file():
@@ -167,7 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     progress = tqdm(points, desc="evaluating", unit="point", file=sys.stderr)
     for point in progress:
         stream = dict(backend=args.loader, workers=args.loader_workers, rows_per_batch=args.rows_per_batch)
-        rows = evaluate_point(point, str(split), candidates, native_frames, **stream)
+        try:
+            rows = evaluate_point(point, str(split), candidates, native_frames, **stream)
+        except (StorageFailure, NothingToScore) as error:  # the store is gone, or there is nothing to score
+            print(f"error: {split} at {point.name}: {error}", file=sys.stderr)
+            return 2
         results += rows
         progress.set_postfix_str(f"{point.name}: " + ", ".join(f"{r['checkpoint']} {r['metric']:.3f}" for r in rows))
     failed = max((r["failed"] for r in results), default=0)

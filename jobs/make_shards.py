@@ -28,6 +28,7 @@ from pathlib import Path
 
 from shards.options import DATASET_FILE, DEFAULT_MAX_DURATION_S, LONG_CLIP_POLICIES, SMALL_INPUT
 from shards.parallel import BACKENDS
+from shards.retry import DEFAULT_TIMEOUT_S
 
 DEMO_OUT = Path("data/demo")
 DEMO_SHARD_SIZE = "8MB"
@@ -49,7 +50,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--input", help="folder (or URL prefix) searched recursively for .wav/.flac/.ogg/.mp3")
     source.add_argument("--manifest", help=".csv or .jsonl (a path or URL) with path,label[,split,start,end]")
-    source.add_argument("--verify", metavar="OUT", help="check the shard set in OUT and exit (1 if anything disagrees)")
+    source.add_argument(
+        "--verify",
+        metavar="OUT",
+        help="check the shard set in OUT and exit: 1 for problems in the data, 2 if OUT is no shard set",
+    )
     parser.add_argument("--out", help=f"output folder or URL prefix (default for the demo: {DEMO_OUT})")
     parser.add_argument("--label-regex", help="with --input: regex on the file name with a (?P<label>...) group")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="share of the test split (hash of path)")
@@ -94,6 +99,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--keep-duplicates", action="store_true", help="keep manifest rows naming the same file and segment twice"
     )
+    parser.add_argument(
+        "--storage-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"seconds an object store may stay unreachable (retried with backoff) before the build fails "
+        f"(default {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="build without remote inputs whose store did not answer in time (listed in dataset.json); "
+        "default: the build fails naming them",
+    )
     parser.add_argument("--demo-clips", type=int, default=320, help="size of the built-in demo corpus")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -113,6 +131,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--max-duration {args.max_duration} must be 0 (no limit) or >= 1 second")
     if args.torch_threads < 1:
         parser.error(f"--torch-threads {args.torch_threads} must be >= 1")
+    if args.storage_timeout < 0:
+        parser.error(f"--storage-timeout {args.storage_timeout} must be >= 0 seconds")
     if (args.input or args.manifest) and args.out is None:
         parser.error("--out is required with --input or --manifest")
     return args
@@ -142,7 +162,9 @@ def run(args: argparse.Namespace) -> int:
     from shards.inputs import list_folder, read_manifest
     from shards.location import Location
     from shards.output import OutputError, check_output, discard, prepare_output, publish
+    from shards.retry import StorageFailure, set_storage_timeout
 
+    set_storage_timeout(args.storage_timeout)
     demo = args.input is None and args.manifest is None
     started = time.perf_counter()
     out, created = Location.of(args.out or DEMO_OUT), None
@@ -170,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
                 progress=not args.quiet,
                 max_duration_s=args.max_duration or None,
                 long_clips=args.long_clips,
+                storage_timeout_s=args.storage_timeout,
+                allow_missing=args.allow_missing,
             )
             print(f"backend: {config.backend}" + (" (--backend auto)" if args.backend == "auto" else ""), flush=True)
             if config.backend == "ray":
@@ -193,7 +217,7 @@ def run(args: argparse.Namespace) -> int:
         if (
             created is not None
             and isinstance(exc, OSError)
-            and not isinstance(exc, (FileNotFoundError, FileExistsError))
+            and not isinstance(exc, (FileNotFoundError, FileExistsError, StorageFailure))
         ):
             exc = f"cannot write to --out {out}: {exc.strerror or exc}"
         print(f"make_shards: error: {exc}", file=sys.stderr)
@@ -220,12 +244,18 @@ def note_incomplete(out) -> None:
 
 
 def verify(root: str) -> int:
-    """`--verify OUT`: print every problem found; 0 when none, 1 when any, 2 if OUT is no shard set."""
+    """`--verify OUT`: print every problem found in the data; 0 when none, 1 when any (a damaged
+    dataset.json or index included), 2 when OUT is no shard set or cannot be read."""
+    from shards.dataset import InvalidShardSet
     from shards.verify import verify_shard_set
 
     try:
         problems = verify_shard_set(root)
-    except (FileNotFoundError, ValueError) as exc:
+    except InvalidShardSet as exc:
+        print(f"damaged: {exc}")
+        print(f"{root}: 1 problem(s)")
+        return 1
+    except (OSError, ValueError) as exc:
         print(f"make_shards: error: {exc}", file=sys.stderr)
         return 2
     for problem in problems:

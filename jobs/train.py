@@ -13,8 +13,10 @@ key was seen), `best.pt` and `last.pt` (inference checkpoints for `elasticast.Cl
 `metrics.json`, `checkpoints/` (the two latest full training states: `--resume` and retries after a
 failure continue from the latest at its exact step), `wandb/` and `ray/`. Every file is complete or
 absent (a local one written under a temporary name, then renamed; an object in one PUT). A failure
-of the storage itself (no space, no permission, no such bucket) stops the run with exit status 2
-instead of being retried. On a multi-node cluster `--out` must be storage every node sees: a shared
+of the storage itself (no space, no permission, no such bucket, a store unreachable for longer than
+`--storage-timeout`) and more bad samples than `--max-failed` stop the run with exit status 2
+instead of being retried; `--resume` verifies the latest checkpoint and falls back to the one
+before it. On a multi-node cluster `--out` must be storage every node sees: a shared
 folder, or an object-store URL (`--out s3://bucket/runs/x`, `--shards s3://bucket/shards`) with
 the same credentials configured on every node. wandb writes locally: for a URL `--out` its files
 go to `--wandb-dir` (default `~/.cache/elasticast/wandb/<scheme>/<bucket>/<prefix>` on rank 0's node).
@@ -58,7 +60,9 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
     """Absolute paths (workers run elsewhere), demo shards built if missing, the validation split
     chosen, the run folder checked against `--resume` and for writing. A string is the reason to stop."""
     from elasticast.checkpoint import CHECKPOINTS, CheckpointStore, write_text
+    from shards.retry import set_storage_timeout
 
+    set_storage_timeout(config.storage_timeout)
     sources, out = [absolute(shards) for shards in config.shards], absolute(config.out)
     if out.is_read_only:
         return f"cannot write to --out {out}: {out.protocol}:// locations are read-only"
@@ -80,7 +84,9 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
             flush=True,
         )
     try:
-        latest = CheckpointStore(out / CHECKPOINTS).latest()
+        store = CheckpointStore(out / CHECKPOINTS)
+        complete = store.complete()
+        latest = store.usable() if config.resume else None  # verified: a damaged one is moved aside
         holds_run = (out / CHECKPOINTS).exists() or (out / "history.json").exists()
         configured = (out / "config.yaml").exists()
     except Exception as error:
@@ -88,6 +94,11 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
     if not config.resume and holds_run:
         return f"{out} already holds a run: pass --resume to continue it, or choose another --out"
     if config.resume and latest is None:
+        if complete:
+            return (
+                f"--resume: none of the {len(complete)} checkpoint(s) in {out / CHECKPOINTS} loads (each moved aside "
+                "as *.unreadable, named above), so there is nothing to continue from"
+            )
         if not configured:
             return f"--resume: {out} holds no run to resume"
         return (
@@ -123,6 +134,8 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
 
 def source_splits(shards: Location, demo: bool) -> dict | str:
     """The splits of a shard set (the demo set built first if it is missing); a string is the reason to stop."""
+    from shards.dataset import ShardDataset
+
     try:
         built = (shards / DATASET_FILE).is_file()
         if not built and demo and shards.is_local:
@@ -131,7 +144,7 @@ def source_splits(shards: Location, demo: bool) -> dict | str:
                 return "building the demo shards failed"
         elif not built:
             return f"{shards} is not a make_shards output (no {DATASET_FILE}); run elasticast-make-shards first"
-        return json.loads((shards / DATASET_FILE).read_text()).get("splits", {})
+        return ShardDataset(shards).splits
     except Exception as error:  # no permission, no such bucket, an unreachable endpoint
         return f"cannot read --shards {shards}: {reason(error)}"
 
@@ -233,14 +246,18 @@ def trainer(config: TrainConfig, use_gpu: bool):
 
 
 def storage_failure(error: Exception) -> str | None:
-    """The message of a worker's `RunStorageError` within a failed `fit()`, if any. Ray Train wraps
-    a worker's exception (with its traceback text) and keeps the original as `_base_exc`."""
-    from elasticast.checkpoint import RunStorageError
+    """The message of a worker's failure that no retry can fix, within a failed `fit()`, if any: a
+    `StorageFailure` (the run folder or the shards' store; `RunStorageError` is one), a refusal
+    (no such file or bucket, access denied), or more holes than `--max-failed` allows, wherever it
+    lies in the chain of causes (a Ray Data task's error arrives wrapped). Ray Train wraps a
+    worker's exception (with its traceback text) and keeps the original as `_base_exc`."""
+    from loaders import FailureBudgetExceeded
+    from shards.retry import StorageFailure, causes
 
     for failure in getattr(error, "worker_failures", {}).values():
-        cause = getattr(failure, "_base_exc", failure)
-        if isinstance(cause, RunStorageError):
-            return str(cause)
+        for cause in causes(getattr(failure, "_base_exc", failure)):
+            if isinstance(cause, (StorageFailure, FailureBudgetExceeded, FileNotFoundError, PermissionError)):
+                return str(cause)
     return None
 
 
@@ -256,12 +273,18 @@ def summarise(config: TrainConfig, out: Location) -> int:
         "valid_split": config.valid_split,
         "config": config.to_dict(),
     }
+    summary["holes"] = {
+        "train": sum(m.get("failed_samples", 0) for m in history),
+        f"validation ({config.valid_split})": sum(m.get("val_failed_samples", 0) for m in history),
+    }
     write_text(out / "metrics.json", json.dumps(summary, indent=1))
     print(
         f"done: best val_metric {summary['best']['val_metric']:.4f} ({config.valid_split}) at epoch {summary['best']['epoch']}; "
         f"final {summary['final']['val_metric']:.4f}; inference checkpoint {out / 'best.pt'}",
         flush=True,
     )
+    holes = ", ".join(f"{split} {count}" for split, count in summary["holes"].items())
+    print(f"failed samples (holes left as padding, over {len(history)} epoch(s)): {holes}", flush=True)
     return 0
 
 

@@ -31,8 +31,9 @@ from elasticast.training.epoch_report import delivery_check, epoch_metrics, prog
 from elasticast.training.init import Start, feature_settings, read_start, start_model
 from elasticast.training.loop import EpochResult, train_epoch
 from elasticast.training.schedule import make_optimizer, make_scheduler, rescale_schedule
-from loaders import PackedStream
+from loaders import FailureBudgetExceeded, PackedStream
 from shards.location import Location
+from shards.retry import set_storage_timeout
 
 
 def streams(
@@ -58,13 +59,20 @@ def streams(
 
 
 def validate(model, valid: dict[str, PackedStream], device, world: int, weights: dict[str, float]) -> dict:
-    """Each validation stream scored over all ranks, and merged (`valid_metrics`)."""
-    scores, samples = {}, {}
+    """Each validation stream scored over all ranks, and merged (`valid_metrics`), with the
+    samples that failed to read; a split that scores no sample stops the run."""
+    scores, samples, failed = {}, {}, 0
     for name, stream in valid.items():
         predictions = gather(predict(model, stream.epoch(0), device), world)
-        scores[name] = score(torch.cat([p[1] for p in predictions]), torch.cat([p[2] for p in predictions]))
         samples[name] = sum(len(p[0]) for p in predictions)
-    return valid_metrics(scores, samples, weights)
+        lost = sum(gather(stream.stats[0]["failed"], world))
+        if not samples[name]:
+            raise FailureBudgetExceeded(
+                f"validation on {stream.dataset.root / stream.subset} scored 0 samples ({lost} failed)"
+            )
+        scores[name] = score(torch.cat([p[1] for p in predictions]), torch.cat([p[2] for p in predictions]))
+        failed += lost
+    return valid_metrics(scores, samples, weights) | {"failed_samples": failed}
 
 
 def gather(value, world: int) -> list:
@@ -157,6 +165,7 @@ def train_worker(values: dict) -> None:
     import ray.train.torch
 
     config = TrainConfig(**values)
+    set_storage_timeout(config.storage_timeout)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // context.get_local_world_size()))

@@ -13,7 +13,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "feature_spec": ["FeatureSpec"],
         "pack": ["Packing", "pack"],
         "sampler": ["PackingSampler"],
-        "stream": ["PackedStream"],
+        "stream": ["FailureBudgetExceeded", "PackedStream"],
         "tokens": ["TokenCounts", "frame_tokens", "shift_for_scale", "token_counts", "tokens_for"],
     },
 )

@@ -30,7 +30,8 @@ from loaders.plan import EpochPlan
 from shards.audio import PCM16_HEADER_BYTES, pcm16_header, pcm16_samples
 from shards.location import Location
 from shards.ranged import ReadStats, read_spans
-from shards.tar import Member, member_problem, member_span
+from shards.retry import RetryPolicy
+from shards.tar import Member, check_read, member_problem, member_span
 
 _SALT_AUGMENT = 0xA6
 
@@ -194,12 +195,16 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
 
 def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> Reads:
     """Waveforms by key (cut to the samples their features need), read as one ranged request per
-    contiguous run of members in each shard (retried when the store fails transiently) and
-    verified; failures named by shard and key; what the reads cost."""
+    contiguous run of members in each shard (retried for up to the stream's `storage_timeout` when
+    the store fails transiently) and verified; holes named by shard and key; what the reads cost.
+    A read the storage cannot serve raises `StorageFailure`."""
     members = [Member(s.offset, s.nbytes, s.xxh3_64) for s in samples]
-    data, stats = read_spans([member_span(config.source_dir(s.source) / s.shard, m) for s, m in zip(samples, members)])
+    policy = RetryPolicy(timeout_s=config.stream.storage_timeout)
+    spans = [member_span(config.source_dir(s.source) / s.shard, m) for s, m in zip(samples, members)]
+    data, stats = read_spans(spans, policy)
     audio, failed = {}, []
     for sample, member, read in zip(samples, members, data):
+        check_read(config.source_dir(sample.source) / sample.shard, read)
         problem = member_problem(read, sample.key, member)
         if problem is None:
             wav = memoryview(read)[tarfile.BLOCKSIZE :]

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from loaders.pack import MODES
 from loaders.tokens import COMPRESSIONS, SCALE_RANGE, resolution
 from shards.parallel import BACKENDS
+from shards.retry import DEFAULT_TIMEOUT_S
 
 WEIGHT_BY = ("samples", "duration", "tokens")  # what a mix's weights measure
 
@@ -27,7 +28,11 @@ class StreamConfig:
     torch_threads: torch threads while featurizing (None: the caller's), in-process, in DataLoader
     workers and in Ray tasks; the caller's count is restored after each batch.
     weights / weight_by: a stream of several sources (`loaders.mix`): each source's share of an
-    epoch, measured in samples, seconds of audio or tokens (None: in proportion to their sizes)."""
+    epoch, measured in samples, seconds of audio or tokens (None: in proportion to their sizes).
+    storage_timeout: seconds a batch's reads wait for an unreachable store before the stream
+    raises `shards.retry.StorageFailure` (never a hole). max_failed: holes (samples whose bytes
+    are bad, left as padding) allowed per pass before the stream raises `FailureBudgetExceeded`:
+    a count (>= 1) or a fraction of the pass's samples (< 1); None: no limit."""
 
     rows_per_batch: int
     max_tokens: int = 2048
@@ -48,6 +53,8 @@ class StreamConfig:
     torch_threads: int | None = 1
     weights: tuple[float, ...] | None = None
     weight_by: str = "samples"
+    storage_timeout: float = DEFAULT_TIMEOUT_S
+    max_failed: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "scales", tuple(float(c) for c in self.scales))
@@ -69,3 +76,13 @@ class StreamConfig:
             raise ValueError(f"torch_threads must be >= 1 or None (the caller's), got {self.torch_threads}")
         if self.freq_mask < 0 or self.time_mask < 0 or self.worker_cpus <= 0 or self.prefetch < 0:
             raise ValueError("freq_mask, time_mask and prefetch must be >= 0 and worker_cpus > 0")
+        if self.storage_timeout < 0 or (self.max_failed is not None and self.max_failed < 0):
+            raise ValueError(
+                f"storage_timeout ({self.storage_timeout}) and max_failed ({self.max_failed}) must be >= 0"
+            )
+
+    def failures_allowed(self, samples: int) -> float:
+        """Holes a pass over `samples` samples may leave (`max_failed`: a count, or a fraction)."""
+        if self.max_failed is None:
+            return float("inf")
+        return self.max_failed if self.max_failed >= 1 else self.max_failed * samples

@@ -13,6 +13,11 @@ Plan from metadata (`loaders.plan`), then featurize (`loaders.assemble`): `backe
 the assembly as Ray Data tasks streaming batches in step order; `backend="local"`
 runs the very same function in-process, or in DataLoader workers (worker w of k takes steps
 w, w+k, ...; DataLoader fetches from its workers in turn, which restores step order).
+
+Faults: a sample whose bytes are bad is a hole (padding, named and counted); more holes than
+`max_failed` raise `FailureBudgetExceeded`. A store that cannot serve a read within
+`storage_timeout` raises `shards.retry.StorageFailure`; the epoch continues from any step with
+`epoch(e, start_step=k)` once it is back.
 """
 
 from __future__ import annotations
@@ -41,6 +46,13 @@ from loaders.plan import EpochPlan, plan_epoch
 from loaders.sources import open_sources
 from loaders.threads import torch_threads
 from shards.parallel import quiet_ray_data
+from shards.retry import StorageFailure
+
+STORAGE_FAILURE = "storage_failure"  # what a Ray task returns in place of a batch its store did not serve
+
+
+class FailureBudgetExceeded(ValueError):
+    """More samples failed (holes) than `StreamConfig.max_failed` allows; names the first ones."""
 
 
 class PackedStream(IterableDataset):
@@ -254,6 +266,7 @@ class PackedStream(IterableDataset):
         stats = self.stats[epoch] = _empty_stats()
         plan = self.plan(epoch)
         stats["plan_pad_ratio"] = plan.pad_ratio
+        allowed, failures = self.config.failures_allowed(sum(len(s.samples) for s in specs)), []
         waited = time.perf_counter()
         for item in arrays:
             batch = to_batch(item, self.features)
@@ -263,6 +276,13 @@ class PackedStream(IterableDataset):
                 print(
                     f"PackedStream: {failure['shard']} {failure['key']}: {failure['reason']} (left as padding)",
                     file=sys.stderr,
+                )
+            failures += batch.failed
+            if len(failures) > allowed:
+                first = "; ".join(f"{f['shard']} {f['key']}: {f['reason']}" for f in failures[:3])
+                raise FailureBudgetExceeded(
+                    f"{self.features.split_dir}: {len(failures)} sample(s) failed in epoch {epoch}, over the "
+                    f"budget of {allowed:g} (max_failed {self.config.max_failed:g}); first: {first}"
                 )
             yield batch
             waited = time.perf_counter()
@@ -298,6 +318,8 @@ class PackedStream(IterableDataset):
                 num_cpus=self.config.worker_cpus,
             )
             for item in dataset.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=self.config.prefetch):
+                if STORAGE_FAILURE in item:
+                    raise StorageFailure(str(item[STORAGE_FAILURE][0]))
                 yield {name: value[0] for name, value in item.items()}
 
 
@@ -310,8 +332,12 @@ def featurize_batch(spec: BatchSpec, features: FeatureConfig, reads: Reads | Non
 def _assemble_one(batch: dict, features: FeatureConfig) -> dict:
     """Ray Data task: one batch spec in, its arrays out. Tasks rather than an actor pool: Ray
     reuses its worker processes (imports and feature caches warm) from one epoch to the next,
-    where a pool of actors would start afresh with every epoch's dataset."""
-    arrays = featurize_batch(BatchSpec.from_json(str(batch["spec"][0])), features)
+    where a pool of actors would start afresh with every epoch's dataset. A `StorageFailure` comes
+    back as data (Ray would deliver it wrapped, its type lost), to be raised by the consumer."""
+    try:
+        arrays = featurize_batch(BatchSpec.from_json(str(batch["spec"][0])), features)
+    except StorageFailure as error:
+        return {STORAGE_FAILURE: np.array([str(error)], dtype=object)}
     return {
         name: np.asarray([value]) if name != "meta" else np.array([value], dtype=object)
         for name, value in arrays.items()

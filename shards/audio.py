@@ -19,7 +19,7 @@ import torch
 import torchaudio
 
 from shards.location import Location
-from shards.retry import retrying
+from shards.retry import StorageFailure, retrying
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 PCM16_MAX = 32767.0
@@ -27,6 +27,7 @@ PCM16_MAX = 32767.0
 _DATA_CHUNK = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
 _PLACEHOLDER_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}  # streaming writers leave these in the header
 HEADER_BLOCK_BYTES = 64 * 1024  # what one ranged read of a remote source's header fetches
+UNREACHABLE = "storage unreachable"  # a remote source its store did not serve within the time budget
 
 
 class AudioError(Exception):
@@ -89,13 +90,15 @@ def _open_remote(location: Location, header_only: bool) -> sf.SoundFile:
                 )
             )
         if header_only:
-            return retrying(lambda: _soundfile(_ReadRecorder(location), location), f"read the header of {location}")
+            return retrying(lambda: _header(location), f"read the header of {location}")
         return _soundfile(io.BytesIO(location.read_bytes()), location)
     except AudioError:
         raise
     except PermissionError:
         raise AudioError("permission denied", f"{location} cannot be read with these credentials") from None
-    except Exception as exc:  # the store's errors, once retries are spent
+    except StorageFailure as exc:  # not the file's fault: a build fails on it unless --allow-missing
+        raise AudioError(UNREACHABLE, str(exc)) from None
+    except Exception as exc:  # anything else the backend raises about this object
         raise AudioError("unreadable file", f"{location}: {exc}") from None
 
 
@@ -113,14 +116,28 @@ def _soundfile(source, name) -> sf.SoundFile:
     return handle
 
 
+def _header(location: Location) -> sf.SoundFile:
+    """soundfile's view of a remote source's header (frames, rate: all a probe asks), read in small
+    ranged requests; the remote file is closed as soon as soundfile has opened it, or failed to."""
+    with _ReadRecorder(location) as recorder:
+        return _soundfile(recorder, location)
+
+
 class _ReadRecorder:
     """A remote file for soundfile that keeps the error of a failed read. soundfile's I/O callbacks
     cannot raise (libsndfile would see a short file, and call a network error a truncated file), so
-    a failed read returns nothing here and its error is raised once soundfile is done."""
+    a failed read returns nothing here and its error is raised once soundfile is done. A context
+    manager: leaving it closes the remote file."""
 
     def __init__(self, location: Location):
         self.handle = location.fs.open(location.path, "rb", block_size=HEADER_BLOCK_BYTES)
         self.error: Exception | None = None
+
+    def __enter__(self) -> _ReadRecorder:
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.handle.close()
 
     def read(self, size: int = -1) -> bytes:
         try:

@@ -7,7 +7,9 @@
    are exact, so shards come out evenly sized;
 3. write: each shard is one task that decodes, validates, resamples and writes its samples.
 
-Every input ends up either as an index row or as a `Skipped` record with a reason. Inputs and
+Every input ends up either as an index row or as a `Skipped` record with a reason. A remote input
+its store did not serve within the time budget (`storage_timeout_s`) is no reason to skip: the
+build fails naming every such input (`MissingInputs`), unless `allow_missing` records them as skips. Inputs and
 the output may be local paths or URLs (`shards.location`). How the set commits (a local one
 through a staging folder, a remote one by its dataset.json written last) is `shards.output`.
 """
@@ -22,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from shards.audio import (
+    UNREACHABLE,
     AudioError,
     encode_pcm16,
     load_source,
@@ -31,11 +34,12 @@ from shards.audio import (
     segment_frames,
 )
 from shards.dataset import DATASET_FILE, INDEX_FILE, describe_split, write_dataset_json, write_index
-from shards.inputs import Skipped, Source, dedupe_keys, stable_fraction
+from shards.inputs import LABEL_CONFLICT, Skipped, Source, dedupe_keys, stable_fraction
 from shards.location import Location
 from shards.options import DEFAULT_MAX_DURATION_S, LONG_CLIP_POLICIES
 from shards.output import OutputError, remove_stale, unmark
 from shards.parallel import parallel_map
+from shards.retry import DEFAULT_TIMEOUT_S, StorageFailure, set_storage_timeout
 from shards.tar import ShardWriter
 
 PROBE_CHUNK = 256
@@ -54,6 +58,8 @@ class BuildConfig:
     progress: bool = True
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S  # None: no limit
     long_clips: str = "segment"  # what happens to longer sources: LONG_CLIP_POLICIES
+    storage_timeout_s: float = DEFAULT_TIMEOUT_S  # how long each storage call may wait for its store
+    allow_missing: bool = False  # build without inputs the store did not serve (listed in dataset.json)
 
     def __post_init__(self):
         object.__setattr__(self, "out", Location.of(self.out))
@@ -67,6 +73,10 @@ class BuildConfig:
             raise ValueError(f"max duration {self.max_duration_s} s must be >= 1 s")
         if self.long_clips not in LONG_CLIP_POLICIES:
             raise ValueError(f"long-clip policy {self.long_clips!r} is not one of {LONG_CLIP_POLICIES}")
+
+
+class MissingInputs(StorageFailure):
+    """Remote inputs that could not be read within the time budget; each one named."""
 
 
 @dataclass
@@ -91,6 +101,10 @@ class BuildResult:
         return [s for s in self.skipped if s.reason == "duplicate"]
 
     @property
+    def conflicts(self) -> list[Skipped]:
+        return [s for s in self.skipped if s.reason == LABEL_CONFLICT]
+
+    @property
     def far_longer(self) -> list[str]:
         """Keys of clips over FAR_LONGER x the median duration: outliers a person should look at."""
         rows = [row for split_rows in self.rows.values() for row in split_rows]
@@ -103,10 +117,12 @@ def build_shards(sources: list[Source], listing_skips: list[Skipped], config: Bu
     if not sources:
         raise ValueError(f"no valid input: {len(listing_skips)} input(s) were all skipped")
     probed, skipped = _probe(sources, config)
+    check_reached(skipped, config)
     if not probed:
         raise ValueError(f"no valid input: all {len(sources)} file(s) failed to open; first: {skipped[0].detail}")
     plans = plan_shards(probed, config)
     rows, write_skips, clipped, silent = _write(plans, config)
+    check_reached(write_skips, config)
     skipped = listing_skips + skipped + write_skips
     if not rows:
         raise ValueError(f"no valid input: every sample failed to decode; first: {skipped[0].detail}")
@@ -125,6 +141,18 @@ def build_shards(sources: list[Source], listing_skips: list[Skipped], config: Bu
     return BuildResult(
         by_split, labels, skipped, sorted(clipped), files_in=len(sources) + len(listing_skips), silent=sorted(silent)
     )
+
+
+def check_reached(skipped: list[Skipped], config: BuildConfig) -> None:
+    """Fail the build on inputs whose store did not answer (unless `allow_missing`), naming each."""
+    unreached = [s for s in skipped if s.reason == UNREACHABLE]
+    if unreached and not config.allow_missing:
+        raise MissingInputs(
+            f"{len(unreached)} input(s) could not be read within the --storage-timeout budget "
+            f"({config.storage_timeout_s:g} s); run again when the store answers, or pass --allow-missing "
+            "to build without them (they are then listed in dataset.json):\n"
+            + "\n".join(f"  {s.path}: {s.detail}" for s in unreached)
+        )
 
 
 def plan_shards(probed: list[tuple[Source, int]], config: BuildConfig) -> list[dict]:
@@ -154,6 +182,7 @@ def _plan(config: BuildConfig, split: str, number: int, sources: list[dict]) -> 
         "split": split,
         "path": str(config.out / split / f"shard-{number:06d}.tar"),
         "sample_rate": config.sample_rate,
+        "storage_timeout_s": config.storage_timeout_s,
         "sources": sources,
     }
 
@@ -164,6 +193,7 @@ def _probe(sources: list[Source], config: BuildConfig) -> tuple[list[tuple[Sourc
             "sample_rate": config.sample_rate,
             "max_duration_s": config.max_duration_s,
             "long_clips": config.long_clips,
+            "storage_timeout_s": config.storage_timeout_s,
             "sources": [asdict(s) for s in sources[i : i + PROBE_CHUNK]],
         }
         for i in range(0, len(sources), PROBE_CHUNK)
@@ -202,6 +232,7 @@ def _write(plans: list[dict], config: BuildConfig) -> tuple[list[dict], list[Ski
 def probe_chunk(item: dict) -> dict:
     """Worker: header-only length (after resampling) of each source, or why it is skipped;
     sources over `max_duration_s` come back as equal segments, or skipped (`long_clips`)."""
+    set_storage_timeout(item["storage_timeout_s"])
     ok, skipped = [], []
     for raw in item["sources"]:
         source = _source(raw)
@@ -245,6 +276,7 @@ def _skip(source: Source, exc: AudioError) -> Skipped:
 def write_shard(plan: dict) -> dict:
     """Worker: decode, validate and resample each source, write one shard; index rows back.
     A write that fails (full or read-only disk) comes back as `output_error`, whatever the backend."""
+    set_storage_timeout(plan["storage_timeout_s"])
     path = Location.of(plan["path"])
     try:
         writer = ShardWriter(path)
@@ -346,6 +378,11 @@ def summary(result: BuildResult) -> str:
         lines.append(f"clipped to +-1.0 when stored as PCM16: {len(result.clipped)} sample(s)")
     if result.duplicates:
         lines.append(f"duplicates kept once: {len(result.duplicates)} row(s) (--keep-duplicates keeps them)")
+    if result.conflicts:
+        lines.append(
+            f"label conflicts: {len(result.conflicts)} row(s) label a file already listed with other labels "
+            "(the first row kept; each listed above and in dataset.json)"
+        )
     return "\n".join(lines)
 
 

@@ -49,6 +49,11 @@ INDEX_SCHEMA = pa.schema(
 )
 
 
+class InvalidShardSet(ValueError):
+    """A shard set whose own files are damaged: a dataset.json that is not JSON or of an unknown
+    format, an index that is not parquet. Names the file."""
+
+
 class ShardDataset:
     """A complete shard set, local or remote: metadata, indexes and shard files of each split."""
 
@@ -64,9 +69,16 @@ class ShardDataset:
             ) from None
         except PermissionError as error:
             raise PermissionError(f"{meta_path}: access denied ({error}); check the storage credentials") from None
-        self.meta = json.loads(text)
+        try:
+            self.meta = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise InvalidShardSet(
+                f"{meta_path} is not valid JSON ({error}); rebuild the shard set with make_shards"
+            ) from None
+        if not isinstance(self.meta, dict):
+            raise InvalidShardSet(f"{meta_path} holds {type(self.meta).__name__}, not a JSON object")
         if self.meta.get("format_version") not in READABLE_VERSIONS:
-            raise ValueError(
+            raise InvalidShardSet(
                 f"{meta_path}: format_version {self.meta.get('format_version')} is not one of {READABLE_VERSIONS}"
             )
         if not self.has_checksums:
@@ -106,20 +118,21 @@ class ShardDataset:
         unknown = sorted(set(wanted) - set(INDEX_SCHEMA.names))
         if unknown:
             raise KeyError(f"{location} has no column(s) {unknown}")
-        if self.has_checksums:
-            return pq.read_table(source, schema=INDEX_SCHEMA, columns=list(wanted))
-        stored = [name for name in wanted if name != "xxh3_64"]
-        table = pq.read_table(
-            source, schema=pa.schema([f for f in INDEX_SCHEMA if f.name != "xxh3_64"]), columns=stored
-        )
-        if "xxh3_64" not in wanted:
+        schema = INDEX_SCHEMA if self.has_checksums else pa.schema([f for f in INDEX_SCHEMA if f.name != "xxh3_64"])
+        try:
+            table = pq.read_table(source, schema=schema, columns=[name for name in wanted if name in schema.names])
+        except (pa.ArrowInvalid, OSError) as error:
+            if isinstance(error, (FileNotFoundError, PermissionError)):
+                raise
+            raise InvalidShardSet(f"{location} is not a readable index ({error})") from None
+        if self.has_checksums or "xxh3_64" not in wanted:
             return table
         return table.append_column(INDEX_SCHEMA.field("xxh3_64"), pa.nulls(table.num_rows, pa.uint64()))
 
     def shard_locations(self, split: str) -> list[Location]:
         """The split's shards, in order; a missing one is an error naming it (one listing of the
         split's folder, not a request per shard; over plain http(s), which cannot list, a missing
-        shard shows only when read: its samples become named holes)."""
+        shard shows only when read: the stream stops there, naming it)."""
         folder = self._split_dir(split)
         listed = self.meta["splits"][split]["shards"]
         missing = sorted(set(listed) - set(folder.names())) if folder.can_list else []

@@ -25,6 +25,7 @@ from shards.location import Location
 
 SPLIT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+LABEL_CONFLICT = "label conflict"  # a row naming a file and segment listed before, with other labels
 
 
 @dataclass(frozen=True)
@@ -173,8 +174,9 @@ def read_manifest(
 
 
 def drop_duplicates(sources: list[Source]) -> tuple[list[Source], list[Skipped]]:
-    """The first source of each (real file, start, end); later ones as "duplicate" skips naming
-    both places, so one recording is not trained twice per epoch under two keys."""
+    """The first source of each (real file, start, end); later ones as skips naming both places,
+    so one recording is not trained twice per epoch under two keys: a "duplicate" when the labels
+    agree, a "label conflict" (naming both labels) when they do not."""
     first_seen: dict[tuple, Source] = {}
     kept, duplicates = [], []
     for source in sources:
@@ -183,18 +185,28 @@ def drop_duplicates(sources: list[Source]) -> tuple[list[Source], list[Skipped]]
             source.start_s,
             source.end_s,
         )
-        if identity in first_seen:
+        first = first_seen.get(identity)
+        if first is None:
+            first_seen[identity] = source
+            kept.append(source)
+        elif first.labels != source.labels:
+            duplicates.append(
+                Skipped(
+                    source.path,
+                    LABEL_CONFLICT,
+                    f"{source.origin}: labelled {';'.join(source.labels)!r}, but {first.origin} labels the same "
+                    f"file and segment {';'.join(first.labels)!r}; kept {first.origin}'s (fix the manifest)",
+                )
+            )
+        else:
             duplicates.append(
                 Skipped(
                     source.path,
                     "duplicate",
-                    f"{source.origin}: same file and segment as {first_seen[identity].origin}; "
+                    f"{source.origin}: same file and segment as {first.origin}; "
                     "kept once (--keep-duplicates keeps both)",
                 )
             )
-            continue
-        first_seen[identity] = source
-        kept.append(source)
     return kept, duplicates
 
 

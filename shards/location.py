@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -192,7 +193,7 @@ class Location:
             self._retrying(lambda: self.fs.pipe_file(self.path, buffer.getvalue()), "write")
             return
         self.local.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.local.with_name(f"{TEMP_PREFIX}{self.name}.{os.getpid()}")
+        temporary = self.local.with_name(f"{TEMP_PREFIX}{self.name}.{os.getpid()}-{threading.get_ident()}")
         try:
             with open(temporary, "wb") as handle:
                 writer(handle)
@@ -216,6 +217,14 @@ class Location:
             self.write_bytes(Path(source).read_bytes())
         else:
             self._retrying(lambda: self.fs.put_file(str(source), self.path), "upload to")
+
+    def rename(self, target: Location) -> None:
+        """Move this file to `target` in the same store (an object store copies, then deletes)."""
+        self._check_writable()
+        if self.is_local:
+            os.replace(self.local, target.local)
+        else:
+            self._retrying(lambda: self.fs.mv(self.path, target.path), "move")
 
     def mkdir(self) -> None:
         """A local folder (and its parents); object stores have no folders, so nothing to do there."""

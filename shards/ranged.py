@@ -9,13 +9,12 @@ unreadable after that, or is missing or forbidden, fails only the spans inside i
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from fsspec.utils import merge_offset_ranges
 
 from shards.location import Location
-from shards.retry import DEFAULT_POLICY, PROCESS_RETRIES, RetryPolicy, is_transient
+from shards.retry import RetryCounter, RetryPolicy, retry_each
 
 MAX_GAP = 16 * 1024  # bytes of other members worth reading to save a request
 
@@ -42,8 +41,8 @@ def read_spans(
     spans: list[Span], policy: RetryPolicy | None = None, max_gap: int | None = None
 ) -> tuple[list[bytes | Exception], ReadStats]:
     """The bytes of each span (shorter where its file ends early), or the error that kept them
-    (defaults: `DEFAULT_POLICY`, `MAX_GAP`, read when called)."""
-    policy, max_gap = policy or DEFAULT_POLICY, MAX_GAP if max_gap is None else max_gap
+    (defaults: `shards.retry.default_policy()`, `MAX_GAP`, read when called)."""
+    max_gap = MAX_GAP if max_gap is None else max_gap
     stats = ReadStats()
     by_url = {span.location.url: span.location for span in spans}
     urls, starts, ends = merge_offset_ranges(
@@ -57,21 +56,22 @@ def read_spans(
     return [_cut(found[span.location.url], span) for span in spans], stats
 
 
-def _fetch(requests: list[tuple[Location, int, int]], policy: RetryPolicy, stats: ReadStats) -> list[bytes | Exception]:
+def _fetch(
+    requests: list[tuple[Location, int, int]], policy: RetryPolicy | None, stats: ReadStats
+) -> list[bytes | Exception]:
     """Each request's bytes or final error; transient failures are sent again, on their own."""
-    results: list[bytes | Exception | None] = [None] * len(requests)
-    pending = list(range(len(requests)))
-    for attempt in range(policy.attempts):
-        if attempt:
-            time.sleep(policy.delay(attempt - 1))
-            stats.retries += len(pending)
-            PROCESS_RETRIES.retries += len(pending)
+    retries = RetryCounter()
+
+    def attempt(pending: list[int]) -> list[bytes | Exception]:
         stats.requests += len(pending)
-        for i, result in zip(pending, _cat_ranges([requests[i] for i in pending])):
-            results[i] = result
-        pending = [i for i in pending if isinstance(results[i], Exception) and is_transient(results[i])]
-        if not pending:
-            break
+        return _cat_ranges([requests[i] for i in pending])
+
+    def what(pending: list[int]) -> str:
+        urls = sorted({requests[i][0].url for i in pending})
+        return f"read {urls[0]}" + (f" and {len(urls) - 1} other file(s)" if len(urls) > 1 else "")
+
+    results = retry_each(attempt, len(requests), what, policy, retries)
+    stats.retries += retries.retries
     stats.failed += sum(isinstance(r, Exception) for r in results)
     return results
 

@@ -24,7 +24,7 @@ from shards.audio import decode_pcm16
 from shards.checksum import checksum, checksum_problem
 from shards.location import Location
 from shards.ranged import Span, read_spans
-from shards.retry import http_status
+from shards.retry import StorageFailure, http_status
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,7 @@ def read_member(shard: str | Path | Location, key: str, member: Member) -> tuple
     checked (`IntegrityError` says what is wrong), no scan of the shard."""
     location = Location.of(shard)
     [data], _ = read_spans([member_span(location, member)])
+    check_read(location, data)
     problem = member_problem(data, key, member)
     if problem:
         raise IntegrityError(f"{location} {key}: {problem}")
@@ -154,17 +155,24 @@ def member_span(shard: Location, member: Member) -> Span:
     return Span(shard, max(member.offset - tarfile.BLOCKSIZE, 0), member.offset + member.nbytes)
 
 
+def check_read(shard: Location, data: bytes | Exception) -> None:
+    """Raise the storage's failure behind a member's read, if that is why it failed: the store
+    unreachable for the whole time budget, the shard or its bucket gone, access refused. Never a
+    hole: a job stops on it. (A range past the end of the shard is the shard's own problem.)"""
+    if not isinstance(data, Exception) or http_status(data) == 416:
+        return
+    if isinstance(data, StorageFailure):
+        raise data
+    raise StorageFailure(f"cannot read {shard}: {data}") from data
+
+
 def member_problem(data: bytes | Exception, key: str, member: Member) -> str | None:
     """Why `data`, read for `member_span(member)`, is not `key`'s wav as the index describes it
-    (None if it is): a failed read, a shard that ends early, a header naming another member,
-    a checksum that differs."""
+    (None if it is): a shard that ends early, a header naming another member, a checksum that
+    differs. A failed read other than a range past the end is `check_read`'s, called first."""
     if member.offset < tarfile.BLOCKSIZE or member.offset % tarfile.BLOCKSIZE:
         return f"offset {member.offset} is not where a tar member's data can start"
-    if isinstance(data, Exception):
-        if http_status(data) == 416:  # a range that starts past the end of the object
-            return f"offset {member.offset} is past the end of the shard"
-        return f"shard unreadable: {data}"
-    if len(data) <= tarfile.BLOCKSIZE:
+    if isinstance(data, Exception) or len(data) <= tarfile.BLOCKSIZE:  # an error here: HTTP 416
         return f"offset {member.offset} is past the end of the shard"
     if len(data) < tarfile.BLOCKSIZE + member.nbytes:
         missing = tarfile.BLOCKSIZE + member.nbytes - len(data)

@@ -4,7 +4,10 @@
 127.0.0.1. `FaultyProxy` relays HTTP to it and, by a seeded draw per request, answers 503 or
 cuts the connection halfway through the answer (a reset mid-transfer; a connection dropped before
 any answer would be resent by the HTTP client itself, unseen); requests whose path contains a `poisoned` string fail
-every time (HTTP 500). It counts what it did, so tests can compare with what the client counted.
+every time (HTTP 500). An outage window (`outage`) fails every request for some seconds, by dropped
+connections or 503s, from the n-th request for a given path on; `delete_bucket` deletes a bucket
+on the server when the n-th request for a path arrives (mid-run, at a known point). It counts what
+it did, so tests can compare with what the client counted.
 """
 
 from __future__ import annotations
@@ -86,7 +89,9 @@ class FaultyProxy:
         self.latency_s = latency_s  # added before each answer: a remote store's time to first byte
         self.random = random.Random(seed)
         self.lock = threading.Lock()
-        self.counts = {"relayed": 0, "503": 0, "cut": 0, "poisoned": 0}
+        self.counts = {"relayed": 0, "503": 0, "cut": 0, "poisoned": 0, "outage": 0}
+        self._outage: dict | None = None  # {"countdown", "match", "seconds", "kind", "until"}
+        self._deletion: dict | None = None  # {"countdown", "match", "bucket"}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -96,9 +101,63 @@ class FaultyProxy:
         self.server.shutdown()
         self.server.server_close()
 
+    def outage(self, seconds: float, after: int = 1, match: str = ".tar", kind: str = "reset") -> None:
+        """Fail every request for `seconds`, starting at the `after`-th request whose path contains
+        `match` from now on: `kind` "reset" drops each connection without an answer, "503" answers
+        503 (an unreachable store, a throttling one)."""
+        with self.lock:
+            self._outage = {"countdown": after, "match": match, "seconds": seconds, "kind": kind, "until": None}
+
+    def end_outage(self) -> None:
+        with self.lock:
+            self._outage = None
+
+    def delete_bucket(self, bucket: str, after: int = 1, match: str = ".tar") -> None:
+        """Delete `bucket` (its objects, then itself) on the server when the `after`-th request
+        whose path contains `match` arrives, before that request is relayed."""
+        with self.lock:
+            self._deletion = {"countdown": after, "match": match, "bucket": bucket}
+
+    def _in_outage(self, path: str) -> str | None:
+        """The outage's kind if this request falls in it (call with the lock held)."""
+        outage = self._outage
+        if outage is None:
+            return None
+        if outage["until"] is None and outage["match"] in path:
+            outage["countdown"] -= 1
+            if outage["countdown"] <= 0:
+                outage["until"] = time.monotonic() + outage["seconds"]
+        return outage["kind"] if outage["until"] is not None and time.monotonic() < outage["until"] else None
+
+    def _bucket_to_delete(self, path: str) -> str | None:
+        with self.lock:
+            deletion = self._deletion
+            if deletion is None or deletion["match"] not in path:
+                return None
+            deletion["countdown"] -= 1
+            if deletion["countdown"] > 0:
+                return None
+            self._deletion = None
+            return deletion["bucket"]
+
+    def _delete(self, bucket: str) -> None:
+        import s3fs
+
+        fs = s3fs.S3FileSystem(
+            skip_instance_cache=True, client_kwargs={"endpoint_url": f"http://127.0.0.1:{self.target_port}"}
+        )
+        fs.rm(bucket, recursive=True)
+        if fs.exists(bucket):
+            fs.rmdir(bucket)
+
     def _fate(self, method: str, path: str) -> str:
         """What happens to this request (a HEAD answer has no body to cut short: it gets 503)."""
         with self.lock:
+            outage = self._in_outage(path)
+            if outage is not None:
+                fate = "outage-" + outage
+                self.counts["outage"] += 1
+                return fate
             if any(p in path for p in self.poisoned):
                 fate = "poisoned"
             elif self.random.random() < self.fail_fraction:
@@ -120,9 +179,16 @@ class FaultyProxy:
             def _relay(self):
                 body = self._body()
                 fate = proxy._fate(self.command, self.path)
+                bucket = proxy._bucket_to_delete(self.path)
+                if bucket is not None:
+                    proxy._delete(bucket)
                 time.sleep(proxy.latency_s)
-                if fate in ("503", "poisoned"):
-                    status = 503 if fate == "503" else 500
+                if fate == "outage-reset":
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if fate in ("503", "poisoned", "outage-503"):
+                    status = 500 if fate == "poisoned" else 503
                     self.send_response(status)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
@@ -137,7 +203,8 @@ class FaultyProxy:
                 for name, value in answer.getheaders():
                     if name.lower() not in ("transfer-encoding", "content-length", "connection", "date", "server"):
                         self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
+                length = answer.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))  # a HEAD tells the object's size
                 self.end_headers()
                 upstream.close()
                 if fate == "cut":

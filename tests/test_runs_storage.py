@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +92,9 @@ def test_a_run_on_s3_trains_and_resumes_from_its_checkpoint_there(
     assert not [n for n in ours if n.rsplit("/", 1)[-1].startswith(".")]  # no probe, no temporary object
     capfd.readouterr()
     assert train_job.main([*train_args(shards, run, "--epochs", "2", "--wandb", "disabled"), "--resume"]) == 0
-    assert "resuming from checkpoint epoch-0001-step-0000000.pt: epoch 2, step 0" in capfd.readouterr().out
+    out = capfd.readouterr().out
+    assert "resuming from checkpoint epoch-0001-step-0000000.pt: epoch 2, step 0" in out
+    assert "failed samples (holes left as padding, over 2 epoch(s)): train 0, validation (train) 0" in out
     history = json.loads(Location.of(f"{run}/history.json").read_text())
     assert [m["epoch"] for m in history] == [1, 2]
     names = bucket_names(run)
@@ -103,6 +107,47 @@ def test_a_run_on_s3_trains_and_resumes_from_its_checkpoint_there(
     )
     keys = json.loads(Location.of(f"{run}/keys/epoch-001.json").read_text())
     assert keys["exactly_once"] and keys["delivered"] == len(ShardDataset(synthetic_shards).index("train"))
+
+
+def delete_bucket_when(bucket: str, appears: Path, timeout_s: float = 120) -> threading.Thread:
+    """Delete `bucket` (objects, then the bucket) as soon as the file `appears` exists."""
+    import s3fs
+
+    def watch():
+        deadline = time.monotonic() + timeout_s
+        while not appears.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        fs.rm(bucket, recursive=True)
+        if fs.exists(bucket):
+            fs.rmdir(bucket)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_bucket_deleted_mid_run_stops_it_with_exit_2_naming_it_and_keeps_its_checkpoint(
+    s3_bucket, synthetic_shards, ray_local, train_job, capfd, tmp_path
+):
+    """The shards' bucket goes away after the run's first step checkpoint: the Ray Data tasks that
+    read the shards fail, and the run stops with one line of ours naming the bucket's shard (no
+    hole, no second attempt), and the step checkpoint
+    it leaves loads (`--resume` continues from it: tests/test_train_job.py holds such a resume
+    bitwise equal to an uninterrupted run)."""
+    shards, run = upload_folder(synthetic_shards, f"{s3_bucket}/shards"), tmp_path / "run"
+    watcher = delete_bucket_when(s3_bucket[5:], run / "checkpoints" / "epoch-0000-step-0000001.pt")
+    capfd.readouterr()
+    flags = ["--epochs", "1", "--checkpoint-every", "1", "--wandb", "disabled", "--loader", "ray"]
+    assert train_job.main(train_args(shards, str(run), *flags)) == 2
+    watcher.join()
+    captured = capfd.readouterr()
+    ours = [line for line in captured.err.splitlines() if not line.startswith("\x1b[36m(")]  # Ray's are prefixed
+    [line] = [line for line in ours if "error" in line.lower() or "Traceback" in line]
+    assert line.startswith(f"error: cannot read {shards}/train/shard-") and "bucket does not exist" in line
+    assert "restarting" not in captured.out and not (run / "history.json").exists()
+    latest = CheckpointStore(run / "checkpoints").usable()
+    assert latest is not None and latest.name.startswith("epoch-0000-step-")
 
 
 def test_a_url_run_keeps_wandb_files_in_a_local_folder_named_after_it(s3_bucket, synthetic_shards, train_job):

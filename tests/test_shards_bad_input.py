@@ -251,7 +251,7 @@ def test_a_duplicate_row_is_kept_once_and_listed_unless_asked_to_keep_both(bad_f
     rows = [
         {"path": "mixed/good_mono16k.wav", "label": "a"},
         {"path": "mixed/stereo44k.wav", "label": "a"},
-        {"path": "mixed/./good_mono16k.wav", "label": "b"},
+        {"path": "mixed/./good_mono16k.wav", "label": "a"},
         {"path": "mixed/good_mono16k.wav", "label": "a", "start": "0.5"},
     ]
     manifest = write_rows(bad_folder.parent / "rows.csv", rows)

@@ -91,7 +91,7 @@ def test_overwrite_leaves_no_stale_objects_and_a_crash_leaves_no_dataset_json(
 
     faulty_s3(poisoned=("shard-000001",))  # every request for that shard fails: its upload cannot succeed
     capsys.readouterr()
-    assert build(make_shards, clips, remote, "--overwrite") == 2
+    assert build(make_shards, clips, remote, "--overwrite", "--storage-timeout", "1") == 2
     err = capsys.readouterr().err
     assert "shard-000001.tar" in err and f"{remote} is left without {DATASET_FILE}" in err
     assert DATASET_FILE not in objects(remote)

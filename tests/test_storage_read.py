@@ -1,10 +1,12 @@
 """Reading shard sets from object storage (a real S3 server, moto, on 127.0.0.1): locations, ranged
-reads coalesced per run of members, the stream equal to the local one, faults retried and counted,
-a permanently failing shard a set of named holes."""
+reads coalesced per run of members, the stream equal to the local one, faults retried and counted;
+an outage within the time budget costs nothing, a longer one (or a shard the store never serves,
+or a deleted bucket) stops the stream naming the URL, never a hole."""
 
 from __future__ import annotations
 
 import pickle
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,11 +18,12 @@ from loaders import PackedStream
 from shards import ShardDataset
 from shards.location import Location
 from shards.ranged import MAX_GAP, Span, read_spans
-from shards.retry import PROCESS_RETRIES, RetryPolicy, is_transient
+from shards.retry import PROCESS_RETRIES, StorageFailure, is_transient
 
 from object_store import S3Server
 
 STREAM = dict(rows_per_batch=2, max_tokens=256, buffer=16, scales=(1.0, 2.0), backend="local")
+SMALL_BATCHES = dict(rows_per_batch=1, max_tokens=128)  # about 20 steps: room for a fault mid-epoch
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +42,10 @@ def epoch_of(source, **changes) -> list:
 
 
 def same(a: list, b: list) -> bool:
+    """Bitwise the same batches: keys, labels and every tensor of the packed rows."""
+    tensors = ("patches", "segment_ids", "freq_pos", "time_pos", "labels", "row", "slot", "n_tokens", "scale")
     return len(a) == len(b) and all(
-        x.keys == y.keys and torch.equal(x.patches, y.patches) and torch.equal(x.segment_ids, y.segment_ids)
+        x.keys == y.keys and all(torch.equal(getattr(x, name), getattr(y, name)) for name in tensors)
         for x, y in zip(a, b)
     )
 
@@ -61,6 +66,11 @@ def requests_for(split: Path, keys: list[str]) -> tuple[int, int]:
             same_shard and order[(row["shard"], row["offset"])] == order[(previous["shard"], previous["offset"])] + 1
         )
     return requests, runs
+
+
+def halfway(shards: Path, epoch: list) -> int:
+    """The shard request in the middle of an epoch's reads (from the index: see `requests_for`)."""
+    return sum(requests_for(shards / "train", batch.keys)[0] for batch in epoch) // 2
 
 
 def test_locations_name_local_paths_and_urls_one_way(tmp_path, monkeypatch):
@@ -139,28 +149,55 @@ def test_a_faulty_store_loses_nothing_and_every_retry_is_counted(synthetic_shard
     assert stream.stats[0]["retries"] == sum(b.retries for b in remote) > 0
 
 
-def test_a_shard_that_always_fails_becomes_named_holes_and_costs_nothing_else(
-    synthetic_shards, remote_set, faulty_s3, capsys, monkeypatch
-):
-    monkeypatch.setattr("shards.ranged.DEFAULT_POLICY", RetryPolicy(attempts=3, base_s=0.01))
-    local = epoch_of(synthetic_shards / "train")
-    faulty_s3(poisoned=("train/shard-000001.tar",))
-    stream = PackedStream(f"{remote_set}/train", **STREAM)
+def test_an_outage_of_20_s_mid_epoch_loses_nothing(synthetic_shards, remote_set, faulty_s3):
+    """Every request dropped for 20 s from the middle of the epoch's reads on: the stream waits it out
+    (retries within its 30 s budget) and the epoch is bitwise the fault-free one."""
+    local = epoch_of(synthetic_shards / "train", **SMALL_BATCHES)
+    proxy = faulty_s3()
+    proxy.outage(20, after=halfway(synthetic_shards, local))
+    started = time.monotonic()
+    stream = PackedStream(f"{remote_set}/train", **(STREAM | SMALL_BATCHES), storage_timeout=30)
     remote = list(stream.epoch(0))
-    lost = {f["key"] for b in remote for f in b.failed}
-    index = ShardDataset(synthetic_shards).index("train").to_pylist()
-    assert lost == {row["key"] for row in index if row["shard"] == "shard-000001.tar"} and lost
-    assert all("shard-000001.tar" in f["shard"] and "shard unreadable" in f["reason"] for b in remote for f in b.failed)
-    assert stream.stats[0]["failed"] == len(lost)
-    delivered = {k for b in remote for k in b.keys}
-    assert delivered == {row["key"] for row in index} - lost  # every other sample, once
-    for a, b in zip(local, remote):
-        for key in set(b.keys):
-            i, j = a.keys.index(key), b.keys.index(key)
-            mask_a = (a.segment_ids[a.row[i]] == a.slot[i]).nonzero().squeeze(1)
-            mask_b = (b.segment_ids[b.row[j]] == b.slot[j]).nonzero().squeeze(1)
-            assert torch.equal(a.patches[a.row[i], mask_a], b.patches[b.row[j], mask_b])
-    assert "shard-000001.tar" in capsys.readouterr().err
+    assert time.monotonic() - started >= 20 and proxy.counts["outage"] > 3
+    assert same(local, remote) and stream.stats[0]["failed"] == 0 and stream.stats[0]["retries"] > 0
+
+
+def test_an_outage_past_the_budget_stops_naming_the_url_and_the_epoch_continues_exactly(
+    synthetic_shards, remote_set, faulty_s3
+):
+    local = epoch_of(synthetic_shards / "train", **SMALL_BATCHES)
+    proxy = faulty_s3()
+    proxy.outage(600, after=halfway(synthetic_shards, local), kind="503")
+    stream = PackedStream(f"{remote_set}/train", **(STREAM | SMALL_BATCHES), storage_timeout=1)
+    delivered = []
+    with pytest.raises(StorageFailure, match=rf"read {remote_set}/train/shard-\d{{6}}\.tar.* 1 s budget"):
+        for batch in stream.epoch(0):
+            delivered.append(batch)
+    assert 0 < len(delivered) < len(local) and not any(b.failed for b in delivered)
+    proxy.end_outage()  # the store is back: the epoch continues at the first step it lacks
+    assert same(local, delivered + list(stream.epoch(0, start_step=len(delivered))))
+
+
+def test_a_shard_the_store_never_serves_stops_the_stream_and_is_no_hole(remote_set, faulty_s3):
+    faulty_s3(poisoned=("train/shard-000001.tar",))
+    stream = PackedStream(f"{remote_set}/train", **(STREAM | SMALL_BATCHES), storage_timeout=0.5)
+    with pytest.raises(StorageFailure, match=f"read {remote_set}/train/shard-000001.tar"):
+        list(stream.epoch(0))
+
+
+def test_a_bucket_deleted_mid_epoch_stops_the_stream_naming_it(synthetic_shards, s3_bucket, faulty_s3):
+    import s3fs
+
+    s3fs.S3FileSystem(skip_instance_cache=True).put(str(synthetic_shards), f"{s3_bucket[5:]}/set", recursive=True)
+    proxy = faulty_s3()
+    proxy.delete_bucket(
+        s3_bucket[5:], after=halfway(synthetic_shards, epoch_of(synthetic_shards / "train", **SMALL_BATCHES))
+    )
+    stream = PackedStream(f"{s3_bucket}/set/train", **(STREAM | SMALL_BATCHES))
+    started = time.monotonic()
+    with pytest.raises(StorageFailure, match=f"cannot read {s3_bucket}/set/train/shard-.*bucket does not exist"):
+        list(stream.epoch(0))
+    assert time.monotonic() - started < 10  # a refusal is not waited out
 
 
 def test_a_shard_set_served_over_plain_http_streams_the_same(synthetic_shards, s3_server):

@@ -237,7 +237,15 @@ def test_one_stream_config_whether_given_whole_by_name_or_from_a_train_config(de
     from elasticast.training.config import TrainConfig
 
     settings = dict(
-        rows_per_batch=2, max_tokens=1024, buffer=32, scales=SCALES, seed=3, freq_mask=8, backend="local", workers=1
+        rows_per_batch=2,
+        max_tokens=1024,
+        buffer=32,
+        scales=SCALES,
+        seed=3,
+        freq_mask=8,
+        backend="local",
+        workers=1,
+        max_failed=TrainConfig.max_failed,
     )
     config = StreamConfig(**settings)
     by_name = PackedStream(demo_shards / "train", **settings, rank=1, world=2)

@@ -187,22 +187,6 @@ def test_bad_runs_are_refused_before_training(
     assert message in capsys.readouterr().err
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 12 MiB tmpfs (room for one checkpoint of the 1-block model, 7.8 MB, not for two), unmounted afterwards."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True, text=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
-
-
 def remount(disk: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(disk)], check=True)
 

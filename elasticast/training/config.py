@@ -20,6 +20,7 @@ from loaders.pack import MODES
 from loaders.tokens import COMPRESSIONS, RECIPES
 from shards.location import Location
 from shards.parallel import BACKENDS
+from shards.retry import DEFAULT_TIMEOUT_S
 
 CHOICES = {
     "preset": tuple(PRESETS),
@@ -138,6 +139,15 @@ class TrainConfig:
     loader_workers: int = knob(1, "concurrent Ray Data tasks per rank (--loader ray)")
     loader_cpus: float = knob(1.0, "Ray CPUs per loader task (fractions allowed)")
     max_failures: int = knob(1, "worker failures Ray Train recovers from, each from the latest checkpoint")
+    storage_timeout: float = knob(
+        DEFAULT_TIMEOUT_S,
+        "seconds an object store may stay unreachable (retried, backoff capped at 20 s) before the run stops with exit 2",
+    )
+    max_failed: float = knob(
+        0.001,
+        "holes (samples with bad bytes, left as padding) allowed per epoch, split and rank: a count (>= 1) or a "
+        "fraction of the samples (< 1); more stop the run with exit 2",
+    )
     wandb: str = knob("offline", "wandb mode: offline (default; wandb sync later), online or disabled")
     wandb_project: str = knob("elasticast", "wandb project name")
     wandb_dir: str = knob(
@@ -179,6 +189,10 @@ class TrainConfig:
             raise ValueError(f"fixed_frames must be 0 (off) or at least one 16-frame patch, got {self.fixed_frames}")
         if self.checkpoint_every < 0 or self.depth < 0:
             raise ValueError(f"checkpoint_every ({self.checkpoint_every}) and depth ({self.depth}) must be >= 0")
+        if self.storage_timeout < 0 or self.max_failed < 0:
+            raise ValueError(
+                f"storage_timeout ({self.storage_timeout}) and max_failed ({self.max_failed}) must be >= 0"
+            )
         if not 0 <= self.stop_after <= self.epochs:
             raise ValueError(f"stop_after must be in 0..epochs ({self.epochs}), got {self.stop_after}")
 
@@ -210,6 +224,8 @@ class TrainConfig:
             worker_cpus=self.loader_cpus,
             weights=self.weights or None,
             weight_by=self.weight_by,
+            storage_timeout=self.storage_timeout,
+            max_failed=self.max_failed,
         )
         return StreamConfig(**(settings | changes))
 
