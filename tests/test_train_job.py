@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import torch
 from elasticast import Classifier, load_checkpoint
 from elasticast.checkpoint import CheckpointStore
 from elasticast.training.config import TrainConfig
+from jobs import evaluate as evaluate_job
 from shards.inputs import write_manifest
 
 from conftest import write_fsdd_manifest
@@ -125,6 +127,13 @@ def test_a_mix_killed_mid_epoch_on_three_workers_resumes_on_two_with_every_key_o
     assert [round(m["share"], 2) for m in metrics["mix"].values()] == [0.7, 0.3]
     assert metrics["val_samples/0:shards"] == 60 and metrics["val_samples/1:shards"] + 60 == metrics["val_samples"]
     assert {"val_metric/0:shards", "val_metric/1:shards"} <= set(metrics)
+    for source, shards in enumerate((fsdd_small_shards, fsdd_other_shards)):  # the mixed model, per source
+        out = tmp_path / f"eval-{source}"
+        argv = ["--checkpoint", str(run / "best.pt"), "--shards", str(shards / "test"), "--out", str(out)]
+        assert evaluate_job.main([*argv, "--sweeps", "length", "--lengths", "64"]) == 0
+        with (out / "results.csv").open() as handle:
+            native = next(row for row in csv.DictReader(handle) if row["point"] == "native")
+        assert float(native["metric"]) == pytest.approx(metrics[f"val_metric/{source}:shards"], abs=1e-6)
 
 
 def without_timings(metrics: dict) -> dict:
