@@ -34,15 +34,16 @@ demo: $(RUNS)/eval/results.md
 	@echo "plot: $(RUNS)/eval/length.png (accuracy vs maximum length; stars: native / trained length)"
 	@echo "runs: $(MODELS:%=$(RUNS)/%) (metrics.json, best.pt); how to read this: docs/demo.md"
 
+# Two pytest workers; the tests of one Ray instance share a worker (tests/conftest.py groups them).
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow and not ray and not fsdd"
+	$(PY) -m pytest -n 2 --dist loadgroup -m "not slow and not ray and not fsdd"
 
 clean:
 	rm -rf $(VENV) $(DEMO) $(RUNS)

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 import uuid
 
@@ -31,6 +30,7 @@ from elasticast.training.config import TrainConfig
 from elasticast.training.epoch_report import delivery_check, epoch_metrics, progress_line
 from elasticast.training.loop import EpochResult, build_model, train_epoch
 from elasticast.training.schedule import make_optimizer, make_scheduler
+from jobs.console import CONSOLE, Console
 from loaders import PackedStream
 from shards.location import Location
 
@@ -106,19 +106,14 @@ def save_inference(location: Location, model, train: PackedStream, config: Train
     )
 
 
-def say(message: str) -> None:
-    """A worker's line, printed once: Ray Train's patched `print` would also echo it through its
-    logger when stdout is wrapped, and the driver would show it twice."""
-    print(message, file=sys.__stdout__, flush=True)
-
-
 def train_worker(values: dict) -> None:
     """One Ray Train worker = one DDP rank. Rank 0 writes the run folder and the checkpoints;
     a restarted worker group continues from the latest complete checkpoint."""
     import ray.train
     import ray.train.torch
 
-    config = TrainConfig(**values)
+    console = Console(values.get(CONSOLE))
+    config = TrainConfig(**{k: v for k, v in values.items() if k != CONSOLE})
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(config.threads or max(1, (os.cpu_count() or 1) // context.get_local_world_size()))
@@ -136,7 +131,9 @@ def train_worker(values: dict) -> None:
         position, history, so_far = restore_state(latest, model, optimizer, scheduler, rank, world)
         if rank == 0:
             write_text(run / "history.json", json.dumps(history, indent=1))  # no epoch the checkpoint does not hold
-            say(f"resuming from checkpoint {latest.name}: epoch {position['epoch'] + 1}, step {position['next_step']}")
+            console.say(
+                f"resuming from checkpoint {latest.name}: epoch {position['epoch'] + 1}, step {position['next_step']}"
+            )
     unused = config.model == "ast" and config.pooling == "mean"  # the [cls] token is unused then
     trained = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
     if config.compile:
@@ -188,11 +185,14 @@ def train_worker(values: dict) -> None:
                 0,
             )
             write_text(run / "history.json", json.dumps(history, indent=1))
-            say(progress_line(metrics, config.epochs, time.perf_counter() - started, epoch + 1 - position["epoch"]))
+            console.say(
+                progress_line(metrics, config.epochs, time.perf_counter() - started, epoch + 1 - position["epoch"])
+            )
             if not counts["exactly_once"]:
-                say(
+                console.say(
                     f"WARNING: epoch {epoch + 1}: {len(counts['missing'])} keys missing ({counts['failed']} failed samples), "
-                    f"{len(counts['duplicates'])} duplicated; see keys/epoch-{epoch:03d}.json"
+                    f"{len(counts['duplicates'])} duplicated; see keys/epoch-{epoch:03d}.json",
+                    error=True,
                 )
             if logger:
                 logger.log(metrics, step=epoch + 1)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -44,8 +43,8 @@ from shards.parallel import quiet_ray_data
 class PackedStream(IterableDataset):
     """Packed batches of one split of a shard set, for one trainer rank (see module docstring).
 
-    shards: a split folder (`OUT/train`), or a shard-set folder with `subset` naming the split; a
-        local path or a URL (s3://, gs://, http(s)://, ...: `shards.location`).
+    shards: a split folder (`OUT/train`), or a shard-set folder with `split` naming the split
+        (default train); a local path or a URL (s3://, gs://, http(s)://, ...: `shards.location`).
     config: a `StreamConfig`; keyword settings (its field names) build one or override its fields.
     rank / world: this data-parallel rank among `world`; every rank gets the same step count.
 
@@ -59,10 +58,9 @@ class PackedStream(IterableDataset):
         shards: str | Path,
         config: StreamConfig | None = None,
         *,
-        subset: str | None = None,
+        split: str | None = None,
         rank: int = 0,
         world: int = 1,
-        split: tuple[int, int] | None = None,
         **settings,
     ):
         if config is not None and not isinstance(config, StreamConfig):
@@ -70,29 +68,28 @@ class PackedStream(IterableDataset):
                 f"config must be a StreamConfig, got {config!r}: pass settings by name (rows_per_batch=...)"
             )
         self.config = replace(config, **settings) if config is not None else StreamConfig(**settings)
-        if split is not None:
-            warnings.warn(
-                "PackedStream(split=(rank, world)) is renamed: pass rank= and world=", DeprecationWarning, stacklevel=2
+        if split is not None and not isinstance(split, str):
+            raise TypeError(
+                f"split names the data split ('train', 'valid', 'test'), got {split!r}; ranks are rank=, world="
             )
-            rank, world = split
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} and world {world} must satisfy 0 <= rank < world")
         self.rank, self.world = rank, world
-        self.dataset, self.subset = _open(Location.of(shards), subset)
+        self.dataset, self.split = _open(Location.of(shards), split)
         stats = self.dataset.fbank_stats
         if not stats:
             raise ValueError(f"{self.dataset.root / DATASET_FILE} has no fbank statistics: rebuild it with make_shards")
         self.features = FeatureConfig(
             stream=self.config,
-            split_dir=(self.dataset.root / self.subset).url,
+            split_dir=(self.dataset.root / self.split).url,
             sample_rate=self.dataset.sample_rate,
             num_classes=len(self.dataset.labels),
             multi_label=bool(self.dataset.meta.get("multi_label")),
             mean=stats["mean"],
             std=stats["std"],
         )
-        self.dataset.shard_locations(self.subset)  # a missing shard is an error now, not mid-epoch
-        self.index = StreamIndex.read(self.dataset, self.subset)
+        self.dataset.shard_locations(self.split)  # a missing shard is an error now, not mid-epoch
+        self.index = StreamIndex.read(self.dataset, self.split)
         self._plan_index = self.index.plan_index
         self._plans: dict[int, EpochPlan] = {}
         self.stats: dict[int, dict] = {}
@@ -259,12 +256,12 @@ def _assemble_one(batch: dict, features: FeatureConfig) -> dict:
     }
 
 
-def _open(path: Location, subset: str | None) -> tuple[ShardDataset, str]:
+def _open(path: Location, split: str | None) -> tuple[ShardDataset, str]:
     if (path / DATASET_FILE).is_file():
-        return ShardDataset(path), subset or "train"
+        return ShardDataset(path), split or "train"
     if (path.parent / DATASET_FILE).is_file():
-        if subset not in (None, path.name):
-            raise ValueError(f"{path} is split {path.name!r} but subset={subset!r} was asked for")
+        if split not in (None, path.name):
+            raise ValueError(f"{path} is split {path.name!r} but split={split!r} was asked for")
         return ShardDataset(path.parent), path.name
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (no such folder, or no such bucket or prefix)")
