@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {prepared}", file=sys.stderr)
         return 2
     config, out = prepared, Location.of(prepared.out)
-    connect(verbose=config.verbose)  # RAY_ADDRESS, else a local instance of our own
+    connect(verbose=config.verbose, dashboard=True)  # RAY_ADDRESS, else a local instance of our own
     available = ray.cluster_resources()
     use_gpu = config.device == "cuda" or (config.device == "auto" and available.get("GPU", 0) > 0)
     problem = check_resources(config, use_gpu, available)
