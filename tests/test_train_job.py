@@ -124,10 +124,13 @@ def kill_mid_epoch(ray, argv: list[str], epoch: int) -> Path:
         f"the driver ended (status {driver.returncode}) before a checkpoint inside epoch {epoch + 1}"
     )
     assert mid_epoch(latest, epoch), f"no checkpoint inside epoch {epoch + 1} within the deadline (latest: {latest})"
-    workers = [
-        p
-        for p in psutil.process_iter(["cmdline", "create_time"])
-        if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and p.info["create_time"] >= started - 1
+    own = [
+        p.as_dict(["pid", "cmdline", "create_time"], ad_value=None) for p in psutil.Process().children(recursive=True)
+    ]
+    workers = [  # of this session's Ray (its raylet is a child of this process), not of another Ray on the machine
+        psutil.Process(p["pid"])
+        for p in own
+        if "RayTrainWorker" in " ".join(p["cmdline"] or []) and (p["create_time"] or 0) >= started - 1
     ]
     driver.kill()
     for worker in workers:
