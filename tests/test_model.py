@@ -251,7 +251,7 @@ def test_model_trains_on_a_real_packed_stream_batch(tmp_path, make_shards):
 
     out = tmp_path / "demo"
     assert make_shards.main(["--out", str(out), "--demo-clips", "16", "--backend", "local", "--quiet"]) == 0
-    stream = PackedStream(out / "train", rows_per_batch=2, max_tokens=2048, scales=(1.0, 2.0), backend="local")
+    stream = PackedStream(out / "train", rows_per_batch=2, max_tokens=512, scales=(1.0, 2.0), backend="local")
     model = ElasticAST(preset("tiny", num_classes=len(stream.labels), depth=2)).train().double()
     batch = next(iter(stream.epoch(0)))
     batch = PackedBatch(**{**batch.__dict__, "patches": batch.patches.double()})
