@@ -28,9 +28,8 @@ $(RUNS)/%/metrics.json: $(DEMO)/dataset.json examples/demo/%.yaml
 	@$(PY) jobs/train.py --config examples/demo/$*.yaml --shards $(DEMO) --out $(RUNS)/$* --seed $(SEED)
 
 $(RUNS)/eval/results.md: $(MODELS:%=$(RUNS)/%/metrics.json)
-	@echo "evaluating $(MODELS) across lengths ($(RUNS)/evaluate.log) ..."
 	@$(PY) jobs/evaluate.py --checkpoint $(MODELS:%=$(RUNS)/%) --shards $(DEMO)/test --out $(RUNS)/eval \
-		--sweeps length --lengths $(LENGTHS) > $(RUNS)/evaluate.log
+		--sweeps length --lengths $(LENGTHS) > $(RUNS)/evaluate.log  # its progress bar stays on the terminal
 
 demo: $(RUNS)/eval/results.md
 	@cat $<

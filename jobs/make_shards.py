@@ -176,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
                 max_duration_s=args.max_duration or None,
                 long_clips=args.long_clips,
             )
-            print(f"backend: {config.backend}" + (" (--backend auto)" if args.backend == "auto" else ""), flush=True)
+            if args.backend == "auto":  # a backend given by flag needs no echo
+                print(f"backend: {config.backend} (--backend auto)", flush=True)
             if config.backend == "ray":
                 connect(args.address, num_cpus=args.num_cpus)  # --address, RAY_ADDRESS, else a local instance
             result = build_shards(sources, skipped, config)
