@@ -84,7 +84,7 @@ def make_corpus(work: Path, clips: int, test_every: int = 0) -> Path:
                 "local",
                 "--quiet",
                 "--shard-size",
-                "16MB",
+                "16MiB",
             ]
         )
         == 0
@@ -121,7 +121,7 @@ def per_core(split_dir: Path, waves: dict[str, np.ndarray], audio_s: float) -> l
 def ray_scaling(split_dir: Path, audio_s: float) -> list[tuple]:
     """(workers, epoch, seconds to first batch, steady audio s/s after it, epoch seconds)."""
     rows = []
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     for workers in (1, 2):
         stream = PackedStream(split_dir, rows_per_batch=2, scales=SCALE_GRID, workers=workers)
         for epoch in (0, 1):

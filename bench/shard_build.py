@@ -61,7 +61,7 @@ def build(job, manifest: Path, out: Path, backend: str) -> tuple[float, int, flo
             "--backend",
             backend,
             "--shard-size",
-            "8MB",
+            "8MiB",
         ]
     )
     seconds = time.perf_counter() - started
@@ -76,7 +76,7 @@ def measure(job, name: str, manifest: Path, work: Path) -> list[dict]:
     rows.append({"data": name, "backend": "local", "cpus": 1, "run": "-", "start_s": 0.0, "build_s": seconds})
     for cpus in (1, 2):
         started = time.perf_counter()
-        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
         start_s = time.perf_counter() - started
         for run in ("cold", "warm"):
             seconds, _, _ = build(job, manifest, work / f"ray{cpus}", "ray")
@@ -106,7 +106,7 @@ def write_pass(manifest: Path, work: Path, repeats: int = 3) -> dict[str, float]
         "plain Ray tasks": lambda: ray.get([remote_write.remote(plan) for plan in plans]),
         "Ray Data": lambda: list(parallel_map(write_shard, plans, "ray")),
     }
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     best = {}
     for _ in range(repeats + 1):  # the first round warms the workers up
         for name, run in ways.items():

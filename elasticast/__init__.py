@@ -1,5 +1,10 @@
-"""The ElasticAST model: packed encoder, masked attention pooling, presets (never imports Ray).
-Names load on first use, so that a command's `--help` does not wait for torch."""
+"""The model side (never imports Ray): `model` (ElasticAST: packed encoder, masked attention
+pooling), `attention` (its kernels), `ast_baseline` (the fixed-length AST), `config` (presets),
+`weights` (initialising from a ViT-B/16 state dict), `checkpoint` (every checkpoint: inference
+files, training states, the run folder's safe writes), `inference` and `predict` (the
+`Classifier`, logits over streams), `metrics`; `training/` (Ray-free training parts) and
+`evaluation/` (sweeps across lengths and resolutions). Names load on first use, so that a
+command's `--help` does not wait for torch."""
 
 import lazy_loader
 

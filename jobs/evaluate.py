@@ -152,10 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     points = sweep_points(tuple(args.sweeps), tuple(lengths), tuple(args.scales), tuple(args.compressions))
     if args.loader == "ray":
-        import ray
+        from jobs.ray_session import connect
 
-        if not ray.is_initialized():
-            ray.init()
+        connect()  # RAY_ADDRESS, else a local instance of our own
     first = Location.of(args.checkpoint[0])
     out = Location.of(args.out) if args.out else (first if is_run_folder(first) else first.parent) / "eval"
     if out.is_read_only:

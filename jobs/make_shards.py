@@ -31,18 +31,22 @@ from shards.parallel import BACKENDS
 from shards.retry import DEFAULT_TIMEOUT_S
 
 DEMO_OUT = Path("data/demo")
-DEMO_SHARD_SIZE = "8MB"
-DEFAULT_SHARD_SIZE = "128MB"
+DEMO_SHARD_SIZE = "8MiB"
+DEFAULT_SHARD_SIZE = "128MiB"
 SHOWN_SKIPS = 30
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]?)i?B?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(|B|[KMG]i?B)\s*$")
+_UNITS = {"": 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 
 
 def parse_size(text: str) -> int:
-    """'128MB', '1.5G', '4096' → bytes (binary multiples)."""
+    """Bytes: '4096', '128MiB' (binary, 2**20) or '128MB' (decimal, 10**6), as the units say."""
     match = _SIZE.match(text)
     if not match:
-        raise argparse.ArgumentTypeError(f"--shard-size {text!r} is not a size like 128MB, 1GB or 4096")
-    return int(float(match.group(1)) * 1024 ** " KMG".index(match.group(2).upper() or " "))
+        raise argparse.ArgumentTypeError(
+            f"--shard-size {text!r} is not a size: a number of bytes with an optional unit, "
+            "KiB, MiB, GiB (powers of 1024) or KB, MB, GB (powers of 1000), e.g. 128MiB"
+        )
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,7 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--shard-size",
         type=parse_size,
-        help=f"target bytes per shard (default {DEFAULT_SHARD_SIZE}; demo {DEMO_SHARD_SIZE})",
+        help=f"target bytes per shard: KiB/MiB/GiB are powers of 1024, KB/MB/GB of 1000 (default {DEFAULT_SHARD_SIZE}; demo {DEMO_SHARD_SIZE})",
     )
     parser.add_argument("--shard-samples", type=int, help="also close a shard after this many samples")
     parser.add_argument("--seed", type=int, default=0, help="order of samples across shards (and the demo corpus)")
@@ -156,6 +160,7 @@ def choose_backend(args: argparse.Namespace, inputs: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from jobs.ray_session import connect
     from loaders.stats import fbank_stats, source_frame_cap
     from shards.build import BuildConfig, build_shards, write_metadata
     from shards.demo import write_demo_corpus
@@ -195,9 +200,10 @@ def run(args: argparse.Namespace) -> int:
                 storage_timeout_s=args.storage_timeout,
                 allow_missing=args.allow_missing,
             )
-            print(f"backend: {config.backend}" + (" (--backend auto)" if args.backend == "auto" else ""), flush=True)
+            if args.backend == "auto":  # a backend given by flag needs no echo
+                print(f"backend: {config.backend} (--backend auto)", flush=True)
             if config.backend == "ray":
-                start_ray(args.address, args.num_cpus)
+                connect(args.address, num_cpus=args.num_cpus)  # --address, RAY_ADDRESS, else a local instance
             result = build_shards(sources, skipped, config)
             stats_split = "train" if "train" in result.rows else min(result.rows)
             parameters = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
@@ -262,14 +268,6 @@ def verify(root: str) -> int:
         print(f"{problem.kind}: {problem.where}: {problem.detail}")
     print(f"{root}: {len(problems)} problem(s)" if problems else f"{root}: shard set consistent")
     return 1 if problems else 0
-
-
-def start_ray(address: str | None, num_cpus: int | None) -> None:
-    """Connect to a cluster (--address / RAY_ADDRESS) or start a local instance, once."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False)
 
 
 def train_clips(config, rows: list[dict], split: str):

@@ -32,6 +32,7 @@ import yaml
 
 from elasticast.training.config import TrainConfig, parse_args
 from jobs import make_shards
+from jobs.console import CONSOLE, relay
 from shards.location import Location
 from shards.options import DATASET_FILE
 
@@ -177,14 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     from ray.train import TrainingFailedError
 
     from elasticast.checkpoint import RunStorageError
+    from jobs.ray_session import connect
 
     prepared = prepare_run(config)
     if isinstance(prepared, str):
         print(f"error: {prepared}", file=sys.stderr)
         return 2
     config, out = prepared, Location.of(prepared.out)
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)  # joins RAY_ADDRESS / a running cluster, else starts a local one
+    connect(verbose=config.verbose, dashboard=True)  # RAY_ADDRESS, else a local instance of our own
     available = ray.cluster_resources()
     use_gpu = config.device == "cuda" or (config.device == "auto" and available.get("GPU", 0) > 0)
     problem = check_resources(config, use_gpu, available)
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         try:
-            trainer(config, use_gpu).fit()
+            with relay() as console:  # the workers' lines (progress, warnings) printed here
+                trainer(config, use_gpu, console).fit()
             break
         except TrainingFailedError as error:
             stop = storage_failure(error)
@@ -222,9 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def trainer(config: TrainConfig, use_gpu: bool):
+def trainer(config: TrainConfig, use_gpu: bool, console=None):
     """One attempt at the run. Ray Train does not retry it: `main` does, after telling failures
-    of the run folder's storage (not worth a retry) from the rest."""
+    of the run folder's storage (not worth a retry) from the rest. The workers print through
+    `console` (a `jobs.console.relay` queue)."""
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -232,7 +235,7 @@ def trainer(config: TrainConfig, use_gpu: bool):
 
     return TorchTrainer(
         train_worker,
-        train_loop_config=config.to_dict(),
+        train_loop_config=config.to_dict() | {CONSOLE: console},
         scaling_config=ScalingConfig(
             num_workers=config.workers, use_gpu=use_gpu, resources_per_worker={"CPU": config.cpus_per_worker}
         ),
@@ -240,7 +243,7 @@ def trainer(config: TrainConfig, use_gpu: bool):
             name=RAY_DIR,
             storage_path=config.out,  # a URL too: Ray Train writes through pyarrow.fs (which reads AWS_*)
             failure_config=FailureConfig(max_failures=0),
-            logging_config=LoggingConfig(log_level="WARNING"),
+            logging_config=LoggingConfig(log_level="INFO" if config.verbose else "WARNING"),
         ),  # main reports a failure, in one line
     )
 
@@ -249,13 +252,16 @@ def storage_failure(error: Exception) -> str | None:
     """The message of a worker's failure that no retry can fix, within a failed `fit()`, if any: a
     `StorageFailure` (the run folder or the shards' store; `RunStorageError` is one), a refusal
     (no such file or bucket, access denied), or more holes than `--max-failed` allows, wherever it
-    lies in the chain of causes (a Ray Data task's error arrives wrapped). Ray Train wraps a
-    worker's exception (with its traceback text) and keeps the original as `_base_exc`."""
+    lies in the chain of causes (a Ray Data task's error arrives wrapped). Ray Train's
+    `WorkerGroupError.worker_failures` holds each failed rank's own exception."""
+    from ray.train import WorkerGroupError
+
     from loaders import FailureBudgetExceeded
     from shards.retry import StorageFailure, causes
 
-    for failure in getattr(error, "worker_failures", {}).values():
-        for cause in causes(getattr(failure, "_base_exc", failure)):
+    failures = error.worker_failures.values() if isinstance(error, WorkerGroupError) else ()
+    for failure in failures:
+        for cause in causes(failure):
             if isinstance(cause, (StorageFailure, FailureBudgetExceeded, FileNotFoundError, PermissionError)):
                 return str(cause)
     return None

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 import uuid
 
@@ -31,6 +30,7 @@ from elasticast.training.epoch_report import delivery_check, epoch_metrics, prog
 from elasticast.training.init import Start, feature_settings, read_start, start_model
 from elasticast.training.loop import EpochResult, train_epoch
 from elasticast.training.schedule import make_optimizer, make_scheduler, rescale_schedule
+from jobs.console import CONSOLE, Console
 from loaders import FailureBudgetExceeded, PackedStream
 from shards.location import Location
 from shards.retry import set_storage_timeout
@@ -68,7 +68,7 @@ def validate(model, valid: dict[str, PackedStream], device, world: int, weights:
         lost = sum(gather(stream.stats[0]["failed"], world))
         if not samples[name]:
             raise FailureBudgetExceeded(
-                f"validation on {stream.dataset.root / stream.subset} scored 0 samples ({lost} failed)"
+                f"validation on {stream.dataset.root / stream.split} scored 0 samples ({lost} failed)"
             )
         scores[name] = score(torch.cat([p[1] for p in predictions]), torch.cat([p[2] for p in predictions]))
         failed += lost
@@ -152,19 +152,14 @@ def save_inference(location: Location, model, train: PackedStream, config: Train
     )
 
 
-def say(message: str) -> None:
-    """A worker's line, printed once: Ray Train's patched `print` would also echo it through its
-    logger when stdout is wrapped, and the driver would show it twice."""
-    print(message, file=sys.__stdout__, flush=True)
-
-
 def train_worker(values: dict) -> None:
     """One Ray Train worker = one DDP rank. Rank 0 writes the run folder and the checkpoints;
     a restarted worker group continues from the latest complete checkpoint."""
     import ray.train
     import ray.train.torch
 
-    config = TrainConfig(**values)
+    console = Console(values.get(CONSOLE))
+    config = TrainConfig(**{k: v for k, v in values.items() if k != CONSOLE})
     set_storage_timeout(config.storage_timeout)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
@@ -178,7 +173,7 @@ def train_worker(values: dict) -> None:
     model = model.to(device)
     if rank == 0:
         for line in how:
-            say(f"init: {line}")
+            console.say(f"init: {line}")
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, train.steps(0), config)
     run = Location.of(config.out)
@@ -194,7 +189,7 @@ def train_worker(values: dict) -> None:
                 if saved_world != world
                 else ""
             )
-            say(
+            console.say(
                 f"resuming from checkpoint {latest.name}: epoch {position['epoch'] + 1}, "
                 f"step {position['consumed'] // world}{moved}"
             )
@@ -255,11 +250,14 @@ def train_worker(values: dict) -> None:
                 0,
             )
             write_text(run / "history.json", json.dumps(history, indent=1))
-            say(progress_line(metrics, config.epochs, time.perf_counter() - started, epoch + 1 - position["epoch"]))
+            console.say(
+                progress_line(metrics, config.epochs, time.perf_counter() - started, epoch + 1 - position["epoch"])
+            )
             if not counts["exactly_once"]:
-                say(
+                console.say(
                     f"WARNING: epoch {epoch + 1}: {len(counts['missing'])} keys missing ({counts['failed']} failed samples), "
-                    f"{len(counts['duplicates'])} duplicated; see keys/epoch-{epoch:03d}.json"
+                    f"{len(counts['duplicates'])} duplicated; see keys/epoch-{epoch:03d}.json",
+                    error=True,
                 )
             if logger:
                 logger.log(metrics, step=epoch + 1)

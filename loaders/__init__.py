@@ -1,6 +1,10 @@
-"""Data loading for packed training: token arithmetic, row packing, packed batches, the stream
-that delivers them, and the same packing over your own map-style dataset. Names load on first use
-(Numba and Ray later still); `loaders.lightning` needs Lightning, nothing else here does."""
+"""Data loading for packed training, from shards to `PackedBatch`es: `tokens` (token arithmetic),
+`pack` (row packing, with its Numba kernels and reference), `plan` and `index` (an epoch's plan
+from the index alone), `features` and `assemble` (fbanks and the batch a plan step names),
+`stream` (`PackedStream`, on Ray Data or in-process; `config` holds its `StreamConfig`), `batch`
+and `collate` (the batch), `sampler` (the same packing over your own map-style dataset), `stats`
+(dataset fbank statistics), `threads` (featurizing's torch threads), `lightning`. Names load on
+first use (Numba and Ray later still); `loaders.lightning` needs Lightning, nothing else here does."""
 
 import lazy_loader
 

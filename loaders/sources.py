@@ -28,7 +28,7 @@ class Sources:
     stream reads from (the sources joined, shard and label ids renumbered)."""
 
     datasets: list[ShardDataset]
-    subsets: list[str]
+    splits: list[str]
     indexes: list[StreamIndex]
     names: list[str]
     labels: list[str]
@@ -37,7 +37,7 @@ class Sources:
 
     @property
     def split_dirs(self) -> list[str]:
-        return [(d.root / s).url for d, s in zip(self.datasets, self.subsets)]
+        return [(d.root / s).url for d, s in zip(self.datasets, self.splits)]
 
     def features(self, config: StreamConfig, features: FeatureSpec | dict | None = None) -> FeatureConfig:
         """What the workers need: the config, where each source is, and how to featurize:
@@ -80,15 +80,15 @@ class Sources:
 
 
 def open_sources(
-    shards: str | Path | Location | Sequence[str | Path | Location], subset: str | None, labels: Sequence[str] | None
+    shards: str | Path | Location | Sequence[str | Path | Location], split: str | None, labels: Sequence[str] | None
 ) -> Sources:
     """Open every source, check they can be mixed, read and join their indexes. `labels`: the
     label list to map into (e.g. a mixed training stream's, for one source's validation split)."""
     many = [shards] if isinstance(shards, (str, Path, Location)) else list(shards)
     if not many:
         raise ValueError("PackedStream needs at least one shard set")
-    opened = [_open(Location.of(s), subset) for s in many]
-    datasets, subsets = [d for d, _ in opened], [s for _, s in opened]
+    opened = [_open(Location.of(s), split) for s in many]
+    datasets, splits = [d for d, _ in opened], [s for _, s in opened]
     first = datasets[0]
     for dataset in datasets:
         if not dataset.fbank_stats:
@@ -107,23 +107,23 @@ def open_sources(
         if unknown:
             raise ValueError(f"{dataset.root} has labels {unknown[:5]} that the stream's labels lack")
         label_maps.append(np.array([position[label] for label in dataset.labels], dtype=np.int64))
-    for dataset, subset in opened:
-        dataset.shard_locations(subset)  # a missing shard is an error now, not mid-epoch
+    for dataset, split in opened:
+        dataset.shard_locations(split)  # a missing shard is an error now, not mid-epoch
     indexes = [StreamIndex.read(d, s) for d, s in opened]
     as_read = len(indexes) == 1 and list(first.labels) == merged
     index = indexes[0] if as_read else StreamIndex.joined(indexes, label_maps)
     names = [d.root.name for d in datasets]
     if len(set(names)) < len(names):
         names = [f"{i}:{name}" for i, name in enumerate(names)]
-    return Sources(datasets, subsets, indexes, names, merged, label_maps, index)
+    return Sources(datasets, splits, indexes, names, merged, label_maps, index)
 
 
-def _open(path: Location, subset: str | None) -> tuple[ShardDataset, str]:
+def _open(path: Location, split: str | None) -> tuple[ShardDataset, str]:
     if (path / DATASET_FILE).is_file():
-        return ShardDataset(path), subset or "train"
+        return ShardDataset(path), split or "train"
     if (path.parent / DATASET_FILE).is_file():
-        if subset not in (None, path.name):
-            raise ValueError(f"{path} is split {path.name!r} but subset={subset!r} was asked for")
+        if split not in (None, path.name):
+            raise ValueError(f"{path} is split {path.name!r} but split={split!r} was asked for")
         return ShardDataset(path.parent), path.name
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist (no such folder, or no such bucket or prefix)")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -58,9 +57,9 @@ class FailureBudgetExceeded(ValueError):
 class PackedStream(IterableDataset):
     """Packed batches of one split of a shard set, for one trainer rank (see module docstring).
 
-    shards: a split folder (`OUT/train`), or a shard-set folder with `subset` naming the split; a
-        local path or a URL (s3://, gs://, http(s)://, ...: `shards.location`). A list of them:
-        a mix of sources at `config.weights` (`loaders.mix`), labels merged by name.
+    shards: a split folder (`OUT/train`), or a shard-set folder with `split` naming the split
+        (default train); a local path or a URL (s3://, gs://, http(s)://, ...: `shards.location`).
+        A list of them: a mix of sources at `config.weights` (`loaders.mix`), labels merged by name.
     labels: the label list to map the labels into, by name (default: the sources' own, merged).
     config: a `StreamConfig`; keyword settings (its field names) build one or override its fields.
     rank / world: this data-parallel rank among `world`; every rank gets the same step count.
@@ -78,11 +77,10 @@ class PackedStream(IterableDataset):
         shards: str | Path | Sequence[str | Path],
         config: StreamConfig | None = None,
         *,
-        subset: str | None = None,
+        split: str | None = None,
         rank: int = 0,
         world: int = 1,
         labels: Sequence[str] | None = None,
-        split: tuple[int, int] | None = None,
         features: FeatureSpec | dict | None = None,
         **settings,
     ):
@@ -91,16 +89,15 @@ class PackedStream(IterableDataset):
                 f"config must be a StreamConfig, got {config!r}: pass settings by name (rows_per_batch=...)"
             )
         self.config = replace(config, **settings) if config is not None else StreamConfig(**settings)
-        if split is not None:
-            warnings.warn(
-                "PackedStream(split=(rank, world)) is renamed: pass rank= and world=", DeprecationWarning, stacklevel=2
+        if split is not None and not isinstance(split, str):
+            raise TypeError(
+                f"split names the data split ('train', 'valid', 'test'), got {split!r}; ranks are rank=, world="
             )
-            rank, world = split
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} and world {world} must satisfy 0 <= rank < world")
         self.rank, self.world = rank, world
-        self.sources = open_sources(shards, subset, labels)
-        self.dataset, self.subset = self.sources.datasets[0], self.sources.subsets[0]
+        self.sources = open_sources(shards, split, labels)
+        self.dataset, self.split = self.sources.datasets[0], self.sources.splits[0]
         self.mixed = len(self.sources.indexes) > 1
         weights = self.config.weights
         if weights is not None and len(weights) != len(self.sources.indexes):

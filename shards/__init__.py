@@ -1,5 +1,9 @@
 """The shard format: WebDataset tars of PCM16 audio, a parquet index with precomputed lengths,
-and dataset.json. Writing lives in `shards.build`; this package root is the reading side (loaded on first use)."""
+and dataset.json. Reading: `dataset` (`ShardDataset`), `tar`, `audio`, `checksum`, `verify`.
+Writing: `build` (the passes), `inputs` (what to shard), `output` (how a build commits),
+`parallel` (Ray Data or in-process), `demo` (the built-in corpus), `options`. Storage: `location`
+(local paths and URLs), `ranged` and `retry` (ranged reads, transient errors). This package root
+is the reading side (loaded on first use)."""
 
 import lazy_loader
 

@@ -11,18 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from object_store import FaultyProxy, S3Server
+from object_store import FaultyProxy, S3Server, free_port, s3_environment
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = Path(os.environ.get("ELASTICAST_FSDD", REPO.parent / "shared" / "data" / "fsdd" / "recordings"))
 
 
 @pytest.fixture(scope="session")
-def s3_server():
+def s3_port() -> int:
+    """The port of the session's S3 server, chosen before either it or Ray starts: Ray's workers
+    get its AWS_* variables whether or not the server is ever started."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def s3_server(s3_port):
     """moto's S3 server on 127.0.0.1 for the whole session. The standard AWS_* variables point every
-    s3:// URL of this process and its children at it; Ray starts after them (`ray_local` asks for
-    this fixture), so its workers see the same server."""
-    server = S3Server()
+    s3:// URL of this process and its children at it (and `ray_local` gives them to Ray's workers)."""
+    server = S3Server(port=s3_port)
     saved = {name: os.environ.get(name) for name in server.environment}
     os.environ.update(server.environment)
     yield server
@@ -71,10 +77,17 @@ def faulty_s3(s3_server, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def ray_local(s3_server):
-    """One local Ray instance (2 CPUs) for the whole session; jobs run in-process reuse it."""
+def ray_local(s3_port):
+    """One local Ray instance (2 CPUs) for the whole session; jobs run in-process reuse it. Its
+    workers see the session's S3 server (`s3_server`), which need not run for tests without S3."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": s3_environment(s3_port)},
+        ignore_reinit_error=True,
+    )
     yield ray
     ray.shutdown()
 
@@ -137,7 +150,7 @@ def fsdd_shards(tmp_path_factory, fsdd_dir, ray_local, make_shards) -> Path:
     manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv")
     out = work / "shards"
     code = make_shards.main(
-        ["--manifest", str(manifest), "--out", str(out), "--shard-size", "2MB", "--backend", "ray", "--quiet"]
+        ["--manifest", str(manifest), "--out", str(out), "--shard-size", "2MiB", "--backend", "ray", "--quiet"]
     )
     assert code == 0
     return out
@@ -150,7 +163,7 @@ def fsdd_small_shards(tmp_path_factory, fsdd_dir, make_shards) -> Path:
     manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv", every=5)
     out = work / "shards"
     code = make_shards.main(
-        ["--manifest", str(manifest), "--out", str(out), "--shard-size", "300KB", "--backend", "local", "--quiet"]
+        ["--manifest", str(manifest), "--out", str(out), "--shard-size", "300KiB", "--backend", "local", "--quiet"]
     )
     assert code == 0
     return out
@@ -237,8 +250,16 @@ def synthetic_shards(tmp_path_factory, make_shards) -> Path:
 _MARKERS_BY_FIXTURE = {"ray_local": "ray", "two_node_cluster": "ray", "fsdd_dir": "fsdd", "s3_server": "s3"}
 
 
+# `make test` runs two pytest-xdist workers with `--dist loadgroup`: the tests of one Ray instance
+# are one group, so they run in one worker, which starts that instance once.
+_GROUPS_BY_FIXTURE = {"ray_local": "ray_local", "two_node_cluster": "two_node_cluster"}
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         for fixture, marker in _MARKERS_BY_FIXTURE.items():
             if fixture in item.fixturenames:
                 item.add_marker(marker)
+        for fixture, group in _GROUPS_BY_FIXTURE.items():
+            if fixture in item.fixturenames:
+                item.add_marker(pytest.mark.xdist_group(group))

@@ -31,14 +31,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def endpoint(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+def s3_environment(port: int) -> dict[str, str]:
+    """The standard AWS_* variables that point s3:// URLs at a server on `port`."""
+    return CREDENTIALS | {"AWS_ENDPOINT_URL": endpoint(port)}
+
+
 class S3Server:
     """moto's S3 server in a child process; `endpoint` is what AWS_ENDPOINT_URL should say. With
     `check_credentials`, it refuses keys it has not issued (as a real store does); by default it
     takes any."""
 
-    def __init__(self, check_credentials: bool = False):
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
+    def __init__(self, check_credentials: bool = False, port: int | None = None):
+        self.port = port or free_port()
+        self.endpoint = endpoint(self.port)
         environment = os.environ | ({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_credentials else {})
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
@@ -55,7 +64,7 @@ class S3Server:
 
     @property
     def environment(self) -> dict[str, str]:
-        return CREDENTIALS | {"AWS_ENDPOINT_URL": self.endpoint}
+        return s3_environment(self.port)
 
     def stop(self) -> None:
         self.process.terminate()

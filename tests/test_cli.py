@@ -3,6 +3,7 @@ sentence for every flag, choices enforced, and make_shards choosing its backend 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import subprocess
 import sys
@@ -46,6 +47,22 @@ def test_every_train_flag_has_a_help_sentence_and_choices_are_enforced(capsys):
     for field in dataclasses.fields(TrainConfig):
         flag, text = "--" + field.name.replace("_", "-"), "".join(field.metadata["help"].split())
         assert flag in shown and text in shown, field.name
+
+
+def test_shard_sizes_mean_what_their_units_say(make_shards, capsys):
+    parse_size = make_shards.parse_size
+    assert parse_size("4096") == 4096 and parse_size("2 KiB") == 2048 and parse_size("300KB") == 300_000
+    assert parse_size("128MiB") == 134_217_728 and parse_size("128MB") == 128_000_000
+    assert parse_size("1.5GiB") == 1_610_612_736 and parse_size("2GB") == 2_000_000_000
+    with pytest.raises(SystemExit) as stopped:
+        make_shards.main(["--shard-size", "128M"])
+    assert (
+        stopped.value.code == 2
+        and "KiB, MiB, GiB (powers of 1024) or KB, MB, GB (powers of 1000)" in capsys.readouterr().err
+    )
+    for ambiguous in ("1mb", "12 parsecs", "-1MB", "MB"):
+        with pytest.raises(argparse.ArgumentTypeError, match="is not a size"):
+            parse_size(ambiguous)
 
 
 def test_make_shards_builds_small_input_in_process_and_says_so(tmp_path, make_shards, capsys, monkeypatch):

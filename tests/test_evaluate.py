@@ -23,9 +23,14 @@ from shards.demo import write_demo_corpus
 
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory, make_shards):
-    """Demo clips of 0.5-30 s: longer than the caps and AST sizes below, so both crop."""
+    """Demo clips of 0.5-30 s: longer than the caps and AST sizes below, so both crop. One more tone
+    clip is in test, so the test split's classes have uneven counts (2 tones, 1 of each other)."""
     work = tmp_path_factory.mktemp("eval")
     manifest = write_demo_corpus(work / "audio", clips=40, min_s=0.5, max_s=30.0)
+    rows = manifest.read_text().splitlines()
+    moved = next(i for i, row in enumerate(rows) if ",tone," in row and row.endswith(",train"))
+    rows[moved] = rows[moved].removesuffix(",train") + ",test"
+    manifest.write_text("\n".join(rows) + "\n")
     assert (
         make_shards.main(
             [
@@ -34,7 +39,7 @@ def demo_shards(tmp_path_factory, make_shards):
                 "--out",
                 str(work / "shards"),
                 "--shard-size",
-                "8MB",
+                "8MiB",
                 "--backend",
                 "local",
                 "--quiet",
@@ -45,12 +50,17 @@ def demo_shards(tmp_path_factory, make_shards):
     return work / "shards"
 
 
-def write_checkpoint(path, shards, labels=None, **overrides):
-    """A randomly initialised model saved as jobs/train.py saves its inference checkpoints."""
+def write_checkpoint(path, shards, labels=None, always: int | None = None, **overrides):
+    """A randomly initialised model saved as jobs/train.py saves its inference checkpoints; with
+    `always`, its head ignores the input and names that class for every clip."""
     dataset = ShardDataset(shards)
     config = TrainConfig(**overrides)
     torch.manual_seed(0)
     model = build_model(config, len(labels or dataset.labels))
+    if always is not None:
+        with torch.no_grad():
+            model.head.weight.zero_()
+            model.head.bias.copy_(torch.nn.functional.one_hot(torch.tensor(always), model.head.out_features))
     features = FeatureSpec(
         dataset.sample_rate,
         dataset.fbank_stats["mean"],
@@ -135,8 +145,14 @@ def test_fixed_size_usage_counts_padding_and_cut():
 @pytest.mark.slow
 def test_evaluate_job_writes_tables_plots_and_usage_for_both_model_kinds(demo_shards, tmp_path):
     job = evaluate_job
-    elastic = write_checkpoint(tmp_path / "elastic.pt", demo_shards)
-    ast = write_checkpoint(tmp_path / "ast.pt", demo_shards, model="ast", target_frames=128)
+    dataset = ShardDataset(demo_shards)
+    counts = dataset.meta["splits"]["test"]["label_counts"]
+    named = {"elastic": "tone", "ast": "crackle"}
+    assert (counts["tone"], counts["crackle"]) == (2, 1)
+    elastic = write_checkpoint(tmp_path / "elastic.pt", demo_shards, always=dataset.labels.index(named["elastic"]))
+    ast = write_checkpoint(
+        tmp_path / "ast.pt", demo_shards, always=dataset.labels.index(named["ast"]), model="ast", target_frames=128
+    )
     out = tmp_path / "eval"
     code = job.main(
         [
@@ -173,8 +189,12 @@ def test_evaluate_job_writes_tables_plots_and_usage_for_both_model_kinds(demo_sh
         "C=3 avgpool",
     ]
     assert [(r["checkpoint"], r["point"]) for r in rows] == [(c, p) for p in points for c in ("elastic", "ast")]
-    test_clips = ShardDataset(demo_shards).meta["splits"]["test"]["samples"]
-    assert all(int(r["samples"]) == test_clips and 0 <= float(r["metric"]) <= 1 for r in rows)
+    test_clips = dataset.meta["splits"]["test"]["samples"]
+    assert all(int(r["samples"]) == test_clips for r in rows)
+    # a model that names one class for every clip is right on exactly that class's clips
+    for r in rows:
+        expected = counts[named[r["checkpoint"]]] / test_clips  # 2/9 and 1/9
+        assert (r["metric_name"], float(r["metric"])) == ("accuracy", pytest.approx(expected, abs=1e-6)), r
     by = {(r["checkpoint"], r["point"]): r for r in rows}
     assert by["ast", "native"]["input_frames"] == "128" and by["ast", "512 frames"]["input_frames"] == "512"
     assert float(by["ast", "512 frames"]["tokens_per_clip"]) == 256

@@ -118,6 +118,10 @@ def test_gradient_of_one_sample_never_reaches_another(backend):
     grad = patches.grad
     own = (batch.segment_ids == 2) & (torch.arange(2)[:, None] == 0)
     assert grad[own].abs().sum() > 0
+    alone = make_batch([[1]], samples, 256)
+    patches_alone = alone.patches.clone().requires_grad_(True)
+    model(PackedBatch(**{**alone.__dict__, "patches": patches_alone}), attention=backend).sum().backward()
+    assert torch.allclose(grad[own], patches_alone.grad[alone.segment_ids == 1], atol=1e-6)  # as if alone
     assert torch.equal(grad[~own], torch.zeros_like(grad[~own]))  # other samples and padding: exactly 0
 
 
@@ -247,13 +251,22 @@ def test_model_trains_on_a_real_packed_stream_batch(tmp_path, make_shards):
 
     out = tmp_path / "demo"
     assert make_shards.main(["--out", str(out), "--demo-clips", "16", "--backend", "local", "--quiet"]) == 0
-    stream = PackedStream(out / "train", rows_per_batch=2, max_tokens=2048, scales=(1.0, 2.0), backend="local")
-    model = ElasticAST(preset("tiny", num_classes=len(stream.labels), depth=2)).train()
+    stream = PackedStream(out / "train", rows_per_batch=2, max_tokens=512, scales=(1.0, 2.0), backend="local")
+    model = ElasticAST(preset("tiny", num_classes=len(stream.labels), depth=2)).train().double()
     batch = next(iter(stream.epoch(0)))
+    batch = PackedBatch(**{**batch.__dict__, "patches": batch.patches.double()})
     logits = model(batch)
     assert logits.shape == (batch.num_samples, len(stream.labels))
     loss(logits, batch.labels).backward()
-    assert model.patch_embed.weight.grad.abs().sum() > 0
+    weight, eps = model.patch_embed.weight, 1e-6
+    slope = float((weight.grad * weight.grad).sum())  # d loss / d t along weight + t * grad
+    with torch.no_grad():
+        shifted = []
+        for sign in (1, -1):
+            weight += sign * eps * weight.grad
+            shifted.append(float(loss(model(batch), batch.labels)))
+            weight -= sign * eps * weight.grad
+    assert (shifted[0] - shifted[1]) / (2 * eps) == pytest.approx(slope, rel=1e-4)  # the gradient is the loss's
 
 
 def test_ast_baseline_crops_and_pads_each_sample_to_its_fixed_size():

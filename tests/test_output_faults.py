@@ -45,7 +45,7 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 def test_a_full_disk_keeps_the_former_set_and_leaves_no_partial(small_disk, tmp_path, make_shards, capsys):
     out = small_disk / "shards"
-    args = ["--out", str(out), "--backend", "local", "--quiet", "--shard-size", "64KB"]
+    args = ["--out", str(out), "--backend", "local", "--quiet", "--shard-size", "64KiB"]
     assert make_shards.main(["--manifest", str(manifest(tmp_path, 4, 0.5))] + args) == 0
     before = snapshot(out)
     assert (

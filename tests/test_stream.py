@@ -25,7 +25,7 @@ def demo_shards(tmp_path_factory, make_shards):
     out = tmp_path_factory.mktemp("demo") / "shards"
     assert (
         make_shards.main(
-            ["--out", str(out), "--demo-clips", "64", "--backend", "local", "--quiet", "--shard-size", "1MB"]
+            ["--out", str(out), "--demo-clips", "64", "--backend", "local", "--quiet", "--shard-size", "1MiB"]
         )
         == 0
     )
@@ -233,7 +233,7 @@ def test_configuration_errors_name_the_problem(demo_shards, tmp_path):
 
 def test_one_stream_config_whether_given_whole_by_name_or_from_a_train_config(demo_shards):
     """A `StreamConfig`, the same settings by name, and `TrainConfig.stream()` plan identically;
-    the deprecated `split=(rank, world)` still deals like `rank=`/`world=`."""
+    `split=` names the data split of a shard-set folder, and a (rank, world) pair there is refused."""
     from elasticast.training.config import TrainConfig
 
     settings = dict(
@@ -253,10 +253,11 @@ def test_one_stream_config_whether_given_whole_by_name_or_from_a_train_config(de
         rows_per_batch=2, max_tokens=1024, buffer=32, scales=SCALES, seed=3, freq_mask=8, loader="local"
     ).stream()
     assert trained == config == by_name.config
-    with pytest.warns(DeprecationWarning, match="rank= and world="):
-        old = PackedStream(demo_shards / "train", config, split=(1, 2))
-    assert (old.rank, old.world) == (1, 2)
-    assert old.specs(1) == by_name.specs(1)
+    named = PackedStream(demo_shards, config, split="train", rank=1, world=2)
+    assert named.split == "train" and named.specs(1) == by_name.specs(1)
+    assert PackedStream(demo_shards, config, split="test").num_samples == len(ShardDataset(demo_shards).index("test"))
+    with pytest.raises(TypeError, match="ranks are rank=, world="):
+        PackedStream(demo_shards / "train", config, split=(1, 2))
     assert PackedStream(demo_shards / "train", config, seed=4).config == dataclasses.replace(config, seed=4)
     with pytest.raises(ValueError, match="packing 'best_fit'"):
         StreamConfig(rows_per_batch=2, packing="best_fit")

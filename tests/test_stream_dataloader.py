@@ -4,12 +4,15 @@ order, epochs and resume positions reach the workers, featurizing runs on one to
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
+from torchdata import stateful_dataloader as stateful
 
 from loaders import PackedStream
+from loaders import stream as stream_module
 from loaders.threads import torch_threads
 from shards import ShardDataset
 
@@ -21,7 +24,7 @@ def shards(tmp_path_factory, make_shards):
     out = tmp_path_factory.mktemp("dataloader") / "shards"
     assert (
         make_shards.main(
-            ["--out", str(out), "--demo-clips", "40", "--backend", "local", "--quiet", "--shard-size", "1MB"]
+            ["--out", str(out), "--demo-clips", "40", "--backend", "local", "--quiet", "--shard-size", "1MiB"]
         )
         == 0
     )
@@ -105,7 +108,6 @@ def test_a_state_saved_on_three_ranks_resumes_on_two_with_every_key_once(shards)
 
 
 def test_torchdata_stateful_dataloader_resumes_mid_epoch(shards):
-    stateful = pytest.importorskip("torchdata.stateful_dataloader")
     stream = PackedStream(shards / "train", **SETTINGS)
     stream.set_epoch(1)
     full = delivered(stream.epoch(1))
@@ -127,12 +129,42 @@ def test_ray_backend_is_refused_inside_dataloader_workers(shards):
         next(iter(DataLoader(stream, batch_size=None, num_workers=1)))
 
 
-def test_featurizing_uses_one_thread_and_the_trainer_keeps_its_own(shards):
+def record_featurizing_threads(monkeypatch, log: Path) -> None:
+    """Append torch's thread count, as the featurizing call sees it, to `log` at every batch (the
+    real `assemble` still runs); a file, so forked DataLoader workers report too."""
+    real = stream_module.assemble
+
+    def observed(*args, **kwargs):
+        with log.open("a") as handle:
+            handle.write(f"{torch.get_num_threads()}\n")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stream_module, "assemble", observed)
+
+
+def test_featurizing_runs_on_one_thread_in_process_and_in_workers_and_the_trainer_keeps_its_own(
+    shards, tmp_path, monkeypatch
+):
+    log = tmp_path / "threads.txt"
+    record_featurizing_threads(monkeypatch, log)
     with torch_threads(2):
-        with torch_threads(1):
-            assert torch.get_num_threads() == 1
-        assert torch.get_num_threads() == 2
-        for _, _ in zip(PackedStream(shards / "train", **SETTINGS).epoch(0), range(3)):
+        for _ in zip(range(3), PackedStream(shards / "train", **SETTINGS).epoch(0)):
             assert torch.get_num_threads() == 2  # what the trainer's step between batches runs with
-        with pytest.raises(ValueError, match="torch_threads"):
-            PackedStream(shards / "train", **(SETTINGS | {"torch_threads": 0}))
+        assert log.read_text().split() == ["1"] * 3
+        log.unlink()
+        loader = DataLoader(
+            PackedStream(shards / "train", **SETTINGS),
+            batch_size=None,
+            num_workers=1,
+            multiprocessing_context="fork",  # the recorder reaches the worker
+            worker_init_fn=lambda _: torch.set_num_threads(2),  # a worker that would otherwise run on 2
+        )
+        assert len(list(zip(range(3), loader))) == 3
+        seen = log.read_text().split()  # the worker runs ahead of the trainer: 3 batches or more
+        assert len(seen) >= 3 and set(seen) == {"1"}
+        log.unlink()
+        for _ in zip(range(2), PackedStream(shards / "train", **(SETTINGS | {"torch_threads": None})).epoch(0)):
+            pass
+        assert log.read_text().split() == ["2"] * 2  # told otherwise: the caller's count
+    with pytest.raises(ValueError, match="torch_threads"):
+        PackedStream(shards / "train", **(SETTINGS | {"torch_threads": 0}))

@@ -67,16 +67,19 @@ def key_files(run: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((run / "keys").glob("epoch-*.json"))]
 
 
-def test_a_run_killed_mid_epoch_resumes_bitwise(tmp_path, fsdd_dir, fsdd_small_shards, ray_local, train_job):
+def test_a_run_killed_mid_epoch_resumes_bitwise(tmp_path, fsdd_dir, fsdd_small_shards, ray_local, train_job, capfd):
     """Uninterrupted vs. a driver killed (SIGKILL, with its Ray Train worker) once a mid-epoch
-    checkpoint of epoch 2 exists, then resumed."""
+    checkpoint of epoch 2 exists, then resumed from that very checkpoint."""
     args = ["--shards", str(fsdd_small_shards), *STEPS, "--epochs", "2", "--loader", "local"]
     assert train_job.main([*args, "--out", str(tmp_path / "full"), "--wandb", "offline"]) == 0
     cut = tmp_path / "cut"
     killed_at = kill_mid_epoch(ray_local, [*args, "--out", str(cut), "--wandb", "disabled"], epoch=1)
     assert CheckpointStore(cut / "checkpoints").latest() == killed_at and len(history(cut)) == 1
     assert not (cut / "keys" / "epoch-001.json").exists()
+    capfd.readouterr()
     assert train_job.main([*args, "--out", str(cut), "--wandb", "disabled", "--resume"]) == 0
+    step = int(killed_at.name.removesuffix(".pt").split("-step-")[1])
+    assert f"resuming from checkpoint {killed_at.name}: epoch 2, step {step}" in capfd.readouterr().out
     full, resumed = history(tmp_path / "full"), history(cut)
     assert len(full) == len(resumed) == 2
     assert [without_timings(m) for m in full] == [
@@ -156,28 +159,36 @@ def kill_mid_epoch(ray, argv: list[str], epoch: int) -> Path:
     store, deadline = CheckpointStore(run / "checkpoints"), time.time() + 300
     while time.time() < deadline and driver.poll() is None:
         latest = store.latest()
-        if (
-            latest is not None
-            and latest.name.startswith(f"epoch-{epoch:04d}-")
-            and not latest.name.endswith("-step-0000000.pt")
-        ):
+        if mid_epoch(latest, epoch):
             break
         time.sleep(0.02)
     assert driver.poll() is None, (
         f"the driver ended (status {driver.returncode}) before a checkpoint inside epoch {epoch + 1}"
     )
-    workers = [
-        p
-        for p in psutil.process_iter(["cmdline", "create_time"])
-        if "RayTrainWorker" in " ".join(p.info["cmdline"] or []) and p.info["create_time"] >= started - 1
+    assert mid_epoch(latest, epoch), f"no checkpoint inside epoch {epoch + 1} within the deadline (latest: {latest})"
+    own = [
+        p.as_dict(["pid", "cmdline", "create_time"], ad_value=None) for p in psutil.Process().children(recursive=True)
+    ]
+    workers = [  # of this session's Ray (its raylet is a child of this process), not of another Ray on the machine
+        psutil.Process(p["pid"])
+        for p in own
+        if "RayTrainWorker" in " ".join(p["cmdline"] or []) and (p["create_time"] or 0) >= started - 1
     ]
     driver.kill()
     for worker in workers:
         worker.kill()
     driver.wait(timeout=30)
     psutil.wait_procs(workers, timeout=30)
-    assert latest is not None
     return latest
+
+
+def mid_epoch(checkpoint, epoch: int) -> bool:
+    """A checkpoint inside `epoch` (0-based): epoch-000E-step-000000N.pt with N > 0."""
+    return (
+        checkpoint is not None
+        and checkpoint.name.startswith(f"epoch-{epoch:04d}-")
+        and not checkpoint.name.endswith("-step-0000000.pt")
+    )
 
 
 @pytest.mark.parametrize(

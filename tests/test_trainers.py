@@ -25,7 +25,7 @@ def shards(tmp_path_factory, fsdd_dir, make_shards):
     out = work / "shards"
     assert (
         make_shards.main(
-            ["--manifest", str(manifest), "--out", str(out), "--shard-size", "100KB", "--backend", "local", "--quiet"]
+            ["--manifest", str(manifest), "--out", str(out), "--shard-size", "100KiB", "--backend", "local", "--quiet"]
         )
         == 0
     )

@@ -1,4 +1,6 @@
-"""Ray-free training parts shared by `jobs/train.py` and any other PyTorch trainer (loaded on first use)."""
+"""Ray-free training parts shared by `jobs/train.py` and any other PyTorch trainer: `config`
+(`TrainConfig`, every flag), `loop` (the epoch loop), `schedule` (optimiser and learning rate),
+`epoch_report` (epoch metrics, the progress line, the exactly-once check). Loaded on first use."""
 
 import lazy_loader
 

@@ -154,6 +154,9 @@ class TrainConfig:
         "",
         "local folder for wandb's files (default: the run folder; for a URL --out: ~/.cache/elasticast/wandb/<scheme>/<bucket>/<prefix> on the node of rank 0)",
     )
+    verbose: bool = knob(
+        False, "also show Ray's own output (its workers' logs, Ray Train's report lines, Ray Data's progress)"
+    )
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
