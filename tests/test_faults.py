@@ -11,7 +11,6 @@ import os
 import shutil
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -172,7 +171,9 @@ def test_a_shard_gone_from_local_disk_mid_run_stops_the_stream_naming_it(synthet
 
 
 def test_the_job_stops_on_failures_no_retry_fixes_wherever_they_lie_in_the_chain(train_job):
-    """`storage_failure` reads the workers' failures of a failed fit (as Ray Train reports them)."""
+    """`storage_failure` reads the workers' failures of a failed fit (Ray Train's own error type)."""
+    from ray.train import WorkerGroupError
+
     wrapped = RuntimeError("UDF failed")
     wrapped.__cause__ = StorageFailure("read s3://b/x.tar: the store did not answer")
     for failure, stop in [
@@ -180,7 +181,7 @@ def test_the_job_stops_on_failures_no_retry_fixes_wherever_they_lie_in_the_chain
         (FailureBudgetExceeded("3 sample(s) failed"), "3 sample(s) failed"),
         (RuntimeError("a crashed worker"), None),
     ]:
-        assert train_job.storage_failure(SimpleNamespace(worker_failures={0: failure})) == stop
+        assert train_job.storage_failure(WorkerGroupError("a worker failed", {0: failure})) == stop
 
 
 def test_scoring_no_samples_is_an_error_not_a_zero():
