@@ -12,10 +12,10 @@ LENGTHS := 16 32 64 128 256 512
 .PHONY: demo test test-fast lint clean
 
 $(STAMP): pyproject.toml
-	@echo "installing into $(VENV) ..."
+	@echo "installing into $(VENV) (pip's output: $(VENV)/install.log) ..."
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@$(PY) -m pip install --quiet --upgrade pip
-	@$(PY) -m pip install --quiet -e '.[test]'
+	@$(PY) -m pip install --upgrade pip > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@$(PY) -m pip install -e '.[test]' >> $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	@touch $(STAMP)
 
 $(DEMO)/dataset.json: $(STAMP) shards/demo.py
