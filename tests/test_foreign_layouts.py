@@ -14,7 +14,7 @@ from elasticast import Classifier, load_checkpoint, model_from_checkpoint, save_
 from elasticast.attention import Attention, build_layout
 from elasticast.foreign import detect_format
 from elasticast.training.config import TrainConfig
-from elasticast.training.init import feature_settings, read_start, start_model
+from elasticast.training.init import feature_settings, initial_model, read_start, start_model
 from jobs import import_weights
 from loaders.feature_spec import FeatureSpec
 
@@ -128,7 +128,7 @@ def test_a_paper_file_lands_tensor_by_tensor_and_its_head_follows_the_class_coun
     assert torch.equal(ours["pool.kv.weight"], source["module.attn_pool.to_kv.weight"])
     assert torch.equal(ours["head.weight"], source["module.head.weight"]) and "head kept" in lines[-1]
     assert feature_settings(TrainConfig(), start)["recipe"] == "paper"
-    other, lines = start_model(TrainConfig(init=str(path)), labels[:5], start)
+    other, lines = initial_model(TrainConfig(init=str(path)), labels[:5])  # the Python form of --init
     assert other.head.out_features == 5 and "head re-initialised" in lines[-1]
     assert torch.equal(other.state_dict()["time_embed"], source["module.pos_embed_time"])
 
