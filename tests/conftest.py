@@ -250,9 +250,17 @@ def synthetic_shards(tmp_path_factory, make_shards) -> Path:
 _MARKERS_BY_FIXTURE = {"ray_local": "ray", "two_node_cluster": "ray", "fsdd_dir": "fsdd", "s3_server": "s3"}
 
 
-# `make test` runs two pytest-xdist workers with `--dist loadgroup`: the tests of one Ray instance
-# are one group, so they run in one worker, which starts that instance once.
-_GROUPS_BY_FIXTURE = {"ray_local": "ray_local", "two_node_cluster": "two_node_cluster"}
+# `make test` runs two pytest-xdist workers (`--dist loadgroup`). Each worker that runs a Ray test
+# starts its own local Ray instance (`ray_local`, per worker process), so the Ray Train runs, the
+# suite's longest tests, spread over both workers; the module-scoped two-node cluster is one group.
+# The long tests are sent first, so that the suite does not end on one of them while the other
+# worker idles.
+_GROUPS_BY_FIXTURE = {"two_node_cluster": "two_node_cluster"}
+_LONG_FIXTURES = ("train_job", "two_node_cluster")
+
+
+def _long(item) -> bool:
+    return item.get_closest_marker("slow") is not None or any(f in item.fixturenames for f in _LONG_FIXTURES)
 
 
 def pytest_collection_modifyitems(items):
@@ -263,3 +271,4 @@ def pytest_collection_modifyitems(items):
         for fixture, group in _GROUPS_BY_FIXTURE.items():
             if fixture in item.fixturenames:
                 item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: not _long(item))
