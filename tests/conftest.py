@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -143,30 +144,46 @@ def write_fsdd_manifest(recordings: Path, path: Path, every: int = 1) -> Path:
     return load_script("examples/fsdd_digits/manifest.py").digit_manifest(recordings, path, every)
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(work)`'s shard set, built once per `make test`: the xdist workers share the parent of
+    their temporary folders, and the first to take the lock builds there (pytest-xdist's recipe for
+    session fixtures); the others wait and read it. Returns `work / "shards"`."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    work = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / f"once-{name}"
+    with FileLock(f"{work}.lock"):
+        if not (work / ".built").exists():
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            build(work)
+            (work / ".built").touch()
+    return work / "shards"
+
+
 @pytest.fixture(scope="session")
-def fsdd_shards(tmp_path_factory, fsdd_dir, ray_local, make_shards) -> Path:
-    """All 3,000 FSDD recordings sharded once per session on the Ray backend."""
-    work = tmp_path_factory.mktemp("fsdd")
-    manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv")
-    out = work / "shards"
-    code = make_shards.main(
-        ["--manifest", str(manifest), "--out", str(out), "--shard-size", "2MiB", "--backend", "ray", "--quiet"]
-    )
-    assert code == 0
-    return out
+def fsdd_shards(tmp_path_factory, fsdd_dir, make_shards, request) -> Path:
+    """All 3,000 FSDD recordings sharded once per run of the suite on the Ray backend."""
+
+    def build(work: Path) -> None:
+        request.getfixturevalue("ray_local")
+        manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv")
+        flags = ["--shard-size", "2MiB", "--backend", "ray", "--quiet"]
+        assert make_shards.main(["--manifest", str(manifest), "--out", str(work / "shards"), *flags]) == 0
+
+    return built_once(tmp_path_factory, "fsdd", build)
 
 
 @pytest.fixture(scope="session")
 def fsdd_small_shards(tmp_path_factory, fsdd_dir, make_shards) -> Path:
     """Every 5th FSDD recording (600: all digits and speakers), several shards, for training jobs."""
-    work = tmp_path_factory.mktemp("fsdd_small")
-    manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv", every=5)
-    out = work / "shards"
-    code = make_shards.main(
-        ["--manifest", str(manifest), "--out", str(out), "--shard-size", "300KiB", "--backend", "local", "--quiet"]
-    )
-    assert code == 0
-    return out
+
+    def build(work: Path) -> None:
+        manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv", every=5)
+        flags = ["--shard-size", "300KiB", "--backend", "local", "--quiet"]
+        assert make_shards.main(["--manifest", str(manifest), "--out", str(work / "shards"), *flags]) == 0
+
+    return built_once(tmp_path_factory, "fsdd_small", build)
 
 
 def kaldi_reference_fbank(wave, rate: int, shift_ms: float = 10.0):
