@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -143,30 +144,46 @@ def write_fsdd_manifest(recordings: Path, path: Path, every: int = 1) -> Path:
     return load_script("examples/fsdd_digits/manifest.py").digit_manifest(recordings, path, every)
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(work)`'s shard set, built once per `make test`: the xdist workers share the parent of
+    their temporary folders, and the first to take the lock builds there (pytest-xdist's recipe for
+    session fixtures); the others wait and read it. Returns `work / "shards"`."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    work = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / f"once-{name}"
+    with FileLock(f"{work}.lock"):
+        if not (work / ".built").exists():
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+            build(work)
+            (work / ".built").touch()
+    return work / "shards"
+
+
 @pytest.fixture(scope="session")
-def fsdd_shards(tmp_path_factory, fsdd_dir, ray_local, make_shards) -> Path:
-    """All 3,000 FSDD recordings sharded once per session on the Ray backend."""
-    work = tmp_path_factory.mktemp("fsdd")
-    manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv")
-    out = work / "shards"
-    code = make_shards.main(
-        ["--manifest", str(manifest), "--out", str(out), "--shard-size", "2MiB", "--backend", "ray", "--quiet"]
-    )
-    assert code == 0
-    return out
+def fsdd_shards(tmp_path_factory, fsdd_dir, make_shards, request) -> Path:
+    """All 3,000 FSDD recordings sharded once per run of the suite on the Ray backend."""
+
+    def build(work: Path) -> None:
+        request.getfixturevalue("ray_local")
+        manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv")
+        flags = ["--shard-size", "2MiB", "--backend", "ray", "--quiet"]
+        assert make_shards.main(["--manifest", str(manifest), "--out", str(work / "shards"), *flags]) == 0
+
+    return built_once(tmp_path_factory, "fsdd", build)
 
 
 @pytest.fixture(scope="session")
 def fsdd_small_shards(tmp_path_factory, fsdd_dir, make_shards) -> Path:
     """Every 5th FSDD recording (600: all digits and speakers), several shards, for training jobs."""
-    work = tmp_path_factory.mktemp("fsdd_small")
-    manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv", every=5)
-    out = work / "shards"
-    code = make_shards.main(
-        ["--manifest", str(manifest), "--out", str(out), "--shard-size", "300KiB", "--backend", "local", "--quiet"]
-    )
-    assert code == 0
-    return out
+
+    def build(work: Path) -> None:
+        manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv", every=5)
+        flags = ["--shard-size", "300KiB", "--backend", "local", "--quiet"]
+        assert make_shards.main(["--manifest", str(manifest), "--out", str(work / "shards"), *flags]) == 0
+
+    return built_once(tmp_path_factory, "fsdd_small", build)
 
 
 def kaldi_reference_fbank(wave, rate: int, shift_ms: float = 10.0):
@@ -250,9 +267,17 @@ def synthetic_shards(tmp_path_factory, make_shards) -> Path:
 _MARKERS_BY_FIXTURE = {"ray_local": "ray", "two_node_cluster": "ray", "fsdd_dir": "fsdd", "s3_server": "s3"}
 
 
-# `make test` runs two pytest-xdist workers with `--dist loadgroup`: the tests of one Ray instance
-# are one group, so they run in one worker, which starts that instance once.
-_GROUPS_BY_FIXTURE = {"ray_local": "ray_local", "two_node_cluster": "two_node_cluster"}
+# `make test` runs two pytest-xdist workers (`--dist loadgroup`). Each worker that runs a Ray test
+# starts its own local Ray instance (`ray_local`, per worker process), so the Ray Train runs, the
+# suite's longest tests, spread over both workers; the module-scoped two-node cluster is one group.
+# The long tests are sent first, so that the suite does not end on one of them while the other
+# worker idles.
+_GROUPS_BY_FIXTURE = {"two_node_cluster": "two_node_cluster"}
+_LONG_FIXTURES = ("train_job", "two_node_cluster")
+
+
+def _long(item) -> bool:
+    return item.get_closest_marker("slow") is not None or any(f in item.fixturenames for f in _LONG_FIXTURES)
 
 
 def pytest_collection_modifyitems(items):
@@ -263,3 +288,4 @@ def pytest_collection_modifyitems(items):
         for fixture, group in _GROUPS_BY_FIXTURE.items():
             if fixture in item.fixturenames:
                 item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: not _long(item))

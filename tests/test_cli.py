@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import subprocess
 import sys
 import venv
@@ -74,7 +75,9 @@ def test_make_shards_builds_small_input_in_process_and_says_so(tmp_path, make_sh
 @pytest.mark.slow
 def test_console_scripts_run_from_a_non_editable_install_in_a_fresh_venv(tmp_path):
     """A wheel built from the tree, installed without its dependencies into a new venv that borrows
-    this venv's packages (nothing is downloaded); each command answers --help from outside the repo."""
+    this venv's packages (nothing is downloaded); each command answers --help from outside the repo.
+    The caller's PYTHONPATH is not passed on: a source tree on it would stand in for the install."""
+    env = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
     subprocess.run(
         [
             sys.executable,
@@ -113,9 +116,12 @@ def test_console_scripts_run_from_a_non_editable_install_in_a_fresh_venv(tmp_pat
         ],
         check=True,
         capture_output=True,
+        env=env,
     )
     for command in COMMANDS.values():
-        run = subprocess.run([str(fresh / "bin" / command), "--help"], capture_output=True, text=True, cwd=tmp_path)
+        run = subprocess.run(
+            [str(fresh / "bin" / command), "--help"], capture_output=True, text=True, cwd=tmp_path, env=env
+        )
         assert run.returncode == 0 and "usage:" in run.stdout, (command, run.stderr[-2000:])
     where = subprocess.run(
         [str(fresh / "bin" / "python"), "-c", "import jobs; print(jobs.__file__)"],
@@ -123,5 +129,6 @@ def test_console_scripts_run_from_a_non_editable_install_in_a_fresh_venv(tmp_pat
         text=True,
         cwd=tmp_path,
         check=True,
+        env=env,
     ).stdout
     assert str(site) in where

@@ -30,6 +30,7 @@ def test_flop_count_of_a_vit_b_token_is_the_hand_computed_one(gpu_bench):
     assert 28e9 < training_flops(base, tokens=50, pairs=50 * 530) < 30e9
 
 
+@pytest.mark.slow
 def test_smoke_run_measures_every_section_on_cpu(gpu_bench, tmp_path, ray_local):
     out = tmp_path / "gpu.json"
     assert gpu_bench.main(["--smoke", "--json", str(out)]) == 0

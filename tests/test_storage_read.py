@@ -149,6 +149,7 @@ def test_a_faulty_store_loses_nothing_and_every_retry_is_counted(synthetic_shard
     assert stream.stats[0]["retries"] == sum(b.retries for b in remote) > 0
 
 
+@pytest.mark.slow
 def test_an_outage_of_20_s_mid_epoch_loses_nothing(synthetic_shards, remote_set, faulty_s3):
     """Every request dropped for 20 s from the middle of the epoch's reads on: the stream waits it out
     (retries within its 30 s budget) and the epoch is bitwise the fault-free one."""

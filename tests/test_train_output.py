@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 TINY = ["--depth", "1", "--rows-per-batch", "1", "--max-tokens", "512", "--epochs", "1", "--loader", "local"]
@@ -18,6 +20,7 @@ OUR_LINES = (
 )
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_each_on_its_own_ray_print_our_lines_and_verbose_adds_ray_s(tmp_path, make_shards):
     """Two `jobs/train.py` started together, each starting a local Ray instance of its own while the
     other's runs: both finish. The quiet one prints the start line, the epoch line and the summary,
