@@ -143,11 +143,15 @@ def test_part_filled_rows_carry_into_the_next_group(shuffle):
 
 @pytest.mark.parametrize(
     "field, options",
-    [("scale", {"scales": SCALE_GRID}), ("window_start", {"random_cut": 48}), ("dropped", {"token_dropout_max": 0.9})],
+    [
+        ("scale", {"scales": SCALE_GRID}),
+        ("window_start", {"random_cut": 48, "max_frames": 48}),
+        ("dropped", {"token_dropout_max": 0.9}),
+    ],
 )
 def test_a_samples_draws_depend_on_seed_epoch_and_key_only(field, options):
-    """Its scale C, random window and token dropout: the same wherever the key stands in the
-    index, drawn afresh for another seed or epoch."""
+    """Its scale C, random window (its start, with the length pinned by the cap) and token dropout:
+    the same wherever the key stands in the index, drawn afresh for another seed or epoch."""
     index = Index(
         np.array([f"k{i}" for i in range(200)]), np.zeros(200, np.int64), np.full(200, 48000), np.full(200, 16000)
     )
