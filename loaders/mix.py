@@ -29,7 +29,7 @@ import numpy as np
 
 from loaders.config import StreamConfig
 from loaders.feature_spec import FeatureSpec
-from loaders.plan import EpochPlan, Index, _arrival_order, plan_arrivals, sample_tokens, tokens_at
+from loaders.plan import EpochPlan, Index, _arrival_order, counts_at, plan_arrivals, sample_tokens
 
 _SALT_PASS, _SALT_MIX = 0x9A55, 0x313C
 
@@ -55,7 +55,7 @@ def sample_measure(index: Index, config: StreamConfig, features: FeatureSpec | N
         return np.asarray(index.num_samples, np.float64) / np.asarray(index.sample_rate, np.float64)
     total = np.zeros(n)
     for scale in config.scales:
-        total += tokens_at(index.num_samples, index.sample_rate, scale, config, features)[0]
+        total += counts_at(index.num_samples, index.sample_rate, scale, config, features).tokens
     return total / len(config.scales)
 
 

@@ -150,19 +150,6 @@ def sample_tokens(
     return per
 
 
-def tokens_at(
-    num_samples: np.ndarray,
-    sample_rate: np.ndarray,
-    scale: np.ndarray | float,
-    config: StreamConfig,
-    features: FeatureSpec | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, cut) of clips at resolution `scale` under the config's crop and row capacity (and
-    the features' fixed length and frame shift)."""
-    counts = counts_at(num_samples, sample_rate, scale, config, features)
-    return counts.tokens, counts.cut
-
-
 def counts_at(
     num_samples: np.ndarray,
     sample_rate: np.ndarray,
@@ -170,7 +157,8 @@ def counts_at(
     config: StreamConfig,
     features: FeatureSpec | None = None,
 ) -> TokenCounts:
-    """`tokens_at` with the clips' frames (at C, before the cap) besides."""
+    """Frames, tokens and cut of clips at resolution `scale` under the config's crop and row
+    capacity (and the features' fixed length and frame shift)."""
     return clip_counts(
         num_samples,
         sample_rate,
@@ -193,7 +181,8 @@ def plan_tokens(
     start: np.ndarray | None = None,
 ) -> EpochPlan:
     """Steps 2-4 of the module docstring from token counts alone (`cut`, `scale`, `dropped`,
-    `start`: per sample, for the record and the featurizer). `PackingSampler` plans a map-style dataset with it, each sample its own shard.
+    `start`: per sample, for the record and the featurizer). `PackingSampler` plans a map-style
+    dataset with it, each sample its own shard.
     Per-sample arrays are int32 and freed as soon as used: every rank plans the whole epoch."""
     rng = np.random.default_rng([config.seed, epoch, _SALT_ORDER])
     arrival, group = _arrival_order(np.asarray(shard), config, rng)
