@@ -206,6 +206,10 @@ class TrainConfig:
             )
         if not 0 <= self.stop_after <= self.epochs:
             raise ValueError(f"stop_after must be in 0..epochs ({self.epochs}), got {self.stop_after}")
+        if self.random_cut and self.fixed_frames:
+            raise ValueError(
+                "random_cut needs clips at their own length: fixed_frames (the fixed-length mode) has none"
+            )
         self.stream()  # the stream's own checks (token dropout, random cuts, ...) fail here, not in a worker
 
     @property
