@@ -23,10 +23,14 @@ import torch
 
 from loaders.batch import PATCH_VALUES, PackedBatch
 from loaders.config import StreamConfig
+from loaders.cuts import FREQ_TOKENS, window_samples
+from loaders.dropout import keep_mask
 from loaders.feature_spec import FeatureSpec
 from loaders.features import patchify, spec_augment
 from loaders.index import StreamIndex
+from loaders.noise import add_noise
 from loaders.plan import EpochPlan
+from loaders.tokens import PATCH
 from shards.audio import PCM16_HEADER_BYTES, pcm16_header, pcm16_samples
 from shards.location import Location
 from shards.ranged import ReadStats, read_spans
@@ -74,6 +78,8 @@ class SampleSpec:
     scale: float
     xxh3_64: int | None = None  # of its wav bytes; None for shard sets made before checksums
     source: int = 0  # its source in a mix (`FeatureConfig.source_dir`)
+    dropped: int = 0  # tokens token dropout leaves out (`tokens` are the kept ones)
+    window_start: int = 0  # first frame of its random window (`loaders.cuts`)
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,8 @@ def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int
         plan.cut[planned].tolist(),
         plan.scale[planned].tolist(),
         checksums,
+        plan.dropped[planned].tolist(),
+        plan.window_start[planned].tolist(),
     )
     samples = tuple(
         SampleSpec(
@@ -131,8 +139,25 @@ def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int
             scale=scale,
             xxh3_64=checksum,
             source=index.source_of(position),
+            dropped=dropped,
+            window_start=window_start,
         )
-        for position, key, shard, offset, nbytes, num_samples, row, start, tokens, cut, scale, checksum in columns
+        for (
+            position,
+            key,
+            shard,
+            offset,
+            nbytes,
+            num_samples,
+            row,
+            start,
+            tokens,
+            cut,
+            scale,
+            checksum,
+            dropped,
+            window_start,
+        ) in columns
     )
     return BatchSpec(plan.epoch, step, samples=samples)
 
@@ -216,27 +241,40 @@ def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> Reads:
 
 
 def _kept_audio(wav: memoryview, sample: SampleSpec, config: FeatureConfig) -> tuple[str | None, np.ndarray | None]:
-    """(problem, the first samples of a verified member that its features use)."""
+    """(problem, the samples of a verified member that its features use: the first ones, or its
+    random window's)."""
     try:
         stored, _ = pcm16_header(bytes(wav[:PCM16_HEADER_BYTES]))
     except ValueError as exc:
         return f"undecodable audio: {exc}", None
     if stored != sample.num_samples:
         return f"{stored} samples where the index has {sample.num_samples}", None
-    keep = config.spec.samples_needed(sample.num_samples, sample.scale, capacity=config.stream.max_tokens)
-    return None, pcm16_samples(bytes(wav[PCM16_HEADER_BYTES : PCM16_HEADER_BYTES + 2 * keep]))
+    first, keep = 0, config.spec.samples_needed(sample.num_samples, sample.scale, capacity=config.stream.max_tokens)
+    if config.stream.random_cut:
+        shift, pool = config.spec.resolution(sample.scale)
+        frames = (sample.tokens + sample.dropped) // FREQ_TOKENS * PATCH
+        first, keep = window_samples(sample.window_start, frames, config.spec.sample_rate, float(shift), int(pool))
+    begin = PCM16_HEADER_BYTES + 2 * first
+    return None, pcm16_samples(bytes(wav[begin : begin + 2 * keep]))
 
 
 def featurize(
     waveform: np.ndarray, sample: SampleSpec, epoch: int, config: FeatureConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised spectrogram at the sample's scale, optionally masked, as patches + positions."""
+    """Normalised spectrogram at the sample's scale (of its window's audio), optionally masked and
+    noised, as patches + positions: the patches token dropout keeps, with their own positions."""
     stream = config.stream
     spec = config.spec.spectrogram(waveform, sample.scale, capacity=stream.max_tokens)
     if stream.freq_mask or stream.time_mask:
         rng = np.random.default_rng([stream.seed, epoch, _SALT_AUGMENT, *sample.key.encode()])
         spec = spec_augment(spec, rng, stream.freq_mask, stream.time_mask)
-    return patchify(spec)
+    if stream.noise:
+        spec = add_noise(spec, stream.seed, epoch, sample.key)
+    patches, freqs, times = patchify(spec)
+    if sample.dropped:
+        keep = keep_mask(len(patches), len(patches) - sample.dropped, stream.seed, epoch, sample.key)
+        patches, freqs, times = patches[keep], freqs[keep], times[keep]
+    return patches, freqs, times
 
 
 def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:

@@ -7,10 +7,10 @@ pass it on, so no caller maps settings by hand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from loaders.pack import MODES
-from loaders.tokens import COMPRESSIONS, SCALE_RANGE, resolution
+from loaders.tokens import COMPRESSIONS, PATCH, SCALE_RANGE, resolution
 from shards.parallel import BACKENDS
 from shards.retry import DEFAULT_TIMEOUT_S
 
@@ -32,7 +32,12 @@ class StreamConfig:
     storage_timeout: seconds a batch's reads wait for an unreachable store before the stream
     raises `shards.retry.StorageFailure` (never a hole). max_failed: holes (samples whose bytes
     are bad, left as padding) allowed per pass before the stream raises `FailureBudgetExceeded`:
-    a count (>= 1) or a fraction of the pass's samples (< 1); None: no limit."""
+    a count (>= 1) or a fraction of the pass's samples (< 1); None: no limit.
+    token_dropout: share of each sample's patch tokens dropped (NaViT-style; the plan packs the kept
+    ones, `loaders.dropout`). token_dropout_max: instead, a rate per sample drawn from U(0, max).
+    random_cut: min frames of a random window taken per sample and epoch (`loaders.cuts`; 0 = off).
+    noise: light uniform noise and a time roll of up to 10 frames on the fbank (`loaders.noise`).
+    All four are training augmentations: `without_augmentation()` turns them off for evaluation."""
 
     rows_per_batch: int
     max_tokens: int = 2048
@@ -55,6 +60,10 @@ class StreamConfig:
     weight_by: str = "samples"
     storage_timeout: float = DEFAULT_TIMEOUT_S
     max_failed: float | None = None
+    token_dropout: float = 0.0
+    token_dropout_max: float = 0.0
+    random_cut: int = 0
+    noise: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "scales", tuple(float(c) for c in self.scales))
@@ -80,6 +89,25 @@ class StreamConfig:
             raise ValueError(
                 f"storage_timeout ({self.storage_timeout}) and max_failed ({self.max_failed}) must be >= 0"
             )
+
+        for name in ("token_dropout", "token_dropout_max"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.token_dropout and self.token_dropout_max:
+            raise ValueError(
+                "token_dropout (a fixed rate) and token_dropout_max (a rate per sample) exclude each other"
+            )
+        if self.random_cut and not PATCH <= self.random_cut <= self.max_frames:
+            raise ValueError(
+                f"random_cut must be 0 (off) or in {PATCH}..max_frames ({self.max_frames}) frames, got {self.random_cut}"
+            )
+
+    def without_augmentation(self) -> StreamConfig:
+        """These settings with every training augmentation off (SpecAugment, token dropout, random
+        cuts, noise): what validation and evaluation streams use."""
+        return replace(
+            self, freq_mask=0, time_mask=0, token_dropout=0.0, token_dropout_max=0.0, random_cut=0, noise=False
+        )
 
     def failures_allowed(self, samples: int) -> float:
         """Holes a pass over `samples` samples may leave (`max_failed`: a count, or a fraction)."""

@@ -53,7 +53,8 @@ class PackedDataModule(lightning.LightningDataModule):
     trainer's rank among its world size. num_workers / persistent_workers: the DataLoader's
     (memory is pinned when CUDA is there). rank / world: None for the trainer's `global_rank` /
     `world_size`. For validation, return `self.loader(PackedStream(...), lambda: 0)` from a
-    subclass's `val_dataloader`.
+    subclass's `val_dataloader`, its config `self.config.without_augmentation()` (no SpecAugment,
+    token dropout, random cuts or noise).
     """
 
     def __init__(

@@ -29,7 +29,7 @@ import numpy as np
 
 from loaders.config import StreamConfig
 from loaders.feature_spec import FeatureSpec
-from loaders.plan import EpochPlan, Index, _arrival_order, plan_arrivals, sample_tokens, tokens_at
+from loaders.plan import EpochPlan, Index, _arrival_order, counts_at, plan_arrivals, sample_tokens
 
 _SALT_PASS, _SALT_MIX = 0x9A55, 0x313C
 
@@ -55,7 +55,7 @@ def sample_measure(index: Index, config: StreamConfig, features: FeatureSpec | N
         return np.asarray(index.num_samples, np.float64) / np.asarray(index.sample_rate, np.float64)
     total = np.zeros(n)
     for scale in config.scales:
-        total += tokens_at(index.num_samples, index.sample_rate, scale, config, features)[0]
+        total += counts_at(index.num_samples, index.sample_rate, scale, config, features).tokens
     return total / len(config.scales)
 
 
@@ -97,10 +97,12 @@ def plan_mix(
     ids = np.concatenate(ids)[interleave([len(t) for t in ids])]
     num_samples = np.concatenate([index.num_samples for index in indexes])
     sample_rate = np.concatenate([index.sample_rate for index in indexes])
-    scale, tokens, cut = sample_tokens(num_samples, sample_rate, np.concatenate(key_hashes), config, epoch, features)
+    per = sample_tokens(num_samples, sample_rate, np.concatenate(key_hashes), config, epoch, features)
     group = (np.arange(len(ids)) // config.buffer).astype(np.int32)
     rng = np.random.default_rng([config.seed, epoch, _SALT_MIX])
-    plan = plan_arrivals(tokens, ids.astype(np.int32), group, config, epoch, rng, cut, scale)
+    plan = plan_arrivals(
+        per.tokens, ids.astype(np.int32), group, config, epoch, rng, per.cut, per.scale, per.dropped, per.start
+    )
     source = (np.searchsorted(starts, plan.sample, side="right") - 1).astype(np.int16)
     return MixedPlan(plan, starts, source, passes)
 

@@ -19,14 +19,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
 from loaders.config import StreamConfig
+from loaders.cuts import random_windows
+from loaders.dropout import dropped_tokens
 from loaders.feature_spec import FeatureSpec
+from loaders.keyed import keyed_uniform
 from loaders.pack import Packing, pack
-from loaders.tokens import clip_counts
+from loaders.tokens import TokenCounts, clip_counts
 
 _SALT_SCALE, _SALT_ORDER = 0x5CA1E, 0x0DE5
 _CHUNK = 1 << 16  # samples per step of plan_epoch's per-sample arithmetic
@@ -60,6 +64,8 @@ class EpochPlan:
     scale: np.ndarray
     batch_starts: np.ndarray  # samples of batch b: [batch_starts[b], batch_starts[b + 1])
     pad_ratio: float
+    dropped: np.ndarray  # tokens that token dropout leaves out (the row holds `tokens`, the kept ones)
+    window_start: np.ndarray  # first frame (at the sample's C) of its random window; 0 without random cuts
 
     @property
     def n_batches(self) -> int:
@@ -101,8 +107,18 @@ def plan_epoch(
     epoch (of the config, only the packing and feature settings matter: not the backend).
     `features`: how the stream featurizes (its fixed length and frame shift count here too)."""
     key_hash = index.key_hash if key_hash is None else key_hash
-    scale, tokens, cut = sample_tokens(index.num_samples, index.sample_rate, key_hash, config, epoch, features)
-    return plan_tokens(tokens, index.shard, config, epoch, cut=cut, scale=scale)
+    per = sample_tokens(index.num_samples, index.sample_rate, key_hash, config, epoch, features)
+    return plan_tokens(per.tokens, index.shard, config, epoch, per.cut, per.scale, per.dropped, per.start)
+
+
+class SampleTokens(NamedTuple):
+    """Per sample, what its features will be this epoch (see `sample_tokens`)."""
+
+    scale: np.ndarray
+    tokens: np.ndarray  # in its row: after the cap, the random window and token dropout
+    cut: np.ndarray  # removed by the cap (max_frames, row capacity) alone
+    dropped: np.ndarray
+    start: np.ndarray  # first frame of the random window
 
 
 def sample_tokens(
@@ -112,29 +128,38 @@ def sample_tokens(
     config: StreamConfig,
     epoch: int,
     features: FeatureSpec | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(scale, tokens, cut) of every sample: its C drawn from (seed, epoch, key), its tokens at C."""
+) -> SampleTokens:
+    """Every sample's C drawn from (seed, epoch, key), its tokens at C under the cap, then its
+    random window (`loaders.cuts`) and token dropout (`loaders.dropout`), each keyed the same way."""
+    if config.random_cut and features is not None and features.fixed_frames is not None:
+        raise ValueError("random_cut needs clips at their own length: the fixed-length mode (fixed_frames) has none")
     scales = np.asarray(config.scales, dtype=np.float64)
     n = len(key_hash)
-    scale, tokens, cut = np.empty(n), np.empty(n, np.int32), np.empty(n, np.int32)
-    for start in range(0, n, _CHUNK):  # per-sample arithmetic a chunk at a time: its temporaries stay small
-        part = slice(start, start + _CHUNK)
+    per = SampleTokens(np.empty(n), *(np.zeros(n, np.int32) for _ in range(4)))
+    for first in range(0, n, _CHUNK):  # per-sample arithmetic a chunk at a time: its temporaries stay small
+        part = slice(first, first + _CHUNK)
         pick = (keyed_uniform(key_hash[part], config.seed, epoch, _SALT_SCALE) * len(scales)).astype(np.int64)
-        scale[part] = scales[np.minimum(pick, len(scales) - 1)]
-        tokens[part], cut[part] = tokens_at(num_samples[part], sample_rate[part], scale[part], config, features)
-    return scale, tokens, cut
+        per.scale[part] = scales[np.minimum(pick, len(scales) - 1)]
+        counts = counts_at(num_samples[part], sample_rate[part], per.scale[part], config, features)
+        per.tokens[part], per.cut[part] = counts.tokens, counts.cut
+        if config.random_cut:
+            per.tokens[part], per.start[part] = random_windows(counts, key_hash[part], config, epoch)
+        if config.token_dropout or config.token_dropout_max:
+            per.dropped[part] = dropped_tokens(per.tokens[part], key_hash[part], config, epoch)
+            per.tokens[part] -= per.dropped[part]
+    return per
 
 
-def tokens_at(
+def counts_at(
     num_samples: np.ndarray,
     sample_rate: np.ndarray,
     scale: np.ndarray | float,
     config: StreamConfig,
     features: FeatureSpec | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, cut) of clips at resolution `scale` under the config's crop and row capacity (and
-    the features' fixed length and frame shift)."""
-    counts = clip_counts(
+) -> TokenCounts:
+    """Frames, tokens and cut of clips at resolution `scale` under the config's crop and row
+    capacity (and the features' fixed length and frame shift)."""
+    return clip_counts(
         num_samples,
         sample_rate,
         np.broadcast_to(scale, np.shape(num_samples)),
@@ -143,7 +168,6 @@ def tokens_at(
         capacity=config.max_tokens,
         **(features.framing if features else {}),
     )
-    return counts.tokens, counts.cut
 
 
 def plan_tokens(
@@ -153,13 +177,16 @@ def plan_tokens(
     epoch: int,
     cut: np.ndarray | None = None,
     scale: np.ndarray | None = None,
+    dropped: np.ndarray | None = None,
+    start: np.ndarray | None = None,
 ) -> EpochPlan:
-    """Steps 2-4 of the module docstring from token counts alone (`cut`, `scale`: per sample, for
-    the record). `PackingSampler` plans a map-style dataset with it, each sample its own shard.
+    """Steps 2-4 of the module docstring from token counts alone (`cut`, `scale`, `dropped`,
+    `start`: per sample, for the record and the featurizer). `PackingSampler` plans a map-style
+    dataset with it, each sample its own shard.
     Per-sample arrays are int32 and freed as soon as used: every rank plans the whole epoch."""
     rng = np.random.default_rng([config.seed, epoch, _SALT_ORDER])
     arrival, group = _arrival_order(np.asarray(shard), config, rng)
-    return plan_arrivals(np.asarray(tokens), arrival, group, config, epoch, rng, cut, scale)
+    return plan_arrivals(np.asarray(tokens), arrival, group, config, epoch, rng, cut, scale, dropped, start)
 
 
 def plan_arrivals(
@@ -171,11 +198,14 @@ def plan_arrivals(
     rng: np.random.Generator,
     cut: np.ndarray | None = None,
     scale: np.ndarray | None = None,
+    dropped: np.ndarray | None = None,
+    start: np.ndarray | None = None,
 ) -> EpochPlan:
     """Steps 2-4 from the order samples reach the packer: `arrival` (sample ids, by which
     `tokens`, `cut` and `scale` are indexed; an id may arrive more than once) and the `group` of
-    each arrival (rows are shuffled within the group being read when they closed)."""
-    cut = np.zeros(len(tokens), np.int32) if cut is None else cut
+    each arrival (rows are shuffled within the group being read when they closed); `dropped` and
+    `start`: per sample, token dropout's and the random window's (`sample_tokens`), for the featurizer."""
+    cut, dropped, start = (np.zeros(len(tokens), np.int32) if a is None else a for a in (cut, dropped, start))
     scale = np.ones(len(tokens)) if scale is None else scale
     arriving = tokens[arrival]
     total = int(arriving.sum(dtype=np.int64))
@@ -216,6 +246,8 @@ def plan_arrivals(
         scale=scale[sample],
         batch_starts=np.searchsorted(batch, np.arange(n_batches + 1)),
         pad_ratio=1.0 - total / capacity_total if capacity_total else 0.0,
+        dropped=dropped[sample].astype(np.int32, copy=False),
+        window_start=start[sample].astype(np.int32, copy=False),
     )
 
 
@@ -260,24 +292,3 @@ def fnv1a64(keys) -> np.ndarray:
     offsets = np.frombuffer(strings.buffers()[1], width)[strings.offset : strings.offset + len(strings) + 1]
     data = np.frombuffer(strings.buffers()[2], np.uint8) if strings.buffers()[2] else np.zeros(0, np.uint8)
     return fnv1a64_spans(data, offsets)
-
-
-def keyed_uniform(key_hash: np.ndarray, *salts: int) -> np.ndarray:
-    """A uniform [0, 1) number per key, fixed by (key, salts) alone."""
-    return (keyed_bits(key_hash, *salts) >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def keyed_bits(key_hash: np.ndarray, *salts: int) -> np.ndarray:
-    """64 random-looking bits per key, fixed by (key, salts) alone (splitmix64 finaliser)."""
-    x = key_hash.astype(np.uint64)
-    with np.errstate(over="ignore"):
-        for salt in salts:
-            x = _splitmix(x ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
-    return x
-
-
-def _splitmix(x: np.ndarray) -> np.ndarray:
-    x = x + np.uint64(0x9E3779B97F4A7C15)
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))

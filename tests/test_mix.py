@@ -16,7 +16,7 @@ from loaders.mix import pass_order, plan_mix
 from loaders.plan import Index
 from loaders.tokens import SCALE_GRID
 
-from conftest import SYNTHETIC_LABELS, build_synthetic_shards
+from conftest import RECIPE_OPTIONS, SYNTHETIC_LABELS, build_synthetic_shards
 
 RATE = 16000
 
@@ -121,11 +121,12 @@ def second_set(tmp_path_factory, make_shards):
     return build_synthetic_shards(make_shards, tmp_path_factory.mktemp("second"), labels, "--shard-samples", "3")
 
 
-def test_a_mixed_stream_delivers_its_plan_once_with_labels_merged_by_name(synthetic_shards, second_set):
+@pytest.mark.parametrize("options", RECIPE_OPTIONS)
+def test_a_mixed_stream_delivers_its_plan_once_with_labels_merged_by_name(synthetic_shards, second_set, options):
     """Two real shard sets (25 and 12 clips) mixed 0.3 / 0.7 on two ranks: what both ranks deliver
     is the plan, sample for sample; labels are the merged list (hum, tone, whistle, buzz), each
     sample's label its own by name; rows hold samples of both sources."""
-    config = StreamConfig(rows_per_batch=2, max_tokens=256, buffer=8, backend="local", weights=(0.3, 0.7))
+    config = StreamConfig(rows_per_batch=2, max_tokens=256, buffer=8, backend="local", weights=(0.3, 0.7), **options)
     sources = [synthetic_shards / "train", second_set / "train"]
     ranks = [PackedStream(sources, config, rank=rank, world=2) for rank in (0, 1)]
     assert ranks[0].labels == ["hum", "tone", "whistle", "buzz"]

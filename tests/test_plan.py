@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from loaders import plan as plan_module
 from loaders.config import StreamConfig
-from loaders.pack import DEFAULT_WAIT_BUFFERS, pack
+from loaders.pack import DEFAULT_WAIT_BUFFERS, MODES, pack
 from loaders.plan import Index, fnv1a64, keyed_uniform, plan_epoch, plan_tokens
 from loaders.tokens import SCALE_GRID, shift_for_scale, token_counts
 
@@ -32,16 +32,24 @@ def corpora(draw):
 
 @st.composite
 def configs(draw):
+    """Stream settings, the training recipe's options (issue 24) included: every guarantee below
+    holds with token dropout (fixed or per-sample rates), random cuts and noise, for each packer."""
+    max_frames = draw(st.sampled_from([64, 3072]))
+    dropout, dropout_max = draw(st.sampled_from([(0.0, 0.0), (0.1, 0.0), (0.0, 0.5), (0.0, 0.9)]))
     return StreamConfig(
         rows_per_batch=draw(st.integers(1, 5)),
         max_tokens=draw(st.sampled_from([64, 256, 2048])),
-        packing=draw(st.sampled_from(["first_fit", "greedy"])),
+        packing=draw(st.sampled_from(MODES)),
         buffer=draw(st.integers(1, 64)),
         scales=draw(st.sampled_from([(1.0,), SCALE_GRID])),
-        max_frames=draw(st.sampled_from([64, 3072])),
+        max_frames=max_frames,
         shuffle=draw(st.booleans()),
         seed=draw(st.integers(0, 3)),
         max_per_row=draw(st.none() | st.integers(1, 4)),
+        token_dropout=dropout,
+        token_dropout_max=dropout_max,
+        random_cut=draw(st.sampled_from([0, 16, 48, min(384, max_frames)])),
+        noise=draw(st.booleans()),
     )
 
 
@@ -133,20 +141,30 @@ def test_part_filled_rows_carry_into_the_next_group(shuffle):
     assert sorted(plan.sample.tolist()) == list(range(40))
 
 
-def test_a_samples_scale_depends_on_seed_epoch_and_key_only():
+@pytest.mark.parametrize(
+    "field, options",
+    [
+        ("scale", {"scales": SCALE_GRID}),
+        ("window_start", {"random_cut": 48, "max_frames": 48}),
+        ("dropped", {"token_dropout_max": 0.9}),
+    ],
+)
+def test_a_samples_draws_depend_on_seed_epoch_and_key_only(field, options):
+    """Its scale C, random window (its start, with the length pinned by the cap) and token dropout:
+    the same wherever the key stands in the index, drawn afresh for another seed or epoch."""
     index = Index(
         np.array([f"k{i}" for i in range(200)]), np.zeros(200, np.int64), np.full(200, 48000), np.full(200, 16000)
     )
-    config = StreamConfig(rows_per_batch=2, scales=SCALE_GRID)
-    scale_of = lambda plan: dict(zip(plan.sample.tolist(), plan.scale.tolist()))
-    base = scale_of(plan_epoch(index, config, 0))
+    config = StreamConfig(rows_per_batch=2, **options)
+    draw_of = lambda plan: dict(zip(plan.sample.tolist(), getattr(plan, field).tolist()))
+    base = draw_of(plan_epoch(index, config, 0))
     reordered = Index(index.keys[::-1], index.shard, index.num_samples, index.sample_rate)
-    flipped = scale_of(plan_epoch(reordered, config, 0))
+    flipped = draw_of(plan_epoch(reordered, config, 0))
     assert all(base[i] == flipped[199 - i] for i in range(200))  # follows the key, not the position
-    for other in (StreamConfig(rows_per_batch=2, scales=SCALE_GRID, seed=1), config):
-        changed = scale_of(plan_epoch(index, other, 0 if other.seed else 1))  # another seed, then another epoch
-        assert sum(base[i] != changed[i] for i in base) > 150  # drawn afresh: 15 in 16 change
-    assert set(base.values()) == set(SCALE_GRID)
+    for other in (StreamConfig(rows_per_batch=2, seed=1, **options), config):
+        changed = draw_of(plan_epoch(index, other, 0 if other.seed else 1))  # another seed, then another epoch
+        assert sum(base[i] != changed[i] for i in base) > 150  # drawn afresh (C: 15 in 16 change)
+    assert field != "scale" or set(base.values()) == set(SCALE_GRID)
 
 
 def test_key_hash_and_uniforms_are_stable():
@@ -174,13 +192,18 @@ def test_bad_plan_configurations_are_refused():
 @given(index=corpora(), config=configs(), chunk=st.integers(1, 40))
 def test_a_plan_made_in_chunks_counts_each_sample_as_alone(index, config, chunk):
     """plan_epoch's per-sample arithmetic runs a chunk at a time: any chunk gives the same plan, and
-    each sample's tokens and cut are those of its own length at its own scale (one clip at a time)."""
+    each sample's tokens and cut are those of its own length at its own scale (one clip at a time):
+    the cut is the cap's alone; a random window is T frames of the clip, a multiple of 16 between
+    random_cut and what the cap keeps (the whole clip when shorter than random_cut); token
+    dropout removes floor(tokens x rate), the rate fixed or below token_dropout_max."""
     whole = plan_epoch(index, config, 1)
     with mock.patch.object(plan_module, "_CHUNK", chunk):
         plan = plan_epoch(index, config, 1)
-    for name in ("sample", "batch", "row", "offset", "tokens", "cut", "scale"):
+    for name in ("sample", "batch", "row", "offset", "tokens", "cut", "scale", "dropped", "window_start"):
         assert np.array_equal(getattr(plan, name), getattr(whole, name)), name
-    for i, tokens, cut, scale in zip(plan.sample, plan.tokens, plan.cut, plan.scale):
+    for i, tokens, cut, scale, dropped, start in zip(
+        plan.sample, plan.tokens, plan.cut, plan.scale, plan.dropped, plan.window_start
+    ):
         alone = token_counts(
             int(index.num_samples[i]),
             int(index.sample_rate[i]),
@@ -188,4 +211,19 @@ def test_a_plan_made_in_chunks_counts_each_sample_as_alone(index, config, chunk)
             max_frames=config.max_frames,
             capacity=config.max_tokens,
         )
-        assert scale in config.scales and (tokens, cut) == (int(alone.tokens), int(alone.cut))
+        assert scale in config.scales and cut == int(alone.cut)
+        window, kept_frames = (tokens + dropped) // 8 * 16, int(alone.tokens) // 8 * 16
+        if not config.random_cut:
+            assert (tokens + dropped, start) == (int(alone.tokens), 0)
+        elif alone.frames < config.random_cut:
+            assert (window, start) == (kept_frames, 0)
+        else:
+            assert min(config.random_cut // 16 * 16, kept_frames) <= window <= kept_frames and window % 16 == 0
+            assert 0 <= start <= alone.frames - window
+        assert tokens >= 1
+        if config.token_dropout:
+            assert dropped == int((tokens + dropped) * config.token_dropout)
+        elif config.token_dropout_max:
+            assert dropped <= (tokens + dropped) * config.token_dropout_max
+        else:
+            assert dropped == 0

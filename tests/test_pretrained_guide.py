@@ -25,6 +25,8 @@ def test_the_paper_recipes_load(dataset):
     assert config.recipe == "paper" and config.init and config.preset == "base"
     assert config.fixed_frames == (1024 if dataset in ("audioset", "vggsound") else 0)
     assert config.frame_shift == (5.0 if dataset == "epic_sounds" else 0.0)
+    assert (config.token_dropout, config.noise) == (0.1, False)  # the paper's scripts: all four
+    assert config.random_cut == (384 if dataset == "epic_sounds" else 0)
 
 
 @pytest.mark.ray

@@ -16,6 +16,8 @@ from loaders import stream as stream_module
 from loaders.threads import torch_threads
 from shards import ShardDataset
 
+from conftest import RECIPE_OPTIONS
+
 SETTINGS = dict(rows_per_batch=1, max_tokens=256, max_frames=256, buffer=16, scales=(1.0, 2.0, 3.0), backend="local")
 
 
@@ -84,22 +86,31 @@ def test_resume_from_a_state_dict_yields_exactly_the_remaining_batches(shards):
         resumed.load_state_dict({"epoch": 1})
 
 
-def test_a_state_saved_on_three_ranks_resumes_on_two_with_every_key_once(shards):
+@pytest.mark.parametrize("options", RECIPE_OPTIONS)
+def test_a_state_saved_on_three_ranks_resumes_on_two_with_every_key_once(shards, options):
     """Three ranks take a step each; the state of any of them resumes on 2 ranks (one through
-    DataLoader workers): every key of the epoch exactly once over both legs, equal steps."""
-    three = [PackedStream(shards / "train", **SETTINGS, rank=rank, world=3) for rank in range(3)]
+    DataLoader workers): every key of the epoch exactly once over both legs, equal steps; the
+    batches DataLoader workers make are, bitwise, those made in-process (keyed augmentations)."""
+    three = [PackedStream(shards / "train", **SETTINGS, **options, rank=rank, world=3) for rank in range(3)]
     seen, states = Counter(), []
     for stream in three:
         stream.set_epoch(1)
         seen.update(next(iter(stream)).keys)
         states.append(stream.state_dict())
     assert states == [{"epoch": 1, "consumed": 3}] * 3  # the plan's batches taken, not a rank's cursor
-    two = [PackedStream(shards / "train", **SETTINGS, rank=rank, world=2) for rank in (0, 1)]
+    two = [PackedStream(shards / "train", **SETTINGS, **options, rank=rank, world=2) for rank in (0, 1)]
     legs = []
     for stream, workers in zip(two, (0, 2)):
         stream.load_state_dict(states[0])
-        legs.append(delivered(DataLoader(stream, batch_size=None, num_workers=workers)))
-        assert legs[-1] == delivered(stream.epoch(1, consumed=3))
+        loaded, direct = (
+            list(DataLoader(stream, batch_size=None, num_workers=workers)),
+            list(stream.epoch(1, consumed=3)),
+        )
+        legs.append(delivered(loaded))
+        assert legs[-1] == delivered(direct)
+        assert all(
+            torch.equal(a.patches, b.patches) and torch.equal(a.time_pos, b.time_pos) for a, b in zip(loaded, direct)
+        )
         seen.update(key for _, _, keys, _ in legs[-1] for key in keys)
     batches = three[0].plan(1).n_batches - 3
     assert len(legs[0]) == len(legs[1]) == -(-batches // 2)  # 3 % 2: dealt from batch 3, steps from 1

@@ -73,8 +73,10 @@ def test_a_run_stopped_by_a_full_disk_then_killed_mid_epoch_resumes_bitwise(
     does not fit: the run stops once (exit 2, no retry) keeping the first; a read-only disk is
     refused; on a larger disk the resumed driver is killed (SIGKILL, with its Ray Train worker)
     once a mid-epoch checkpoint of epoch 2 exists, and resumed from that very checkpoint it ends
-    bitwise equal to the uninterrupted run."""
-    args = ["--shards", str(fsdd_small_shards), *STEPS, "--epochs", "2", "--loader", "local"]
+    bitwise equal to the uninterrupted run. With the paper's augmentations on (token dropout,
+    random cuts, noise: all keyed, so the resume stays bitwise)."""
+    recipe = ["--token-dropout", "0.1", "--random-cut", "32", "--noise"]
+    args = ["--shards", str(fsdd_small_shards), *STEPS, "--epochs", "2", "--loader", "local", *recipe]
     full, run = tmp_path / "full", small_disk / "run"
     assert train_job.main([*args, "--out", str(full), "--wandb", "offline"]) == 0
     faulty = [*args, "--out", str(run), "--wandb", "disabled"]

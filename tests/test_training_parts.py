@@ -57,6 +57,10 @@ def test_bad_yaml_is_refused_by_name(tmp_path, text, message):
         ["--stop-after", "99"],
         ["--shards", "a", "b", "--weights", "1"],
         ["--weight-by", "bytes"],
+        ["--token-dropout", "1"],
+        ["--token-dropout", "0.1", "--token-dropout-max", "0.2"],
+        ["--random-cut", "8"],
+        ["--random-cut", "384", "--fixed-frames", "1024"],
     ],
 )
 def test_bad_flags_exit_with_a_message(flags, capsys):

@@ -118,6 +118,14 @@ class TrainConfig:
     )
     freq_mask: int = knob(0, "SpecAugment: widest masked band in mel bins (0: off)")
     time_mask: int = knob(0, "SpecAugment: widest masked span in frames (0: off)")
+    token_dropout: float = knob(
+        0.0, "share of each training sample's patches dropped; rows pack the kept ones (paper: 0.1)"
+    )
+    token_dropout_max: float = knob(0.0, "instead of --token-dropout: a rate per sample drawn from U(0, this)")
+    random_cut: int = knob(
+        0, "min frames of a random window per sample and epoch, up to min(clip, --max-frames) (0: off; paper Epic: 384)"
+    )
+    noise: bool = knob(False, "light uniform noise (up to 0.1) and a time roll of -10..9 frames on training fbanks")
     shuffle: bool = knob(True, "shuffle shards and rows every epoch")
     label_type: str = knob("auto", "auto: what the shard set says; single or multi to insist")
     # optimisation
@@ -198,6 +206,11 @@ class TrainConfig:
             )
         if not 0 <= self.stop_after <= self.epochs:
             raise ValueError(f"stop_after must be in 0..epochs ({self.epochs}), got {self.stop_after}")
+        if self.random_cut and self.fixed_frames:
+            raise ValueError(
+                "random_cut needs clips at their own length: fixed_frames (the fixed-length mode) has none"
+            )
+        self.stream()  # the stream's own checks (token dropout, random cuts, ...) fail here, not in a worker
 
     @property
     def run_epochs(self) -> int:
@@ -222,6 +235,10 @@ class TrainConfig:
             seed=self.seed,
             freq_mask=self.freq_mask,
             time_mask=self.time_mask,
+            token_dropout=self.token_dropout,
+            token_dropout_max=self.token_dropout_max,
+            random_cut=self.random_cut,
+            noise=self.noise,
             backend=self.loader,
             workers=self.loader_workers,
             worker_cpus=self.loader_cpus,

@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow as pa
 
 from elasticast.training.loop import EpochResult
-from loaders.plan import fnv1a64, keyed_bits
+from loaders.keyed import keyed_bits
+from loaders.plan import fnv1a64
 
 _SALT_DIGEST = 0xD16E57
 
