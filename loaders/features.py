@@ -187,11 +187,23 @@ def patchify(spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 def spec_augment(spec: torch.Tensor, rng: np.random.Generator, freq_mask: int, time_mask: int) -> torch.Tensor:
     """One frequency band (< freq_mask bins) and one time span (< time_mask frames) set to 0
     (the dataset mean), drawn from `rng` so the same seed, epoch and key mask the same way."""
+    freq_start, freq_width, time_start, time_width = augment_spans(rng, spec.shape, freq_mask, time_mask)
     spec = spec.clone()
-    for axis, width in ((1, freq_mask), (0, time_mask)):
-        size = spec.shape[axis]
+    spec[:, freq_start : freq_start + freq_width] = 0
+    spec[time_start : time_start + time_width] = 0
+    return spec
+
+
+def augment_spans(
+    rng: np.random.Generator, shape: tuple[int, int], freq_mask: int, time_mask: int
+) -> tuple[int, int, int, int]:
+    """SpecAugment's draw for a `[frames, bins]` spectrogram: (band start, band width, span start,
+    span width); the one keyed decision `spec_augment` and the device featurizer apply alike."""
+    spans = []
+    for size, width in ((shape[1], freq_mask), (shape[0], time_mask)):
+        span = start = 0
         if width > 0 and size > 0:
             span = int(rng.integers(0, min(width, size) + 1))
             start = int(rng.integers(0, size - span + 1))
-            spec.narrow(axis, start, span).zero_()
-    return spec
+        spans += [start, span]
+    return tuple(spans)
