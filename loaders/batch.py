@@ -96,7 +96,9 @@ class PackedBatch:
         return (ids.unsqueeze(-1) == ids.unsqueeze(-2)) & (ids > 0).unsqueeze(-1)
 
     def _map(self, fn) -> PackedBatch:
-        moved = {f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        moved = {
+            f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         if self.audio is not None:
             moved["audio"] = replace(self.audio, samples=fn(self.audio.samples), layout=fn(self.audio.layout))
         return replace(self, **moved)

@@ -15,6 +15,7 @@ from shards.parallel import BACKENDS
 from shards.retry import DEFAULT_TIMEOUT_S
 
 WEIGHT_BY = ("samples", "duration", "tokens")  # what a mix's weights measure
+FEATURIZE = ("loader", "device")  # where fbanks are made: in the loader's workers, or on the trainer's device
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,10 @@ class StreamConfig:
     storage_timeout: seconds a batch's reads wait for an unreachable store before the stream
     raises `shards.retry.StorageFailure` (never a hole). max_failed: holes (samples whose bytes
     are bad, left as padding) allowed per pass before the stream raises `FailureBudgetExceeded`:
-    a count (>= 1) or a fraction of the pass's samples (< 1); None: no limit."""
+    a count (>= 1) or a fraction of the pass's samples (< 1); None: no limit.
+    featurize: where fbanks are made: "loader" (the workers ship patches) or "device" (the workers
+    ship int16 waveforms and the plan's layout; the trainer runs `loaders.device_features` on its
+    device before the forward pass)."""
 
     rows_per_batch: int
     max_tokens: int = 2048
@@ -55,6 +59,7 @@ class StreamConfig:
     weight_by: str = "samples"
     storage_timeout: float = DEFAULT_TIMEOUT_S
     max_failed: float | None = None
+    featurize: str = "loader"
 
     def __post_init__(self):
         object.__setattr__(self, "scales", tuple(float(c) for c in self.scales))
@@ -62,7 +67,13 @@ class StreamConfig:
             object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
             if not self.weights or min(self.weights) <= 0:
                 raise ValueError(f"weights {self.weights} must be a non-empty set of values > 0")
-        choices = (("packing", MODES), ("compression", COMPRESSIONS), ("backend", BACKENDS), ("weight_by", WEIGHT_BY))
+        choices = (
+            ("packing", MODES),
+            ("compression", COMPRESSIONS),
+            ("backend", BACKENDS),
+            ("weight_by", WEIGHT_BY),
+            ("featurize", FEATURIZE),
+        )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {allowed}")

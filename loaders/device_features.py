@@ -31,7 +31,7 @@ from torch import nn
 
 from loaders.batch import PATCH_VALUES, PackedBatch, Waveforms
 from loaders.feature_spec import FeatureSpec
-from loaders.features import PREEMPHASIS, _EPSILON, _analysis
+from loaders.features import LOG_FLOOR, PREEMPHASIS, analysis
 from loaders.tokens import FRAME_LENGTH_MS, N_MELS, PATCH, frame_samples, kaldi_frames
 
 LAYOUT = (
@@ -116,7 +116,7 @@ class DeviceFeaturizer(nn.Module):
         super().__init__()
         self.spec = spec
         self.window_size = int(frame_samples(spec.sample_rate, FRAME_LENGTH_MS))
-        window, banks, self.fft_size = _analysis(spec.sample_rate, self.window_size)
+        window, banks, self.fft_size = analysis(spec.sample_rate, self.window_size)
         self.register_buffer("window", window, persistent=False)
         self.register_buffer("banks", banks, persistent=False)
         self.pad_value = -spec.mean / (2 * spec.std) if spec.recipe == "paper" else 0.0
@@ -168,7 +168,7 @@ class DeviceFeaturizer(nn.Module):
         frames = torch.cat([frames[:, :1] * (1 - PREEMPHASIS), frames[:, 1:] - PREEMPHASIS * frames[:, :-1]], dim=1)
         spectrum = torch.fft.rfft(frames * self.window, n=self.fft_size)
         power = spectrum.real.square() + spectrum.imag.square()
-        return (power @ self.banks).clamp_min(_EPSILON).log()
+        return (power @ self.banks).clamp_min(LOG_FLOOR).log()
 
     def _kept_frames(self, spec: torch.Tensor, column: dict[str, torch.Tensor], audio: Waveforms) -> torch.Tensor:
         """`[kept, 128]`: each sample's pooled frames, then its padding up to its kept frames."""
@@ -177,6 +177,22 @@ class DeviceFeaturizer(nn.Module):
         kept = torch.full((audio.kept, N_MELS), self.pad_value, device=spec.device)
         kept[first[owner] + frame] = spec
         return kept
+
+
+def to_device(
+    batch: PackedBatch, device: torch.device | str, featurizer: DeviceFeaturizer | None = None
+) -> PackedBatch:
+    """`batch` on `device` (copied without waiting), featurized there if it came as waveforms;
+    `featurizer`: the stream's (`PackedStream.featurizer`)."""
+    batch = batch.to(device, non_blocking=True)
+    if batch.featurized:
+        return batch
+    if featurizer is None:
+        raise ValueError(
+            "the batch holds waveforms (featurize='device'): pass the stream's featurizer "
+            "(PackedStream.featurizer) to featurize it on the trainer's device"
+        )
+    return featurizer.featurize(batch)
 
 
 def _owners(counts: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
