@@ -33,9 +33,8 @@ class Waveforms:
     kept: int  # frames of the model's input (a multiple of 16 per sample)
     max_pool: int
 
-    @property
-    def nbytes(self) -> int:
-        return self.samples.nbytes + self.layout.nbytes
+    def to(self, device: torch.device | str) -> Waveforms:
+        return replace(self, samples=self.samples.to(device), layout=self.layout.to(device))
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,41 @@ class DeviceFeaturizer(nn.Module):
             batch, patches=patches, segment_ids=segment_ids, freq_pos=freq_pos, time_pos=time_pos, audio=None
         )
 
+    def packed(
+        self,
+        waves: Sequence[np.ndarray],
+        row: np.ndarray,
+        offset: np.ndarray,
+        scale: np.ndarray,
+        tokens: np.ndarray,
+        keys: Sequence[str],
+        device: torch.device | str = "cpu",
+    ) -> PackedBatch:
+        """A featurized `PackedBatch` (on `device`) of waveforms (float or int16, each cut to
+        `spec.samples_needed`) placed at (row, offset) with `tokens` each, as many rows and as long
+        as they need: what `loaders.batch.from_features` makes of ready features (e.g. inference)."""
+        order = np.lexsort((offset, row))
+        row, offset, tokens = row[order], offset[order], tokens[order]
+        slot = np.ones(len(order), np.int64)
+        for i in range(1, len(order)):
+            slot[i] = slot[i - 1] + 1 if row[i] == row[i - 1] else 1
+        waves = [waves[i] for i in order]
+        table = layout(self.spec, [len(w) for w in waves], scale[order], tokens, row, offset, slot)
+        audio = waveforms(torch.as_tensor(np.concatenate(waves)), table).to(device)
+        patches, segment_ids, freq_pos, time_pos = self(audio, int(row.max()) + 1, int((offset + tokens).max()))
+        return PackedBatch(
+            patches=patches,
+            segment_ids=segment_ids,
+            freq_pos=freq_pos,
+            time_pos=time_pos,
+            labels=torch.zeros(len(order), dtype=torch.int64),
+            row=torch.from_numpy(row.astype(np.int64)),
+            slot=torch.from_numpy(slot),
+            n_tokens=torch.from_numpy(tokens.astype(np.int64)),
+            scale=torch.as_tensor(scale[order], dtype=torch.float32),
+            keys=[keys[i] for i in order],
+        ).to(device)
+
     def forward(self, audio: Waveforms, rows: int, length: int) -> tuple[torch.Tensor, ...]:
         """(patches `[rows, length, 256]`, segment ids, frequency and time positions `[rows, length]`)."""
         device = audio.samples.device
