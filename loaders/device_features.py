@@ -98,7 +98,7 @@ def waveforms(samples: np.ndarray | torch.Tensor, table: np.ndarray) -> Waveform
     column = lambda name: table[:, _COLUMN[name]]
     return Waveforms(
         samples=torch.as_tensor(samples),
-        layout=torch.as_tensor(table, dtype=torch.int64),
+        layout=torch.from_numpy(np.array(table, np.int64)),  # a copy: arrays through Ray are read-only
         frames=int(column("frames").sum()),
         pooled=int(column("pooled").sum()),
         kept=int(column("kept").sum()),

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from loaders import PackedStream, StreamConfig
 from loaders.assemble import BatchSpec
+from loaders.device_features import to_device
 from loaders.features import patchify, spectrogram
 from shards import ShardDataset
 
@@ -110,7 +112,12 @@ def test_same_batches_with_one_or_two_ray_workers_and_locally(demo_shards, ray_l
     args = dict(shards=demo_shards / "train", rows_per_batch=2, buffer=32, scales=SCALES, rank=1, world=2)
     local = collect(PackedStream(**args, backend="local"))
     assert same_batches(local, collect(PackedStream(**args, workers=1)))
-    assert same_batches(local, collect(PackedStream(**args, workers=2, worker_cpus=0.5)))
+    on_device = PackedStream(**args, workers=2, worker_cpus=0.5, featurize="device")  # waveforms through Ray
+    shipped = collect(on_device)
+    assert not any(b.featurized for b in shipped)
+    featurized = [to_device(b, "cpu", on_device.featurizer) for b in shipped]
+    assert same_batches(local, [replace(b, patches=a.patches) for a, b in zip(local, featurized)])
+    assert max((a.patches - b.patches).abs().max() for a, b in zip(local, featurized)) <= 1e-4
     assert same_batches(
         local, list(DataLoader(PackedStream(**args, workers=2), batch_size=None))
     )  # Ray under a DataLoader
