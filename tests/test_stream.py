@@ -133,13 +133,16 @@ def test_seed_and_epoch_fix_the_batches(demo_shards):
     assert [b.keys for b in first] != [b.keys for b in collect(make(1), epoch=3)]
 
 
-def test_resume_mid_epoch_gives_exactly_the_remaining_batches(demo_shards):
-    stream = PackedStream(
-        demo_shards / "train", rows_per_batch=1, max_tokens=256, buffer=32, scales=SCALES, backend="local"
-    )
+@pytest.mark.parametrize("featurize", ["loader", "device"])
+def test_resume_mid_epoch_gives_exactly_the_remaining_batches(demo_shards, featurize):
+    settings = dict(rows_per_batch=1, max_tokens=256, buffer=32, scales=SCALES, backend="local", featurize=featurize)
+    stream = PackedStream(demo_shards / "train", **settings)
     full = collect(stream, epoch=2)
     assert len(full) > 4
     assert same_batches(full[3:], collect(stream, epoch=2, start_step=3))
+    assert all(
+        torch.equal(a.audio.samples, b.audio.samples) for a, b in zip(full[3:], collect(stream, 2, 3)) if a.audio
+    )
     assert [b.step for b in full] == list(range(len(full)))
 
 
