@@ -191,10 +191,10 @@ class DeviceFeaturizer(nn.Module):
         sums = torch.segment_reduce(wave, "sum", lengths=length, unsafe=True) if wave.numel() else length * 0.0
         means = sums / length.clamp_min(self.window_size)
         owner, frame = _owners(column["frames"], audio.frames)
-        at = (frame * column["shift"][owner]).unsqueeze(1) + torch.arange(self.window_size, device=wave.device)
-        inside = at < length[owner].unsqueeze(1)
-        index = (column["start"][owner].unsqueeze(1) + at).clamp_max(max(wave.numel() - 1, 0))
-        values = wave[index] if wave.numel() else torch.zeros(index.shape, device=wave.device)
+        offset = frame * column["shift"][owner]  # of each frame in its clip
+        windows = torch.nn.functional.pad(wave, (0, self.window_size)).unfold(0, self.window_size, 1)  # a view
+        values = windows[column["start"][owner] + offset]
+        inside = torch.arange(self.window_size, device=wave.device) < (length[owner] - offset).unsqueeze(1)
         return torch.where(inside, values, 0.0) - means[owner].unsqueeze(1)
 
     def _log_mel(self, frames: torch.Tensor) -> torch.Tensor:
