@@ -53,7 +53,16 @@ def packed(sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("compression", ["shift", "avgpool"])
 def test_one_batched_pass_equals_the_cpu_path_for_every_scale(recipe, compression):
     spec = FeatureSpec(RATE, -4.4, 4.9, compression=compression, recipe=recipe, max_frames=2048)
-    scales = list(SCALE_GRID) if compression == "shift" else [1.0, 2.0, 3.0, 4.0, 2.0, 1.0]
+    assert_cpu_path(spec, list(SCALE_GRID) if compression == "shift" else [1.0, 2.0, 3.0, 4.0, 2.0, 1.0])
+
+
+def test_the_papers_fixed_length_and_5_ms_shift_equal_the_cpu_path():
+    """Every clip cropped or padded to int(1024 / C) frames, at a 5 ms shift at C = 1 (Epic-Sounds)."""
+    spec = FeatureSpec(RATE, -4.4, 4.9, recipe="paper", fixed_frames=1024, frame_shift_ms=5.0, max_frames=2048)
+    assert_cpu_path(spec, [1.0, 1.6, 2.2, 3.0, 4.0])
+
+
+def assert_cpu_path(spec: FeatureSpec, scales: list[float]) -> None:
     waves = [w[: spec.samples_needed(len(w), c, capacity=LENGTH)] for w, c in zip(clips(len(scales), 1), scales)]
     tokens = [int(spec.counts(len(w), c, capacity=LENGTH).tokens) for w, c in zip(waves, scales)]
     rows, offsets = packed(tokens)
