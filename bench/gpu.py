@@ -18,6 +18,9 @@ short still leaves what it measured):
   recompile    compiled graphs over 50 batches of different layouts (train, then eval)
   feeding      the loader's production per CPU core vs the trainer's consumption: cores per GPU at
                C = 1 and random C, and for an 8-GPU node
+  featurize    `DeviceFeaturizer` (featurize="device") on batches of waveforms already on the device:
+               s of audio per second at C = 1 and random C, its share of the speed section's
+               whole-model step, and its patches against the CPU path's (max abs <= 1e-4)
   e2e          `jobs/train.py --device cuda` (base preset, Ray Data loader) on a shard set built here
 The smoke run uses the same code on CPU with a 2-layer 64-wide model and 256-token rows; compiled
 flex and varlen are CUDA-only and are replaced there by the CPU backends (split, dense).
@@ -38,10 +41,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_parts, and the benchmarks it reuses
 
-from gpu_parts import correctness, end_to_end, feeding, recompile, report, speed  # noqa: E402
+from gpu_parts import correctness, end_to_end, featurize, feeding, recompile, report, speed  # noqa: E402
 from gpu_parts.common import FULL, SMOKE, peak_tflops, skipped  # noqa: E402
 
-SECTIONS = ("correctness", "speed", "recompile", "feeding", "e2e")
+SECTIONS = ("correctness", "speed", "recompile", "feeding", "featurize", "e2e")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                     if "speed" in results
                     else skipped("needs the speed section's consumption")
                 )
+            elif section == "featurize":
+                results[section] = featurize.run(sizes, device, Path(work), report.step_ms(results))
             else:
                 results[section] = end_to_end.run(sizes, device, Path(work), args.loader_workers)
             results[section]["section_s"] = time.perf_counter() - started

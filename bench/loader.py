@@ -22,7 +22,16 @@ measured in the same run on the same clips:
    standard-AST loader that crops/pads every clip to 1024 frames (512 tokens), in two forms: the
    reference code's (fbank of the whole clip, then crop/pad) and a lean one (fbank of the first
    10.24 s only);
-6. planning an epoch of 1,000,000 VoxCeleb-like samples from metadata alone.
+6. planning an epoch of 1,000,000 VoxCeleb-like samples from metadata alone;
+7. featurizing on the trainer's device (issue 27), at C = 1 and at random C: the loader's CPU
+   seconds per second of audio with `featurize="device"` (read, decode, ship int16 waveforms and
+   the layout) against `"loader"` (fbanks too), one in-process epoch each, alternating, best of 3;
+   the bytes per batch shipped to the trainer (waveforms + layout + ids, against patches + ids);
+   and on the trainer's side, on this CPU (one torch thread), the time per batch to featurize
+   (`DeviceFeaturizer`) against a training step of the tiny model (and, at random C, one step of
+   the base ViT-B) on the batch with the most tokens.
+
+`--only device` runs section 7 alone (its command in bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -41,8 +50,11 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
+from elasticast.model import loss
+from elasticast.training import TrainConfig, build_model
 from jobs import make_shards
 from loaders import PackedStream
+from loaders.batch import PackedBatch
 from loaders.config import StreamConfig
 from loaders.features import fbank, kaldi_fbank, patchify, spectrogram
 from loaders.plan import Index, plan_epoch
@@ -205,6 +217,78 @@ def useful_tokens(split_dir: Path, waves: dict[str, np.ndarray]) -> dict:
     return result
 
 
+def shipped_bytes(batch: PackedBatch) -> int:
+    """What a batch weighs from loader to trainer: its tensors (patches or waveforms, ids, positions)."""
+    tensors = [batch.patches, batch.segment_ids, batch.freq_pos, batch.time_pos]
+    if batch.audio is not None:
+        tensors += [batch.audio.samples, batch.audio.layout]
+    return sum(t.nbytes for t in tensors)
+
+
+def device_featurizing(split_dir: Path, audio_s: float, repeats: int = 3) -> list[dict]:
+    """Per C setting: loader CPU s per s of audio in both modes, bytes per batch, trainer-side
+    featurize time per batch against a model step (tiny and base)."""
+    rows = []
+    for name, scales in (("C = 1", (1.0,)), ("random C", SCALE_GRID)):
+        streams = {
+            mode: PackedStream(split_dir, rows_per_batch=2, scales=scales, backend="local", featurize=mode)
+            for mode in ("loader", "device")
+        }
+        cpu = {mode: [] for mode in streams}
+        batches = {}
+        for _ in range(repeats):
+            for mode, stream in streams.items():
+                started = time.process_time()
+                batches[mode] = list(stream.epoch(0))
+                cpu[mode].append(time.process_time() - started)
+        row = {"name": name, **{f"cpu_{m}": min(c) / audio_s for m, c in cpu.items()}}
+        for mode, delivered in batches.items():
+            row[f"bytes_{mode}"] = np.mean([shipped_bytes(b) for b in delivered])
+        featurizer = streams["device"].featurizer
+        featurize_s = []
+        for batch in batches["device"]:
+            started = time.perf_counter()
+            featurizer.featurize(batch)
+            featurize_s.append(time.perf_counter() - started)
+        row["featurize_s"] = float(np.median(featurize_s))
+        full = max(batches["loader"], key=lambda b: b.real_tokens)
+        presets = ("tiny", "base") if len(scales) > 1 else ("tiny",)  # one ViT-B step: minutes on a busy CPU
+        for preset in presets:
+            model = build_model(TrainConfig(preset=preset), len(streams["loader"].labels))
+            optimizer = torch.optim.AdamW(model.parameters())
+            for _ in range(2 if preset == "tiny" else 1):  # tiny: the first step warms up
+                started = time.perf_counter()
+                loss(model(full), full.labels).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                row[f"step_{preset}_s"] = time.perf_counter() - started
+        rows.append(row)
+    return rows
+
+
+def print_device_featurizing(split_dir: Path, audio_s: float) -> None:
+    print("\n## Featurizing on the trainer's device (issue 27): one torch thread, in-process epochs, best of 3")
+    for row in device_featurizing(split_dir, audio_s):
+        loader, device = row["cpu_loader"], row["cpu_device"]
+        print(
+            f"{row['name']:9} loader CPU per s of audio: featurize=loader {1000 * loader:6.2f} ms, "
+            f"device {1000 * device:6.2f} ms ({loader / device:5.1f}x less: {1 / loader:6.0f} -> {1 / device:6.0f} "
+            f"s of audio per CPU-second)"
+        )
+        print(
+            f"{'':9} bytes per batch shipped: patches {row['bytes_loader'] / 2**20:5.2f} MiB, waveforms "
+            f"{row['bytes_device'] / 2**20:5.2f} MiB ({row['bytes_device'] / row['bytes_loader']:4.2f}x)"
+        )
+        steps = ", ".join(
+            f"{preset} {1000 * row[f'step_{preset}_s']:6.0f} ms (featurize = {row['featurize_s'] / row[f'step_{preset}_s']:5.1%})"
+            for preset in ("tiny", "base")
+            if f"step_{preset}_s" in row
+        )
+        print(
+            f"{'':9} trainer side on this CPU: featurize {1000 * row['featurize_s']:6.1f} ms per batch; training step {steps}"
+        )
+
+
 def plan_million() -> tuple[float, float, float]:
     rng = np.random.default_rng(0)
     n = 1_000_000
@@ -224,6 +308,7 @@ def plan_million() -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=400)
+    parser.add_argument("--only", choices=["device"], help="run one section: device (7, featurizing on the device)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"# Loader benchmark: {os.cpu_count()} cores, torch {torch.__version__}, one torch thread per process")
@@ -232,6 +317,9 @@ def main() -> None:
         waves = {s.key: s.audio for s in ShardDataset(split_dir.parent).samples("train") if isinstance(s, ShardSample)}
         audio_s = sum(len(w) for w in waves.values()) / 16000
         print(f"{len(waves)} clips, {audio_s:.0f} s of audio (mean {audio_s / len(waves):.1f} s)\n")
+        if args.only == "device":
+            print_device_featurizing(split_dir, audio_s)
+            return
         print("## Per core: seconds of audio per second (target: stream >= 80 % of bare kaldi.fbank)")
         for name, kaldi, ours, full in per_core(split_dir, waves, audio_s):
             print(
@@ -268,6 +356,7 @@ def main() -> None:
         print("\n## Featurizing threads, local epoch in a process with 2 torch threads, random C")
         for background, threads, rate in threads_under_load(split_dir, audio_s):
             print(f"{background:11} featurizing on {threads} thread(s): {rate:6.0f} s of audio/s")
+        print_device_featurizing(split_dir, audio_s)
     hash_s, plan_s, pad = plan_million()
     print(
         f"\n## Planning 1,000,000 samples (random C, first_fit, buffer 1024): key hash {hash_s:.2f} s once per stream, "

@@ -2,8 +2,9 @@
 
 Serves every checkpoint the trainer writes (`elasticast.checkpoint`): ElasticAST or the AST
 baseline, trained with frame-shift or avgpool resolutions. Features come from the loader's own
-functions (`loaders.features.spectrogram`, `patchify`) with the checkpoint's fbank statistics and
-compression, so inference sees exactly what training saw. Clips are planned
+featurizer (`loaders.device_features.DeviceFeaturizer`, the CPU path's numbers in one batched pass
+on the model's device) with the checkpoint's fbank statistics and compression, so inference sees
+exactly what training saw. Clips are planned
 from their lengths alone (`loaders.tokens.token_counts`), packed first-fit into rows of
 `max_tokens`, and featurized batch by batch.
 
@@ -37,12 +38,12 @@ import torch
 
 from elasticast.ast_baseline import ASTBaseline
 from elasticast.checkpoint import Model, load_checkpoint, model_from_checkpoint
-from loaders.batch import from_features
+from loaders.device_features import DeviceFeaturizer
 from loaders.feature_spec import FeatureSpec
-from loaders.features import patchify
 from loaders.pack import Packing, pack
 from loaders.tokens import (
     FRAME_LENGTH_MS,
+    FREQ_TOKENS,
     N_MELS,
     PATCH,
     SCALE_GRID,
@@ -53,8 +54,6 @@ from loaders.tokens import (
 )
 from shards.audio import load_source, resample
 from shards.location import Location
-
-FREQ_TOKENS = N_MELS // PATCH
 
 AudioInput = str | Path | Location | np.ndarray | torch.Tensor
 
@@ -103,6 +102,7 @@ class Classifier:
         self.model = model
         self.labels = tuple(str(label) for label in labels)
         self.features = features
+        self.featurizer = DeviceFeaturizer(features)
         self.frames = model.target_frames if isinstance(model, ASTBaseline) else config.time_patches * PATCH
         self.budget_scales = (
             SCALE_GRID if features.compression == "shift" else tuple(c for c in SCALE_GRID if c.is_integer())
@@ -220,18 +220,23 @@ class Classifier:
         self.model.eval()
         for first in range(0, layout.n_rows, batch_rows):
             members = order[starts[first] : starts[min(first + batch_rows, layout.n_rows)]]
-            features = [self._features(waveforms[windows[i].clip], windows[i]) for i in members]
-            scales = np.array([windows[i].scale for i in members])
-            batch = from_features(
-                features, layout.row[members] - first, layout.offset[members], scales, [str(i) for i in members]
+            batch = self.featurizer.packed(
+                [self._kept_audio(waveforms[windows[i].clip], windows[i]) for i in members],
+                layout.row[members] - first,
+                layout.offset[members],
+                np.array([windows[i].scale for i in members]),
+                counts[members],
+                [str(i) for i in members],
+                device,
             )
             with torch.no_grad():
-                logits[[int(key) for key in batch.keys]] = self.model(batch.to(device)).float().cpu()
+                logits[[int(key) for key in batch.keys]] = self.model(batch).float().cpu()
         return logits
 
-    def _features(self, waveform: np.ndarray, window: _Window) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _kept_audio(self, waveform: np.ndarray, window: _Window) -> np.ndarray:
+        """The window's span of the clip, cut to the samples its kept frames read."""
         span = waveform[window.start : window.start + window.length]
-        return patchify(self.features.spectrogram(span, window.scale, max_frames=self.frames))
+        return span[: self.features.samples_needed(len(span), window.scale, max_frames=self.frames)]
 
     def _prediction(self, logits: torch.Tensor, scale: float, windows: int) -> Prediction:
         probabilities = logits.sigmoid() if self.features.multi_label else logits.softmax(dim=0)

@@ -20,6 +20,7 @@ import sys
 from dataclasses import replace
 
 from elasticast.evaluation.points import SWEEPS, sweep_points
+from loaders.config import FEATURIZE
 from loaders.tokens import COMPRESSIONS, PATCH, SCALE_GRID, token_counts
 from shards.location import Location
 from shards.options import DATASET_FILE
@@ -76,6 +77,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--loader-workers", type=int, default=1, help="concurrent Ray Data tasks with --loader ray (default 1)"
     )
     parser.add_argument("--rows-per-batch", type=int, default=4, help="packed rows per model call (default 4)")
+    parser.add_argument(
+        "--featurize",
+        default="loader",
+        choices=FEATURIZE,
+        help="make fbanks in the loader (default) or from its waveforms on the model's device (docs/stream.md)",
+    )
     args = parser.parse_args(argv)
     if args.names and len(args.names) != len(args.checkpoint):
         parser.error(f"--names gives {len(args.names)} names for {len(args.checkpoint)} checkpoints")
@@ -167,7 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     progress = tqdm(points, desc="evaluating", unit="point", file=sys.stderr)
     for point in progress:
-        stream = dict(backend=args.loader, workers=args.loader_workers, rows_per_batch=args.rows_per_batch)
+        stream = dict(
+            backend=args.loader,
+            workers=args.loader_workers,
+            rows_per_batch=args.rows_per_batch,
+            featurize=args.featurize,
+        )
         try:
             rows = evaluate_point(point, str(split), candidates, native_frames, **stream)
         except (StorageFailure, NothingToScore) as error:  # the store is gone, or there is nothing to score

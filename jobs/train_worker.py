@@ -63,7 +63,7 @@ def validate(model, valid: dict[str, PackedStream], device, world: int, weights:
     samples that failed to read; a split that scores no sample stops the run."""
     scores, samples, failed = {}, {}, 0
     for name, stream in valid.items():
-        predictions = gather(predict(model, stream.epoch(0), device), world)
+        predictions = gather(predict(model, stream.epoch(0), device, stream.featurizer), world)
         samples[name] = sum(len(p[0]) for p in predictions)
         lost = sum(gather(stream.stats[0]["failed"], world))
         if not samples[name]:
@@ -226,6 +226,7 @@ def train_worker(values: dict) -> None:
             so_far if resumed else None,
             config.checkpoint_every,
             save_step,
+            train.featurizer,
         )
         mix = train.mix(epoch)
         weights = {name: m["weight"] for name, m in mix.items()}

@@ -1,6 +1,7 @@
 """Data loading for packed training, from shards to `PackedBatch`es: `tokens` (token arithmetic),
 `pack` (row packing, with its Numba kernels and reference), `plan` and `index` (an epoch's plan
-from the index alone), `features` and `assemble` (fbanks and the batch a plan step names),
+from the index alone), `features` and `assemble` (fbanks and the batch a plan step names), `device_features` (the same
+features in one batched pass on the trainer's device, for `featurize="device"`),
 `stream` (`PackedStream`, on Ray Data or in-process; `config` holds its `StreamConfig`), `batch`
 and `collate` (the batch), `sampler` (the same packing over your own map-style dataset), `stats`
 (dataset fbank statistics), `threads` (featurizing's torch threads), `lightning`. Names load on

@@ -23,15 +23,16 @@ import torch
 
 from loaders.batch import PATCH_VALUES, PackedBatch
 from loaders.config import StreamConfig
-from loaders.cuts import FREQ_TOKENS, window_samples
+from loaders.cuts import window_samples
+from loaders.device_features import layout, waveforms
 from loaders.dropout import keep_mask
 from loaders.feature_spec import FeatureSpec
-from loaders.features import patchify, spec_augment
+from loaders.features import augment_spans, masked, patchify, token_positions
 from loaders.index import StreamIndex
 from loaders.noise import add_noise
 from loaders.plan import EpochPlan
-from loaders.tokens import PATCH
-from shards.audio import PCM16_HEADER_BYTES, pcm16_header, pcm16_samples
+from loaders.tokens import FREQ_TOKENS, N_MELS, PATCH
+from shards.audio import PCM16_HEADER_BYTES, pcm16_float, pcm16_header, pcm16_samples
 from shards.location import Location
 from shards.ranged import ReadStats, read_spans
 from shards.retry import RetryPolicy
@@ -167,24 +168,32 @@ Reads = tuple[dict[tuple[int, str], np.ndarray], list[dict], ReadStats]  # what 
 
 def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None) -> dict:
     """Arrays of one batch: patches, segment ids, positions, and per-sample metadata as JSON
-    (`reads`: the batch's `read_audio`, if already made, e.g. by a reader running ahead)."""
+    (`reads`: the batch's `read_audio`, if already made, e.g. by a reader running ahead). With
+    `featurize="device"`: no patch values (`[rows, length, 0]`) but the samples' int16 waveforms
+    end to end (`waves`) and their `loaders.device_features.layout`."""
     rows, length = config.stream.rows_per_batch, config.stream.max_tokens
-    patches = np.zeros((rows, length, PATCH_VALUES), np.float32)
+    on_device = config.stream.featurize == "device"
+    patches = np.zeros((rows, length, 0 if on_device else PATCH_VALUES), np.float32)
     segment_ids = np.zeros((rows, length), np.int32)
     freq_pos = np.zeros((rows, length), np.int32)
     time_pos = np.zeros((rows, length), np.int32)
     audio, failed, reads = reads if reads is not None else read_audio(spec.samples, config)
-    placed, slots = [], defaultdict(int)
+    placed, slots, waves = [], defaultdict(int), []
     for sample in spec.samples:
         if (sample.source, sample.key) not in audio:
             continue
-        tokens, freqs, times = featurize(audio[sample.source, sample.key], sample, spec.epoch, config)
-        if tokens.shape[0] != sample.tokens:
-            failed.append(_failure(sample, f"{tokens.shape[0]} tokens where the plan has {sample.tokens}"))
-            continue
+        waveform = audio[sample.source, sample.key]
+        if on_device:
+            freqs, times = token_positions(sample.tokens // FREQ_TOKENS)
+            waves.append(waveform)
+        else:
+            tokens, freqs, times = featurize(waveform, sample, spec.epoch, config)
+            if tokens.shape[0] != sample.tokens:
+                failed.append(_failure(sample, f"{tokens.shape[0]} tokens where the plan has {sample.tokens}"))
+                continue
+            patches[sample.row, sample.start : sample.start + sample.tokens] = tokens.numpy()
         r, start, end = sample.row, sample.start, sample.start + sample.tokens
         slots[r] += 1
-        patches[r, start:end] = tokens.numpy()
         segment_ids[r, start:end] = slots[r]
         freq_pos[r, start:end] = freqs.numpy()
         time_pos[r, start:end] = times.numpy()
@@ -197,6 +206,7 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
                 "slot": slots[r],
                 "tokens": sample.tokens,
                 "scale": sample.scale,
+                "start": start,
             }
         )
     meta = {
@@ -209,13 +219,34 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
         "requests": reads.requests,
         "retries": reads.retries,
     }
-    return {
+    arrays = {
         "patches": patches,
         "segment_ids": segment_ids,
         "freq_pos": freq_pos,
         "time_pos": time_pos,
         "meta": json.dumps(meta),
     }
+    if on_device:
+        arrays["waves"] = np.concatenate(waves) if waves else np.zeros(0, np.int16)
+        arrays["layout"] = device_layout(placed, [len(w) for w in waves], spec.epoch, config)
+    return arrays
+
+
+def device_layout(placed: list[dict], lengths: list[int], epoch: int, config: FeatureConfig) -> np.ndarray:
+    """The `loaders.device_features.layout` of a batch's placed samples, SpecAugment drawn by key."""
+    column = lambda name: [s[name] for s in placed]
+    frames = [s["tokens"] // FREQ_TOKENS * PATCH for s in placed]
+    augment = np.array([augment_draw(s["key"], n, epoch, config.stream) for s, n in zip(placed, frames)])
+    return layout(
+        config.spec,
+        lengths,
+        column("scale"),
+        column("tokens"),
+        column("row"),
+        column("start"),
+        column("slot"),
+        augment.reshape(len(placed), 4),
+    )
 
 
 def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> Reads:
@@ -264,10 +295,9 @@ def featurize(
     """Normalised spectrogram at the sample's scale (of its window's audio), optionally masked and
     noised, as patches + positions: the patches token dropout keeps, with their own positions."""
     stream = config.stream
-    spec = config.spec.spectrogram(waveform, sample.scale, capacity=stream.max_tokens)
+    spec = config.spec.spectrogram(pcm16_float(waveform), sample.scale, capacity=stream.max_tokens)
     if stream.freq_mask or stream.time_mask:
-        rng = np.random.default_rng([stream.seed, epoch, _SALT_AUGMENT, *sample.key.encode()])
-        spec = spec_augment(spec, rng, stream.freq_mask, stream.time_mask)
+        spec = masked(spec, augment_draw(sample.key, spec.shape[0], epoch, stream))
     if stream.noise:
         spec = add_noise(spec, stream.seed, epoch, sample.key)
     patches, freqs, times = patchify(spec)
@@ -275,6 +305,15 @@ def featurize(
         keep = keep_mask(len(patches), len(patches) - sample.dropped, stream.seed, epoch, sample.key)
         patches, freqs, times = patches[keep], freqs[keep], times[keep]
     return patches, freqs, times
+
+
+def augment_draw(key: str, frames: int, epoch: int, stream: StreamConfig) -> tuple[int, int, int, int]:
+    """SpecAugment's draw (`augment_spans`) for the sample `key` of `frames` frames, keyed by the
+    seed, the epoch and the key; zeros where masking is off."""
+    if not (stream.freq_mask or stream.time_mask):
+        return 0, 0, 0, 0
+    rng = np.random.default_rng([stream.seed, epoch, _SALT_AUGMENT, *key.encode()])
+    return augment_spans(rng, (frames, N_MELS), stream.freq_mask, stream.time_mask)
 
 
 def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
@@ -288,6 +327,7 @@ def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
     else:
         labels = torch.tensor([s["label_ids"][0] for s in samples], dtype=torch.int64)
     column = lambda name, dtype: torch.tensor([s[name] for s in samples], dtype=dtype)
+    audio = waveforms(_tensor(arrays["waves"]), np.asarray(arrays["layout"])) if "waves" in arrays else None
     return PackedBatch(
         patches=_tensor(arrays["patches"]),
         segment_ids=_tensor(arrays["segment_ids"]),
@@ -307,6 +347,7 @@ def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
         cut_tokens=meta["cut_tokens"],
         requests=meta["requests"],
         retries=meta["retries"],
+        audio=audio,
     )
 
 

@@ -3,6 +3,10 @@
 Shapes never change within a stream (`rows_per_batch` x `max_tokens`), so compiled models do
 not recompile. Samples are listed in one global order: row by row, by position in the row;
 sample i of row r has segment id = its slot (1-based) in that row; 0 is padding.
+
+A stream that featurizes on the trainer's device (`StreamConfig.featurize="device"`) ships
+`audio` (`Waveforms`: the samples' int16 waveforms and their layout) and `patches` with no
+values (`[R, L, 0]`); `loaders.device_features.DeviceFeaturizer` fills them on the device.
 """
 
 from __future__ import annotations
@@ -14,6 +18,23 @@ import numpy as np
 import torch
 
 PATCH_VALUES = 256
+
+
+@dataclass(frozen=True)
+class Waveforms:
+    """The waveforms of a batch's samples end to end, and per sample where they are and how they
+    become tokens (`loaders.device_features.LAYOUT`: the plan's layout, in the batch's sample
+    order). The totals are host integers, so a device featurizes without waiting on the host."""
+
+    samples: torch.Tensor  # [N] int16 (PCM as stored) or float32
+    layout: torch.Tensor  # [S, len(LAYOUT)] int64
+    frames: int  # analysis frames to compute, all samples together
+    pooled: int  # frames after average-pooling
+    kept: int  # frames of the model's input (a multiple of 16 per sample)
+    max_pool: int
+
+    def to(self, device: torch.device | str) -> Waveforms:
+        return replace(self, samples=self.samples.to(device), layout=self.layout.to(device))
 
 
 @dataclass(frozen=True)
@@ -36,6 +57,7 @@ class PackedBatch:
     requests: int = 0  # storage requests the batch's reads took (retries included)
     retries: int = 0  # of those, retries after transient storage errors
     sources: list[int] = field(default_factory=list)  # in a mix: each sample's source (else empty)
+    audio: Waveforms | None = None  # to featurize on the trainer's device (see the module docstring)
 
     @property
     def num_samples(self) -> int:
@@ -61,6 +83,11 @@ class PackedBatch:
         """Page-locked copies for fast host-to-GPU transfer; unchanged where no GPU exists."""
         return self._map(lambda t: t.pin_memory()) if torch.cuda.is_available() else self
 
+    @property
+    def featurized(self) -> bool:
+        """Whether `patches` hold values (False: `audio` awaits the device featurizer)."""
+        return self.audio is None
+
     def attention_mask(self) -> torch.Tensor:
         """Dense `[R, L, L]` boolean mask (True = may attend): same segment, not padding.
         The readable reference; the model's kernels work from `segment_ids`."""
@@ -68,14 +95,12 @@ class PackedBatch:
         return (ids.unsqueeze(-1) == ids.unsqueeze(-2)) & (ids > 0).unsqueeze(-1)
 
     def _map(self, fn) -> PackedBatch:
-        return replace(
-            self,
-            **{
-                f.name: fn(getattr(self, f.name))
-                for f in fields(self)
-                if isinstance(getattr(self, f.name), torch.Tensor)
-            },
-        )
+        moved = {
+            f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)
+        }
+        if self.audio is not None:
+            moved["audio"] = replace(self.audio, samples=fn(self.audio.samples), layout=fn(self.audio.layout))
+        return replace(self, **moved)
 
 
 def from_features(

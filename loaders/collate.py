@@ -19,7 +19,7 @@ import torch
 
 from loaders.batch import PackedBatch, from_features
 from loaders.features import patchify
-from loaders.tokens import N_MELS, PATCH, frame_tokens
+from loaders.tokens import FREQ_TOKENS, N_MELS, PATCH, frame_tokens
 
 
 def collate_packed(
@@ -49,7 +49,5 @@ def _kept_frames(fbank, key: str, capacity: int, max_frames: int | None) -> torc
     spec = torch.as_tensor(fbank, dtype=torch.float32)
     if spec.ndim != 2 or spec.shape[1] != N_MELS:
         raise ValueError(f"item {key!r}: fbank of shape {tuple(spec.shape)} is not [frames, {N_MELS}]")
-    kept = (
-        int(frame_tokens(spec.shape[0], max_frames=max_frames, capacity=capacity).tokens) // (N_MELS // PATCH) * PATCH
-    )
+    kept = int(frame_tokens(spec.shape[0], max_frames=max_frames, capacity=capacity).tokens) // FREQ_TOKENS * PATCH
     return torch.nn.functional.pad(spec[:kept], (0, 0, 0, kept - min(kept, spec.shape[0])))

@@ -15,6 +15,7 @@ from shards.parallel import BACKENDS
 from shards.retry import DEFAULT_TIMEOUT_S
 
 WEIGHT_BY = ("samples", "duration", "tokens")  # what a mix's weights measure
+FEATURIZE = ("loader", "device")  # where fbanks are made: in the loader's workers, or on the trainer's device
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,10 @@ class StreamConfig:
     ones, `loaders.dropout`). token_dropout_max: instead, a rate per sample drawn from U(0, max).
     random_cut: min frames of a random window taken per sample and epoch (`loaders.cuts`; 0 = off).
     noise: light uniform noise and a time roll of up to 10 frames on the fbank (`loaders.noise`).
-    All four are training augmentations: `without_augmentation()` turns them off for evaluation."""
+    All four are training augmentations: `without_augmentation()` turns them off for evaluation.
+    featurize: where fbanks are made: "loader" (the workers ship patches) or "device" (the workers
+    ship int16 waveforms and the plan's layout; the trainer runs `loaders.device_features` on its
+    device before the forward pass)."""
 
     rows_per_batch: int
     max_tokens: int = 2048
@@ -64,6 +68,7 @@ class StreamConfig:
     token_dropout_max: float = 0.0
     random_cut: int = 0
     noise: bool = False
+    featurize: str = "loader"
 
     def __post_init__(self):
         object.__setattr__(self, "scales", tuple(float(c) for c in self.scales))
@@ -71,7 +76,13 @@ class StreamConfig:
             object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
             if not self.weights or min(self.weights) <= 0:
                 raise ValueError(f"weights {self.weights} must be a non-empty set of values > 0")
-        choices = (("packing", MODES), ("compression", COMPRESSIONS), ("backend", BACKENDS), ("weight_by", WEIGHT_BY))
+        choices = (
+            ("packing", MODES),
+            ("compression", COMPRESSIONS),
+            ("backend", BACKENDS),
+            ("weight_by", WEIGHT_BY),
+            ("featurize", FEATURIZE),
+        )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {allowed}")
@@ -89,7 +100,6 @@ class StreamConfig:
             raise ValueError(
                 f"storage_timeout ({self.storage_timeout}) and max_failed ({self.max_failed}) must be >= 0"
             )
-
         for name in ("token_dropout", "token_dropout_max"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -101,6 +111,8 @@ class StreamConfig:
             raise ValueError(
                 f"random_cut must be 0 (off) or in {PATCH}..max_frames ({self.max_frames}) frames, got {self.random_cut}"
             )
+        if self.featurize == "device" and (self.token_dropout or self.token_dropout_max or self.noise):
+            raise ValueError("featurize='device' does not take token dropout or noise yet: use featurize='loader'")
 
     def without_augmentation(self) -> StreamConfig:
         """These settings with every training augmentation off (SpecAugment, token dropout, random

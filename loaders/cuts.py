@@ -13,10 +13,9 @@ import numpy as np
 
 from loaders.config import StreamConfig
 from loaders.keyed import keyed_uniform
-from loaders.tokens import FRAME_LENGTH_MS, N_MELS, PATCH, TokenCounts, frame_samples
+from loaders.tokens import FRAME_LENGTH_MS, FREQ_TOKENS, PATCH, TokenCounts, frame_samples
 
 _SALT_LENGTH, _SALT_START = 0xC07, 0xC075
-FREQ_TOKENS = N_MELS // PATCH
 
 
 def random_windows(

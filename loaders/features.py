@@ -12,7 +12,16 @@ import numpy as np
 import torch
 import torchaudio.compliance.kaldi as kaldi
 
-from loaders.tokens import BASE_SHIFT_MS, FRAME_LENGTH_MS, N_MELS, PATCH, clip_counts, frame_samples, resolution
+from loaders.tokens import (
+    BASE_SHIFT_MS,
+    FRAME_LENGTH_MS,
+    FREQ_TOKENS,
+    N_MELS,
+    PATCH,
+    clip_counts,
+    frame_samples,
+    resolution,
+)
 
 FBANK_SETTINGS = {
     "num_mel_bins": N_MELS,
@@ -58,18 +67,18 @@ def fbank(waveform: np.ndarray | torch.Tensor, sample_rate: int, frame_shift_ms:
     frames = (wave - wave.mean()).unfold(0, size, shift)
     frames = frames - frames.mean(dim=1, keepdim=True)
     frames = torch.cat([frames[:, :1] * (1 - PREEMPHASIS), frames[:, 1:] - PREEMPHASIS * frames[:, :-1]], dim=1)
-    window, banks, fft_size = _analysis(sample_rate, size)
+    window, banks, fft_size = analysis(sample_rate, size)
     spectrum = torch.fft.rfft(frames * window, n=fft_size)
     power = spectrum.real.square() + spectrum.imag.square()
-    return (power @ banks).clamp_min(_EPSILON).log()
+    return (power @ banks).clamp_min(LOG_FLOOR).log()
 
 
 PREEMPHASIS = 0.97
-_EPSILON = torch.finfo(torch.float32).eps
+LOG_FLOOR = torch.finfo(torch.float32).eps
 
 
 @lru_cache(maxsize=32)
-def _analysis(sample_rate: int, size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+def analysis(sample_rate: int, size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Hanning window, mel matrix `[fft_size // 2 + 1, mels]` and FFT size, as Kaldi builds them."""
     fft_size = 1 << (size - 1).bit_length()
     window = torch.hann_window(size, periodic=False)
@@ -115,7 +124,7 @@ def samples_needed(
     if not counts.cut:
         return num_samples
     shifts, pools = resolution(scale, compression, base_shift_ms)
-    kept = int(counts.tokens) // (N_MELS // PATCH) * PATCH * int(pools)
+    kept = int(counts.tokens) // FREQ_TOKENS * PATCH * int(pools)
     return int(frame_samples(sample_rate, FRAME_LENGTH_MS)) + (kept - 1) * int(
         frame_samples(sample_rate, float(shifts))
     )
@@ -159,7 +168,7 @@ def spectrogram(
     spec = fbank(torch.nn.functional.pad(wave, (0, max(window - wave.numel(), 0))), sample_rate, shift)
     if pool > 1:
         spec = spec[: spec.shape[0] // pool * pool].reshape(-1, pool, spec.shape[1]).mean(dim=1)
-    kept = int(counts.tokens) // (N_MELS // PATCH) * PATCH
+    kept = int(counts.tokens) // FREQ_TOKENS * PATCH
     spec = spec[:kept]
     padding = (0, 0, 0, kept - spec.shape[0])
     if pad_before_normalising:
@@ -179,19 +188,39 @@ def patchify(spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
         raise ValueError(f"spectrogram {tuple(spec.shape)} is not a whole number of {PATCH}x{PATCH} patches")
     times, freqs = frames // PATCH, bins // PATCH
     patches = spec.T.reshape(freqs, PATCH, times, PATCH).permute(2, 0, 1, 3).reshape(times * freqs, PATCH * PATCH)
-    freq_pos = torch.arange(freqs).repeat(times)
-    time_pos = torch.arange(times).repeat_interleave(freqs)
-    return patches, freq_pos, time_pos
+    return patches, *token_positions(times, freqs)
+
+
+def token_positions(times: int, freqs: int = FREQ_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frequency and time positions of a spectrogram's tokens, `times` 16-frame steps long."""
+    return torch.arange(freqs).repeat(times), torch.arange(times).repeat_interleave(freqs)
 
 
 def spec_augment(spec: torch.Tensor, rng: np.random.Generator, freq_mask: int, time_mask: int) -> torch.Tensor:
     """One frequency band (< freq_mask bins) and one time span (< time_mask frames) set to 0
     (the dataset mean), drawn from `rng` so the same seed, epoch and key mask the same way."""
+    return masked(spec, augment_spans(rng, spec.shape, freq_mask, time_mask))
+
+
+def masked(spec: torch.Tensor, spans: tuple[int, int, int, int]) -> torch.Tensor:
+    """`spec` with SpecAugment's band and span (`augment_spans`) set to 0."""
+    freq_start, freq_width, time_start, time_width = spans
     spec = spec.clone()
-    for axis, width in ((1, freq_mask), (0, time_mask)):
-        size = spec.shape[axis]
+    spec[:, freq_start : freq_start + freq_width] = 0
+    spec[time_start : time_start + time_width] = 0
+    return spec
+
+
+def augment_spans(
+    rng: np.random.Generator, shape: tuple[int, int], freq_mask: int, time_mask: int
+) -> tuple[int, int, int, int]:
+    """SpecAugment's draw for a `[frames, bins]` spectrogram: (band start, band width, span start,
+    span width); the one keyed decision `spec_augment` and the device featurizer apply alike."""
+    spans = []
+    for size, width in ((shape[1], freq_mask), (shape[0], time_mask)):
+        span = start = 0
         if width > 0 and size > 0:
             span = int(rng.integers(0, min(width, size) + 1))
             start = int(rng.integers(0, size - span + 1))
-            spec.narrow(axis, start, span).zero_()
-    return spec
+        spans += [start, span]
+    return tuple(spans)

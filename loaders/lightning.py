@@ -10,6 +10,10 @@ Two things a plain `DataLoader(stream)` would get wrong under Lightning, both si
 - Lightning reads a loader's length once and ends every epoch there, but an epoch's step count
   varies with its drawn scales and packing: this loader has no length, so each epoch runs to
   its stream's end (all ranks run the same steps, so DDP stays in step).
+
+With `StreamConfig(featurize="device")` the batches come as waveforms; the module featurizes them
+once Lightning has moved them to the trainer's device (`on_after_batch_transfer`), so
+`training_step` sees the same `PackedBatch` either way.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch.utils.data import DataLoader
 
 from loaders.batch import PackedBatch
 from loaders.config import StreamConfig
+from loaders.device_features import to_device
 from loaders.stream import PackedStream
 
 try:
@@ -84,6 +89,10 @@ class PackedDataModule(lightning.LightningDataModule):
 
     def train_dataloader(self) -> EpochLoader:
         return self.loader(self.train_stream, lambda: self.trainer.current_epoch)
+
+    def on_after_batch_transfer(self, batch: PackedBatch, dataloader_idx: int) -> PackedBatch:
+        """A batch of waveforms featurized on the device it was moved to (others as they are)."""
+        return to_device(batch, batch.segment_ids.device, self.train_stream.featurizer)
 
     def loader(self, stream: PackedStream, epoch: Callable[[], int]) -> EpochLoader:
         """A loader of `stream` at the epoch `epoch()` names when a pass begins."""

@@ -39,6 +39,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from loaders.assemble import BatchSpec, FeatureConfig, Reads, assemble, batch_spec, read_audio, to_batch
 from loaders.batch import PackedBatch
 from loaders.config import StreamConfig
+from loaders.device_features import DeviceFeaturizer
 from loaders.feature_spec import FeatureSpec
 from loaders.mix import MixedPlan, plan_mix, realised_mix, sample_measure
 from loaders.plan import EpochPlan, plan_epoch
@@ -112,11 +113,22 @@ class PackedStream(IterableDataset):
         # persistent ones included, see set_epoch() and load_state_dict() made in the trainer
         self._position = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._delivered: dict[str, int] | None = None  # state_dict() of the pass under way in this process
+        self._featurizer: DeviceFeaturizer | None = None
 
     @property
     def labels(self) -> list[str]:
         """The stream's labels (label id = position): a mix's sources' labels merged by name."""
         return self.sources.labels
+
+    @property
+    def featurizer(self) -> DeviceFeaturizer | None:
+        """With `featurize="device"`: the module that turns this stream's batches into the model's
+        input on the trainer's device (`loaders.device_features.to_device`); else None."""
+        if self.config.featurize != "device":
+            return None
+        if self._featurizer is None:
+            self._featurizer = DeviceFeaturizer(self.features.spec)
+        return self._featurizer
 
     @property
     def num_samples(self) -> int:

@@ -30,6 +30,7 @@ from numpy.typing import ArrayLike
 
 PATCH = 16
 N_MELS = 128
+FREQ_TOKENS = N_MELS // PATCH  # patch tokens per 16-frame time step
 FRAME_LENGTH_MS = 25.0
 BASE_SHIFT_MS = 10.0
 MILLISECONDS_TO_SECONDS = 0.001  # the constant kaldi.fbank multiplies by

@@ -259,5 +259,11 @@ def pcm16_header(head: bytes) -> tuple[int, int]:
 
 
 def pcm16_samples(data: bytes) -> np.ndarray:
-    """PCM16 little-endian bytes → float32 in [-1, 1), the same numbers libsndfile gives."""
-    return np.frombuffer(data, "<i2").astype(np.float32) / np.float32(32768.0)
+    """PCM16 little-endian bytes → int16 samples, as stored (half the memory of floats, and what
+    a stream featurizing on the trainer's device ships)."""
+    return np.frombuffer(data, "<i2")
+
+
+def pcm16_float(samples: np.ndarray) -> np.ndarray:
+    """int16 samples → float32 in [-1, 1), the same numbers libsndfile gives."""
+    return np.asarray(samples, np.int16).astype(np.float32) / np.float32(32768.0)

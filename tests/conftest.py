@@ -263,6 +263,26 @@ def synthetic_shards(tmp_path_factory, make_shards) -> Path:
 
 # The training recipe's options (issue 24) that the stream's guarantees (exactly once, equal steps,
 # bitwise resume, keyed batches) must survive, with each packer: tests parametrise by these.
+def with_recipe(settings: dict, options: dict) -> dict:
+    """A stream's settings with one of RECIPE_OPTIONS."""
+    if settings.get("featurize") == "device" and options:
+        pytest.skip("the device featurizer does not take the recipe options yet")
+    return settings | options
+
+
+def same_content(a, b) -> bool:
+    """Two batches hold the same values: patches, or the waveforms shipped to featurize on the
+    device, and the same layout (segments and positions)."""
+    import torch
+
+    tensors = ("patches", "segment_ids", "freq_pos", "time_pos")
+    if not all(torch.equal(getattr(a, name), getattr(b, name)) for name in tensors):
+        return False
+    if a.audio is None or b.audio is None:
+        return a.audio is b.audio
+    return torch.equal(a.audio.samples, b.audio.samples) and torch.equal(a.audio.layout, b.audio.layout)
+
+
 RECIPE_OPTIONS = [
     pytest.param({}, id="plain"),
     pytest.param({"packing": "greedy", "token_dropout": 0.1, "random_cut": 64, "noise": True}, id="greedy-recipe"),

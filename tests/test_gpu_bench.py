@@ -53,6 +53,11 @@ def test_smoke_run_measures_every_section_on_cpu(gpu_bench, tmp_path, ray_local)
     assert (
         results["feeding"]["C = 1"]["loader_per_core"]["tokens_per_audio_s"] <= 50
     )  # 100 frames/s / 16 x 8 bins at C = 1
+    speed = results["speed"]  # the device featurizer: measured, a share of the step, equal to the CPU path
+    for name, step in (("C = 1", speed["model"]), ("random C", speed["model_random_c"])):
+        featurized = results["featurize"][name]
+        assert featurized["ok"] and featurized["max_abs_vs_cpu"] <= 1e-4 and featurized["audio_s_per_s"] > 0
+        assert featurized["share_of_step"] == pytest.approx(featurized["featurize_ms"] / step["split"]["step_ms"])
     (epoch,) = results["e2e"]["epochs"]
     assert epoch["samples_per_s"] * epoch["epoch_s"] == pytest.approx(11)  # 12 smoke clips, the 10th in test
     assert 0 <= epoch["data_wait"] < 1

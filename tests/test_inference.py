@@ -10,7 +10,9 @@ import soundfile as sf
 import torch
 
 from elasticast import Classifier, ElasticAST, load_checkpoint, preset, save_checkpoint
+from loaders.batch import from_features
 from loaders.feature_spec import FeatureSpec
+from loaders.features import patchify
 from loaders.tokens import shift_for_scale, token_counts
 from shards.audio import AudioError
 
@@ -101,6 +103,19 @@ def test_fsdd_files_of_different_lengths(fsdd_dir, classifier):
     waveforms = [sf.read(str(f), dtype="float32")[0] for f in picked]
     from_waveforms = classifier.predict(waveforms, sample_rate=8000)  # resampled to 16 kHz like the files
     assert np.allclose(probabilities(from_waveforms), probabilities(predictions), atol=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.6])
+def test_clips_are_featurized_as_the_loaders_cpu_path(model, classifier, scale):
+    """Classifier featurizes with the device module; the logits are the model's on the CPU path's patches."""
+    clips = [noise(0.7, 3), noise(2.3, 4)]
+    features = [patchify(FEATURES.spectrogram(clip, scale, max_frames=MAX_FRAMES)) for clip in clips]
+    sizes = [f[0].shape[0] for f in features]
+    batch = from_features(features, np.zeros(2, np.int64), np.array([0, sizes[0]]), np.full(2, scale), ["0", "1"])
+    with torch.no_grad():
+        expected = model.eval()(batch)
+    got = np.stack([p.logits for p in classifier.predict(clips, sample_rate=RATE, scale=scale)])
+    assert np.abs(got - expected.numpy()).max() <= 1e-4
 
 
 def test_long_clip_averages_the_logits_of_half_overlapping_windows(classifier):

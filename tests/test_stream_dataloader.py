@@ -16,7 +16,7 @@ from loaders import stream as stream_module
 from loaders.threads import torch_threads
 from shards import ShardDataset
 
-from conftest import RECIPE_OPTIONS
+from conftest import RECIPE_OPTIONS, same_content, with_recipe
 
 SETTINGS = dict(rows_per_batch=1, max_tokens=256, max_frames=256, buffer=16, scales=(1.0, 2.0, 3.0), backend="local")
 
@@ -33,13 +33,26 @@ def shards(tmp_path_factory, make_shards):
     return out
 
 
+@pytest.fixture(params=["loader", "device"])
+def settings(request) -> dict:
+    """The guarantees hold whether workers ship patches or waveforms (featurize="device")."""
+    return SETTINGS | {"featurize": request.param}
+
+
 def delivered(batches) -> list[tuple]:
-    return [(b.epoch, b.step, tuple(b.keys), b.is_padding) for b in batches]
+    """What a trainer is handed, the form included (patches, or waveforms with their layout)."""
+    return [(b.epoch, b.step, tuple(b.keys), b.is_padding, shipped(b)) for b in batches]
+
+
+def shipped(batch) -> tuple:
+    if batch.featurized:
+        return ("patches", batch.patches.shape)
+    return ("waveforms", batch.audio.samples.dtype, batch.audio.samples.numel(), tuple(batch.audio.layout.shape))
 
 
 @pytest.mark.parametrize("num_workers", [0, 1, 2])
-def test_dataloader_workers_deliver_every_step_once_in_step_order_on_two_ranks(shards, num_workers):
-    streams = [PackedStream(shards / "train", **SETTINGS, rank=rank, world=2) for rank in (0, 1)]
+def test_dataloader_workers_deliver_every_step_once_in_step_order_on_two_ranks(shards, settings, num_workers):
+    streams = [PackedStream(shards / "train", **settings, rank=rank, world=2) for rank in (0, 1)]
     uneven = [e for e in range(40) if streams[0].plan(e).n_batches % 2]  # rank 1 gets a filler batch
     epoch = uneven[num_workers]
     plan = streams[0].plan(epoch)
@@ -49,9 +62,9 @@ def test_dataloader_workers_deliver_every_step_once_in_step_order_on_two_ranks(s
         assert len(stream) == plan.steps(2) and stream.num_samples == len(ShardDataset(shards).index("train"))
         got = delivered(DataLoader(stream, batch_size=None, num_workers=num_workers))
         assert got == delivered(stream.epoch(epoch))
-        assert [step for _, step, _, _ in got] == list(range(plan.steps(2)))
-        seen.update(key for _, _, keys, _ in got for key in keys)
-    assert [padding for *_, padding in got] == [False] * (plan.steps(2) - 1) + [True]  # rank 1 ends on a filler
+        assert [step for _, step, *_ in got] == list(range(plan.steps(2)))
+        seen.update(key for _, _, keys, *_ in got for key in keys)
+    assert [padding for *_, padding, _ in got] == [False] * (plan.steps(2) - 1) + [True]  # rank 1 ends on a filler
     assert set(seen) == set(streams[0].index["key"]) and set(seen.values()) == {1}
 
 
@@ -63,11 +76,11 @@ def test_set_epoch_reaches_persistent_workers_and_changes_the_order(shards):
         stream.set_epoch(epoch)
         passes.append(delivered(loader))
         assert passes[-1] == delivered(stream.epoch(epoch))
-    assert [keys for _, _, keys, _ in passes[0]] != [keys for _, _, keys, _ in passes[1]]
+    assert [keys for _, _, keys, *_ in passes[0]] != [keys for _, _, keys, *_ in passes[1]]
 
 
-def test_resume_from_a_state_dict_yields_exactly_the_remaining_batches(shards):
-    stream = PackedStream(shards / "train", **SETTINGS, rank=1, world=2)
+def test_resume_from_a_state_dict_yields_exactly_the_remaining_batches(shards, settings):
+    stream = PackedStream(shards / "train", **settings, rank=1, world=2)
     stream.set_epoch(2)
     full = delivered(stream.epoch(2))
     taken = iter(stream)
@@ -75,7 +88,7 @@ def test_resume_from_a_state_dict_yields_exactly_the_remaining_batches(shards):
         next(taken)
     state = stream.state_dict()
     assert state == {"epoch": 2, "consumed": 6}  # 3 steps of 2 ranks
-    resumed = PackedStream(shards / "train", **SETTINGS, rank=1, world=2)
+    resumed = PackedStream(shards / "train", **settings, rank=1, world=2)
     resumed.load_state_dict(state)
     resumed.set_epoch(2)  # the epoch already set keeps its restored step
     assert delivered(DataLoader(resumed, batch_size=None, num_workers=2)) == full[3:]
@@ -87,18 +100,19 @@ def test_resume_from_a_state_dict_yields_exactly_the_remaining_batches(shards):
 
 
 @pytest.mark.parametrize("options", RECIPE_OPTIONS)
-def test_a_state_saved_on_three_ranks_resumes_on_two_with_every_key_once(shards, options):
+def test_a_state_saved_on_three_ranks_resumes_on_two_with_every_key_once(shards, settings, options):
     """Three ranks take a step each; the state of any of them resumes on 2 ranks (one through
     DataLoader workers): every key of the epoch exactly once over both legs, equal steps; the
     batches DataLoader workers make are, bitwise, those made in-process (keyed augmentations)."""
-    three = [PackedStream(shards / "train", **SETTINGS, **options, rank=rank, world=3) for rank in range(3)]
+    settings = with_recipe(settings, options)
+    three = [PackedStream(shards / "train", **settings, rank=rank, world=3) for rank in range(3)]
     seen, states = Counter(), []
     for stream in three:
         stream.set_epoch(1)
         seen.update(next(iter(stream)).keys)
         states.append(stream.state_dict())
     assert states == [{"epoch": 1, "consumed": 3}] * 3  # the plan's batches taken, not a rank's cursor
-    two = [PackedStream(shards / "train", **SETTINGS, **options, rank=rank, world=2) for rank in (0, 1)]
+    two = [PackedStream(shards / "train", **settings, rank=rank, world=2) for rank in (0, 1)]
     legs = []
     for stream, workers in zip(two, (0, 2)):
         stream.load_state_dict(states[0])
@@ -108,18 +122,16 @@ def test_a_state_saved_on_three_ranks_resumes_on_two_with_every_key_once(shards,
         )
         legs.append(delivered(loaded))
         assert legs[-1] == delivered(direct)
-        assert all(
-            torch.equal(a.patches, b.patches) and torch.equal(a.time_pos, b.time_pos) for a, b in zip(loaded, direct)
-        )
-        seen.update(key for _, _, keys, _ in legs[-1] for key in keys)
+        assert all(same_content(a, b) for a, b in zip(loaded, direct))
+        seen.update(key for _, _, keys, *_ in legs[-1] for key in keys)
     batches = three[0].plan(1).n_batches - 3
     assert len(legs[0]) == len(legs[1]) == -(-batches // 2)  # 3 % 2: dealt from batch 3, steps from 1
-    assert [step for _, step, _, _ in legs[0]] == list(range(1, 1 + len(legs[0])))
+    assert [step for _, step, *_ in legs[0]] == list(range(1, 1 + len(legs[0])))
     assert set(seen) == set(three[0].index["key"]) and set(seen.values()) == {1}
 
 
-def test_torchdata_stateful_dataloader_resumes_mid_epoch(shards):
-    stream = PackedStream(shards / "train", **SETTINGS)
+def test_torchdata_stateful_dataloader_resumes_mid_epoch(shards, settings):
+    stream = PackedStream(shards / "train", **settings)
     stream.set_epoch(1)
     full = delivered(stream.epoch(1))
     for num_workers in (0, 2):
@@ -128,7 +140,7 @@ def test_torchdata_stateful_dataloader_resumes_mid_epoch(shards):
         head = delivered([next(taken) for _ in range(3)])
         state = loader.state_dict()
         again = stateful.StatefulDataLoader(
-            PackedStream(shards / "train", **SETTINGS), batch_size=None, num_workers=num_workers
+            PackedStream(shards / "train", **settings), batch_size=None, num_workers=num_workers
         )
         again.load_state_dict(state)
         assert head + delivered(again) == full

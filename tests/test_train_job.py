@@ -134,10 +134,12 @@ def test_a_mix_killed_mid_epoch_on_three_workers_resumes_on_two_with_every_key_o
 ):
     """Two shard sets mixed 0.7 / 0.3; 3 Ray Train workers killed after a step checkpoint, resumed
     with --workers 2: the epoch's remaining batches are dealt to the 2 ranks, every planned sample
-    once across both runs; the history reports the realised mix and a metric per source."""
+    once across both runs; the history reports the realised mix and a metric per source. Trained,
+    validated and evaluated with --featurize device (the loaders ship waveforms; the trainer featurizes)."""
     run = tmp_path / "run"
     args = ["--shards", str(fsdd_small_shards), str(fsdd_other_shards), "--weights", "0.7", "0.3", "--out", str(run)]
     args += [*STEPS, "--epochs", "1", "--loader", "local", "--cpus-per-worker", "0.5", "--wandb", "disabled"]
+    args += ["--featurize", "device"]
     killed_at = kill_mid_epoch(ray_local, [*args, "--workers", "3"], epoch=0)
     assert killed_at.name == "epoch-0000-step-0000012.pt"  # 4 steps of 3 ranks: 12 batches of the plan consumed
     assert train_job.main([*args, "--workers", "2", "--resume"]) == 0
@@ -151,7 +153,7 @@ def test_a_mix_killed_mid_epoch_on_three_workers_resumes_on_two_with_every_key_o
     for source, shards in enumerate((fsdd_small_shards, fsdd_other_shards)):  # the mixed model, per source
         out = tmp_path / f"eval-{source}"
         argv = ["--checkpoint", str(run / "best.pt"), "--shards", str(shards / "test"), "--out", str(out)]
-        assert evaluate_job.main([*argv, "--sweeps", "length", "--lengths", "64"]) == 0
+        assert evaluate_job.main([*argv, "--sweeps", "length", "--lengths", "64", "--featurize", "device"]) == 0
         with (out / "results.csv").open() as handle:
             native = next(row for row in csv.DictReader(handle) if row["point"] == "native")
         assert float(native["metric"]) == pytest.approx(metrics[f"val_metric/{source}:shards"], abs=1e-6)

@@ -39,8 +39,10 @@ def one_thread():
         yield
 
 
-def config_for(shards) -> TrainConfig:
-    return TrainConfig(shards=str(shards), epochs=2, rows_per_batch=2, max_tokens=128, max_frames=128, buffer=32)
+def config_for(shards, featurize: str = "loader") -> TrainConfig:
+    return TrainConfig(
+        shards=str(shards), epochs=2, rows_per_batch=2, max_tokens=128, max_frames=128, buffer=32, featurize=featurize
+    )
 
 
 def train_keys(shards) -> set[str]:
@@ -52,8 +54,9 @@ def once_each(keys, expected: set[str]) -> bool:
     return set(counts) == expected and set(counts.values()) == {1}
 
 
-def test_plain_loop_and_dataloader_workers_train_on_the_same_batches(shards):
-    config = config_for(shards)
+@pytest.mark.parametrize("featurize", ["loader", "device"])
+def test_plain_loop_and_dataloader_workers_train_on_the_same_batches(shards, featurize):
+    config = config_for(shards, featurize)
     loop = load_script("examples/trainers/loop.py").train(config)
     loaded = load_script("examples/trainers/dataloader.py").train(config, num_workers=2)
     assert [r.keys for r in loop] == [r.keys for r in loaded]
@@ -63,10 +66,11 @@ def test_plain_loop_and_dataloader_workers_train_on_the_same_batches(shards):
     ]
 
 
-def test_lightning_trainer_covers_every_key_once_per_epoch_across_two_ranks_with_a_filler(shards):
+@pytest.mark.parametrize("featurize", ["loader", "device"])
+def test_lightning_trainer_covers_every_key_once_per_epoch_across_two_ranks_with_a_filler(shards, featurize):
     pytest.importorskip("lightning", reason="a test extra: pip install -e '.[test]'")
     recipe = load_script("examples/trainers/lightning_fit.py")
-    config = config_for(shards)
+    config = config_for(shards, featurize)
     stream = PackedStream(shards / "train", config.stream(backend="local"))
     assert [stream.plan(e).n_batches % 2 for e in (0, 1)] == [1, 1], (
         "this test needs a filler batch on rank 1 in both epochs"
@@ -85,7 +89,7 @@ def test_lightning_trainer_covers_every_key_once_per_epoch_across_two_ranks_with
 
 def test_accelerate_loop_covers_every_key_once_per_epoch(shards):
     pytest.importorskip("accelerate", reason="a test extra: pip install -e '.[test]'")
-    keys = load_script("examples/trainers/accelerate_loop.py").train(config_for(shards))
+    keys = load_script("examples/trainers/accelerate_loop.py").train(config_for(shards, "device"))
     assert all(once_each(epoch, train_keys(shards)) for epoch in keys) and keys[0] != keys[1]
 
 

@@ -41,10 +41,16 @@ def production_per_core(split_dir: Path, sizes: Sizes, scales: tuple[float, ...]
     }
 
 
+def corpus(work: Path, sizes: Sizes) -> Path:
+    """The train split of the VoxCeleb-like corpus (`sizes.loader_clips` clips), made once per run."""
+    split_dir = work / "feeding" / "shards" / "train"
+    return split_dir if split_dir.is_dir() else make_corpus(work / "feeding", sizes.loader_clips)
+
+
 def run(sizes: Sizes, work: Path, consumption: dict[str, float]) -> dict:
     """`consumption`: the trainer's useful tokens/s per GPU at "C = 1" and "random C" (from the
     whole-model measurement). Cores per GPU = consumption / production per core."""
-    split_dir = make_corpus(work / "feeding", sizes.loader_clips)
+    split_dir = corpus(work, sizes)
     result = {}
     for name, scales in (("C = 1", (1.0,)), ("random C", RANDOM_C)):
         made = production_per_core(split_dir, sizes, scales)

@@ -98,6 +98,20 @@ def _feeding(data: dict) -> list[str]:
     return lines
 
 
+def _featurize(data: dict) -> list[str]:
+    lines = [
+        f"{'':9} {'featurize ms':>12} {'audio s/batch':>13} {'audio s/s':>10} {'share of step':>13} {'max abs vs CPU':>14}"
+    ]
+    for name in ("C = 1", RANDOM_C):
+        r = data[name]
+        share = _number(r["share_of_step"] and 100 * r["share_of_step"], "12.1f")
+        lines.append(
+            f"{name:9} {r['featurize_ms']:12.2f} {r['audio_s_per_batch']:13.1f} {r['audio_s_per_s']:10.0f} {share:>12}% "
+            f"{r['max_abs_vs_cpu']:14.1e} {'ok' if r['ok'] else 'FAIL'}"
+        )
+    return lines
+
+
 def _e2e(data: dict) -> list[str]:
     loader = f"{data['loader_workers']} Ray Data loader tasks" if data["loader_workers"] else "the in-process loader"
     lines = [f"jobs/train.py: {data['wall_s']:.0f} s wall (Ray start included), {loader}"]
@@ -111,12 +125,18 @@ def _e2e(data: dict) -> list[str]:
 
 def consumption(results: dict) -> dict[str, float]:
     """The trainer's useful tokens/s per GPU, from the whole-model runs of the default backend."""
+    return {name: run["useful_tokens_per_s"] for name, run in _model_runs(results).items()}
+
+
+def step_ms(results: dict) -> dict[str, float] | None:
+    """The whole-model step in ms at C = 1 and random C (default backend), if the speed section ran."""
+    return {name: run["step_ms"] for name, run in _model_runs(results).items()} if "speed" in results else None
+
+
+def _model_runs(results: dict) -> dict[str, dict]:
     speed = results["speed"]
     backend = next(iter(speed["model_random_c"]))
-    return {
-        "C = 1": speed["model"][backend]["useful_tokens_per_s"],
-        RANDOM_C: speed["model_random_c"][backend]["useful_tokens_per_s"],
-    }
+    return {"C = 1": speed["model"][backend], RANDOM_C: speed["model_random_c"][backend]}
 
 
 def failures(results: dict) -> list[str]:
@@ -130,4 +150,7 @@ def failures(results: dict) -> list[str]:
     if results.get("recompile", {}).get("bounded") is False:
         failed.append("recompile: not bounded")
     failed += [name for name in ("feeding", "e2e") if "failed" in results.get(name, {})]
+    failed += [
+        f"featurize: {name}" for name, r in results.get("featurize", {}).items() if isinstance(r, dict) and not r["ok"]
+    ]
     return failed

@@ -9,7 +9,7 @@ from elasticast.evaluation.points import Point
 from elasticast.metrics import score
 from elasticast.predict import predict_many
 from loaders import PackedStream, StreamConfig
-from loaders.tokens import N_MELS, PATCH
+from loaders.tokens import FREQ_TOKENS, PATCH
 
 
 def point_logits(
@@ -20,6 +20,7 @@ def point_logits(
     backend: str = "local",
     workers: int = 1,
     rows_per_batch: int = 4,
+    featurize: str = "loader",
 ) -> tuple[list[str], list[torch.Tensor], torch.Tensor, dict]:
     """Keys, each candidate's logits, the labels (in the candidates' classes) and the stream's
     counts at `point`. The split is featurized once, as the candidates' checkpoints say
@@ -27,16 +28,18 @@ def point_logits(
     cap = point.cap(native_frames)
     config = StreamConfig(
         rows_per_batch=rows_per_batch,
-        max_tokens=max(2048, cap // PATCH * (N_MELS // PATCH)),
+        max_tokens=max(2048, cap // PATCH * FREQ_TOKENS),
         scales=(point.scale,),
         compression=point.compression,
         max_frames=cap,
         shuffle=False,
         backend=backend,
         workers=workers,
+        featurize=featurize,
     )
     stream = PackedStream(split, config, features=candidates[0].features)
-    keys, logits, labels = predict_many([c.forward_at(point) for c in candidates], stream.epoch(0))
+    forwards = [c.forward_at(point) for c in candidates]
+    keys, logits, labels = predict_many(forwards, stream.epoch(0), featurizer=stream.featurizer)
     classes = candidates[0]
     return (
         keys,
@@ -59,7 +62,7 @@ def in_classes(labels: torch.Tensor, split_labels: list[str], classes: list[str]
 
 def evaluate_point(point: Point, split: str, candidates: list[Candidate], native_frames: int, **stream) -> list[dict]:
     """One result row per candidate at `point`: the split is featurized once and every model
-    scores the same batches (`stream`: `point_logits`' backend, workers, rows_per_batch)."""
+    scores the same batches (`stream`: `point_logits`' backend, workers, rows_per_batch, featurize)."""
     keys, logits, labels, stats = point_logits(point, split, candidates, native_frames, **stream)
     rows = []
     for candidate, candidate_logits in zip(candidates, logits):

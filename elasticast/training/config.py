@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from elasticast.config import ATTENTION_BACKENDS, MODEL_KINDS, POOLINGS, PRESETS
-from loaders.config import WEIGHT_BY, StreamConfig
+from loaders.config import FEATURIZE, WEIGHT_BY, StreamConfig
 from loaders.pack import MODES
 from loaders.tokens import COMPRESSIONS, RECIPES
 from shards.location import Location
@@ -36,6 +36,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "recipe": ("auto", *RECIPES),
     "weight_by": WEIGHT_BY,
+    "featurize": FEATURIZE,
 }
 
 
@@ -156,6 +157,11 @@ class TrainConfig:
         "holes (samples with bad bytes, left as padding) allowed per epoch, split and rank: a count (>= 1) or a "
         "fraction of the samples (< 1); more stop the run with exit 2",
     )
+    featurize: str = knob(
+        "loader",
+        "where fbanks are made: loader (its workers ship patches) or device (they ship waveforms; the trainer "
+        "featurizes on its GPU, for when the loader's CPUs are the limit: docs/stream.md)",
+    )
     wandb: str = knob("offline", "wandb mode: offline (default; wandb sync later), online or disabled")
     wandb_project: str = knob("elasticast", "wandb project name")
     wandb_dir: str = knob(
@@ -246,6 +252,7 @@ class TrainConfig:
             weight_by=self.weight_by,
             storage_timeout=self.storage_timeout,
             max_failed=self.max_failed,
+            featurize=self.featurize,
         )
         return StreamConfig(**(settings | changes))
 

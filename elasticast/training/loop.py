@@ -19,6 +19,7 @@ from elasticast.config import preset
 from elasticast.model import ElasticAST, loss
 from elasticast.training.config import TrainConfig
 from loaders.batch import PackedBatch
+from loaders.device_features import DeviceFeaturizer, to_device
 
 
 def build_model(config: TrainConfig, num_classes: int) -> Model:
@@ -76,6 +77,7 @@ def train_epoch(
     so_far: EpochResult | None = None,
     checkpoint_every: int = 0,
     checkpoint: Callable[[int, EpochResult], None] | None = None,
+    featurizer: DeviceFeaturizer | None = None,
 ) -> EpochResult:
     """One pass: a step per batch (all-padding fillers included, so DDP ranks stay in step).
     bf16 autocast on CUDA. `usage` counts (real, slots, cut) tokens; default: the packed row.
@@ -85,7 +87,8 @@ def train_epoch(
 
     Resuming mid-epoch: `batches` start at the resumed step and `so_far` is what the epoch had
     done until then. `checkpoint(next_step, result_so_far)` is called after every stream step
-    `s` with (s + 1) % checkpoint_every == 0 (only then does the loss sum leave the device)."""
+    `s` with (s + 1) % checkpoint_every == 0 (only then does the loss sum leave the device).
+    `featurizer`: the stream's `featurizer`, for batches that come as waveforms (featurize="device")."""
     model.train()
     usage = usage or ElasticAST.token_usage
     result, started = (
@@ -101,7 +104,7 @@ def train_epoch(
         result.failed += len(batch.failed)
         result.requests += batch.requests
         result.retries += batch.retries
-        batch = batch.to(device, non_blocking=True)
+        batch = to_device(batch, device, featurizer)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(batch)
         value = loss(logits.float(), batch.labels)

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from elasticast.model import loss
 from elasticast.training import TrainConfig, build_model, make_optimizer, make_scheduler
 from loaders import PackedStream
+from loaders.device_features import to_device
 
 
 def train(config: TrainConfig, num_workers: int = 2) -> list[list[str]]:
@@ -35,7 +36,7 @@ def train(config: TrainConfig, num_workers: int = 2) -> list[list[str]]:
         stream.set_epoch(epoch)
         keys.append([])
         for batch in loader:
-            batch = batch.to(accelerator.device, non_blocking=True)
+            batch = to_device(batch, accelerator.device, stream.featurizer)  # featurize="device": fbanks made here
             with accelerator.autocast():
                 value = loss(model(batch), batch.labels)
             optimizer.zero_grad()

@@ -25,7 +25,7 @@ def train(config: TrainConfig, num_workers: int = 2, rank: int = 0, world: int =
     results = []
     for epoch in range(config.epochs):
         stream.set_epoch(epoch)  # as with a DistributedSampler
-        results.append(train_epoch(model, loader, optimizer, scheduler, device))
+        results.append(train_epoch(model, loader, optimizer, scheduler, device, featurizer=stream.featurizer))
     return results
 
 

@@ -22,7 +22,7 @@ def train(config: TrainConfig, rank: int = 0, world: int = 1) -> list[EpochResul
     results = []
     for epoch in range(config.epochs):
         batches = stream.epoch(epoch)  # stream.epoch(epoch, start_step=k) resumes at step k
-        results.append(train_epoch(model, batches, optimizer, scheduler, device))
+        results.append(train_epoch(model, batches, optimizer, scheduler, device, featurizer=stream.featurizer))
     return results
 
 

@@ -1,0 +1,158 @@
+"""The device featurizer equals the CPU path (spectrogram, keyed SpecAugment, patchify, placement)
+for a batch mixing every C of the grid, both compressions and both recipes, and torchaudio's
+Kaldi fbank; a stream featurized on the device delivers the loader's batches."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from itertools import islice
+
+import numpy as np
+import pytest
+import torch
+
+from elasticast.training import TrainConfig, build_model, make_optimizer, make_scheduler, train_epoch
+from loaders import PackedStream
+from loaders.batch import from_features
+from loaders.device_features import DeviceFeaturizer, layout, to_device, waveforms
+from loaders.feature_spec import FeatureSpec
+from loaders.features import augment_spans, patchify, spec_augment
+from loaders.threads import torch_threads
+from loaders.tokens import SCALE_GRID
+from shards.audio import pcm16_float
+
+from conftest import kaldi_reference_fbank
+
+LENGTH = 1024  # tokens a row
+RATE = 16000
+
+
+def clips(count: int, seed: int) -> list[np.ndarray]:
+    """int16 clips of random lengths, with one shorter than a window and one longer than a row."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(400, RATE * 8, count)
+    lengths[:2] = 250, RATE * 30
+    return [(rng.standard_normal(n) * 3000 + 500).astype(np.int16) for n in lengths]
+
+
+def cpu_batch(spec: FeatureSpec, waves, scales, rows, offsets, masks=(0, 0)):
+    """The CPU path, sample by sample: what `loaders.assemble` computes and places."""
+    features, draws = [], []
+    for i, (wave, scale) in enumerate(zip(waves, scales)):
+        frames = spec.spectrogram(pcm16_float(wave), scale, capacity=LENGTH)
+        draws.append(augment_spans(np.random.default_rng(i), frames.shape, *masks))
+        features.append(patchify(spec_augment(frames, np.random.default_rng(i), *masks)))
+    batch = from_features(features, rows, offsets, np.asarray(scales), [str(i) for i in range(len(waves))], rows=3)
+    return batch, np.array(draws)
+
+
+def packed(sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Samples dealt to 3 rows in turn, end to end (so rows hold several samples at a time)."""
+    rows, offsets, fill = np.arange(len(sizes)) % 3, np.zeros(len(sizes), np.int64), np.zeros(3, np.int64)
+    for i, size in enumerate(sizes):
+        offsets[i], fill[rows[i]] = fill[rows[i]], fill[rows[i]] + size
+    return rows, offsets
+
+
+@pytest.mark.parametrize("recipe", ["elasticast", "paper"])
+@pytest.mark.parametrize("compression", ["shift", "avgpool"])
+def test_one_batched_pass_equals_the_cpu_path_for_every_scale(recipe, compression):
+    spec = FeatureSpec(RATE, -4.4, 4.9, compression=compression, recipe=recipe, max_frames=2048)
+    assert_cpu_path(spec, list(SCALE_GRID) if compression == "shift" else [1.0, 2.0, 3.0, 4.0, 2.0, 1.0])
+
+
+def test_the_papers_fixed_length_and_5_ms_shift_equal_the_cpu_path():
+    """Every clip cropped or padded to int(1024 / C) frames, at a 5 ms shift at C = 1 (Epic-Sounds)."""
+    spec = FeatureSpec(RATE, -4.4, 4.9, recipe="paper", fixed_frames=1024, frame_shift_ms=5.0, max_frames=2048)
+    assert_cpu_path(spec, [1.0, 1.6, 2.2, 3.0, 4.0])
+
+
+def assert_cpu_path(spec: FeatureSpec, scales: list[float]) -> None:
+    waves = [w[: spec.samples_needed(len(w), c, capacity=LENGTH)] for w, c in zip(clips(len(scales), 1), scales)]
+    tokens = [int(spec.counts(len(w), c, capacity=LENGTH).tokens) for w, c in zip(waves, scales)]
+    rows, offsets = packed(tokens)
+    expected, draws = cpu_batch(spec, waves, scales, rows, offsets, masks=(48, 96))
+    slots = [int(expected.slot[expected.keys.index(str(i))]) for i in range(len(waves))]
+    table = layout(spec, [len(w) for w in waves], scales, tokens, rows, offsets, slots, draws)
+    width = int((offsets + tokens).max())
+    patches, segment_ids, freq_pos, time_pos = DeviceFeaturizer(spec)(waveforms(np.concatenate(waves), table), 3, width)
+    assert draws[:, 1].any() and draws[:, 3].any()  # bands and spans were masked
+    assert (patches - expected.patches).abs().max() <= 1e-4
+    assert torch.equal(segment_ids, expected.segment_ids)
+    assert torch.equal(freq_pos, expected.freq_pos) and torch.equal(time_pos, expected.time_pos)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.6, 4.0])
+def test_a_sample_equals_torchaudio_kaldi_fbank(scale):
+    """mean 0 and std 0.5 leave the fbank as it is: the patches unfold to Kaldi's frames."""
+    spec = FeatureSpec(RATE, 0.0, 0.5, max_frames=2048)
+    wave = clips(3, 2)[2]
+    tokens = int(spec.counts(len(wave), scale, capacity=LENGTH).tokens)
+    table = layout(spec, [len(wave)], [scale], [tokens], [0], [0], [1])
+    patches, *_ = DeviceFeaturizer(spec)(waveforms(wave, table), 1, tokens)
+    frames = patches[0].reshape(-1, 8, 16, 16).permute(0, 3, 1, 2).reshape(-1, 128)  # undo the patch layout
+    reference = kaldi_reference_fbank(pcm16_float(wave), RATE, 10.0 * scale)[: frames.shape[0]]
+    assert frames.shape[0] == tokens // 8 * 16 and np.abs(frames.double().numpy() - reference).max() <= 1e-3
+
+
+def test_a_batch_with_no_samples_is_all_padding():
+    spec = FeatureSpec(RATE, -4.4, 4.9)
+    table = layout(spec, [], [], [], [], [], [])
+    patches, segment_ids, *_ = DeviceFeaturizer(spec)(waveforms(np.zeros(0, np.int16), table), 2, 64)
+    assert patches.shape == (2, 64, 256) and not patches.any() and not segment_ids.any()
+
+
+@pytest.fixture(scope="module")
+def demo_split(tmp_path_factory, make_shards):
+    out = tmp_path_factory.mktemp("device") / "shards"
+    flags = ["--out", str(out), "--demo-clips", "24", "--backend", "local", "--quiet", "--shard-size", "1MiB"]
+    assert make_shards.main(flags) == 0
+    return out / "train"
+
+
+@pytest.mark.parametrize("compression, scales", [("shift", SCALE_GRID), ("avgpool", (1.0, 2.0, 3.0, 4.0))])
+def test_a_device_stream_delivers_the_loaders_batches(demo_split, compression, scales):
+    settings = dict(rows_per_batch=1, max_tokens=256, max_frames=256, scales=scales, compression=compression)
+    settings |= dict(backend="local")
+    settings |= dict(freq_mask=24, time_mask=40, seed=3)
+    loader = list(PackedStream(demo_split, **settings).epoch(1))
+    stream = PackedStream(demo_split, **settings, featurize="device")
+    shipped = list(stream.epoch(1))
+    assert all(b.patches.shape[-1] == 0 and b.audio.samples.dtype == torch.int16 for b in shipped)
+    for want, got in zip(loader, shipped, strict=True):
+        got = to_device(got, "cpu", stream.featurizer)
+        assert got.keys == want.keys and torch.equal(got.segment_ids, want.segment_ids)
+        assert torch.equal(got.freq_pos, want.freq_pos) and torch.equal(got.time_pos, want.time_pos)
+        assert (got.patches - want.patches).abs().max() <= 1e-4
+
+
+def test_waveforms_without_a_featurizer_are_refused_by_name(demo_split):
+    batch = next(iter(PackedStream(demo_split, rows_per_batch=2, backend="local", featurize="device").epoch(0)))
+    with pytest.raises(ValueError, match="featurizer"):
+        to_device(batch, "cpu")
+
+
+def test_training_on_device_features_is_bitwise_reproducible(demo_split):
+    """The plain loop, featurizing on the (CPU) device: the same seed trains the same weights, bit for bit
+    (4 steps)."""
+    config = TrainConfig(shards=str(demo_split.parent), depth=1, rows_per_batch=1, max_tokens=256, max_frames=256)
+    config = replace(config, scales=(1.0, 2.2, 3.8), freq_mask=24, time_mask=40, featurize="device")
+    runs = []
+    with torch_threads(1):  # beside other tests on 2 cores
+        for _ in range(2):
+            torch.manual_seed(0)
+            stream = PackedStream(config.splits("train"), config.stream(backend="local"))
+            model = build_model(config, len(stream.labels))
+            optimizer = make_optimizer(model, config)
+            scheduler = make_scheduler(optimizer, stream.steps(0), config)
+            result = train_epoch(
+                model,
+                islice(stream.epoch(0), 4),
+                optimizer,
+                scheduler,
+                torch.device("cpu"),
+                featurizer=stream.featurizer,
+            )
+            runs.append((result.loss, result.keys, model.state_dict()))
+    assert runs[0][:2] == runs[1][:2] and runs[0][0] > 0
+    assert all(torch.equal(value, runs[1][2][name]) for name, value in runs[0][2].items())
