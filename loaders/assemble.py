@@ -26,6 +26,7 @@ from loaders.config import StreamConfig
 from loaders.feature_spec import FeatureSpec
 from loaders.features import patchify, spec_augment
 from loaders.index import StreamIndex
+from loaders.mixup import mix_lambda, mix_waves, soft_targets
 from loaders.plan import EpochPlan
 from shards.audio import PCM16_HEADER_BYTES, pcm16_header, pcm16_samples
 from shards.location import Location
@@ -74,6 +75,21 @@ class SampleSpec:
     scale: float
     xxh3_64: int | None = None  # of its wav bytes; None for shard sets made before checksums
     source: int = 0  # its source in a mix (`FeatureConfig.source_dir`)
+    draw: int = -1  # balanced sampling: its draw index in the epoch (-1: uniform sampling)
+    partner: SampleSpec | None = None  # mixup: the sample mixed into it (read at its scale, not placed)
+
+    @property
+    def ident(self) -> bytes:
+        """What keys its random choices in the featurizer: its key, or under balanced sampling its
+        draw (the same key may be drawn twice in an epoch)."""
+        return self.key.encode() if self.draw < 0 else f"draw {self.draw}".encode()
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SampleSpec:
+        partner = values.get("partner")
+        return cls(
+            **values | {"label_ids": tuple(values["label_ids"]), "partner": cls.from_dict(partner) if partner else None}
+        )
 
 
 @dataclass(frozen=True)
@@ -91,8 +107,12 @@ class BatchSpec:
     @classmethod
     def from_json(cls, text: str) -> BatchSpec:
         values = json.loads(text)
-        samples = tuple(SampleSpec(**(s | {"label_ids": tuple(s["label_ids"])})) for s in values.pop("samples"))
-        return cls(**values, samples=samples)
+        return cls(**values | {"samples": tuple(SampleSpec.from_dict(s) for s in values["samples"])})
+
+    @property
+    def reads(self) -> tuple[SampleSpec, ...]:
+        """What the batch reads: its samples, then their mixup partners (`read_audio` positions)."""
+        return self.samples + tuple(s.partner for s in self.samples if s.partner is not None)
 
 
 def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int) -> BatchSpec:
@@ -102,6 +122,7 @@ def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int
     planned = slice(plan.batch_starts[batch], plan.batch_starts[batch + 1])
     positions = plan.sample[planned]
     checksums = [None] * len(positions) if index.xxh3_64 is None else index.xxh3_64[positions].tolist()
+    unset = [-1] * len(positions)
     columns = zip(
         positions.tolist(),
         index.keys.take(positions).to_pylist(),
@@ -115,6 +136,8 @@ def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int
         plan.cut[planned].tolist(),
         plan.scale[planned].tolist(),
         checksums,
+        unset if plan.draw is None else plan.draw[planned].tolist(),
+        unset if plan.partner is None else plan.partner[planned].tolist(),
     )
     samples = tuple(
         SampleSpec(
@@ -131,13 +154,50 @@ def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int
             scale=scale,
             xxh3_64=checksum,
             source=index.source_of(position),
+            draw=draw,
+            partner=_partner_spec(index, partner, scale) if partner >= 0 else None,
         )
-        for position, key, shard, offset, nbytes, num_samples, row, start, tokens, cut, scale, checksum in columns
+        for (
+            position,
+            key,
+            shard,
+            offset,
+            nbytes,
+            num_samples,
+            row,
+            start,
+            tokens,
+            cut,
+            scale,
+            checksum,
+            draw,
+            partner,
+        ) in columns
     )
     return BatchSpec(plan.epoch, step, samples=samples)
 
 
-Reads = tuple[dict[tuple[int, str], np.ndarray], list[dict], ReadStats]  # what `read_audio` returns
+def _partner_spec(index: StreamIndex, position: int, scale: float) -> SampleSpec:
+    """A mixup partner: where its bytes are and its labels; read at its sample's scale, so that it
+    keeps at least as much audio as the sample does (or all of its own)."""
+    return SampleSpec(
+        key=index.keys[position].as_py(),
+        shard=index.shard_names[index.shard[position]],
+        offset=int(index.offset[position]),
+        nbytes=int(index.nbytes[position]),
+        num_samples=int(index.num_samples[position]),
+        label_ids=index.label_ids(position),
+        row=-1,
+        start=0,
+        tokens=0,
+        cut=0,
+        scale=scale,
+        xxh3_64=None if index.xxh3_64 is None else int(index.xxh3_64[position]),
+        source=index.source_of(position),
+    )
+
+
+Reads = tuple[dict[int, np.ndarray], list[dict], ReadStats]  # what `read_audio` returns
 
 
 def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None) -> dict:
@@ -148,12 +208,16 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
     segment_ids = np.zeros((rows, length), np.int32)
     freq_pos = np.zeros((rows, length), np.int32)
     time_pos = np.zeros((rows, length), np.int32)
-    audio, failed, reads = reads if reads is not None else read_audio(spec.samples, config)
+    audio, failed, reads = reads if reads is not None else read_audio(spec.reads, config)
+    _name_lost_partners(spec, audio, failed)
     placed, slots = [], defaultdict(int)
-    for sample in spec.samples:
-        if (sample.source, sample.key) not in audio:
+    partners = iter(range(len(spec.samples), len(spec.reads)))  # read positions of the partners, in order
+    for i, sample in enumerate(spec.samples):
+        partner = next(partners) if sample.partner is not None else None
+        if i not in audio:
             continue
-        tokens, freqs, times = featurize(audio[sample.source, sample.key], sample, spec.epoch, config)
+        wave, lam = mixed_waveform(audio[i], audio.get(partner), sample, spec.epoch, config)
+        tokens, freqs, times = featurize(wave, sample, spec.epoch, config)
         if tokens.shape[0] != sample.tokens:
             failed.append(_failure(sample, f"{tokens.shape[0]} tokens where the plan has {sample.tokens}"))
             continue
@@ -172,6 +236,9 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
                 "slot": slots[r],
                 "tokens": sample.tokens,
                 "scale": sample.scale,
+                "draw": sample.draw,
+                "mix": lam,
+                "partner_label_ids": sample.partner.label_ids if lam < 1.0 else (),
             }
         )
     meta = {
@@ -193,24 +260,34 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
     }
 
 
+def _name_lost_partners(spec: BatchSpec, audio: dict[int, np.ndarray], failed: list[dict]) -> None:
+    """A mixup partner that could not be read is a failure like any (counted, named), and its
+    sample goes unmixed: its failure says whose partner it was. Partners are read last, and
+    `read_audio` lists failures in read order, so theirs are the last ones."""
+    owners = [sample for sample in spec.samples if sample.partner is not None]
+    lost = [owner for j, owner in enumerate(owners) if len(spec.samples) + j not in audio]
+    for owner, failure in zip(lost, failed[len(failed) - len(lost) :]):
+        failure["reason"] = f"mixup partner of {owner.key}: {failure['reason']} (the sample is left unmixed)"
+
+
 def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> Reads:
-    """Waveforms by key (cut to the samples their features need), read as one ranged request per
+    """Waveforms by position in `samples` (cut to the samples their features need), read as one ranged request per
     contiguous run of members in each shard (retried for up to the stream's `storage_timeout` when
     the store fails transiently) and verified; holes named by shard and key; what the reads cost.
-    A read the storage cannot serve raises `StorageFailure`."""
+    Failures come in the order of `samples`. A read the storage cannot serve raises `StorageFailure`."""
     members = [Member(s.offset, s.nbytes, s.xxh3_64) for s in samples]
     policy = RetryPolicy(timeout_s=config.stream.storage_timeout)
     spans = [member_span(config.source_dir(s.source) / s.shard, m) for s, m in zip(samples, members)]
     data, stats = read_spans(spans, policy)
     audio, failed = {}, []
-    for sample, member, read in zip(samples, members, data):
+    for position, (sample, member, read) in enumerate(zip(samples, members, data)):
         check_read(config.source_dir(sample.source) / sample.shard, read)
         problem = member_problem(read, sample.key, member)
         if problem is None:
             wav = memoryview(read)[tarfile.BLOCKSIZE :]
-            problem, audio[sample.source, sample.key] = _kept_audio(wav, sample, config)
+            problem, audio[position] = _kept_audio(wav, sample, config)
         if problem:
-            audio.pop((sample.source, sample.key), None)
+            audio.pop(position, None)
             failed.append(_failure(sample, problem))
     return audio, failed, stats
 
@@ -227,6 +304,18 @@ def _kept_audio(wav: memoryview, sample: SampleSpec, config: FeatureConfig) -> t
     return None, pcm16_samples(bytes(wav[PCM16_HEADER_BYTES : PCM16_HEADER_BYTES + 2 * keep]))
 
 
+def mixed_waveform(
+    waveform: np.ndarray, partner: np.ndarray | None, sample: SampleSpec, epoch: int, config: FeatureConfig
+) -> tuple[np.ndarray, float]:
+    """(the waveform the fbank sees, lambda): with a partner planned and read, the two mixed
+    (`loaders.mixup`); else the sample's own, lambda 1."""
+    if partner is None:
+        return waveform, 1.0
+    stream = config.stream
+    lam = mix_lambda(stream.seed, epoch, sample.ident, stream.mixup_alpha)
+    return mix_waves(waveform, partner, lam), lam
+
+
 def featurize(
     waveform: np.ndarray, sample: SampleSpec, epoch: int, config: FeatureConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -234,7 +323,7 @@ def featurize(
     stream = config.stream
     spec = config.spec.spectrogram(waveform, sample.scale, capacity=stream.max_tokens)
     if stream.freq_mask or stream.time_mask:
-        rng = np.random.default_rng([stream.seed, epoch, _SALT_AUGMENT, *sample.key.encode()])
+        rng = np.random.default_rng([stream.seed, epoch, _SALT_AUGMENT, *sample.ident])
         spec = spec_augment(spec, rng, stream.freq_mask, stream.time_mask)
     return patchify(spec)
 
@@ -249,6 +338,10 @@ def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
             labels[i, s["label_ids"]] = 1.0
     else:
         labels = torch.tensor([s["label_ids"][0] for s in samples], dtype=torch.int64)
+    targets = None
+    if config.stream.mixup:
+        own, other = [s["label_ids"] for s in samples], [s["partner_label_ids"] for s in samples]
+        targets = soft_targets(own, other, [s["mix"] for s in samples], config.num_classes)
     column = lambda name, dtype: torch.tensor([s[name] for s in samples], dtype=dtype)
     return PackedBatch(
         patches=_tensor(arrays["patches"]),
@@ -269,6 +362,8 @@ def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
         cut_tokens=meta["cut_tokens"],
         requests=meta["requests"],
         retries=meta["retries"],
+        targets=targets,
+        draws=[s["draw"] for s in samples] if config.stream.sampling == "balanced" else [],
     )
 
 

@@ -15,6 +15,7 @@ from shards.parallel import BACKENDS
 from shards.retry import DEFAULT_TIMEOUT_S
 
 WEIGHT_BY = ("samples", "duration", "tokens")  # what a mix's weights measure
+SAMPLINGS = ("uniform", "balanced")  # how an epoch's samples are chosen (`loaders.balance`)
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,10 @@ class StreamConfig:
     storage_timeout: seconds a batch's reads wait for an unreachable store before the stream
     raises `shards.retry.StorageFailure` (never a hole). max_failed: holes (samples whose bytes
     are bad, left as padding) allowed per pass before the stream raises `FailureBudgetExceeded`:
-    a count (>= 1) or a fraction of the pass's samples (< 1); None: no limit."""
+    a count (>= 1) or a fraction of the pass's samples (< 1); None: no limit.
+    mixup: the share of samples mixed with a partner drawn from the split (`loaders.mixup`; 0 = off),
+    with lambda ~ Beta(mixup_alpha, mixup_alpha). sampling: "uniform" (every sample once per
+    epoch) or "balanced" (as many draws with replacement, by the index's weights: `loaders.balance`)."""
 
     rows_per_batch: int
     max_tokens: int = 2048
@@ -55,6 +59,9 @@ class StreamConfig:
     weight_by: str = "samples"
     storage_timeout: float = DEFAULT_TIMEOUT_S
     max_failed: float | None = None
+    mixup: float = 0.0
+    mixup_alpha: float = 10.0
+    sampling: str = "uniform"
 
     def __post_init__(self):
         object.__setattr__(self, "scales", tuple(float(c) for c in self.scales))
@@ -62,7 +69,13 @@ class StreamConfig:
             object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
             if not self.weights or min(self.weights) <= 0:
                 raise ValueError(f"weights {self.weights} must be a non-empty set of values > 0")
-        choices = (("packing", MODES), ("compression", COMPRESSIONS), ("backend", BACKENDS), ("weight_by", WEIGHT_BY))
+        choices = (
+            ("packing", MODES),
+            ("compression", COMPRESSIONS),
+            ("backend", BACKENDS),
+            ("weight_by", WEIGHT_BY),
+            ("sampling", SAMPLINGS),
+        )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} {getattr(self, name)!r} is not one of {allowed}")
@@ -80,6 +93,8 @@ class StreamConfig:
             raise ValueError(
                 f"storage_timeout ({self.storage_timeout}) and max_failed ({self.max_failed}) must be >= 0"
             )
+        if not 0.0 <= self.mixup <= 1.0 or not self.mixup_alpha > 0:
+            raise ValueError(f"mixup ({self.mixup}) must be in [0, 1] and mixup_alpha ({self.mixup_alpha}) > 0")
 
     def failures_allowed(self, samples: int) -> float:
         """Holes a pass over `samples` samples may leave (`max_failed`: a count, or a fraction)."""

@@ -14,11 +14,15 @@
    every rank runs the same number of steps and no sample is dropped or repeated. A position in
    the epoch is the number of batches consumed (all ranks together), so an epoch resumed on
    another number of ranks deals exactly the remaining batches to them (`EpochPlan.batch_for`).
+
+Recipe options: `sampling="balanced"` plans an epoch of weighted draws with replacement instead
+of the samples (`loaders.balance`; each draw keyed by its index where a sample is keyed by its
+key), and `mixup` gives each planned sample a keyed partner (`loaders.mixup`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +44,7 @@ class Index:
     shard: np.ndarray  # position in the shard list
     num_samples: np.ndarray
     sample_rate: np.ndarray
+    weight: np.ndarray | None = None  # class-balance weight of each sample (balanced sampling)
 
     @property
     def key_hash(self) -> np.ndarray:
@@ -60,6 +65,8 @@ class EpochPlan:
     scale: np.ndarray
     batch_starts: np.ndarray  # samples of batch b: [batch_starts[b], batch_starts[b + 1])
     pad_ratio: float
+    draw: np.ndarray | None = None  # balanced sampling: each planned sample's draw index (else None)
+    partner: np.ndarray | None = None  # mixup: each planned sample's partner (index position; -1: unmixed)
 
     @property
     def n_batches(self) -> int:
@@ -99,10 +106,22 @@ def plan_epoch(
 ) -> EpochPlan:
     """The plan of one epoch (see the module docstring); a pure function of index, config and
     epoch (of the config, only the packing and feature settings matter: not the backend).
-    `features`: how the stream featurizes (its fixed length and frame shift count here too)."""
+    `features`: how the stream featurizes (its fixed length and frame shift count here too).
+    Balanced sampling plans the epoch's draws as samples of their own (keyed by `draw_keys`), then
+    names each by the index position it drew (`sample`) and its draw index (`draw`)."""
     key_hash = index.key_hash if key_hash is None else key_hash
-    scale, tokens, cut = sample_tokens(index.num_samples, index.sample_rate, key_hash, config, epoch, features)
-    return plan_tokens(tokens, index.shard, config, epoch, cut=cut, scale=scale)
+    num_samples, sample_rate, shard, drawn = index.num_samples, index.sample_rate, index.shard, None
+    if config.sampling == "balanced":
+        from loaders.balance import balanced_draws, draw_keys  # (it keys its draws with this module's keyed_bits)
+
+        drawn = balanced_draws(index.weight, config.seed, epoch)
+        num_samples, sample_rate, shard = num_samples[drawn], sample_rate[drawn], np.asarray(shard)[drawn]
+        key_hash = draw_keys(len(drawn), config.seed, epoch)
+    scale, tokens, cut = sample_tokens(num_samples, sample_rate, key_hash, config, epoch, features)
+    plan = plan_tokens(tokens, shard, config, epoch, cut, scale, key_hash, len(index.num_samples))
+    if drawn is None:
+        return plan
+    return replace(plan, sample=drawn[plan.sample].astype(np.int32), draw=plan.sample)
 
 
 def sample_tokens(
@@ -153,13 +172,16 @@ def plan_tokens(
     epoch: int,
     cut: np.ndarray | None = None,
     scale: np.ndarray | None = None,
+    key_hash: np.ndarray | None = None,
+    pool: int | None = None,
 ) -> EpochPlan:
     """Steps 2-4 of the module docstring from token counts alone (`cut`, `scale`: per sample, for
-    the record). `PackingSampler` plans a map-style dataset with it, each sample its own shard.
+    the record; `key_hash`, `pool`: for mixup, see `plan_arrivals`). `PackingSampler` plans a
+    map-style dataset with it, each sample its own shard.
     Per-sample arrays are int32 and freed as soon as used: every rank plans the whole epoch."""
     rng = np.random.default_rng([config.seed, epoch, _SALT_ORDER])
     arrival, group = _arrival_order(np.asarray(shard), config, rng)
-    return plan_arrivals(np.asarray(tokens), arrival, group, config, epoch, rng, cut, scale)
+    return plan_arrivals(np.asarray(tokens), arrival, group, config, epoch, rng, cut, scale, key_hash, pool)
 
 
 def plan_arrivals(
@@ -171,10 +193,16 @@ def plan_arrivals(
     rng: np.random.Generator,
     cut: np.ndarray | None = None,
     scale: np.ndarray | None = None,
+    key_hash: np.ndarray | None = None,
+    pool: int | None = None,
 ) -> EpochPlan:
     """Steps 2-4 from the order samples reach the packer: `arrival` (sample ids, by which
-    `tokens`, `cut` and `scale` are indexed; an id may arrive more than once) and the `group` of
-    each arrival (rows are shuffled within the group being read when they closed)."""
+    `tokens`, `cut`, `scale` and `key_hash` are indexed; an id may arrive more than once) and the
+    `group` of each arrival (rows are shuffled within the group being read when they closed).
+    With mixup, each planned sample's partner is drawn from `pool` index positions, keyed by its
+    `key_hash` (`loaders.mixup`)."""
+    if config.mixup and (key_hash is None or not pool):
+        raise ValueError("mixup needs the planned samples' key hashes and a pool of partners")
     cut = np.zeros(len(tokens), np.int32) if cut is None else cut
     scale = np.ones(len(tokens)) if scale is None else scale
     arriving = tokens[arrival]
@@ -204,6 +232,11 @@ def plan_arrivals(
     batch = row // config.rows_per_batch
     row -= batch * config.rows_per_batch  # row within its batch
     n_batches = -(-len(lengths) // config.rows_per_batch)
+    partner = None
+    if config.mixup:
+        from loaders.mixup import mixup_partners  # (it keys its draws with this module's keyed_uniform)
+
+        partner = mixup_partners(key_hash[sample], pool, config, epoch)
     capacity_total = n_batches * config.rows_per_batch * config.max_tokens
     return EpochPlan(
         epoch=epoch,
@@ -216,6 +249,7 @@ def plan_arrivals(
         scale=scale[sample],
         batch_starts=np.searchsorted(batch, np.arange(n_batches + 1)),
         pad_ratio=1.0 - total / capacity_total if capacity_total else 0.0,
+        partner=partner,
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from elasticast.config import ATTENTION_BACKENDS, MODEL_KINDS, POOLINGS, PRESETS
-from loaders.config import WEIGHT_BY, StreamConfig
+from loaders.config import SAMPLINGS, WEIGHT_BY, StreamConfig
 from loaders.pack import MODES
 from loaders.tokens import COMPRESSIONS, RECIPES
 from shards.location import Location
@@ -36,6 +36,7 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda"),
     "recipe": ("auto", *RECIPES),
     "weight_by": WEIGHT_BY,
+    "sampling": SAMPLINGS,
 }
 
 
@@ -120,6 +121,16 @@ class TrainConfig:
     time_mask: int = knob(0, "SpecAugment: widest masked span in frames (0: off)")
     shuffle: bool = knob(True, "shuffle shards and rows every epoch")
     label_type: str = knob("auto", "auto: what the shard set says; single or multi to insist")
+    mixup: float = knob(
+        0.0,
+        "share of training samples mixed with a random partner before the fbank, soft targets (paper, AudioSet: 0.5)",
+    )
+    mixup_alpha: float = knob(10.0, "mixup: lambda ~ Beta(alpha, alpha)")
+    sampling: str = knob(
+        "uniform",
+        "uniform: every sample once per epoch; balanced: as many draws with replacement by the index's class-balance "
+        "weights (paper, AudioSet)",
+    )
     # optimisation
     lr: float = knob(0.001, "peak learning rate (AdamW)")
     weight_decay: float = knob(0.05, "AdamW weight decay (not on biases, norms, position tables, [cls])")
@@ -229,6 +240,9 @@ class TrainConfig:
             weight_by=self.weight_by,
             storage_timeout=self.storage_timeout,
             max_failed=self.max_failed,
+            mixup=self.mixup,
+            mixup_alpha=self.mixup_alpha,
+            sampling=self.sampling,
         )
         return StreamConfig(**(settings | changes))
 

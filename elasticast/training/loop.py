@@ -104,7 +104,7 @@ def train_epoch(
         batch = batch.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(batch)
-        value = loss(logits.float(), batch.labels)
+        value = loss(logits.float(), batch.labels, batch.targets)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         if clip_grad > 0:

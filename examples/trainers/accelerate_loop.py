@@ -37,7 +37,7 @@ def train(config: TrainConfig, num_workers: int = 2) -> list[list[str]]:
         for batch in loader:
             batch = batch.to(accelerator.device, non_blocking=True)
             with accelerator.autocast():
-                value = loss(model(batch), batch.labels)
+                value = loss(model(batch), batch.labels, batch.targets)
             optimizer.zero_grad()
             accelerator.backward(value)
             optimizer.step()
