@@ -45,9 +45,7 @@ def streams(
     stream's), featurized with the recipe `feature_settings` gives (`start`: what `--init` named)."""
     settings = feature_settings(config, start)
     train = PackedStream(config.splits("train"), config.stream(), rank=rank, world=world, features=settings)
-    valid_config = config.stream(
-        scales=(1.0,), shuffle=False, freq_mask=0, time_mask=0, weights=None, mixup=0.0, sampling="uniform"
-    )
+    valid_config = config.valid_stream()
     valid = {
         name: PackedStream(
             split, valid_config, rank=rank, world=world, labels=train.labels, features=train.features.spec

@@ -246,6 +246,12 @@ class TrainConfig:
         )
         return StreamConfig(**(settings | changes))
 
+    def valid_stream(self, **changes) -> StreamConfig:
+        """The validation streams' settings: the training stream's at C = 1, unshuffled, with no
+        augmentation and no mixup, every sample once (uniform sampling), one source each."""
+        off = dict(scales=(1.0,), shuffle=False, freq_mask=0, time_mask=0, weights=None, mixup=0.0, sampling="uniform")
+        return self.stream(**(off | changes))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {name: list(getattr(self, name)) for name in ("scales", "shards", "weights")}
 
