@@ -16,7 +16,8 @@ Arms (`ARMS`), tiny preset, each trained in this process (plain-PyTorch loop, lo
   those), 12 clips a step as in the paper.
 An arm whose flags this checkout does not have is left out, named. Every --every seconds of
 training (and at the end) the clock stops and the valid split is scored: the ElasticAST arms at
-native length, the AST at its 256 frames. Prints accuracy against training seconds.
+native length, the AST at its 256 frames. The arms take turns between checkpoints (`Turns`), so
+the load of a shared machine falls on all of them alike. Prints accuracy against training seconds.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import dataclasses
 import os
 import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -98,47 +100,77 @@ def unknown_flags(flags: list[str]) -> list[str]:
     return [flag for flag in flags if flag.startswith("--") and flag not in known]
 
 
-def run_arm(flags: list[str], shards: Path, budget: float, every: float, seed: int) -> list[dict]:
-    """Train for `budget` seconds of training wall-clock; the valid accuracy every `every` seconds."""
-    config = parse_args([*COMMON, *flags, "--seed", str(seed), "--shards", str(shards)])
+class Turns:
+    """The arms take turns: each trains up to its next checkpoint and hands on to the next, so
+    a shared machine whose load changes during the run weighs on every arm alike."""
+
+    def __init__(self, names: list[str]):
+        self.order, self.turn, self.changed = list(names), 0, threading.Condition()
+
+    def wait(self, name: str) -> None:
+        with self.changed:
+            self.changed.wait_for(lambda: self.order[self.turn] == name)
+
+    def hand_on(self, name: str, finished: bool = False) -> None:
+        with self.changed:
+            at = self.order.index(name)
+            if finished:
+                self.order.pop(at)
+            self.turn = (at if finished else at + 1) % max(len(self.order), 1)
+            self.changed.notify_all()
+
+
+def run_arm(name: str, shards: Path, args: argparse.Namespace, turns: Turns, curves: dict) -> None:
+    """Train one arm for `args.budget` seconds of training wall-clock (reads, featurizing and
+    steps; no reading ahead, so nothing runs while the arm waits its turn), scoring the valid
+    split every `args.every` seconds (clock stopped) into `curves[name]`."""
+    config = parse_args([*COMMON, *ARMS[name], "--seed", str(args.seed), "--shards", str(shards)])
+    turns.wait(name)
+    try:
+        train_arm(name, config, shards, args, turns, curves.setdefault(name, []))
+    finally:
+        turns.hand_on(name, finished=True)
+
+
+def train_arm(
+    name: str, config: TrainConfig, shards: Path, args: argparse.Namespace, turns: Turns, curve: list
+) -> None:
     torch.manual_seed(config.seed)
-    train = PackedStream(shards / "train", config.stream())
+    train = PackedStream(shards / "train", config.stream(prefetch=0))
     valid = PackedStream(shards / "valid", config.valid_stream(), labels=train.labels, features=train.features.spec)
     model = build_model(config, len(train.labels))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, train.steps(0), config)
-    curve, clock = [], {"trained": 0.0, "next": every, "epoch": 0, "samples": 0}
+    clock = {"trained": 0.0, "next": args.every, "epoch": 0.0}
 
     def evaluate() -> None:
         _, logits, labels = predict(model, valid.epoch(0), torch.device("cpu"))
         accuracy = score(logits, labels)["accuracy"]
         curve.append({"seconds": clock["trained"], "accuracy": accuracy, "epoch": clock["epoch"]})
-        curve[-1]["samples"] = clock["samples"]
-        print(f"  {clock['trained']:7.1f} s  epoch {clock['epoch']:5.2f}  acc {accuracy:.3f}", flush=True)
+        print(f"{name:>15} {clock['trained']:7.1f} s  epoch {clock['epoch']:5.2f}  acc {accuracy:.3f}", flush=True)
         model.train()
 
     def timed(epoch: int) -> Iterator[PackedBatch]:
         """The epoch's batches; between steps the clock is read, the valid split scored at each
-        checkpoint (clock stopped) and the epoch abandoned once the budget is spent."""
+        checkpoint (then the turn passes on) and the epoch abandoned once the budget is spent."""
         steps, started = train.steps(epoch), time.perf_counter()
         for step, batch in enumerate(train.epoch(epoch)):
-            clock["samples"] += batch.num_samples
             yield batch
-            now = time.perf_counter()
-            clock["trained"] += now - started
+            clock["trained"] += time.perf_counter() - started
             clock["epoch"] = epoch + (step + 1) / steps
-            if clock["trained"] >= min(clock["next"], budget):
+            if clock["trained"] >= min(clock["next"], args.budget):
                 evaluate()
-                clock["next"] += every
-            if clock["trained"] >= budget:
-                return
+                clock["next"] += args.every
+                if clock["trained"] >= args.budget:
+                    return
+                turns.hand_on(name)
+                turns.wait(name)
             started = time.perf_counter()
 
     epoch = 0
-    while clock["trained"] < budget:
+    while clock["trained"] < args.budget:
         train_epoch(model, timed(epoch), optimizer, scheduler, torch.device("cpu"), config.clip_grad)
         epoch += 1
-    return curve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,14 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     shards = build_clips(args.recordings, args.work, args.train_clips, args.valid_clips)
     print(f"# long clips: {args.train_clips} train / {args.valid_clips} valid clips of 5-60 s, 6 speakers")
     print(f"# budget {args.budget:g} s of training per arm, load average {os.getloadavg()[0]:.1f} at the start")
-    curves = {}
-    for name in args.arms:
-        missing = unknown_flags(ARMS[name])
-        if missing:
-            print(f"{name}: left out, this checkout has no {' '.join(missing)}")
-            continue
+    arms = [name for name in args.arms if not unknown_flags(ARMS[name])]
+    for name in sorted(set(args.arms) - set(arms), key=args.arms.index):
+        print(f"{name}: left out, this checkout has no {' '.join(unknown_flags(ARMS[name]))}")
+    for name in arms:
         print(f"{name}: {' '.join(ARMS[name])}", flush=True)
-        curves[name] = run_arm(ARMS[name], shards, args.budget, args.every, args.seed)
+    turns, curves = Turns(arms), {}
+    threads = [threading.Thread(target=run_arm, args=(name, shards, args, turns, curves)) for name in arms]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    curves = {name: curves.get(name, []) for name in arms}
     print(f"\n| training s | {' | '.join(curves)} |\n|---:|{'---:|' * len(curves)}")
     for i in range(max(map(len, curves.values()), default=0)):
         cells = [f"{c[i]['accuracy']:.3f} (ep {c[i]['epoch']:.1f})" if i < len(c) else "" for c in curves.values()]

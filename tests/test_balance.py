@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from loaders import PackedStream
 from loaders.config import StreamConfig
@@ -142,3 +143,20 @@ def test_an_index_without_weights_is_refused_for_balanced_sampling_only(syntheti
         balanced(root)
     with pytest.raises(ValueError, match="sampling 'weighted' is not one of"):
         StreamConfig(rows_per_batch=1, sampling="weighted")
+
+
+def test_a_key_drawn_twice_is_two_samples_with_their_own_masks(synthetic_shards):
+    """The draw, not the key, keys SpecAugment: the draws of one key (same audio, C = 1) are
+    masked apart, and the masks follow (seed, epoch, draw) from one run to the next."""
+    run = lambda: [(b.sample_ids, b) for b in balanced(synthetic_shards, freq_mask=40, time_mask=40).epoch(0)]
+    first, second = run(), run()
+    assert all(a == b and torch.equal(x.patches, y.patches) for (a, x), (b, y) in zip(first, second))
+    tokens = {}
+    for ids, batch in first:
+        for i, sample_id in enumerate(ids):
+            tokens[sample_id] = batch.patches[batch.row[i]][batch.segment_ids[batch.row[i]] == batch.slot[i]]
+    twice = defaultdict(list)
+    for sample_id, values in tokens.items():
+        twice[sample_id.split("#")[0]].append(values)
+    pairs = [draws for draws in twice.values() if len(draws) > 1]
+    assert pairs and all(not torch.equal(draws[0], draws[1]) for draws in pairs)

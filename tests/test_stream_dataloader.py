@@ -32,7 +32,7 @@ def shards(tmp_path_factory, make_shards):
 
 
 def delivered(batches) -> list[tuple]:
-    return [(b.epoch, b.step, tuple(b.keys), b.is_padding) for b in batches]
+    return [(b.epoch, b.step, tuple(b.sample_ids), b.is_padding) for b in batches]
 
 
 @pytest.mark.parametrize("num_workers", [0, 1, 2])
@@ -84,27 +84,36 @@ def test_resume_from_a_state_dict_yields_exactly_the_remaining_batches(shards):
         resumed.load_state_dict({"epoch": 1})
 
 
-def test_a_state_saved_on_three_ranks_resumes_on_two_with_every_key_once(shards):
+@pytest.mark.parametrize("recipe", [{}, {"mixup": 0.5, "sampling": "balanced", "freq_mask": 20}])
+def test_a_state_saved_on_three_ranks_resumes_on_two_with_every_key_once(shards, recipe):
     """Three ranks take a step each; the state of any of them resumes on 2 ranks (one through
-    DataLoader workers): every key of the epoch exactly once over both legs, equal steps."""
-    three = [PackedStream(shards / "train", **SETTINGS, rank=rank, world=3) for rank in range(3)]
+    DataLoader workers): every key of the epoch (under balanced sampling every draw) exactly
+    once over both legs, equal steps, the batches (mixup targets too) those of the plan."""
+    settings = SETTINGS | recipe
+    three = [PackedStream(shards / "train", **settings, rank=rank, world=3) for rank in range(3)]
     seen, states = Counter(), []
     for stream in three:
         stream.set_epoch(1)
-        seen.update(next(iter(stream)).keys)
+        seen.update(next(iter(stream)).sample_ids)
         states.append(stream.state_dict())
     assert states == [{"epoch": 1, "consumed": 3}] * 3  # the plan's batches taken, not a rank's cursor
-    two = [PackedStream(shards / "train", **SETTINGS, rank=rank, world=2) for rank in (0, 1)]
+    two = [PackedStream(shards / "train", **settings, rank=rank, world=2) for rank in (0, 1)]
     legs = []
     for stream, workers in zip(two, (0, 2)):
         stream.load_state_dict(states[0])
-        legs.append(delivered(DataLoader(stream, batch_size=None, num_workers=workers)))
+        batches = list(DataLoader(stream, batch_size=None, num_workers=workers))
+        legs.append(delivered(batches))
         assert legs[-1] == delivered(stream.epoch(1, consumed=3))
-        seen.update(key for _, _, keys, _ in legs[-1] for key in keys)
+        assert all(targets(a) == targets(b) for a, b in zip(batches, stream.epoch(1, consumed=3)))
+        seen.update(i for batch in batches for i in batch.sample_ids)
     batches = three[0].plan(1).n_batches - 3
     assert len(legs[0]) == len(legs[1]) == -(-batches // 2)  # 3 % 2: dealt from batch 3, steps from 1
     assert [step for _, step, _, _ in legs[0]] == list(range(1, 1 + len(legs[0])))
-    assert set(seen) == set(three[0].index["key"]) and set(seen.values()) == {1}
+    assert seen == Counter(three[0].planned_ids(1).to_pylist()) and set(seen.values()) == {1}
+
+
+def targets(batch) -> list | None:
+    return None if batch.targets is None else batch.targets.tolist()
 
 
 def test_torchdata_stateful_dataloader_resumes_mid_epoch(shards):
