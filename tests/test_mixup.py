@@ -133,3 +133,22 @@ def test_evaluation_never_mixes_and_training_without_mixup_has_no_targets(synthe
     valid = config.valid_stream()
     assert (valid.mixup, valid.sampling, valid.freq_mask, valid.scales) == (0.0, "uniform", 0, (1.0,))
     assert all(b.targets is None for b in mixing(synthetic_shards, mixup=0.0).epoch(0))
+
+
+def test_whether_and_with_which_position_a_sample_mixes_follows_its_key():
+    """The plan's mixup choices are keyed by (seed, epoch, key), not by where a sample lands: with
+    the index reversed (other shards, other packing, other delivery order) each key mixes or not
+    as before, with the same partner position; another epoch draws afresh."""
+    from loaders.config import StreamConfig
+    from loaders.plan import Index, plan_epoch
+
+    n = 400
+    index = Index(np.array([f"k{i}" for i in range(n)]), np.arange(n) // 25, np.full(n, 48000), np.full(n, 16000))
+    reversed_index = Index(index.keys[::-1], index.shard, index.num_samples, index.sample_rate)
+    config = StreamConfig(rows_per_batch=2, mixup=0.5, seed=1)
+    choice = lambda plan, keys: dict(zip(keys[plan.sample].tolist(), plan.partner.tolist()))
+    base = choice(plan_epoch(index, config, 0), index.keys)
+    assert choice(plan_epoch(reversed_index, config, 0), reversed_index.keys) == base
+    assert 0.4 < np.mean([p >= 0 for p in base.values()]) < 0.6
+    later = choice(plan_epoch(index, config, 1), index.keys)
+    assert sum(base[k] != later[k] for k in base) > n // 3

@@ -69,8 +69,10 @@ def key_files(run: Path) -> list[dict]:
 
 def test_a_run_killed_mid_epoch_resumes_bitwise(tmp_path, fsdd_dir, fsdd_small_shards, ray_local, train_job, capfd):
     """Uninterrupted vs. a driver killed (SIGKILL, with its Ray Train worker) once a mid-epoch
-    checkpoint of epoch 2 exists, then resumed from that very checkpoint."""
-    args = ["--shards", str(fsdd_small_shards), *STEPS, "--epochs", "2", "--loader", "local"]
+    checkpoint of epoch 2 exists, then resumed from that very checkpoint; with the paper's
+    AudioSet options on (mixup, balanced sampling), so keyed partners and draws resume too."""
+    recipe = ["--mixup", "0.5", "--sampling", "balanced"]
+    args = ["--shards", str(fsdd_small_shards), *STEPS, "--epochs", "2", "--loader", "local", *recipe]
     assert train_job.main([*args, "--out", str(tmp_path / "full"), "--wandb", "offline"]) == 0
     cut = tmp_path / "cut"
     killed_at = kill_mid_epoch(ray_local, [*args, "--out", str(cut), "--wandb", "disabled"], epoch=1)
