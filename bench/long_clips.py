@@ -200,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     for thread in threads:
         thread.join()
     curves = {name: curves.get(name, []) for name in arms}
-    print(f"\n| training s | {' | '.join(curves)} |\n|---:|{'---:|' * len(curves)}")
+    print("\nvalid accuracy (training seconds, epochs) at each checkpoint")
+    print(f"| checkpoint | {' | '.join(curves)} |\n|---:|{'---:|' * len(curves)}")
     for i in range(max(map(len, curves.values()), default=0)):
-        cells = [f"{c[i]['accuracy']:.3f} (ep {c[i]['epoch']:.1f})" if i < len(c) else "" for c in curves.values()]
-        seconds = max(c[i]["seconds"] for c in curves.values() if i < len(c))
-        print(f"| {seconds:.0f} | {' | '.join(cells)} |")
+        cell = lambda p: f"{p['accuracy']:.3f} ({p['seconds']:.0f} s, ep {p['epoch']:.2f})"
+        print(f"| {i + 1} | {' | '.join(cell(c[i]) if i < len(c) else '' for c in curves.values())} |")
     print(f"# load average {os.getloadavg()[0]:.1f} at the end")
     return 0
 

@@ -133,6 +133,9 @@ def test_evaluation_never_mixes_and_training_without_mixup_has_no_targets(synthe
     valid = config.valid_stream()
     assert (valid.mixup, valid.sampling, valid.freq_mask, valid.scales) == (0.0, "uniform", 0, (1.0,))
     assert all(b.targets is None for b in mixing(synthetic_shards, mixup=0.0).epoch(0))
+    for bad in ({"mixup": 1.5}, {"mixup": -0.1}, {"mixup_alpha": 0.0}):  # refused before any job starts
+        with pytest.raises(ValueError, match="mixup"):
+            TrainConfig(**bad)
 
 
 def test_whether_and_with_which_position_a_sample_mixes_follows_its_key():

@@ -207,6 +207,8 @@ class TrainConfig:
             raise ValueError(
                 f"storage_timeout ({self.storage_timeout}) and max_failed ({self.max_failed}) must be >= 0"
             )
+        if not 0.0 <= self.mixup <= 1.0 or self.mixup_alpha <= 0:
+            raise ValueError(f"mixup ({self.mixup}) must be in [0, 1] and mixup_alpha ({self.mixup_alpha}) > 0")
         if not 0 <= self.stop_after <= self.epochs:
             raise ValueError(f"stop_after must be in 0..epochs ({self.epochs}), got {self.stop_after}")
 
