@@ -138,11 +138,13 @@ class ElasticAST(nn.Module):
         return F.embedding(low, self.time_embed) * (1 - frac) + F.embedding(high, self.time_embed) * frac
 
 
-def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean per-sample loss: cross-entropy for class ids, BCE for multi-hot labels.
+def loss(logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean per-sample loss: cross-entropy for class ids, BCE for multi-hot labels. `targets`
+    (mixup's soft targets, `PackedBatch.targets`) replace the labels: soft cross-entropy when the
+    labels are class ids, BCE when they are multi-hot.
     An all-padding batch (no samples) gives a zero that still backpropagates (no DDP hang)."""
     if logits.shape[0] == 0:
         return logits.sum() * 0.0
     if labels.dtype.is_floating_point:
-        return F.binary_cross_entropy_with_logits(logits, labels)
-    return F.cross_entropy(logits, labels)
+        return F.binary_cross_entropy_with_logits(logits, labels if targets is None else targets)
+    return F.cross_entropy(logits, labels if targets is None else targets)

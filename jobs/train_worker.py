@@ -41,11 +41,11 @@ def streams(
 ) -> tuple[PackedStream, dict[str, PackedStream]]:
     """This rank's training stream (the configured packing and scales; several shard sets: their
     mix) and validation streams, one per shard set by its source name (`config.valid_split` at
-    native length: C = 1, no augmentation, no shuffling; labels and features as the training
+    native length: C = 1, no augmentation, no mixup, every sample once; labels and features as the training
     stream's), featurized with the recipe `feature_settings` gives (`start`: what `--init` named)."""
     settings = feature_settings(config, start)
     train = PackedStream(config.splits("train"), config.stream(), rank=rank, world=world, features=settings)
-    valid_config = config.stream(scales=(1.0,), shuffle=False, weights=None).without_augmentation()
+    valid_config = config.valid_stream()
     valid = {
         name: PackedStream(
             split, valid_config, rank=rank, world=world, labels=train.labels, features=train.features.spec

@@ -1,8 +1,10 @@
 """Data loading for packed training, from shards to `PackedBatch`es: `tokens` (token arithmetic),
 `pack` (row packing, with its Numba kernels and reference), `plan` and `index` (an epoch's plan
-from the index alone), `features` and `assemble` (fbanks and the batch a plan step names), `device_features` (the same
-features in one batched pass on the trainer's device, for `featurize="device"`),
-`stream` (`PackedStream`, on Ray Data or in-process; `config` holds its `StreamConfig`), `batch`
+from the index alone), `features` and `assemble` (fbanks and the batch a plan step names),
+`device_features` (the same features in one batched pass on the trainer's device, for
+`featurize="device"`), `stream` (`PackedStream`, on Ray Data or in-process; `config` holds its
+`StreamConfig`), `balance` and `mixup` (the paper's class-balanced draws and mixup, in the plan and
+the featurizer), `batch`
 and `collate` (the batch), `sampler` (the same packing over your own map-style dataset), `stats`
 (dataset fbank statistics), `threads` (featurizing's torch threads), `lightning`. Names load on
 first use (Numba and Ray later still); `loaders.lightning` needs Lightning, nothing else here does."""

@@ -29,6 +29,7 @@ from loaders.dropout import keep_mask
 from loaders.feature_spec import FeatureSpec
 from loaders.features import augment_spans, masked, patchify, token_positions
 from loaders.index import StreamIndex
+from loaders.mixup import mix_lambda, mix_waves, soft_targets
 from loaders.noise import add_noise
 from loaders.plan import EpochPlan
 from loaders.tokens import FREQ_TOKENS, N_MELS, PATCH
@@ -81,6 +82,26 @@ class SampleSpec:
     source: int = 0  # its source in a mix (`FeatureConfig.source_dir`)
     dropped: int = 0  # tokens token dropout leaves out (`tokens` are the kept ones)
     window_start: int = 0  # first frame of its random window (`loaders.cuts`)
+    draw: int = -1  # balanced sampling: its draw index in the epoch (-1: uniform sampling)
+    partner: SampleSpec | None = None  # mixup: the sample mixed into it (read at its scale, not placed)
+
+    @property
+    def ident(self) -> str:
+        """What keys its random choices in the featurizer (`sample_ident`)."""
+        return sample_ident(self.key, self.draw)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SampleSpec:
+        partner = values.get("partner")
+        return cls(
+            **values | {"label_ids": tuple(values["label_ids"]), "partner": cls.from_dict(partner) if partner else None}
+        )
+
+
+def sample_ident(key: str, draw: int) -> str:
+    """A sample's identity for its keyed draws: its key, or under balanced sampling its draw (the
+    same key may be drawn twice in an epoch)."""
+    return key if draw < 0 else f"draw {draw}"
 
 
 @dataclass(frozen=True)
@@ -98,8 +119,12 @@ class BatchSpec:
     @classmethod
     def from_json(cls, text: str) -> BatchSpec:
         values = json.loads(text)
-        samples = tuple(SampleSpec(**(s | {"label_ids": tuple(s["label_ids"])})) for s in values.pop("samples"))
-        return cls(**values, samples=samples)
+        return cls(**values | {"samples": tuple(SampleSpec.from_dict(s) for s in values["samples"])})
+
+    @property
+    def reads(self) -> tuple[SampleSpec, ...]:
+        """What the batch reads: its samples, then their mixup partners (`read_audio` positions)."""
+        return self.samples + tuple(s.partner for s in self.samples if s.partner is not None)
 
 
 def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int) -> BatchSpec:
@@ -109,6 +134,7 @@ def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int
     planned = slice(plan.batch_starts[batch], plan.batch_starts[batch + 1])
     positions = plan.sample[planned]
     checksums = [None] * len(positions) if index.xxh3_64 is None else index.xxh3_64[positions].tolist()
+    unset = [-1] * len(positions)
     columns = zip(
         positions.tolist(),
         index.keys.take(positions).to_pylist(),
@@ -124,6 +150,8 @@ def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int
         checksums,
         plan.dropped[planned].tolist(),
         plan.window_start[planned].tolist(),
+        unset if plan.draw is None else plan.draw[planned].tolist(),
+        unset if plan.partner is None else plan.partner[planned].tolist(),
     )
     samples = tuple(
         SampleSpec(
@@ -142,6 +170,8 @@ def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int
             source=index.source_of(position),
             dropped=dropped,
             window_start=window_start,
+            draw=draw,
+            partner=_partner_spec(index, partner, scale) if partner >= 0 else None,
         )
         for (
             position,
@@ -158,12 +188,34 @@ def batch_spec(plan: EpochPlan, index: StreamIndex, batch: int | None, step: int
             checksum,
             dropped,
             window_start,
+            draw,
+            partner,
         ) in columns
     )
     return BatchSpec(plan.epoch, step, samples=samples)
 
 
-Reads = tuple[dict[tuple[int, str], np.ndarray], list[dict], ReadStats]  # what `read_audio` returns
+def _partner_spec(index: StreamIndex, position: int, scale: float) -> SampleSpec:
+    """A mixup partner: where its bytes are and its labels; read at its sample's scale, so that it
+    keeps at least as much audio as the sample does (or all of its own)."""
+    return SampleSpec(
+        key=index.keys[position].as_py(),
+        shard=index.shard_names[index.shard[position]],
+        offset=int(index.offset[position]),
+        nbytes=int(index.nbytes[position]),
+        num_samples=int(index.num_samples[position]),
+        label_ids=index.label_ids(position),
+        row=-1,
+        start=0,
+        tokens=0,
+        cut=0,
+        scale=scale,
+        xxh3_64=None if index.xxh3_64 is None else int(index.xxh3_64[position]),
+        source=index.source_of(position),
+    )
+
+
+Reads = tuple[dict[int, np.ndarray], list[dict], ReadStats]  # what `read_audio` returns
 
 
 def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None) -> dict:
@@ -177,17 +229,20 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
     segment_ids = np.zeros((rows, length), np.int32)
     freq_pos = np.zeros((rows, length), np.int32)
     time_pos = np.zeros((rows, length), np.int32)
-    audio, failed, reads = reads if reads is not None else read_audio(spec.samples, config)
+    audio, failed, reads = reads if reads is not None else read_audio(spec.reads, config)
+    _name_lost_partners(spec, audio, failed)
     placed, slots, waves = [], defaultdict(int), []
-    for sample in spec.samples:
-        if (sample.source, sample.key) not in audio:
+    partners = iter(range(len(spec.samples), len(spec.reads)))  # read positions of the partners, in order
+    for i, sample in enumerate(spec.samples):
+        partner = next(partners) if sample.partner is not None else None
+        if i not in audio:
             continue
-        waveform = audio[sample.source, sample.key]
         if on_device:
-            freqs, times = token_positions(sample.tokens // FREQ_TOKENS)
-            waves.append(waveform)
+            freqs, times, lam = *token_positions(sample.tokens // FREQ_TOKENS), 1.0
+            waves.append(audio[i])
         else:
-            tokens, freqs, times = featurize(waveform, sample, spec.epoch, config)
+            wave, lam = mixed_waveform(audio[i], audio.get(partner), sample, spec.epoch, config)
+            tokens, freqs, times = featurize(wave, sample, spec.epoch, config)
             if tokens.shape[0] != sample.tokens:
                 failed.append(_failure(sample, f"{tokens.shape[0]} tokens where the plan has {sample.tokens}"))
                 continue
@@ -207,6 +262,9 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
                 "tokens": sample.tokens,
                 "scale": sample.scale,
                 "start": start,
+                "draw": sample.draw,
+                "mix": lam,
+                "partner_label_ids": sample.partner.label_ids if lam < 1.0 else (),
             }
         )
     meta = {
@@ -236,7 +294,8 @@ def device_layout(placed: list[dict], lengths: list[int], epoch: int, config: Fe
     """The `loaders.device_features.layout` of a batch's placed samples, SpecAugment drawn by key."""
     column = lambda name: [s[name] for s in placed]
     frames = [s["tokens"] // FREQ_TOKENS * PATCH for s in placed]
-    augment = np.array([augment_draw(s["key"], n, epoch, config.stream) for s, n in zip(placed, frames)])
+    idents = [sample_ident(s["key"], s["draw"]) for s in placed]
+    augment = np.array([augment_draw(ident, n, epoch, config.stream) for ident, n in zip(idents, frames)])
     return layout(
         config.spec,
         lengths,
@@ -249,24 +308,34 @@ def device_layout(placed: list[dict], lengths: list[int], epoch: int, config: Fe
     )
 
 
+def _name_lost_partners(spec: BatchSpec, audio: dict[int, np.ndarray], failed: list[dict]) -> None:
+    """A mixup partner that could not be read is a failure like any (counted, named), and its
+    sample goes unmixed: its failure says whose partner it was. Partners are read last, and
+    `read_audio` lists failures in read order, so theirs are the last ones."""
+    owners = [sample for sample in spec.samples if sample.partner is not None]
+    lost = [owner for j, owner in enumerate(owners) if len(spec.samples) + j not in audio]
+    for owner, failure in zip(lost, failed[len(failed) - len(lost) :]):
+        failure["reason"] = f"mixup partner of {owner.key}: {failure['reason']} (the sample is left unmixed)"
+
+
 def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> Reads:
-    """Waveforms by key (cut to the samples their features need), read as one ranged request per
+    """Waveforms by position in `samples` (cut to the samples their features need), read as one ranged request per
     contiguous run of members in each shard (retried for up to the stream's `storage_timeout` when
     the store fails transiently) and verified; holes named by shard and key; what the reads cost.
-    A read the storage cannot serve raises `StorageFailure`."""
+    Failures come in the order of `samples`. A read the storage cannot serve raises `StorageFailure`."""
     members = [Member(s.offset, s.nbytes, s.xxh3_64) for s in samples]
     policy = RetryPolicy(timeout_s=config.stream.storage_timeout)
     spans = [member_span(config.source_dir(s.source) / s.shard, m) for s, m in zip(samples, members)]
     data, stats = read_spans(spans, policy)
     audio, failed = {}, []
-    for sample, member, read in zip(samples, members, data):
+    for position, (sample, member, read) in enumerate(zip(samples, members, data)):
         check_read(config.source_dir(sample.source) / sample.shard, read)
         problem = member_problem(read, sample.key, member)
         if problem is None:
             wav = memoryview(read)[tarfile.BLOCKSIZE :]
-            problem, audio[sample.source, sample.key] = _kept_audio(wav, sample, config)
+            problem, audio[position] = _kept_audio(wav, sample, config)
         if problem:
-            audio.pop((sample.source, sample.key), None)
+            audio.pop(position, None)
             failed.append(_failure(sample, problem))
     return audio, failed, stats
 
@@ -281,7 +350,7 @@ def _kept_audio(wav: memoryview, sample: SampleSpec, config: FeatureConfig) -> t
     if stored != sample.num_samples:
         return f"{stored} samples where the index has {sample.num_samples}", None
     first, keep = 0, config.spec.samples_needed(sample.num_samples, sample.scale, capacity=config.stream.max_tokens)
-    if config.stream.random_cut:
+    if config.stream.random_cut and sample.row >= 0:  # (a mixup partner, row -1, is read from its start)
         shift, pool = config.spec.resolution(sample.scale)
         frames = (sample.tokens + sample.dropped) // FREQ_TOKENS * PATCH
         first, keep = window_samples(sample.window_start, frames, config.spec.sample_rate, float(shift), int(pool))
@@ -289,30 +358,43 @@ def _kept_audio(wav: memoryview, sample: SampleSpec, config: FeatureConfig) -> t
     return None, pcm16_samples(bytes(wav[begin : begin + 2 * keep]))
 
 
+def mixed_waveform(
+    waveform: np.ndarray, partner: np.ndarray | None, sample: SampleSpec, epoch: int, config: FeatureConfig
+) -> tuple[np.ndarray, float]:
+    """(the float32 waveform the fbank sees, lambda) from the int16 samples read: with a partner
+    planned and read, the two mixed (`loaders.mixup`); else the sample's own, lambda 1."""
+    if partner is None:
+        return pcm16_float(waveform), 1.0
+    stream = config.stream
+    lam = mix_lambda(stream.seed, epoch, sample.ident.encode(), stream.mixup_alpha)
+    return mix_waves(pcm16_float(waveform), pcm16_float(partner), lam), lam
+
+
 def featurize(
     waveform: np.ndarray, sample: SampleSpec, epoch: int, config: FeatureConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised spectrogram at the sample's scale (of its window's audio), optionally masked and
-    noised, as patches + positions: the patches token dropout keeps, with their own positions."""
+    """Normalised spectrogram of `waveform` (float32: `mixed_waveform`'s) at the sample's scale (of
+    its window's audio), optionally masked and noised, as patches + positions: the patches token
+    dropout keeps, with their own positions."""
     stream = config.stream
-    spec = config.spec.spectrogram(pcm16_float(waveform), sample.scale, capacity=stream.max_tokens)
+    spec = config.spec.spectrogram(waveform, sample.scale, capacity=stream.max_tokens)
     if stream.freq_mask or stream.time_mask:
-        spec = masked(spec, augment_draw(sample.key, spec.shape[0], epoch, stream))
+        spec = masked(spec, augment_draw(sample.ident, spec.shape[0], epoch, stream))
     if stream.noise:
-        spec = add_noise(spec, stream.seed, epoch, sample.key)
+        spec = add_noise(spec, stream.seed, epoch, sample.ident)
     patches, freqs, times = patchify(spec)
     if sample.dropped:
-        keep = keep_mask(len(patches), len(patches) - sample.dropped, stream.seed, epoch, sample.key)
+        keep = keep_mask(len(patches), len(patches) - sample.dropped, stream.seed, epoch, sample.ident)
         patches, freqs, times = patches[keep], freqs[keep], times[keep]
     return patches, freqs, times
 
 
-def augment_draw(key: str, frames: int, epoch: int, stream: StreamConfig) -> tuple[int, int, int, int]:
-    """SpecAugment's draw (`augment_spans`) for the sample `key` of `frames` frames, keyed by the
-    seed, the epoch and the key; zeros where masking is off."""
+def augment_draw(ident: str, frames: int, epoch: int, stream: StreamConfig) -> tuple[int, int, int, int]:
+    """SpecAugment's draw (`augment_spans`) for the sample `ident` (`sample_ident`) of `frames`
+    frames, keyed by the seed, the epoch and the sample; zeros where masking is off."""
     if not (stream.freq_mask or stream.time_mask):
         return 0, 0, 0, 0
-    rng = np.random.default_rng([stream.seed, epoch, _SALT_AUGMENT, *key.encode()])
+    rng = np.random.default_rng([stream.seed, epoch, _SALT_AUGMENT, *ident.encode()])
     return augment_spans(rng, (frames, N_MELS), stream.freq_mask, stream.time_mask)
 
 
@@ -326,6 +408,10 @@ def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
             labels[i, s["label_ids"]] = 1.0
     else:
         labels = torch.tensor([s["label_ids"][0] for s in samples], dtype=torch.int64)
+    targets = None
+    if config.stream.mixup:
+        own, other = [s["label_ids"] for s in samples], [s["partner_label_ids"] for s in samples]
+        targets = soft_targets(own, other, [s["mix"] for s in samples], config.num_classes)
     column = lambda name, dtype: torch.tensor([s[name] for s in samples], dtype=dtype)
     audio = waveforms(_tensor(arrays["waves"]), np.asarray(arrays["layout"])) if "waves" in arrays else None
     return PackedBatch(
@@ -348,6 +434,8 @@ def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
         requests=meta["requests"],
         retries=meta["retries"],
         audio=audio,
+        targets=targets,
+        draws=[s["draw"] for s in samples] if config.stream.sampling == "balanced" else [],
     )
 
 

@@ -58,6 +58,8 @@ class PackedBatch:
     retries: int = 0  # of those, retries after transient storage errors
     sources: list[int] = field(default_factory=list)  # in a mix: each sample's source (else empty)
     audio: Waveforms | None = None  # to featurize on the trainer's device (see the module docstring)
+    targets: torch.Tensor | None = None  # mixup: [S, classes] float32 soft targets (`loaders.mixup`), else None
+    draws: list[int] = field(default_factory=list)  # balanced sampling: each sample's draw index (else empty)
 
     @property
     def num_samples(self) -> int:
@@ -65,8 +67,10 @@ class PackedBatch:
 
     @property
     def sample_ids(self) -> list[str]:
-        """What names a delivered sample: its key, in a mix `source/key` (keys may repeat across sources)."""
-        return [f"{s}/{k}" for s, k in zip(self.sources, self.keys)] if self.sources else list(self.keys)
+        """What names a delivered sample: its key, in a mix `source/key` (keys may repeat across sources),
+        under balanced sampling `key#draw` (a key may be drawn more than once)."""
+        ids = [f"{s}/{k}" for s, k in zip(self.sources, self.keys)] if self.sources else list(self.keys)
+        return [f"{i}#{d}" for i, d in zip(ids, self.draws)] if self.draws else ids
 
     @property
     def real_tokens(self) -> int:

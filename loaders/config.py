@@ -16,6 +16,7 @@ from shards.retry import DEFAULT_TIMEOUT_S
 
 WEIGHT_BY = ("samples", "duration", "tokens")  # what a mix's weights measure
 FEATURIZE = ("loader", "device")  # where fbanks are made: in the loader's workers, or on the trainer's device
+SAMPLINGS = ("uniform", "balanced")  # how an epoch's samples are chosen (`loaders.balance`)
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,13 @@ class StreamConfig:
     ones, `loaders.dropout`). token_dropout_max: instead, a rate per sample drawn from U(0, max).
     random_cut: min frames of a random window taken per sample and epoch (`loaders.cuts`; 0 = off).
     noise: light uniform noise and a time roll of up to 10 frames on the fbank (`loaders.noise`).
-    All four are training augmentations: `without_augmentation()` turns them off for evaluation.
-    featurize: where fbanks are made: "loader" (the workers ship patches) or "device" (the workers
-    ship int16 waveforms and the plan's layout; the trainer runs `loaders.device_features` on its
-    device before the forward pass)."""
+    mixup: the share of samples mixed with a partner drawn from the split (`loaders.mixup`; 0 = off),
+    with lambda ~ Beta(mixup_alpha, mixup_alpha). These five are training augmentations:
+    `without_augmentation()` turns them off for validation and evaluation. sampling: "uniform"
+    (every sample once per epoch) or "balanced" (as many draws with replacement, by the index's
+    weights: `loaders.balance`). featurize: where fbanks are made: "loader" (the workers ship
+    patches) or "device" (the workers ship int16 waveforms and the plan's layout; the trainer runs
+    `loaders.device_features` on its device before the forward pass)."""
 
     rows_per_batch: int
     max_tokens: int = 2048
@@ -69,6 +73,9 @@ class StreamConfig:
     random_cut: int = 0
     noise: bool = False
     featurize: str = "loader"
+    mixup: float = 0.0
+    mixup_alpha: float = 10.0
+    sampling: str = "uniform"
 
     def __post_init__(self):
         object.__setattr__(self, "scales", tuple(float(c) for c in self.scales))
@@ -82,6 +89,7 @@ class StreamConfig:
             ("backend", BACKENDS),
             ("weight_by", WEIGHT_BY),
             ("featurize", FEATURIZE),
+            ("sampling", SAMPLINGS),
         )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
@@ -111,14 +119,27 @@ class StreamConfig:
             raise ValueError(
                 f"random_cut must be 0 (off) or in {PATCH}..max_frames ({self.max_frames}) frames, got {self.random_cut}"
             )
-        if self.featurize == "device" and (self.token_dropout or self.token_dropout_max or self.noise):
-            raise ValueError("featurize='device' does not take token dropout or noise yet: use featurize='loader'")
+        if not 0.0 <= self.mixup <= 1.0 or not self.mixup_alpha > 0:
+            raise ValueError(f"mixup ({self.mixup}) must be in [0, 1] and mixup_alpha ({self.mixup_alpha}) > 0")
+        if self.featurize == "device" and (self.token_dropout or self.token_dropout_max or self.noise or self.mixup):
+            raise ValueError(
+                "featurize='device' does not take token dropout, noise or mixup yet: use featurize='loader'"
+            )
 
     def without_augmentation(self) -> StreamConfig:
         """These settings with every training augmentation off (SpecAugment, token dropout, random
-        cuts, noise): what validation and evaluation streams use."""
+        cuts, noise, mixup) and every sample once (uniform sampling): what validation and
+        evaluation streams use."""
         return replace(
-            self, freq_mask=0, time_mask=0, token_dropout=0.0, token_dropout_max=0.0, random_cut=0, noise=False
+            self,
+            freq_mask=0,
+            time_mask=0,
+            token_dropout=0.0,
+            token_dropout_max=0.0,
+            random_cut=0,
+            noise=False,
+            mixup=0.0,
+            sampling="uniform",
         )
 
     def failures_allowed(self, samples: int) -> float:

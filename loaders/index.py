@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from loaders.plan import Index, fnv1a64
 from shards.dataset import INDEX_FILE, ShardDataset
 
-COLUMNS = ("key", "shard", "offset", "nbytes", "num_samples", "sample_rate", "label_ids", "xxh3_64")
+COLUMNS = ("key", "shard", "offset", "nbytes", "num_samples", "sample_rate", "label_ids", "xxh3_64", "weight")
 
 
 @dataclass(frozen=True, eq=False)
@@ -25,7 +25,9 @@ class StreamIndex:
     """One entry per sample, in index order; `shard` ids are positions in `shard_names` (the
     split's shard list in dataset.json); the label ids of sample i are
     `label_values[label_starts[i]:label_starts[i + 1]]`; `xxh3_64` is None for a shard set made
-    before checksums; `key_hash` is `fnv1a64` of each key (planning and the exactly-once check)."""
+    before checksums; `key_hash` is `fnv1a64` of each key (planning and the exactly-once check);
+    `weight` each sample's class-balance weight (`shards.weights`), None for a shard set made before
+    weights (balanced sampling refuses it)."""
 
     keys: pa.StringArray
     shard_names: tuple[str, ...]
@@ -39,6 +41,7 @@ class StreamIndex:
     xxh3_64: np.ndarray | None
     key_hash: np.ndarray
     shard_source: np.ndarray | None = None  # a mix's source of each shard (None: one source)
+    weight: np.ndarray | None = None
 
     @classmethod
     def read(cls, dataset: ShardDataset, split: str) -> StreamIndex:
@@ -56,8 +59,10 @@ class StreamIndex:
         shard_of_code = np.array([position[name] for name in shards.dictionary.to_pylist()], dtype=np.int32)
         labels = table.column("label_ids").combine_chunks()
         checksums = table.column("xxh3_64")
-        if 0 < checksums.null_count < len(checksums):
-            raise ValueError(f"{where}: {checksums.null_count} of {len(checksums)} samples lack an xxh3_64 checksum")
+        weights = table.column("weight")
+        for name, column in (("an xxh3_64 checksum", checksums), ("a weight", weights)):
+            if 0 < column.null_count < len(column):
+                raise ValueError(f"{where}: {column.null_count} of {len(column)} samples lack {name}")
         keys = table.column("key").combine_chunks()
         index = cls(
             keys=keys,
@@ -73,8 +78,9 @@ class StreamIndex:
             label_values=labels.values.to_numpy(zero_copy_only=False),
             xxh3_64=None if checksums.null_count else _numbers(table, "xxh3_64"),
             key_hash=fnv1a64(keys),
+            weight=None if weights.null_count or not len(weights) else _numbers(table, "weight"),
         )
-        del table, shards, labels, checksums
+        del table, shards, labels, checksums, weights
         pa.default_memory_pool().release_unused()  # the Parquet decode and the shard names: no longer held
         return index
 
@@ -85,6 +91,7 @@ class StreamIndex:
         shard_starts = np.cumsum([0] + [len(index.shard_names) for index in indexes])
         label_starts = np.cumsum([0] + [len(index.label_values) for index in indexes])
         checksums = [index.xxh3_64 for index in indexes]
+        weights = [index.weight for index in indexes]
         return cls(
             keys=pa.concat_arrays([index.keys for index in indexes]),
             shard_names=tuple(name for index in indexes for name in index.shard_names),
@@ -100,6 +107,7 @@ class StreamIndex:
             xxh3_64=None if any(c is None for c in checksums) else np.concatenate(checksums),
             key_hash=np.concatenate([index.key_hash for index in indexes]),
             shard_source=np.repeat(np.arange(len(indexes), dtype=np.int16), np.diff(shard_starts)),
+            weight=None if any(w is None for w in weights) else np.concatenate(weights),
         )
 
     def source_of(self, position: int) -> int:
@@ -112,7 +120,7 @@ class StreamIndex:
     @property
     def plan_index(self) -> Index:
         """What `loaders.plan` needs (shard ids, lengths, rates; keys only through `key_hash`)."""
-        return Index(self.keys, self.shard, self.num_samples, self.sample_rate)
+        return Index(self.keys, self.shard, self.num_samples, self.sample_rate, self.weight)
 
     def label_ids(self, position: int) -> tuple[int, ...]:
         return tuple(self.label_values[self.label_starts[position] : self.label_starts[position + 1]].tolist())

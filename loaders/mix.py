@@ -97,11 +97,23 @@ def plan_mix(
     ids = np.concatenate(ids)[interleave([len(t) for t in ids])]
     num_samples = np.concatenate([index.num_samples for index in indexes])
     sample_rate = np.concatenate([index.sample_rate for index in indexes])
-    per = sample_tokens(num_samples, sample_rate, np.concatenate(key_hashes), config, epoch, features)
+    hashes = np.concatenate(key_hashes)
+    per = sample_tokens(num_samples, sample_rate, hashes, config, epoch, features)
     group = (np.arange(len(ids)) // config.buffer).astype(np.int32)
     rng = np.random.default_rng([config.seed, epoch, _SALT_MIX])
     plan = plan_arrivals(
-        per.tokens, ids.astype(np.int32), group, config, epoch, rng, per.cut, per.scale, per.dropped, per.start
+        per.tokens,
+        ids.astype(np.int32),
+        group,
+        config,
+        epoch,
+        rng,
+        per.cut,
+        per.scale,
+        per.dropped,
+        per.start,
+        hashes,
+        len(hashes),
     )
     source = (np.searchsorted(starts, plan.sample, side="right") - 1).astype(np.int16)
     return MixedPlan(plan, starts, source, passes)

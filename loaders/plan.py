@@ -14,21 +14,27 @@
    every rank runs the same number of steps and no sample is dropped or repeated. A position in
    the epoch is the number of batches consumed (all ranks together), so an epoch resumed on
    another number of ranks deals exactly the remaining batches to them (`EpochPlan.batch_for`).
+
+Recipe options: `sampling="balanced"` plans an epoch of weighted draws with replacement instead
+of the samples (`loaders.balance`; each draw keyed by its index where a sample is keyed by its
+key), and `mixup` gives each planned sample a keyed partner (`loaders.mixup`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
+from loaders.balance import balanced_draws, draw_keys
 from loaders.config import StreamConfig
 from loaders.cuts import random_windows
 from loaders.dropout import dropped_tokens
 from loaders.feature_spec import FeatureSpec
 from loaders.keyed import keyed_uniform
+from loaders.mixup import mixup_partners
 from loaders.pack import Packing, pack
 from loaders.tokens import TokenCounts, clip_counts
 
@@ -44,6 +50,7 @@ class Index:
     shard: np.ndarray  # position in the shard list
     num_samples: np.ndarray
     sample_rate: np.ndarray
+    weight: np.ndarray | None = None  # class-balance weight of each sample (balanced sampling)
 
     @property
     def key_hash(self) -> np.ndarray:
@@ -66,6 +73,8 @@ class EpochPlan:
     pad_ratio: float
     dropped: np.ndarray  # tokens that token dropout leaves out (the row holds `tokens`, the kept ones)
     window_start: np.ndarray  # first frame (at the sample's C) of its random window; 0 without random cuts
+    draw: np.ndarray | None = None  # balanced sampling: each planned sample's draw index (else None)
+    partner: np.ndarray | None = None  # mixup: each planned sample's partner (index position; -1: unmixed)
 
     @property
     def n_batches(self) -> int:
@@ -105,10 +114,22 @@ def plan_epoch(
 ) -> EpochPlan:
     """The plan of one epoch (see the module docstring); a pure function of index, config and
     epoch (of the config, only the packing and feature settings matter: not the backend).
-    `features`: how the stream featurizes (its fixed length and frame shift count here too)."""
+    `features`: how the stream featurizes (its fixed length and frame shift count here too).
+    Balanced sampling plans the epoch's draws as samples of their own (keyed by `draw_keys`), then
+    names each by the index position it drew (`sample`) and its draw index (`draw`)."""
     key_hash = index.key_hash if key_hash is None else key_hash
-    per = sample_tokens(index.num_samples, index.sample_rate, key_hash, config, epoch, features)
-    return plan_tokens(per.tokens, index.shard, config, epoch, per.cut, per.scale, per.dropped, per.start)
+    num_samples, sample_rate, shard, drawn = index.num_samples, index.sample_rate, index.shard, None
+    if config.sampling == "balanced":
+        drawn = balanced_draws(index.weight, config.seed, epoch)
+        num_samples, sample_rate, shard = num_samples[drawn], sample_rate[drawn], np.asarray(shard)[drawn]
+        key_hash = draw_keys(len(drawn), config.seed, epoch)
+    per = sample_tokens(num_samples, sample_rate, key_hash, config, epoch, features)
+    plan = plan_tokens(
+        per.tokens, shard, config, epoch, per.cut, per.scale, per.dropped, per.start, key_hash, len(index.num_samples)
+    )
+    if drawn is None:
+        return plan
+    return replace(plan, sample=drawn[plan.sample].astype(np.int32), draw=plan.sample)
 
 
 class SampleTokens(NamedTuple):
@@ -179,14 +200,18 @@ def plan_tokens(
     scale: np.ndarray | None = None,
     dropped: np.ndarray | None = None,
     start: np.ndarray | None = None,
+    key_hash: np.ndarray | None = None,
+    pool: int | None = None,
 ) -> EpochPlan:
     """Steps 2-4 of the module docstring from token counts alone (`cut`, `scale`, `dropped`,
-    `start`: per sample, for the record and the featurizer). `PackingSampler` plans a map-style
-    dataset with it, each sample its own shard.
+    `start`: per sample, for the record and the featurizer; `key_hash`, `pool`: for mixup, see
+    `plan_arrivals`). `PackingSampler` plans a map-style dataset with it, each sample its own shard.
     Per-sample arrays are int32 and freed as soon as used: every rank plans the whole epoch."""
     rng = np.random.default_rng([config.seed, epoch, _SALT_ORDER])
     arrival, group = _arrival_order(np.asarray(shard), config, rng)
-    return plan_arrivals(np.asarray(tokens), arrival, group, config, epoch, rng, cut, scale, dropped, start)
+    return plan_arrivals(
+        np.asarray(tokens), arrival, group, config, epoch, rng, cut, scale, dropped, start, key_hash, pool
+    )
 
 
 def plan_arrivals(
@@ -200,11 +225,17 @@ def plan_arrivals(
     scale: np.ndarray | None = None,
     dropped: np.ndarray | None = None,
     start: np.ndarray | None = None,
+    key_hash: np.ndarray | None = None,
+    pool: int | None = None,
 ) -> EpochPlan:
     """Steps 2-4 from the order samples reach the packer: `arrival` (sample ids, by which
-    `tokens`, `cut` and `scale` are indexed; an id may arrive more than once) and the `group` of
-    each arrival (rows are shuffled within the group being read when they closed); `dropped` and
-    `start`: per sample, token dropout's and the random window's (`sample_tokens`), for the featurizer."""
+    `tokens`, `cut`, `scale`, `dropped`, `start` and `key_hash` are indexed; an id may arrive more
+    than once) and the `group` of each arrival (rows are shuffled within the group being read when
+    they closed); `dropped` and `start`: per sample, token dropout's and the random window's
+    (`sample_tokens`), for the featurizer. With mixup, each planned sample's partner is drawn from
+    `pool` index positions, keyed by its `key_hash` (`loaders.mixup`)."""
+    if config.mixup and (key_hash is None or not pool):
+        raise ValueError("mixup needs the planned samples' key hashes and a pool of partners")
     cut, dropped, start = (np.zeros(len(tokens), np.int32) if a is None else a for a in (cut, dropped, start))
     scale = np.ones(len(tokens)) if scale is None else scale
     arriving = tokens[arrival]
@@ -234,6 +265,9 @@ def plan_arrivals(
     batch = row // config.rows_per_batch
     row -= batch * config.rows_per_batch  # row within its batch
     n_batches = -(-len(lengths) // config.rows_per_batch)
+    partner = None
+    if config.mixup:
+        partner = mixup_partners(key_hash[sample], pool, config, epoch)
     capacity_total = n_batches * config.rows_per_batch * config.max_tokens
     return EpochPlan(
         epoch=epoch,
@@ -248,6 +282,7 @@ def plan_arrivals(
         pad_ratio=1.0 - total / capacity_total if capacity_total else 0.0,
         dropped=dropped[sample].astype(np.int32, copy=False),
         window_start=start[sample].astype(np.int32, copy=False),
+        partner=partner,
     )
 
 

@@ -103,6 +103,15 @@ class PackedStream(IterableDataset):
         weights = self.config.weights
         if weights is not None and len(weights) != len(self.sources.indexes):
             raise ValueError(f"{len(weights)} weights for {len(self.sources.indexes)} sources {self.sources.names}")
+        if self.config.sampling == "balanced" and (self.mixed or self.sources.index.weight is None):
+            raise ValueError(
+                f"sampling='balanced' needs one source whose index has per-sample weights; {self.sources.split_dirs} "
+                + (
+                    "are a mix (balance within one shard set)"
+                    if self.mixed
+                    else "was built before weights: rebuild it with make_shards"
+                )
+            )
         self.features = self.sources.features(self.config, features)
         self.index = self.sources.index
         self._plan_index = self.index.plan_index
@@ -230,7 +239,12 @@ class PackedStream(IterableDataset):
 
     def planned_ids(self, epoch: int) -> pa.Array:
         """`PackedBatch.sample_ids` of every sample the epoch delivers, all ranks together (a mix's
-        small sources more than once): what an exactly-once check compares deliveries with."""
+        small sources more than once; under balanced sampling each draw as `key#draw`): what an
+        exactly-once check compares deliveries with."""
+        if self.config.sampling == "balanced":
+            plan = self.plan(epoch)
+            keys = self.index.keys.take(pa.array(plan.sample))
+            return pc.binary_join_element_wise(keys, pa.array(plan.draw.astype(str)), "#")
         if not self.mixed:
             return self.index.keys
         sample = self.plan(epoch).sample
@@ -304,11 +318,11 @@ class PackedStream(IterableDataset):
             yield from (featurize_batch(spec, self.features) for spec in specs)
             return
         with ThreadPoolExecutor(1, thread_name_prefix="elasticast-reads") as reader:
-            pending = deque(reader.submit(read_audio, spec.samples, self.features) for spec in specs[:ahead])
+            pending = deque(reader.submit(read_audio, spec.reads, self.features) for spec in specs[:ahead])
             for i, spec in enumerate(specs):
                 reads = pending.popleft().result()
                 if i + ahead < len(specs):
-                    pending.append(reader.submit(read_audio, specs[i + ahead].samples, self.features))
+                    pending.append(reader.submit(read_audio, specs[i + ahead].reads, self.features))
                 yield featurize_batch(spec, self.features, reads)
 
     def _assemble_ray(self, specs: list[BatchSpec]) -> Iterator[dict]:

@@ -41,6 +41,7 @@ from shards.output import OutputError, remove_stale, unmark
 from shards.parallel import parallel_map
 from shards.retry import DEFAULT_TIMEOUT_S, StorageFailure, set_storage_timeout
 from shards.tar import ShardWriter
+from shards.weights import class_balance_weights
 
 PROBE_CHUNK = 256
 SAMPLE_OVERHEAD_BYTES = 3 * 512 + 512  # two tar headers, json payload, padding (an estimate)
@@ -133,6 +134,10 @@ def build_shards(sources: list[Source], listing_skips: list[Skipped], config: Bu
         split = row.pop("split")
         row["label_ids"] = [label_id[label] for label in row["labels"]]
         by_split.setdefault(split, []).append(row)
+    for split_rows in by_split.values():
+        weights = class_balance_weights([row["labels"] for row in split_rows])
+        for row, weight in zip(split_rows, weights):
+            row["weight"] = weight if row["weight"] is None else row["weight"]
     try:
         for split, split_rows in by_split.items():
             write_index(config.out / split, split_rows)
@@ -324,6 +329,7 @@ def _fill_shard(writer: ShardWriter, plan: dict) -> dict:
                 "nbytes": member.nbytes,
                 "xxh3_64": member.xxh3_64,
                 "duration_s": len(waveform) / plan["sample_rate"],
+                "weight": source.weight,
             }
         )
     if rows:

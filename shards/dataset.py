@@ -27,8 +27,9 @@ from shards.options import DATASET_FILE
 from shards.tar import Member, ShardError, ShardSample, read_member, read_shard
 
 INDEX_FILE = "index.parquet"
-FORMAT_VERSION = 2  # 2: index.parquet has an xxh3_64 column (XXH3-64 of each wav member)
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 2: index.parquet has an xxh3_64 column (XXH3-64 of each wav member); 3: a weight column
+READABLE_VERSIONS = (1, 2, 3)
+ADDED_IN = {"xxh3_64": 2, "weight": 3}  # index columns a shard set of an older format lacks (read as nulls)
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -45,6 +46,7 @@ INDEX_SCHEMA = pa.schema(
         ("start_s", pa.float64()),
         ("end_s", pa.float64()),
         ("xxh3_64", pa.uint64()),  # of the wav bytes (shards/checksum.py); null in format 1 (no checksums)
+        ("weight", pa.float64()),  # class-balance weight (shards.weights); null before format 3
     ]
 )
 
@@ -110,24 +112,28 @@ class ShardDataset:
 
     def index(self, split: str, columns: list[str] | None = None) -> pa.Table:
         """The split's index (only `columns`, if given: from a local file the others are not read;
-        a remote one is fetched whole, in one retried request); a format-1 index gets a null
-        `xxh3_64` column (nothing to check)."""
+        a remote one is fetched whole, in one retried request); a column its format predates
+        (`ADDED_IN`: a format-1 index's `xxh3_64`, nothing to check; a format-2 index's `weight`)
+        comes as nulls."""
         location = self._split_dir(split) / INDEX_FILE
         source = location.local if location.is_local else pa.BufferReader(location.read_bytes())
         wanted = INDEX_SCHEMA.names if columns is None else columns
         unknown = sorted(set(wanted) - set(INDEX_SCHEMA.names))
         if unknown:
             raise KeyError(f"{location} has no column(s) {unknown}")
-        schema = INDEX_SCHEMA if self.has_checksums else pa.schema([f for f in INDEX_SCHEMA if f.name != "xxh3_64"])
+        absent = [name for name, version in ADDED_IN.items() if self.meta["format_version"] < version]
+        schema = pa.schema([f for f in INDEX_SCHEMA if f.name not in absent])
         try:
             table = pq.read_table(source, schema=schema, columns=[name for name in wanted if name in schema.names])
         except (pa.ArrowInvalid, OSError) as error:
             if isinstance(error, (FileNotFoundError, PermissionError)):
                 raise
             raise InvalidShardSet(f"{location} is not a readable index ({error})") from None
-        if self.has_checksums or "xxh3_64" not in wanted:
-            return table
-        return table.append_column(INDEX_SCHEMA.field("xxh3_64"), pa.nulls(table.num_rows, pa.uint64()))
+        for name in (name for name in wanted if name in absent):
+            table = table.append_column(
+                INDEX_SCHEMA.field(name), pa.nulls(table.num_rows, INDEX_SCHEMA.field(name).type)
+            )
+        return table
 
     def shard_locations(self, split: str) -> list[Location]:
         """The split's shards, in order; a missing one is an error naming it (one listing of the

@@ -39,6 +39,7 @@ class Source:
     start_s: float | None = None
     end_s: float | None = None
     origin: str = ""  # where it was listed ("rows.csv:7"), for messages
+    weight: float | None = None  # a manifest's `weight` (None: the class-balance rule, `shards.weights`)
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,8 @@ def read_manifest(
     path: str | Path, test_fraction: float, keep_duplicates: bool = False, valid_fraction: float = 0.0
 ) -> tuple[list[Source], list[Skipped]]:
     """Rows of a .csv or .jsonl manifest: `path`, `label` (';' joins several), optional `split`
-    (any name, e.g. train, valid, test; empty: by the path's hash), `start`, `end` (seconds). The
+    (any name, e.g. train, valid, test; empty: by the path's hash), `start`, `end` (seconds),
+    `weight` (the sample's draw weight for balanced sampling, > 0; empty: the class-balance rule). The
     manifest and its paths may be URLs; relative paths resolve against the manifest's folder. A
     row naming the same file and segment as an earlier one is kept once (a "duplicate" skip names
     both lines) unless `keep_duplicates`."""
@@ -210,12 +212,12 @@ def drop_duplicates(sources: list[Source]) -> tuple[list[Source], list[Skipped]]
     return kept, duplicates
 
 
-MANIFEST_COLUMNS = ("path", "label", "split", "start", "end")
+MANIFEST_COLUMNS = ("path", "label", "split", "start", "end", "weight")
 
 
 def write_manifest(path: str | Path, rows: Iterable[dict]) -> Path:
     """A .csv manifest that `read_manifest` reads back: one dict per row with `path` and `label`
-    (';' joins several) and optionally `split`, `start`, `end`; columns no row uses are left out."""
+    (';' joins several) and optionally `split`, `start`, `end`, `weight`; columns no row uses are left out."""
     rows = list(rows)
     unknown = sorted({key for row in rows for key in row} - set(MANIFEST_COLUMNS))
     if unknown:
@@ -294,7 +296,7 @@ def _source_from_row(row: dict, base: Path | Location, fractions: tuple[float, f
     split = str(row.get("split") or "").strip() or split_for(raw_path, *fractions)
     if not SPLIT_NAME.match(split):
         raise ValueError(f"split {split!r} must be letters, digits, '_' or '-'")
-    return Source("", file_path, labels, split, start_s, end_s, origin=where)
+    return Source("", file_path, labels, split, start_s, end_s, origin=where, weight=_parse_weight(row.get("weight")))
 
 
 def _resolve(raw_path: str, base: Path | Location) -> str:
@@ -312,6 +314,18 @@ def _resolve(raw_path: str, base: Path | Location) -> str:
 def _parse_labels(value) -> tuple[str, ...]:
     parts = value if isinstance(value, list) else str(value or "").split(";")
     return tuple(dict.fromkeys(str(part).strip() for part in parts if str(part).strip()))
+
+
+def _parse_weight(value) -> float | None:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return None
+    try:
+        weight = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"weight={value!r} is not a number") from None
+    if not (math.isfinite(weight) and weight > 0):
+        raise ValueError(f"weight={value!r} must be a finite number > 0")
+    return weight
 
 
 def _parse_seconds(value, name: str) -> float | None:

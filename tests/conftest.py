@@ -272,11 +272,13 @@ def with_recipe(settings: dict, options: dict) -> dict:
 
 def same_content(a, b) -> bool:
     """Two batches hold the same values: patches, or the waveforms shipped to featurize on the
-    device, and the same layout (segments and positions)."""
+    device, the same layout (segments and positions) and the same mixup targets."""
     import torch
 
     tensors = ("patches", "segment_ids", "freq_pos", "time_pos")
     if not all(torch.equal(getattr(a, name), getattr(b, name)) for name in tensors):
+        return False
+    if (a.targets is None) != (b.targets is None) or (a.targets is not None and not torch.equal(a.targets, b.targets)):
         return False
     if a.audio is None or b.audio is None:
         return a.audio is b.audio
@@ -287,10 +289,20 @@ RECIPE_OPTIONS = [
     pytest.param({}, id="plain"),
     pytest.param({"packing": "greedy", "token_dropout": 0.1, "random_cut": 64, "noise": True}, id="greedy-recipe"),
     pytest.param(
-        {"packing": "first_fit", "token_dropout_max": 0.5, "random_cut": 32, "noise": True, "time_mask": 24},
+        {
+            "packing": "first_fit",
+            "token_dropout_max": 0.5,
+            "random_cut": 32,
+            "noise": True,
+            "time_mask": 24,
+            "mixup": 0.5,
+        },
         id="first_fit-recipe",
     ),
 ]
+MIXUP_BALANCED = pytest.param(
+    {"mixup": 0.5, "sampling": "balanced", "freq_mask": 20}, id="mixup-balanced"
+)  # one source
 
 
 # Markers by what a test needs (`make test-fast` runs the tests that need neither): `ray` for a

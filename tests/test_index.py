@@ -27,12 +27,12 @@ def test_columns_match_the_parquet_rows_with_shards_as_ids(index, synthetic_shar
     assert index.shard_names == tuple(dataset.meta["splits"]["train"]["shards"])
     assert index.keys.to_pylist() == [r["key"] for r in rows]
     assert [index.shard_names[s] for s in index.shard] == [r["shard"] for r in rows]
-    for name in ("offset", "nbytes", "num_samples", "sample_rate", "xxh3_64"):
+    for name in ("offset", "nbytes", "num_samples", "sample_rate", "xxh3_64", "weight"):
         assert getattr(index, name).tolist() == [r[name] for r in rows], name
     assert [index.label_ids(i) for i in range(len(rows))] == [tuple(r["label_ids"]) for r in rows]
     assert list(index["key"]) == [r["key"] for r in rows] and list(index["shard"]) == [r["shard"] for r in rows]
     arrays = [value for value in vars(index).values() if isinstance(value, np.ndarray)]
-    assert len(arrays) == 9 and all(a.dtype != object for a in arrays)
+    assert len(arrays) == 10 and all(a.dtype != object for a in arrays)
 
 
 def test_only_the_columns_asked_for_are_read(synthetic_shards):

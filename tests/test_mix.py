@@ -60,7 +60,7 @@ def delivered_counts(indexes, config, epochs: int) -> list[list[np.ndarray]]:
 
 
 @settings(deadline=None, max_examples=60)
-@given(mix=mixes(), config=configs(), epochs=st.integers(1, 4))
+@given(mix=mixes(), config=configs(uniform=True), epochs=st.integers(1, 4))
 def test_every_source_runs_whole_passes_never_dropping_a_sample(mix, config, epochs):
     """After any number of epochs, every sample of a source was planned k or k + 1 times (each
     pass takes every sample once, and the next pass starts only when one ends); no row overflows;

@@ -80,9 +80,9 @@ def test_the_loader_decodes_only_the_audio_it_keeps(tmp_path, make_shards):
     )
     audio, failed, _ = read_audio([spec], config)
     full, _ = ShardDataset(out).read_sample("train", row["key"])
-    assert failed == [] and len(audio[0, row["key"]]) == 400 + 127 * 160 < len(full)
-    assert audio[0, row["key"]].dtype == np.int16  # as stored (what featurize="device" ships)
-    assert np.array_equal(pcm16_float(audio[0, row["key"]]), full[: 400 + 127 * 160])
+    assert failed == [] and len(audio[0]) == 400 + 127 * 160 < len(full)
+    assert audio[0].dtype == np.int16  # as stored (what featurize="device" ships)
+    assert np.array_equal(pcm16_float(audio[0]), full[: 400 + 127 * 160])
 
 
 def test_statistics_cap_frames_per_source_and_leave_out_silence():

@@ -1,7 +1,9 @@
-"""Epoch plans from metadata alone: exactly once across ranks, capacity, determinism (properties)."""
+"""Epoch plans from metadata alone: exactly once across ranks, capacity, determinism (properties),
+with the recipe options (mixup, balanced sampling: then every draw exactly once) on and off."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from unittest import mock
 
 import numpy as np
@@ -10,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loaders import plan as plan_module
-from loaders.config import StreamConfig
+from loaders.config import SAMPLINGS, StreamConfig
 from loaders.pack import DEFAULT_WAIT_BUFFERS, MODES, pack
 from loaders.plan import Index, fnv1a64, keyed_uniform, plan_epoch, plan_tokens
 from loaders.tokens import SCALE_GRID, shift_for_scale, token_counts
@@ -27,16 +29,23 @@ def corpora(draw):
         shard=shard.astype(np.int64),
         num_samples=(np.array(seconds) * 16000).astype(np.int64),
         sample_rate=np.full(n, 16000),
+        weight=np.array(draw(st.lists(st.floats(0.01, 100.0), min_size=n, max_size=n))),
     )
 
 
 @st.composite
-def configs(draw):
+def configs(draw, uniform: bool = False):
     """Stream settings, the training recipe's options (issue 24) included: every guarantee below
-    holds with token dropout (fixed or per-sample rates), random cuts and noise, for each packer."""
+    holds with token dropout (fixed or per-sample rates), random cuts, noise, mixup and balanced
+    sampling (never with `uniform`), for each packer."""
     max_frames = draw(st.sampled_from([64, 3072]))
     dropout, dropout_max = draw(st.sampled_from([(0.0, 0.0), (0.1, 0.0), (0.0, 0.5), (0.0, 0.9)]))
+    options = {
+        "mixup": draw(st.sampled_from([0.0, 0.5, 1.0])),
+        "sampling": "uniform" if uniform else draw(st.sampled_from(SAMPLINGS)),
+    }
     return StreamConfig(
+        **options,
         rows_per_batch=draw(st.integers(1, 5)),
         max_tokens=draw(st.sampled_from([64, 256, 2048])),
         packing=draw(st.sampled_from(MODES)),
@@ -56,14 +65,17 @@ def configs(draw):
 @settings(deadline=None, max_examples=150)
 @given(index=corpora(), config=configs(), epoch=st.integers(0, 5), world=st.integers(1, 5))
 def test_every_sample_once_across_ranks_with_equal_steps_and_no_overflow(index, config, epoch, world):
+    """Uniform sampling delivers every sample once; balanced sampling every draw once (so no two
+    ranks ever receive the same draw), as many draws as samples, each of a sample of the index."""
     plan = plan_epoch(index, config, epoch)
     delivered = []
     for rank in range(world):
         for step in range(plan.steps(world)):
             batch = plan.batch_for(step, rank, world)
             if batch is not None:
-                delivered += plan.sample[plan.batch_starts[batch] : plan.batch_starts[batch + 1]].tolist()
+                delivered += units(plan)[plan.batch_starts[batch] : plan.batch_starts[batch + 1]].tolist()
     assert sorted(delivered) == list(range(len(index.keys)))
+    assert np.all((0 <= plan.sample) & (plan.sample < len(index.keys)))
     assert plan.steps(world) * world - plan.n_batches < world  # fillers: fewer than one round
     assert np.all(plan.row < config.rows_per_batch) and np.all(plan.offset >= 0)
     assert np.all(plan.offset + plan.tokens <= config.max_tokens)
@@ -77,6 +89,20 @@ def test_every_sample_once_across_ranks_with_equal_steps_and_no_overflow(index, 
             assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))
     again = plan_epoch(index, config, epoch)
     assert np.array_equal(plan.sample, again.sample) and np.array_equal(plan.offset, again.offset)
+    assert all(same(getattr(plan, name), getattr(again, name)) for name in ("draw", "partner"))
+    if config.mixup:  # a partner changes no token count: the plan is the unmixed one, partners aside
+        unmixed = plan_epoch(index, replace(config, mixup=0.0), epoch)
+        assert unmixed.partner is None and np.all(plan.partner < len(index.keys))
+        assert all(np.array_equal(getattr(plan, f), getattr(unmixed, f)) for f in ("sample", "batch", "row", "offset"))
+
+
+def units(plan) -> np.ndarray:
+    """What an epoch delivers exactly once: its samples, or under balanced sampling its draws."""
+    return plan.sample if plan.draw is None else plan.draw
+
+
+def same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and np.array_equal(a, b))
 
 
 @settings(deadline=None, max_examples=100)
@@ -102,7 +128,7 @@ def test_an_epoch_resumed_on_other_worlds_delivers_the_rest_once_in_equal_steps(
         if shift == 0:  # the uninterrupted run on this world takes the same batches at these steps
             assert taken == [[plan.batch_for(s, r, world) for s in range(first, end)] for r in range(world)]
         batches = [b for steps in taken for b in steps if b is not None]
-        delivered += [s for b in batches for s in plan.sample[plan.batch_starts[b] : plan.batch_starts[b + 1]]]
+        delivered += [s for b in batches for s in units(plan)[plan.batch_starts[b] : plan.batch_starts[b + 1]]]
         assert sorted(batches) == list(range(consumed, consumed + len(batches)))  # the next ones, no gap
         consumed = plan.consumed(end, world, shift)
     assert consumed == plan.n_batches
@@ -110,7 +136,7 @@ def test_an_epoch_resumed_on_other_worlds_delivers_the_rest_once_in_equal_steps(
 
 
 @settings(deadline=None, max_examples=100)
-@given(index=corpora(), config=configs(), epoch=st.integers(0, 3))
+@given(index=corpora(), config=configs(uniform=True), epoch=st.integers(0, 3))
 def test_packing_runs_on_across_shard_groups_and_keeps_rows_local(index, config, epoch):
     """Unshuffled, shards arrive in order: the plan's rows are those of one `pack()` call over the
     whole epoch (no group boundary cuts a row), and no row spans more arrivals than the packer's

@@ -16,7 +16,7 @@ from loaders import stream as stream_module
 from loaders.threads import torch_threads
 from shards import ShardDataset
 
-from conftest import RECIPE_OPTIONS, same_content, with_recipe
+from conftest import MIXUP_BALANCED, RECIPE_OPTIONS, same_content, with_recipe
 
 SETTINGS = dict(rows_per_batch=1, max_tokens=256, max_frames=256, buffer=16, scales=(1.0, 2.0, 3.0), backend="local")
 
@@ -41,7 +41,7 @@ def settings(request) -> dict:
 
 def delivered(batches) -> list[tuple]:
     """What a trainer is handed, the form included (patches, or waveforms with their layout)."""
-    return [(b.epoch, b.step, tuple(b.keys), b.is_padding, shipped(b)) for b in batches]
+    return [(b.epoch, b.step, tuple(b.sample_ids), b.is_padding, shipped(b)) for b in batches]
 
 
 def shipped(batch) -> tuple:
@@ -99,17 +99,18 @@ def test_resume_from_a_state_dict_yields_exactly_the_remaining_batches(shards, s
         resumed.load_state_dict({"epoch": 1})
 
 
-@pytest.mark.parametrize("options", RECIPE_OPTIONS)
+@pytest.mark.parametrize("options", [*RECIPE_OPTIONS, MIXUP_BALANCED])
 def test_a_state_saved_on_three_ranks_resumes_on_two_with_every_key_once(shards, settings, options):
     """Three ranks take a step each; the state of any of them resumes on 2 ranks (one through
-    DataLoader workers): every key of the epoch exactly once over both legs, equal steps; the
-    batches DataLoader workers make are, bitwise, those made in-process (keyed augmentations)."""
+    DataLoader workers): every key of the epoch (under balanced sampling every draw) exactly once
+    over both legs, equal steps; the batches DataLoader workers make (mixup targets too) are,
+    bitwise, those made in-process (keyed augmentations)."""
     settings = with_recipe(settings, options)
     three = [PackedStream(shards / "train", **settings, rank=rank, world=3) for rank in range(3)]
     seen, states = Counter(), []
     for stream in three:
         stream.set_epoch(1)
-        seen.update(next(iter(stream)).keys)
+        seen.update(next(iter(stream)).sample_ids)
         states.append(stream.state_dict())
     assert states == [{"epoch": 1, "consumed": 3}] * 3  # the plan's batches taken, not a rank's cursor
     two = [PackedStream(shards / "train", **settings, rank=rank, world=2) for rank in (0, 1)]
@@ -123,11 +124,11 @@ def test_a_state_saved_on_three_ranks_resumes_on_two_with_every_key_once(shards,
         legs.append(delivered(loaded))
         assert legs[-1] == delivered(direct)
         assert all(same_content(a, b) for a, b in zip(loaded, direct))
-        seen.update(key for _, _, keys, *_ in legs[-1] for key in keys)
+        seen.update(i for batch in loaded for i in batch.sample_ids)
     batches = three[0].plan(1).n_batches - 3
     assert len(legs[0]) == len(legs[1]) == -(-batches // 2)  # 3 % 2: dealt from batch 3, steps from 1
     assert [step for _, step, *_ in legs[0]] == list(range(1, 1 + len(legs[0])))
-    assert set(seen) == set(three[0].index["key"]) and set(seen.values()) == {1}
+    assert seen == Counter(three[0].planned_ids(1).to_pylist()) and set(seen.values()) == {1}
 
 
 def test_torchdata_stateful_dataloader_resumes_mid_epoch(shards, settings):

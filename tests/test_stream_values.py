@@ -100,22 +100,36 @@ def test_the_shuffle_follows_seed_and_epoch(synthetic_shards, changed):
     assert rows(**{**base, **changed}, shuffle=False) == rows(**base, shuffle=False)
 
 
-def batches_by_rank(shards: Path, world: int, **options) -> list[list]:
-    return [list(stream(shards, rank=rank, world=world, **options).epoch(1)) for rank in range(world)]
+def batches_by_rank(shards: Path, world: int, epoch: int = 1, **options) -> list[list]:
+    return [list(stream(shards, rank=rank, world=world, **options).epoch(epoch)) for rank in range(world)]
 
 
 def same_batch(a, b) -> bool:
-    return a.keys == b.keys and torch.equal(a.patches, b.patches) and torch.equal(a.segment_ids, b.segment_ids)
+    return (
+        a.sample_ids == b.sample_ids
+        and torch.equal(a.patches, b.patches)
+        and torch.equal(a.segment_ids, b.segment_ids)
+        and (a.targets is None) == (b.targets is None)
+        and (a.targets is None or torch.equal(a.targets, b.targets))
+    )
 
 
+RECIPES = {"uniform": {}, "mixup+balanced": {"mixup": 0.5, "sampling": "balanced"}}  # the recipe options
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
 @pytest.mark.parametrize("scales", [(1.0,), (1.0, 1.6, 2.4, 3.0)])
-def test_ranks_are_dealt_round_robin_with_fillers_and_see_every_key_once(synthetic_shards, scales):
-    options = {"scales": scales, "freq_mask": 24, "time_mask": 24, "seed": 0}
-    alone = list(stream(synthetic_shards, **options).epoch(1))
+def test_ranks_are_dealt_round_robin_with_fillers_and_see_every_key_once(synthetic_shards, scales, recipe):
+    """Every planned sample (under balanced sampling every draw) once over 2 or 3 ranks, each
+    batch the one the single rank gets at that global step, features, masks and mixup alike."""
+    options = {"scales": scales, "freq_mask": 24, "time_mask": 24, "seed": 0, **RECIPES[recipe]}
+    single = stream(synthetic_shards, **options)
+    uneven = lambda n: n % 2 and n % 3  # a batch count 2 and 3 ranks cannot share evenly: fillers
+    epoch = next(e for e in range(1, 40) if uneven(single.plan(e).n_batches))
+    alone = list(single.epoch(epoch))
     n = len(alone)
-    assert n % 2 and n % 3, f"this test needs a batch count 2 and 3 ranks cannot share evenly, got {n}"
     for world in (2, 3):
-        ranks = batches_by_rank(synthetic_shards, world, **options)
+        ranks = batches_by_rank(synthetic_shards, world, epoch, **options)
         steps = -(-n // world)
         for rank, batches in enumerate(ranks):
             assert len(batches) == steps == stream(synthetic_shards, rank=rank, world=world, **options).steps(1)
@@ -126,8 +140,9 @@ def test_ranks_are_dealt_round_robin_with_fillers_and_see_every_key_once(synthet
                 else:
                     assert batch.is_padding and batch.num_samples == 0 and batch.real_tokens == 0
                     assert batch.patches.shape == alone[0].patches.shape and not batch.patches.any()
-        seen = Counter(key for batches in ranks for batch in batches for key in batch.keys)
-        assert seen == Counter(keys_of(synthetic_shards))
+        seen = Counter(key for batches in ranks for batch in batches for key in batch.sample_ids)
+        assert seen == Counter(single.planned_ids(epoch).to_pylist())
+        assert seen == Counter(keys_of(synthetic_shards)) or recipe != "uniform"
         assert sum(batch.is_padding for batches in ranks for batch in batches) == steps * world - n
 
 

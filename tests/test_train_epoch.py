@@ -145,11 +145,34 @@ def test_a_filler_batch_runs_a_zero_step_that_reaches_every_parameter_and_counts
     assert scheduler.last_epoch == 1
 
 
+def test_soft_targets_take_soft_cross_entropy_for_class_ids_and_bce_for_multi_hot():
+    """Mixup's targets, made by hand: with class-id labels the loss is cross-entropy against the
+    soft distribution (torch's and numpy's), with multi-hot labels BCE against the soft targets."""
+    logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(1)) * 3
+    soft = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.55, 0.0, 0.0, 0.45]])
+    ids = torch.tensor([0, 2, 3])
+    x, y = logits.double().numpy(), soft.double().numpy()
+    by_hand = np.mean(np.log(np.exp(x).sum(axis=1)) - (x * y).sum(axis=1))
+    assert float(loss(logits, ids, soft)) == pytest.approx(by_hand, rel=1e-6)
+    assert torch.equal(loss(logits, ids, soft), torch.nn.functional.cross_entropy(logits, soft))
+    multi_hot = torch.tensor([[1.0, 1.0, 0, 0], [0, 0, 1, 0], [1, 0, 0, 1]])
+    multi_soft = torch.tensor([[1.0, 0.7, 0.3, 0.0], [0.2, 0.0, 0.8, 0.0], [0.55, 0.0, 0.45, 0.45]])
+    y = multi_soft.double().numpy()
+    bce = np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x))))
+    assert float(loss(logits, multi_hot, multi_soft)) == pytest.approx(bce, rel=1e-6)
+    assert torch.equal(
+        loss(logits, multi_hot, multi_soft), torch.nn.functional.binary_cross_entropy_with_logits(logits, multi_soft)
+    )
+
+
 def test_an_epoch_is_the_manual_loop_and_counts_what_it_computed():
-    """Zero grad, backward, clip, step, schedule step: per batch, fillers included."""
+    """Zero grad, backward, clip, step, schedule step: per batch, fillers included; a batch with
+    mixup's soft targets trains on them."""
     config = TrainConfig(lr=3e-3, weight_decay=0.1, warmup_epochs=1, clip_grad=0.5)
+    mixed = packed([[2, 3, 1], [4, 2]], seed=2)
+    soft = torch.nn.functional.one_hot(mixed.labels, CLASSES).float() * 0.6 + 0.4 / CLASSES
     batches = [
-        packed([[2, 3, 1], [4, 2]], seed=2),
+        replace(mixed, targets=soft),
         replace(packed([[8], [1, 1, 5]], seed=3), failed=[{"key": "x", "shard": "s", "reason": "r"}], requests=4),
         replace(packed([[3], [6]], seed=4), requests=3, retries=2),
         filler(),
@@ -176,7 +199,8 @@ def test_an_epoch_is_the_manual_loop_and_counts_what_it_computed():
         for group in reference_optimizer.param_groups:
             group["lr"] = config.lr * min(step + 1, 4) / 4
         reference_optimizer.zero_grad()
-        value = loss(reference(batch), batch.labels)
+        logits = reference(batch)
+        value = loss(logits, batch.labels) if batch.targets is None else -(soft * logits.log_softmax(1)).sum(1).mean()
         value.backward()
         torch.nn.utils.clip_grad_norm_(reference.parameters(), config.clip_grad)
         reference_optimizer.step()

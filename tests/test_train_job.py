@@ -74,8 +74,8 @@ def test_a_run_stopped_by_a_full_disk_then_killed_mid_epoch_resumes_bitwise(
     refused; on a larger disk the resumed driver is killed (SIGKILL, with its Ray Train worker)
     once a mid-epoch checkpoint of epoch 2 exists, and resumed from that very checkpoint it ends
     bitwise equal to the uninterrupted run. With the paper's augmentations on (token dropout,
-    random cuts, noise: all keyed, so the resume stays bitwise)."""
-    recipe = ["--token-dropout", "0.1", "--random-cut", "32", "--noise"]
+    random cuts, noise, mixup, balanced sampling: all keyed, so the resume stays bitwise)."""
+    recipe = ["--token-dropout", "0.1", "--random-cut", "32", "--noise", "--mixup", "0.5", "--sampling", "balanced"]
     args = ["--shards", str(fsdd_small_shards), *STEPS, "--epochs", "2", "--loader", "local", *recipe]
     full, run = tmp_path / "full", small_disk / "run"
     assert train_job.main([*args, "--out", str(full), "--wandb", "offline"]) == 0

@@ -16,14 +16,17 @@ from loaders.pack import MODES
 
 def training_usage(train_split: str | Path, candidates: list[Candidate]) -> list[dict]:
     """One row per (training configuration, packing mode); duplicates are listed once.
-    Candidates whose checkpoint does not record its training stream are left out."""
+    Candidates whose checkpoint does not record its training stream are left out; the split is
+    planned with every sample once (uniform sampling), whatever the training drew."""
     rows, seen = [], set()
     for candidate in candidates:
         if candidate.stream is None:
             continue
         modes = [candidate.stream.packing] if candidate.kind == "ast" else list(MODES)
         for mode in modes:
-            config = replace(candidate.stream, packing=mode, shuffle=True, backend="local", weights=None)
+            config = replace(
+                candidate.stream, packing=mode, shuffle=True, backend="local", weights=None, sampling="uniform"
+            )
             plan = PackedStream(train_split, config).plan(0)
             if candidate.kind == "ast":
                 real, slots, cut = fixed_size_usage(plan.tokens, candidate.model.tokens, int(plan.cut.sum()))

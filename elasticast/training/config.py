@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from elasticast.config import ATTENTION_BACKENDS, MODEL_KINDS, POOLINGS, PRESETS
-from loaders.config import FEATURIZE, WEIGHT_BY, StreamConfig
+from loaders.config import FEATURIZE, SAMPLINGS, WEIGHT_BY, StreamConfig
 from loaders.pack import MODES
 from loaders.tokens import COMPRESSIONS, RECIPES
 from shards.location import Location
@@ -37,6 +37,7 @@ CHOICES = {
     "recipe": ("auto", *RECIPES),
     "weight_by": WEIGHT_BY,
     "featurize": FEATURIZE,
+    "sampling": SAMPLINGS,
 }
 
 
@@ -129,6 +130,16 @@ class TrainConfig:
     noise: bool = knob(False, "light uniform noise (up to 0.1) and a time roll of -10..9 frames on training fbanks")
     shuffle: bool = knob(True, "shuffle shards and rows every epoch")
     label_type: str = knob("auto", "auto: what the shard set says; single or multi to insist")
+    mixup: float = knob(
+        0.0,
+        "share of training samples mixed with a random partner before the fbank, soft targets (paper, AudioSet: 0.5)",
+    )
+    mixup_alpha: float = knob(10.0, "mixup: lambda ~ Beta(alpha, alpha)")
+    sampling: str = knob(
+        "uniform",
+        "uniform: every sample once per epoch; balanced: as many draws with replacement by the index's class-balance "
+        "weights (paper, AudioSet)",
+    )
     # optimisation
     lr: float = knob(0.001, "peak learning rate (AdamW)")
     weight_decay: float = knob(0.05, "AdamW weight decay (not on biases, norms, position tables, [cls])")
@@ -253,8 +264,16 @@ class TrainConfig:
             storage_timeout=self.storage_timeout,
             max_failed=self.max_failed,
             featurize=self.featurize,
+            mixup=self.mixup,
+            mixup_alpha=self.mixup_alpha,
+            sampling=self.sampling,
         )
         return StreamConfig(**(settings | changes))
+
+    def valid_stream(self, **changes) -> StreamConfig:
+        """The validation streams' settings: the training stream's at C = 1, unshuffled, one source
+        each, with no augmentation and every sample once (`StreamConfig.without_augmentation`)."""
+        return self.stream(**(dict(scales=(1.0,), shuffle=False, weights=None) | changes)).without_augmentation()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {name: list(getattr(self, name)) for name in ("scales", "shards", "weights")}

@@ -107,7 +107,7 @@ def train_epoch(
         batch = to_device(batch, device, featurizer)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(batch)
-        value = loss(logits.float(), batch.labels)
+        value = loss(logits.float(), batch.labels, batch.targets)
         optimizer.zero_grad(set_to_none=True)
         value.backward()
         if clip_grad > 0:

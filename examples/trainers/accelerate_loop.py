@@ -38,7 +38,7 @@ def train(config: TrainConfig, num_workers: int = 2) -> list[list[str]]:
         for batch in loader:
             batch = to_device(batch, accelerator.device, stream.featurizer)  # featurize="device": fbanks made here
             with accelerator.autocast():
-                value = loss(model(batch), batch.labels)
+                value = loss(model(batch), batch.labels, batch.targets)
             optimizer.zero_grad()
             accelerator.backward(value)
             optimizer.step()

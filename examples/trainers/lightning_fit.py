@@ -26,7 +26,9 @@ class PackedClassifier(lightning.LightningModule):
         self.keys: dict[int, list[str]] = {}
 
     def training_step(self, batch: PackedBatch, index: int) -> torch.Tensor:
-        value = loss(self.model(batch), batch.labels)  # an all-padding filler batch: an exact 0 with a graph
+        value = loss(
+            self.model(batch), batch.labels, batch.targets
+        )  # an all-padding filler batch: an exact 0 with a graph
         self.keys.setdefault(self.current_epoch, []).extend(batch.keys)
         self.log("loss", value, batch_size=max(batch.num_samples, 1))
         return value
