@@ -29,7 +29,7 @@ from loaders.dropout import keep_mask
 from loaders.feature_spec import FeatureSpec
 from loaders.features import augment_spans, masked, patchify, token_positions
 from loaders.index import StreamIndex
-from loaders.noise import add_noise
+from loaders.noise import add_noise, noise_draw
 from loaders.plan import EpochPlan
 from loaders.tokens import FREQ_TOKENS, N_MELS, PATCH
 from shards.audio import PCM16_HEADER_BYTES, pcm16_float, pcm16_header, pcm16_samples
@@ -178,14 +178,17 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
     freq_pos = np.zeros((rows, length), np.int32)
     time_pos = np.zeros((rows, length), np.int32)
     audio, failed, reads = reads if reads is not None else read_audio(spec.samples, config)
-    placed, slots, waves = [], defaultdict(int), []
+    placed, slots, waves, keeps = [], defaultdict(int), [], []
     for sample in spec.samples:
         if (sample.source, sample.key) not in audio:
             continue
         waveform = audio[sample.source, sample.key]
         if on_device:
-            freqs, times = token_positions(sample.tokens // FREQ_TOKENS)
+            patches_in = sample.tokens + sample.dropped
+            keep = keep_mask(patches_in, sample.tokens, config.stream.seed, spec.epoch, sample.key)
+            freqs, times = (positions[keep] for positions in token_positions(patches_in // FREQ_TOKENS))
             waves.append(waveform)
+            keeps.append(keep)
         else:
             tokens, freqs, times = featurize(waveform, sample, spec.epoch, config)
             if tokens.shape[0] != sample.tokens:
@@ -205,6 +208,7 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
                 "row": r,
                 "slot": slots[r],
                 "tokens": sample.tokens,
+                "dropped": sample.dropped,
                 "scale": sample.scale,
                 "start": start,
             }
@@ -228,25 +232,42 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
     }
     if on_device:
         arrays["waves"] = np.concatenate(waves) if waves else np.zeros(0, np.int16)
-        arrays["layout"] = device_layout(placed, [len(w) for w in waves], spec.epoch, config)
+        arrays |= device_layout(placed, [len(w) for w in waves], keeps, spec.epoch, config)
     return arrays
 
 
-def device_layout(placed: list[dict], lengths: list[int], epoch: int, config: FeatureConfig) -> np.ndarray:
-    """The `loaders.device_features.layout` of a batch's placed samples, SpecAugment drawn by key."""
+def device_layout(
+    placed: list[dict], lengths: list[int], keeps: list[torch.Tensor], epoch: int, config: FeatureConfig
+) -> dict[str, np.ndarray]:
+    """The arrays that make a batch's placed samples on the device: their
+    `loaders.device_features.layout` ("layout"), and as the recipe asks the indices of the patches
+    token dropout keeps (`keeps`: each sample's `keep_mask`) end to end ("keep") and the scaled
+    noise ("noise"). Each keyed draw is the CPU path's, by the same helper; a new one (a mixup
+    partner and weight, say) is drawn here and travels as an integer column or an array."""
+    stream = config.stream
     column = lambda name: [s[name] for s in placed]
-    frames = [s["tokens"] // FREQ_TOKENS * PATCH for s in placed]
-    augment = np.array([augment_draw(s["key"], n, epoch, config.stream) for s, n in zip(placed, frames)])
-    return layout(
+    patches_in = [s["tokens"] + s["dropped"] for s in placed]
+    frames = [n // FREQ_TOKENS * PATCH for n in patches_in]
+    augment = np.array([augment_draw(s["key"], n, epoch, stream) for s, n in zip(placed, frames)])
+    noise = [noise_draw((n, N_MELS), stream.seed, epoch, s["key"]) for s, n in zip(placed, frames) if stream.noise]
+    table = layout(
         config.spec,
         lengths,
         column("scale"),
-        column("tokens"),
+        patches_in,
         column("row"),
         column("start"),
         column("slot"),
         augment.reshape(len(placed), 4),
+        placed=column("tokens"),
+        roll=[shift for _, shift in noise] or None,
     )
+    arrays = {"layout": table}
+    if stream.token_dropout or stream.token_dropout_max:
+        arrays["keep"] = np.concatenate([np.flatnonzero(k.numpy()) for k in keeps] + [np.zeros(0, np.int64)])
+    if stream.noise:
+        arrays["noise"] = torch.cat([n for n, _ in noise] + [torch.zeros(0, N_MELS)]).numpy()
+    return arrays
 
 
 def read_audio(samples: Sequence[SampleSpec], config: FeatureConfig) -> Reads:
@@ -327,7 +348,10 @@ def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
     else:
         labels = torch.tensor([s["label_ids"][0] for s in samples], dtype=torch.int64)
     column = lambda name, dtype: torch.tensor([s[name] for s in samples], dtype=dtype)
-    audio = waveforms(_tensor(arrays["waves"]), np.asarray(arrays["layout"])) if "waves" in arrays else None
+    audio = None
+    if "waves" in arrays:
+        drawn = {name: _tensor(arrays[name]) for name in ("keep", "noise") if name in arrays}
+        audio = waveforms(_tensor(arrays["waves"]), np.asarray(arrays["layout"]), **drawn)
     return PackedBatch(
         patches=_tensor(arrays["patches"]),
         segment_ids=_tensor(arrays["segment_ids"]),

@@ -111,8 +111,6 @@ class StreamConfig:
             raise ValueError(
                 f"random_cut must be 0 (off) or in {PATCH}..max_frames ({self.max_frames}) frames, got {self.random_cut}"
             )
-        if self.featurize == "device" and (self.token_dropout or self.token_dropout_max or self.noise):
-            raise ValueError("featurize='device' does not take token dropout or noise yet: use featurize='loader'")
 
     def without_augmentation(self) -> StreamConfig:
         """These settings with every training augmentation off (SpecAugment, token dropout, random
