@@ -40,8 +40,9 @@ class StreamConfig:
     noise: light uniform noise and a time roll of up to 10 frames on the fbank (`loaders.noise`).
     All four are training augmentations: `without_augmentation()` turns them off for evaluation.
     featurize: where fbanks are made: "loader" (the workers ship patches) or "device" (the workers
-    ship int16 waveforms and the plan's layout; the trainer runs `loaders.device_features` on its
-    device before the forward pass)."""
+    ship int16 waveforms, the plan's layout and the recipe's keyed draws; the trainer runs
+    `loaders.device_features` on its device before the forward pass): the same numbers, with every
+    option above."""
 
     rows_per_batch: int
     max_tokens: int = 2048

@@ -168,11 +168,19 @@ def test_a_device_stream_delivers_the_loaders_batches(demo_split, compression, s
     assert all(b.patches.shape[-1] == 0 and b.audio.samples.dtype == torch.int16 for b in shipped)
     assert plan.dropped.any() == bool(settings.get("token_dropout") or settings.get("token_dropout_max"))
     assert plan.window_start.any() == bool(settings.get("random_cut"))
+    placement = ("segment_ids", "freq_pos", "time_pos")
     for want, got in zip(loader, shipped, strict=True):
+        assert all(torch.equal(getattr(got, name), getattr(want, name)) for name in placement)  # as shipped
         got = to_device(got, "cpu", stream.featurizer)
-        assert got.keys == want.keys and torch.equal(got.segment_ids, want.segment_ids)
-        assert torch.equal(got.freq_pos, want.freq_pos) and torch.equal(got.time_pos, want.time_pos)
+        assert got.keys == want.keys and all(torch.equal(getattr(got, name), getattr(want, name)) for name in placement)
         assert (got.patches - want.patches).abs().max() <= 1e-4
+
+
+def test_a_batch_moves_to_a_device_with_its_draws(demo_split):
+    settings = dict(rows_per_batch=1, max_tokens=256, max_frames=256, backend="local", featurize="device")
+    batch = next(iter(PackedStream(demo_split, **settings, **RECIPE).epoch(0)))
+    moved = batch.to("meta").audio
+    assert all(t.is_meta for t in (moved.samples, moved.layout, moved.keep, moved.noise))
 
 
 def test_waveforms_without_a_featurizer_are_refused_by_name(demo_split):
