@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from loaders.batch import PATCH_VALUES, PackedBatch
+from loaders.batch import DRAWS, PATCH_VALUES, PackedBatch
 from loaders.config import StreamConfig
 from loaders.cuts import window_samples
 from loaders.device_features import layout, waveforms
@@ -243,13 +243,16 @@ def device_layout(
     `loaders.device_features.layout` ("layout"), and as the recipe asks the indices of the patches
     token dropout keeps (`keeps`: each sample's `keep_mask`) end to end ("keep") and the scaled
     noise ("noise"). Each keyed draw is the CPU path's, by the same helper; a new one (a mixup
-    partner and weight, say) is drawn here and travels as an integer column or an array."""
+    partner and weight, say) is drawn here and travels as a `LAYOUT` column (integers) or as an
+    array named in `loaders.batch.DRAWS` (a `Waveforms` field)."""
     stream = config.stream
     column = lambda name: [s[name] for s in placed]
     patches_in = [s["tokens"] + s["dropped"] for s in placed]
     frames = [n // FREQ_TOKENS * PATCH for n in patches_in]
     augment = np.array([augment_draw(s["key"], n, epoch, stream) for s, n in zip(placed, frames)])
-    noise = [noise_draw((n, N_MELS), stream.seed, epoch, s["key"]) for s, n in zip(placed, frames) if stream.noise]
+    noise = (
+        [noise_draw((n, N_MELS), stream.seed, epoch, s["key"]) for s, n in zip(placed, frames)] if stream.noise else []
+    )
     table = layout(
         config.spec,
         lengths,
@@ -350,7 +353,7 @@ def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
     column = lambda name, dtype: torch.tensor([s[name] for s in samples], dtype=dtype)
     audio = None
     if "waves" in arrays:
-        drawn = {name: _tensor(arrays[name]) for name in ("keep", "noise") if name in arrays}
+        drawn = {name: _tensor(arrays[name]) for name in DRAWS if name in arrays}
         audio = waveforms(_tensor(arrays["waves"]), np.asarray(arrays["layout"]), **drawn)
     return PackedBatch(
         patches=_tensor(arrays["patches"]),

@@ -5,8 +5,9 @@ not recompile. Samples are listed in one global order: row by row, by position i
 sample i of row r has segment id = its slot (1-based) in that row; 0 is padding.
 
 A stream that featurizes on the trainer's device (`StreamConfig.featurize="device"`) ships
-`audio` (`Waveforms`: the samples' int16 waveforms and their layout) and `patches` with no
-values (`[R, L, 0]`); `loaders.device_features.DeviceFeaturizer` fills them on the device.
+`audio` (`Waveforms`: the samples' int16 waveforms, their layout and the recipe's keyed draws)
+and `patches` with no values (`[R, L, 0]`); `loaders.device_features.DeviceFeaturizer` fills
+them on the device.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 PATCH_VALUES = 256
+DRAWS = ("keep", "noise")  # `Waveforms`' optional tensors: keyed draws that ship beside the layout
 
 
 @dataclass(frozen=True)

@@ -271,7 +271,9 @@ def same_content(a, b) -> bool:
         return False
     if a.audio is None or b.audio is None:
         return a.audio is b.audio
-    drawn = ("samples", "layout", "keep", "noise")
+    from loaders.batch import DRAWS
+
+    drawn = ("samples", "layout", *DRAWS)
     pairs = [(getattr(a.audio, name), getattr(b.audio, name)) for name in drawn]
     return all(x is y if x is None or y is None else torch.equal(x, y) for x, y in pairs)
 
