@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from loaders.batch import PATCH_VALUES, PackedBatch
+from loaders.batch import DRAWS, PATCH_VALUES, PackedBatch
 from loaders.config import StreamConfig
 from loaders.cuts import window_samples
 from loaders.device_features import layout, waveforms
@@ -30,7 +30,7 @@ from loaders.feature_spec import FeatureSpec
 from loaders.features import augment_spans, masked, patchify, token_positions
 from loaders.index import StreamIndex
 from loaders.mixup import mix_lambda, mix_waves, soft_targets
-from loaders.noise import add_noise
+from loaders.noise import add_noise, noise_draw
 from loaders.plan import EpochPlan
 from loaders.tokens import FREQ_TOKENS, N_MELS, PATCH
 from shards.audio import PCM16_HEADER_BYTES, pcm16_float, pcm16_header, pcm16_samples
@@ -231,15 +231,19 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
     time_pos = np.zeros((rows, length), np.int32)
     audio, failed, reads = reads if reads is not None else read_audio(spec.reads, config)
     _name_lost_partners(spec, audio, failed)
-    placed, slots, waves = [], defaultdict(int), []
+    placed, slots, waves, keeps = [], defaultdict(int), [], []
     partners = iter(range(len(spec.samples), len(spec.reads)))  # read positions of the partners, in order
     for i, sample in enumerate(spec.samples):
         partner = next(partners) if sample.partner is not None else None
         if i not in audio:
             continue
         if on_device:
-            freqs, times, lam = *token_positions(sample.tokens // FREQ_TOKENS), 1.0
+            patches_in = sample.tokens + sample.dropped
+            keep = keep_mask(patches_in, sample.tokens, config.stream.seed, spec.epoch, sample.ident)
+            freqs, times = (positions[keep] for positions in token_positions(patches_in // FREQ_TOKENS))
             waves.append(audio[i])
+            keeps.append(keep)
+            lam = 1.0
         else:
             wave, lam = mixed_waveform(audio[i], audio.get(partner), sample, spec.epoch, config)
             tokens, freqs, times = featurize(wave, sample, spec.epoch, config)
@@ -260,6 +264,7 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
                 "row": r,
                 "slot": slots[r],
                 "tokens": sample.tokens,
+                "dropped": sample.dropped,
                 "scale": sample.scale,
                 "start": start,
                 "draw": sample.draw,
@@ -286,26 +291,46 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
     }
     if on_device:
         arrays["waves"] = np.concatenate(waves) if waves else np.zeros(0, np.int16)
-        arrays["layout"] = device_layout(placed, [len(w) for w in waves], spec.epoch, config)
+        arrays |= device_layout(placed, [len(w) for w in waves], keeps, spec.epoch, config)
     return arrays
 
 
-def device_layout(placed: list[dict], lengths: list[int], epoch: int, config: FeatureConfig) -> np.ndarray:
-    """The `loaders.device_features.layout` of a batch's placed samples, SpecAugment drawn by key."""
+def device_layout(
+    placed: list[dict], lengths: list[int], keeps: list[torch.Tensor], epoch: int, config: FeatureConfig
+) -> dict[str, np.ndarray]:
+    """The arrays that make a batch's placed samples on the device: their
+    `loaders.device_features.layout` ("layout"), and as the recipe asks the indices of the patches
+    token dropout keeps (`keeps`: each sample's `keep_mask`) end to end ("keep") and the scaled
+    noise ("noise"). Each keyed draw is the CPU path's, by the same helper; a new one (a mixup
+    partner and weight, say) is drawn here and travels as a `LAYOUT` column (integers) or as an
+    array named in `loaders.batch.DRAWS` (a `Waveforms` field)."""
+    stream = config.stream
     column = lambda name: [s[name] for s in placed]
-    frames = [s["tokens"] // FREQ_TOKENS * PATCH for s in placed]
+    patches_in = [s["tokens"] + s["dropped"] for s in placed]
+    frames = [n // FREQ_TOKENS * PATCH for n in patches_in]
     idents = [sample_ident(s["key"], s["draw"]) for s in placed]
-    augment = np.array([augment_draw(ident, n, epoch, config.stream) for ident, n in zip(idents, frames)])
-    return layout(
+    augment = np.array([augment_draw(ident, n, epoch, stream) for ident, n in zip(idents, frames)])
+    noise = (
+        [noise_draw((n, N_MELS), stream.seed, epoch, ident) for ident, n in zip(idents, frames)] if stream.noise else []
+    )
+    table = layout(
         config.spec,
         lengths,
         column("scale"),
-        column("tokens"),
+        patches_in,
         column("row"),
         column("start"),
         column("slot"),
         augment.reshape(len(placed), 4),
+        placed=column("tokens"),
+        roll=[shift for _, shift in noise] or None,
     )
+    arrays = {"layout": table}
+    if stream.token_dropout or stream.token_dropout_max:
+        arrays["keep"] = np.concatenate([np.flatnonzero(k.numpy()) for k in keeps] + [np.zeros(0, np.int64)])
+    if stream.noise:
+        arrays["noise"] = torch.cat([n for n, _ in noise] + [torch.zeros(0, N_MELS)]).numpy()
+    return arrays
 
 
 def _name_lost_partners(spec: BatchSpec, audio: dict[int, np.ndarray], failed: list[dict]) -> None:
@@ -413,7 +438,10 @@ def to_batch(arrays: dict, config: FeatureConfig) -> PackedBatch:
         own, other = [s["label_ids"] for s in samples], [s["partner_label_ids"] for s in samples]
         targets = soft_targets(own, other, [s["mix"] for s in samples], config.num_classes)
     column = lambda name, dtype: torch.tensor([s[name] for s in samples], dtype=dtype)
-    audio = waveforms(_tensor(arrays["waves"]), np.asarray(arrays["layout"])) if "waves" in arrays else None
+    audio = None
+    if "waves" in arrays:
+        drawn = {name: _tensor(arrays[name]) for name in DRAWS if name in arrays}
+        audio = waveforms(_tensor(arrays["waves"]), np.asarray(arrays["layout"]), **drawn)
     return PackedBatch(
         patches=_tensor(arrays["patches"]),
         segment_ids=_tensor(arrays["segment_ids"]),

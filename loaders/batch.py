@@ -5,8 +5,9 @@ not recompile. Samples are listed in one global order: row by row, by position i
 sample i of row r has segment id = its slot (1-based) in that row; 0 is padding.
 
 A stream that featurizes on the trainer's device (`StreamConfig.featurize="device"`) ships
-`audio` (`Waveforms`: the samples' int16 waveforms and their layout) and `patches` with no
-values (`[R, L, 0]`); `loaders.device_features.DeviceFeaturizer` fills them on the device.
+`audio` (`Waveforms`: the samples' int16 waveforms, their layout and the recipe's keyed draws)
+and `patches` with no values (`[R, L, 0]`); `loaders.device_features.DeviceFeaturizer` fills
+them on the device.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import numpy as np
 import torch
 
 PATCH_VALUES = 256
+DRAWS = ("keep", "noise")  # `Waveforms`' optional tensors: keyed draws that ship beside the layout
 
 
 @dataclass(frozen=True)
 class Waveforms:
     """The waveforms of a batch's samples end to end, and per sample where they are and how they
     become tokens (`loaders.device_features.LAYOUT`: the plan's layout, in the batch's sample
-    order). The totals are host integers, so a device featurizes without waiting on the host."""
+    order), with the keyed draws of the recipe that do not fit an integer column. The totals are
+    host integers, so a device featurizes without waiting on the host."""
 
     samples: torch.Tensor  # [N] int16 (PCM as stored) or float32
     layout: torch.Tensor  # [S, len(LAYOUT)] int64
@@ -32,9 +35,16 @@ class Waveforms:
     pooled: int  # frames after average-pooling
     kept: int  # frames of the model's input (a multiple of 16 per sample)
     max_pool: int
+    tokens: int  # tokens placed in the rows (after token dropout)
+    keep: torch.Tensor | None = None  # [tokens] int64: each placed token's index among its sample's patches
+    noise: torch.Tensor | None = None  # [kept, 128] float32: each sample's noise, scaled (`loaders.noise`)
 
     def to(self, device: torch.device | str) -> Waveforms:
-        return replace(self, samples=self.samples.to(device), layout=self.layout.to(device))
+        return self.map(lambda t: t.to(device))
+
+    def map(self, fn) -> Waveforms:
+        """These waveforms with `fn` applied to every tensor."""
+        return replace(self, **_mapped(self, fn))
 
 
 @dataclass(frozen=True)
@@ -99,12 +109,16 @@ class PackedBatch:
         return (ids.unsqueeze(-1) == ids.unsqueeze(-2)) & (ids > 0).unsqueeze(-1)
 
     def _map(self, fn) -> PackedBatch:
-        moved = {
-            f.name: fn(getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)
-        }
+        moved = _mapped(self, fn)
         if self.audio is not None:
-            moved["audio"] = replace(self.audio, samples=fn(self.audio.samples), layout=fn(self.audio.layout))
+            moved["audio"] = self.audio.map(fn)
         return replace(self, **moved)
+
+
+def _mapped(instance, fn) -> dict:
+    """`fn` of each tensor field of a dataclass instance, by name."""
+    values = {f.name: getattr(instance, f.name) for f in fields(instance)}
+    return {name: fn(value) for name, value in values.items() if isinstance(value, torch.Tensor)}
 
 
 def from_features(

@@ -11,13 +11,17 @@ matmul serve a batch of mixed frame shifts, and average-pooling gathers whole C 
 The steps, each batched over all samples: waveforms (int16 → float, the waveform's mean removed)
 → analysis frames (gathered; DC removal, pre-emphasis, Hanning window) → power spectrum → Kaldi
 mel banks → log → average-pooling → normalisation → the kept frames (padding past the clip) →
-SpecAugment → patches → placement into rows. What is random (SpecAugment's band and span) is
-drawn on the host by the keyed helper the CPU path uses (`loaders.features.augment_spans`) and
-travels in the layout, so both paths mask alike.
+SpecAugment → noise and its roll → patches → the patches token dropout keeps → placement into
+rows. What is random is drawn on the host by the keyed helpers the CPU path uses and travels with
+the batch, so both paths draw alike: SpecAugment's band and span (`loaders.features.augment_spans`)
+and the noise's roll in the layout, the noise itself (`loaders.noise.noise_draw`, scaled) and the
+indices of the kept tokens (`loaders.dropout.keep_mask`) beside it (`Waveforms.noise`, `.keep`).
+Random cuts need nothing here: the loader ships the window's waveform.
 
 The layout (`LAYOUT`, one row per sample, `layout()` builds it on the host from the plan) says
-where each sample's waveform is, its frame shift and pooling, its frames, where its tokens go,
-and its SpecAugment draw.
+where each sample's waveform is, its frame shift and pooling, its frames, its tokens and where
+they go, and its integer draws. A draw that is not an integer per sample (a mixup weight, say)
+travels as a tensor field of `Waveforms` beside `noise`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ LAYOUT = (
     "frames",  # analysis frames computed
     "pooled",  # frames after pooling (<= kept)
     "kept",  # frames of its input (a multiple of 16; past `pooled`: padding)
+    "tokens",  # tokens placed in its row (its patches, less those token dropout leaves out)
     "row",
     "offset",  # its first token in the row
     "slot",  # its segment id in the row
@@ -49,6 +54,7 @@ LAYOUT = (
     "freq_width",
     "time_start",
     "time_width",
+    "roll",  # noise: its roll in frames
 )
 _COLUMN = {name: i for i, name in enumerate(LAYOUT)}
 
@@ -62,11 +68,14 @@ def layout(
     offsets: Sequence[int],
     slots: Sequence[int],
     augment: np.ndarray | None = None,
+    placed: Sequence[int] | None = None,
+    roll: Sequence[int] | None = None,
 ) -> np.ndarray:
     """The `[S, len(LAYOUT)]` layout of samples whose waveforms (`lengths` long, already cut to
-    `spec.samples_needed`) lie end to end, at resolutions `scales`, `tokens` long (the plan's
-    count), placed at (row, offset) with segment id `slots`; `augment`: `[S, 4]` SpecAugment draws
-    (`loaders.features.augment_spans`), None for none."""
+    `spec.samples_needed` or to their random window) lie end to end, at resolutions `scales`,
+    `tokens` patches each (before token dropout), placed at (row, offset) with segment id `slots`;
+    `augment`: `[S, 4]` SpecAugment draws (`loaders.features.augment_spans`), None for none;
+    `placed`: the tokens token dropout keeps (None: all); `roll`: the noise's rolls (None: 0)."""
     lengths = np.asarray(lengths, np.int64)
     shift_ms, pool = spec.resolution(np.asarray(scales, np.float64))
     window = int(frame_samples(spec.sample_rate, FRAME_LENGTH_MS))
@@ -80,20 +89,28 @@ def layout(
         "frames": frames,
         "pooled": frames // pool,
         "kept": kept,
+        "tokens": tokens if placed is None else placed,
         "row": rows,
         "offset": offsets,
         "slot": slots,
+        "roll": 0 if roll is None else roll,
     }
     table = np.zeros((len(lengths), len(LAYOUT)), np.int64)
     for name, values in columns.items():
         table[:, _COLUMN[name]] = values
     if augment is not None:
-        table[:, _COLUMN["freq_start"] :] = augment
+        table[:, _COLUMN["freq_start"] : _COLUMN["time_width"] + 1] = augment
     return table
 
 
-def waveforms(samples: np.ndarray | torch.Tensor, table: np.ndarray) -> Waveforms:
-    """`Waveforms` of samples end to end and their `layout` (totals counted on the host)."""
+def waveforms(
+    samples: np.ndarray | torch.Tensor,
+    table: np.ndarray,
+    keep: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> Waveforms:
+    """`Waveforms` of samples end to end, their `layout` (totals counted on the host), and where
+    the recipe asks for them the kept tokens' indices and the scaled noise (`Waveforms`)."""
     column = lambda name: table[:, _COLUMN[name]]
     return Waveforms(
         samples=torch.as_tensor(samples),
@@ -102,6 +119,9 @@ def waveforms(samples: np.ndarray | torch.Tensor, table: np.ndarray) -> Waveform
         pooled=int(column("pooled").sum()),
         kept=int(column("kept").sum()),
         max_pool=int(column("pool").max(initial=1)),
+        tokens=int(column("tokens").sum()),
+        keep=keep,
+        noise=noise,
     )
 
 
@@ -174,12 +194,15 @@ class DeviceFeaturizer(nn.Module):
         table = audio.layout
         column = {name: table[:, i] for i, name in enumerate(LAYOUT)}
         if not audio.kept:
-            return _placed(torch.zeros(0, PATCH_VALUES, device=device), column, column["kept"], rows, length, 0)
+            return _placed(torch.zeros(0, PATCH_VALUES, device=device), None, column, rows, length, 0)
         spec = self._log_mel(self._analysis_frames(audio, column))
         spec = _pooled(spec, column, audio)
         spec = self._kept_frames((spec - self.spec.mean) / (2 * self.spec.std), column, audio)
         spec = _spec_augmented(spec, column, audio.kept)
-        return _placed(_patches(spec), column, column["kept"], rows, length, audio.kept // PATCH * FREQ_TOKENS)
+        if audio.noise is not None:
+            spec = _rolled(spec + audio.noise, column, audio.kept)
+        tokens, index = _kept_tokens(_patches(spec), column, audio)
+        return _placed(tokens, index, column, rows, length, audio.tokens)
 
     def _analysis_frames(self, audio: Waveforms, column: dict[str, torch.Tensor]) -> torch.Tensor:
         """`[frames, window]`: each sample's frames gathered at its own shift, its waveform's mean
@@ -262,6 +285,13 @@ def _spec_augmented(spec: torch.Tensor, column: dict[str, torch.Tensor], kept: i
     return spec.masked_fill(band | span.unsqueeze(1), 0.0)
 
 
+def _rolled(spec: torch.Tensor, column: dict[str, torch.Tensor], kept: int) -> torch.Tensor:
+    """Each sample's frames rolled in time by its own shift (as `torch.roll` rolls one sample)."""
+    owner, frame = _owners(column["kept"], kept)
+    first = torch.arange(kept, device=spec.device) - frame
+    return spec[first + (frame - column["roll"][owner]) % column["kept"][owner]]
+
+
 def _patches(spec: torch.Tensor) -> torch.Tensor:
     """`[kept, 128]` → tokens `[kept / 2, 256]` laid out as `loaders.features.patchify` lays them
     out (every sample's frames are whole 16-frame blocks, so one reshape serves all)."""
@@ -269,12 +299,31 @@ def _patches(spec: torch.Tensor) -> torch.Tensor:
     return blocks.permute(0, 2, 3, 1).reshape(-1, PATCH_VALUES)
 
 
+def _kept_tokens(
+    patches: torch.Tensor, column: dict[str, torch.Tensor], audio: Waveforms
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(the tokens placed in the rows, sample by sample; each one's index among its sample's
+    patches, None where token dropout keeps them all)."""
+    if audio.keep is None:
+        return patches, None
+    owner, _ = _owners(column["tokens"], audio.tokens)
+    each = column["kept"] // PATCH * FREQ_TOKENS
+    return patches[(torch.cumsum(each, 0) - each)[owner] + audio.keep], audio.keep
+
+
 def _placed(
-    tokens: torch.Tensor, column: dict[str, torch.Tensor], kept: torch.Tensor, rows: int, length: int, total: int
+    tokens: torch.Tensor,
+    index: torch.Tensor | None,
+    column: dict[str, torch.Tensor],
+    rows: int,
+    length: int,
+    total: int,
 ) -> tuple[torch.Tensor, ...]:
-    """Tokens into their rows: patches, segment ids (the slot; 0 padding) and positions."""
+    """`total` tokens into their rows: patches, segment ids (the slot; 0 padding) and positions
+    (of each token's `index` among its sample's patches; None: its place in the row)."""
     device = tokens.device
-    owner, token = _owners(kept // PATCH * FREQ_TOKENS, total)
+    owner, token = _owners(column["tokens"], total)
+    index = token if index is None else index
     where = column["row"][owner] * length + column["offset"][owner] + token
     patches = torch.zeros(rows * length, PATCH_VALUES, device=device)
     segment_ids = torch.zeros(rows * length, dtype=torch.int32, device=device)
@@ -282,7 +331,7 @@ def _placed(
     time_pos = torch.zeros(rows * length, dtype=torch.int64, device=device)
     patches[where] = tokens
     segment_ids[where] = column["slot"][owner].int()
-    freq_pos[where] = token % FREQ_TOKENS
-    time_pos[where] = token // FREQ_TOKENS
+    freq_pos[where] = index % FREQ_TOKENS
+    time_pos[where] = index // FREQ_TOKENS
     shape = (rows, length)
     return patches.view(*shape, PATCH_VALUES), segment_ids.view(shape), freq_pos.view(shape), time_pos.view(shape)

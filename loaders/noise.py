@@ -15,8 +15,15 @@ ROLL = (-10, 10)  # shifts drawn from [low, high)
 
 def add_noise(spec: torch.Tensor, seed: int, epoch: int, key: str) -> torch.Tensor:
     """`spec` `[frames, bins]` with the sample's noise added, then rolled in time."""
+    noise, shift = noise_draw(tuple(spec.shape), seed, epoch, key)
+    return torch.roll(spec + noise, shift, dims=0)
+
+
+def noise_draw(shape: tuple[int, int], seed: int, epoch: int, key: str) -> tuple[torch.Tensor, int]:
+    """The sample's draw for a `[frames, bins]` fbank: its noise `[frames, bins]` (float32, already
+    scaled by its amplitude) and its roll in frames; what `add_noise` and the device featurizer
+    apply alike."""
     rng = np.random.default_rng([seed, epoch, _SALT_NOISE, *key.encode()])
     amplitude = rng.random() * MAX_AMPLITUDE
-    noise = torch.from_numpy(rng.random(tuple(spec.shape), dtype=np.float32))
-    shift = int(rng.integers(*ROLL))
-    return torch.roll(spec + noise * amplitude, shift, dims=0)
+    noise = torch.from_numpy(rng.random(shape, dtype=np.float32))
+    return noise * amplitude, int(rng.integers(*ROLL))

@@ -1,6 +1,8 @@
-"""The device featurizer equals the CPU path (spectrogram, keyed SpecAugment, patchify, placement)
-for a batch mixing every C of the grid, both compressions and both recipes, and torchaudio's
-Kaldi fbank; a stream featurized on the device delivers the loader's batches."""
+"""The device featurizer equals the CPU path (spectrogram, keyed SpecAugment, noise, patchify,
+token dropout, placement) for a batch mixing every C of the grid, both compressions and both
+recipes, and torchaudio's Kaldi fbank; a stream featurized on the device delivers the loader's
+batches with every option of the training recipe (token dropout, random cuts, noise) and both
+packers."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from elasticast.training import TrainConfig, build_model, make_optimizer, make_s
 from loaders import PackedStream
 from loaders.batch import from_features
 from loaders.device_features import DeviceFeaturizer, layout, to_device, waveforms
+from loaders.dropout import keep_mask
 from loaders.feature_spec import FeatureSpec
 from loaders.features import augment_spans, patchify, spec_augment
+from loaders.noise import add_noise, noise_draw
 from loaders.threads import torch_threads
 from loaders.tokens import SCALE_GRID
 from shards.audio import pcm16_float
@@ -35,13 +39,17 @@ def clips(count: int, seed: int) -> list[np.ndarray]:
     return [(rng.standard_normal(n) * 3000 + 500).astype(np.int16) for n in lengths]
 
 
-def cpu_batch(spec: FeatureSpec, waves, scales, rows, offsets, masks=(0, 0)):
-    """The CPU path, sample by sample: what `loaders.assemble` computes and places."""
+def cpu_batch(spec: FeatureSpec, waves, scales, rows, offsets, masks=(0, 0), noise=False, placed=None):
+    """The CPU path, sample by sample: what `loaders.assemble` computes and places (with noise keyed
+    by seed 0, epoch 0 and key i; `placed`: the tokens token dropout keeps of each)."""
     features, draws = [], []
     for i, (wave, scale) in enumerate(zip(waves, scales)):
         frames = spec.spectrogram(pcm16_float(wave), scale, capacity=LENGTH)
         draws.append(augment_spans(np.random.default_rng(i), frames.shape, *masks))
-        features.append(patchify(spec_augment(frames, np.random.default_rng(i), *masks)))
+        frames = spec_augment(frames, np.random.default_rng(i), *masks)
+        patches = patchify(add_noise(frames, 0, 0, str(i)) if noise else frames)
+        keep = keep_mask(len(patches[0]), len(patches[0]) if placed is None else placed[i], 0, 0, str(i))
+        features.append(tuple(values[keep] for values in patches))
     batch = from_features(features, rows, offsets, np.asarray(scales), [str(i) for i in range(len(waves))], rows=3)
     return batch, np.array(draws)
 
@@ -61,22 +69,47 @@ def test_one_batched_pass_equals_the_cpu_path_for_every_scale(recipe, compressio
     assert_cpu_path(spec, list(SCALE_GRID) if compression == "shift" else [1.0, 2.0, 3.0, 4.0, 2.0, 1.0])
 
 
+@pytest.mark.parametrize(
+    "compression, dropout, noise",
+    [("shift", 0.3, False), ("avgpool", 0.0, True), ("shift", 0.6, True), ("avgpool", 0.6, True)],
+)
+def test_token_dropout_and_noise_on_the_device_equal_the_cpu_path(compression, dropout, noise):
+    """The host's keyed draws (the kept patches' indices, the scaled noise and its roll) applied
+    in the batched pass give the CPU path's kept patches, at their own positions."""
+    spec = FeatureSpec(RATE, -4.4, 4.9, compression=compression, recipe="paper", max_frames=2048)
+    assert_cpu_path(spec, [1.0, 3.0, 2.0, 1.0, 4.0, 2.0], dropout, noise)
+
+
 def test_the_papers_fixed_length_and_5_ms_shift_equal_the_cpu_path():
     """Every clip cropped or padded to int(1024 / C) frames, at a 5 ms shift at C = 1 (Epic-Sounds)."""
     spec = FeatureSpec(RATE, -4.4, 4.9, recipe="paper", fixed_frames=1024, frame_shift_ms=5.0, max_frames=2048)
     assert_cpu_path(spec, [1.0, 1.6, 2.2, 3.0, 4.0])
 
 
-def assert_cpu_path(spec: FeatureSpec, scales: list[float]) -> None:
+def assert_cpu_path(spec: FeatureSpec, scales: list[float], dropout: float = 0.0, noise: bool = False) -> None:
+    """The device's batched pass equals `cpu_batch`; `dropout`: the share of each sample's patches
+    token dropout leaves out; `noise`: with noise."""
     waves = [w[: spec.samples_needed(len(w), c, capacity=LENGTH)] for w, c in zip(clips(len(scales), 1), scales)]
     tokens = [int(spec.counts(len(w), c, capacity=LENGTH).tokens) for w, c in zip(waves, scales)]
-    rows, offsets = packed(tokens)
-    expected, draws = cpu_batch(spec, waves, scales, rows, offsets, masks=(48, 96))
+    placed = [n - int(n * dropout) for n in tokens]
+    rows, offsets = packed(placed)
+    expected, draws = cpu_batch(spec, waves, scales, rows, offsets, (48, 96), noise, placed)
     slots = [int(expected.slot[expected.keys.index(str(i))]) for i in range(len(waves))]
-    table = layout(spec, [len(w) for w in waves], scales, tokens, rows, offsets, slots, draws)
-    width = int((offsets + tokens).max())
-    patches, segment_ids, freq_pos, time_pos = DeviceFeaturizer(spec)(waveforms(np.concatenate(waves), table), 3, width)
+    keep = [np.flatnonzero(keep_mask(n, k, 0, 0, str(i))) for i, (n, k) in enumerate(zip(tokens, placed))]
+    drawn = [noise_draw((n // 8 * 16, 128), 0, 0, str(i)) for i, n in enumerate(tokens)]
+    rolls = [shift for _, shift in drawn] if noise else None
+    table = layout(spec, [len(w) for w in waves], scales, tokens, rows, offsets, slots, draws, placed, rolls)
+    audio = waveforms(
+        np.concatenate(waves),
+        table,
+        keep=torch.from_numpy(np.concatenate(keep)) if dropout else None,
+        noise=torch.cat([values for values, _ in drawn]) if noise else None,
+    )
+    width = int((offsets + placed).max())
+    patches, segment_ids, freq_pos, time_pos = DeviceFeaturizer(spec)(audio, 3, width)
     assert draws[:, 1].any() and draws[:, 3].any()  # bands and spans were masked
+    assert sum(placed) < sum(tokens) if dropout else placed == tokens
+    assert not noise or len({shift for shift in rolls}) > 1  # samples rolled by different shifts
     assert (patches - expected.patches).abs().max() <= 1e-4
     assert torch.equal(segment_ids, expected.segment_ids)
     assert torch.equal(freq_pos, expected.freq_pos) and torch.equal(time_pos, expected.time_pos)
@@ -110,20 +143,44 @@ def demo_split(tmp_path_factory, make_shards):
     return out / "train"
 
 
-@pytest.mark.parametrize("compression, scales", [("shift", SCALE_GRID), ("avgpool", (1.0, 2.0, 3.0, 4.0))])
-def test_a_device_stream_delivers_the_loaders_batches(demo_split, compression, scales):
+RECIPE = {"token_dropout": 0.3, "random_cut": 32, "noise": True}
+SHIFT, AVGPOOL = ("shift", SCALE_GRID), ("avgpool", (1.0, 2.0, 3.0, 4.0))
+ONE_BY_ONE = {"dropout": {"token_dropout": 0.3}, "dropout_max": {"token_dropout_max": 0.5}}
+ONE_BY_ONE |= {"cut": {"random_cut": 32}, "noise": {"noise": True}}
+CASES = [pytest.param(*AVGPOOL, {}, id="avgpool-plain")]
+CASES += [pytest.param(*SHIFT, options, id=f"shift-{name}") for name, options in ONE_BY_ONE.items()]
+CASES += [
+    pytest.param(*where, RECIPE | {"packing": packing}, id=f"{where[0]}-all-{packing}")
+    for where in (SHIFT, AVGPOOL)
+    for packing in ("greedy", "first_fit")
+]
+
+
+@pytest.mark.parametrize("compression, scales, options", CASES)
+def test_a_device_stream_delivers_the_loaders_batches(demo_split, compression, scales, options):
+    """With each option of the training recipe and all of them with either packer, at random C:
+    equal patches (1e-4), the same segments and positions (token dropout's kept ones)."""
     settings = dict(rows_per_batch=1, max_tokens=256, max_frames=256, scales=scales, compression=compression)
-    settings |= dict(backend="local")
-    settings |= dict(freq_mask=24, time_mask=40, seed=3)
+    settings |= dict(backend="local", freq_mask=24, time_mask=40, seed=3) | options
     loader = list(PackedStream(demo_split, **settings).epoch(1))
     stream = PackedStream(demo_split, **settings, featurize="device")
-    shipped = list(stream.epoch(1))
+    plan, shipped = stream.plan(1), list(stream.epoch(1))
     assert all(b.patches.shape[-1] == 0 and b.audio.samples.dtype == torch.int16 for b in shipped)
+    assert plan.dropped.any() == bool(settings.get("token_dropout") or settings.get("token_dropout_max"))
+    assert plan.window_start.any() == bool(settings.get("random_cut"))
+    placement = ("segment_ids", "freq_pos", "time_pos")
     for want, got in zip(loader, shipped, strict=True):
+        assert all(torch.equal(getattr(got, name), getattr(want, name)) for name in placement)  # as shipped
         got = to_device(got, "cpu", stream.featurizer)
-        assert got.keys == want.keys and torch.equal(got.segment_ids, want.segment_ids)
-        assert torch.equal(got.freq_pos, want.freq_pos) and torch.equal(got.time_pos, want.time_pos)
+        assert got.keys == want.keys and all(torch.equal(getattr(got, name), getattr(want, name)) for name in placement)
         assert (got.patches - want.patches).abs().max() <= 1e-4
+
+
+def test_a_batch_moves_to_a_device_with_its_draws(demo_split):
+    settings = dict(rows_per_batch=1, max_tokens=256, max_frames=256, backend="local", featurize="device")
+    batch = next(iter(PackedStream(demo_split, **settings, **RECIPE).epoch(0)))
+    moved = batch.to("meta").audio
+    assert all(t.is_meta for t in (moved.samples, moved.layout, moved.keep, moved.noise))
 
 
 def test_waveforms_without_a_featurizer_are_refused_by_name(demo_split):
