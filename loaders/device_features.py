@@ -8,20 +8,23 @@ GPU feature extractors fix their hop when built; here every analysis frame of ev
 gathered by index (frame j of sample i starts at `start_i + j * shift_i`), so one rfft and one mel
 matmul serve a batch of mixed frame shifts, and average-pooling gathers whole C frames per sample.
 
-The steps, each batched over all samples: waveforms (int16 → float, the waveform's mean removed)
+The steps, each batched over all samples: waveforms (int16 → float; mixup: mixed with their
+partners' in float64 by `loaders.mixup.mix_segments`; the waveform's mean removed)
 → analysis frames (gathered; DC removal, pre-emphasis, Hanning window) → power spectrum → Kaldi
 mel banks → log → average-pooling → normalisation → the kept frames (padding past the clip) →
 SpecAugment → noise and its roll → patches → the patches token dropout keeps → placement into
 rows. What is random is drawn on the host by the keyed helpers the CPU path uses and travels with
 the batch, so both paths draw alike: SpecAugment's band and span (`loaders.features.augment_spans`)
 and the noise's roll in the layout, the noise itself (`loaders.noise.noise_draw`, scaled) and the
-indices of the kept tokens (`loaders.dropout.keep_mask`) beside it (`Waveforms.noise`, `.keep`).
+indices of the kept tokens (`loaders.dropout.keep_mask`) and the mixup weights
+(`loaders.mixup.mix_lambda`) beside it (`Waveforms.noise`, `.keep`, `.mix`; the partners'
+waveforms follow the samples' in `Waveforms.samples`).
 Random cuts need nothing here: the loader ships the window's waveform.
 
 The layout (`LAYOUT`, one row per sample, `layout()` builds it on the host from the plan) says
 where each sample's waveform is, its frame shift and pooling, its frames, its tokens and where
-they go, and its integer draws. A draw that is not an integer per sample (a mixup weight, say)
-travels as a tensor field of `Waveforms` beside `noise`.
+they go, and its integer draws. A draw that is not an integer per sample (the noise, a mixup
+weight) travels as a tensor field of `Waveforms`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@
 - the featurizer reads the partner's bytes with the batch and mixes the waveforms before the
   fbank (`mix_waves`), with lambda ~ Beta(alpha, alpha) keyed the same way (`mix_lambda`):
   x = lambda (x1 - mean x1) + (1 - lambda) (x2 - mean x2), x2 cut or zero-padded to x1's length,
-  then the mean removed again (AST's `_wav2fbank`).
+  then the mean removed again (AST's `_wav2fbank`); with `featurize="device"` the featurizer does
+  the same on the trainer's device, by the same function (`mix_segments`).
 - the target becomes lambda y1 + (1 - lambda) y2 (`soft_targets`): soft cross-entropy for
   single-label data, BCE for multi-label (`elasticast.model.loss`).
 Training only: validation and evaluation streams set mixup to 0.
