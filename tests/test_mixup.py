@@ -48,9 +48,12 @@ def ast_mixed_features(first: np.ndarray, second: np.ndarray, lam: float, rate: 
     return fbank[: fbank.shape[0] // 16 * 16]
 
 
-def delivered(stream: PackedStream, epoch: int = 0):
-    """(sample's spec, its batch, its position there) of every delivered sample."""
+def delivered(stream: PackedStream, epoch: int = 0, keys: set[str] | None = None):
+    """(sample's spec, its batch, its position there) of every delivered sample (`keys`: of the
+    batches that hold one of them)."""
     for spec, batch in zip(stream.specs(epoch), stream.epoch(epoch)):
+        if keys is not None and not keys & set(batch.keys):
+            continue
         batch = to_device(batch, "cpu", stream.featurizer)  # featurize="device": mixed and featurized here
         by_key = {s.key: s for s in spec.samples}
         for i, key in enumerate(batch.keys):
@@ -118,9 +121,12 @@ def test_a_partner_that_cannot_be_read_leaves_its_sample_unmixed_and_is_named(sy
     with open(root / "train" / row["shard"], "r+b") as handle:
         handle.seek(row["offset"])
         handle.write(b"garbage!" * 8)
-    unmixed = {b.keys[i]: tokens_of(b, i) for _, b, i in delivered(mixing(root, mixup=0.0, featurize=featurize))}
+    keys = {s.key for spec in stream.specs(0) for s in spec.samples if s.partner.key == victim.key}
+    unmixed = {
+        b.keys[i]: tokens_of(b, i) for _, b, i in delivered(mixing(root, mixup=0.0, featurize=featurize), 0, keys)
+    }
     owners = 0
-    for sample, batch, i in delivered(stream):
+    for sample, batch, i in delivered(stream, 0, keys):
         if sample.partner.key == victim.key and sample.key != victim.key:
             assert batch.targets[i, sample.label_ids[0]] == 1.0 and torch.equal(
                 tokens_of(batch, i), unmixed[sample.key]
