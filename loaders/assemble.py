@@ -223,29 +223,33 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
     (`reads`: the batch's `read_audio`, if already made, e.g. by a reader running ahead). With
     `featurize="device"`: no patch values (`[rows, length, 0]`) but the samples' int16 waveforms
     end to end (`waves`) and their `loaders.device_features.layout`."""
-    rows, length = config.stream.rows_per_batch, config.stream.max_tokens
-    on_device = config.stream.featurize == "device"
+    stream = config.stream
+    rows, length = stream.rows_per_batch, stream.max_tokens
+    on_device = stream.featurize == "device"
     patches = np.zeros((rows, length, 0 if on_device else PATCH_VALUES), np.float32)
     segment_ids = np.zeros((rows, length), np.int32)
     freq_pos = np.zeros((rows, length), np.int32)
     time_pos = np.zeros((rows, length), np.int32)
     audio, failed, reads = reads if reads is not None else read_audio(spec.reads, config)
     _name_lost_partners(spec, audio, failed)
-    placed, slots, waves, keeps = [], defaultdict(int), [], []
+    placed, slots, waves, partner_waves, keeps = [], defaultdict(int), [], [], []
     partners = iter(range(len(spec.samples), len(spec.reads)))  # read positions of the partners, in order
     for i, sample in enumerate(spec.samples):
-        partner = next(partners) if sample.partner is not None else None
+        partner = audio.get(next(partners)) if sample.partner is not None else None  # None: none, or lost
         if i not in audio:
             continue
+        lam = 1.0 if partner is None else mix_lambda(stream.seed, spec.epoch, sample.ident.encode(), stream.mixup_alpha)
         if on_device:
             patches_in = sample.tokens + sample.dropped
-            keep = keep_mask(patches_in, sample.tokens, config.stream.seed, spec.epoch, sample.ident)
+            keep = keep_mask(patches_in, sample.tokens, stream.seed, spec.epoch, sample.ident)
             freqs, times = (positions[keep] for positions in token_positions(patches_in // FREQ_TOKENS))
             waves.append(audio[i])
+            partner_waves.append(np.zeros(0, np.int16) if partner is None else partner)
             keeps.append(keep)
-            lam = 1.0
         else:
-            wave, lam = mixed_waveform(audio[i], audio.get(partner), sample, spec.epoch, config)
+            wave = pcm16_float(audio[i])
+            if partner is not None:
+                wave = mix_waves(wave, pcm16_float(partner), lam)
             tokens, freqs, times = featurize(wave, sample, spec.epoch, config)
             if tokens.shape[0] != sample.tokens:
                 failed.append(_failure(sample, f"{tokens.shape[0]} tokens where the plan has {sample.tokens}"))
@@ -290,20 +294,28 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
         "meta": json.dumps(meta),
     }
     if on_device:
-        arrays["waves"] = np.concatenate(waves) if waves else np.zeros(0, np.int16)
-        arrays |= device_layout(placed, [len(w) for w in waves], keeps, spec.epoch, config)
+        arrays["waves"] = np.concatenate([*waves, *partner_waves, np.zeros(0, np.int16)])
+        lengths = [[len(w) for w in ws] for ws in (waves, partner_waves)]
+        arrays |= device_layout(placed, *lengths, keeps, spec.epoch, config)
     return arrays
 
 
 def device_layout(
-    placed: list[dict], lengths: list[int], keeps: list[torch.Tensor], epoch: int, config: FeatureConfig
+    placed: list[dict],
+    lengths: list[int],
+    partner_lengths: list[int],
+    keeps: list[torch.Tensor],
+    epoch: int,
+    config: FeatureConfig,
 ) -> dict[str, np.ndarray]:
     """The arrays that make a batch's placed samples on the device: their
-    `loaders.device_features.layout` ("layout"), and as the recipe asks the indices of the patches
-    token dropout keeps (`keeps`: each sample's `keep_mask`) end to end ("keep") and the scaled
-    noise ("noise"). Each keyed draw is the CPU path's, by the same helper; a new one (a mixup
-    partner and weight, say) is drawn here and travels as a `LAYOUT` column (integers) or as an
-    array named in `loaders.batch.DRAWS` (a `Waveforms` field)."""
+    `loaders.device_features.layout` ("layout"; `lengths` of their waveforms, `partner_lengths` of
+    their mixup partners', 0 for none), and as the recipe asks the indices of the patches token
+    dropout keeps (`keeps`: each sample's `keep_mask`) end to end ("keep"), the scaled noise
+    ("noise") and the mixup weights (the placed samples' "mix": `assemble` drew them by
+    `mix_lambda`, as the CPU path does). Each keyed draw is the CPU path's, by the same helper; a
+    new one travels as a `LAYOUT` column (integers) or as an array named in `loaders.batch.DRAWS`
+    (a `Waveforms` field)."""
     stream = config.stream
     column = lambda name: [s[name] for s in placed]
     patches_in = [s["tokens"] + s["dropped"] for s in placed]
@@ -324,12 +336,15 @@ def device_layout(
         augment.reshape(len(placed), 4),
         placed=column("tokens"),
         roll=[shift for _, shift in noise] or None,
+        partners=partner_lengths,
     )
     arrays = {"layout": table}
     if stream.token_dropout or stream.token_dropout_max:
         arrays["keep"] = np.concatenate([np.flatnonzero(k.numpy()) for k in keeps] + [np.zeros(0, np.int64)])
     if stream.noise:
         arrays["noise"] = torch.cat([n for n, _ in noise] + [torch.zeros(0, N_MELS)]).numpy()
+    if stream.mixup:
+        arrays["mix"] = np.array(column("mix"), np.float32)
     return arrays
 
 
@@ -383,22 +398,10 @@ def _kept_audio(wav: memoryview, sample: SampleSpec, config: FeatureConfig) -> t
     return None, pcm16_samples(bytes(wav[begin : begin + 2 * keep]))
 
 
-def mixed_waveform(
-    waveform: np.ndarray, partner: np.ndarray | None, sample: SampleSpec, epoch: int, config: FeatureConfig
-) -> tuple[np.ndarray, float]:
-    """(the float32 waveform the fbank sees, lambda) from the int16 samples read: with a partner
-    planned and read, the two mixed (`loaders.mixup`); else the sample's own, lambda 1."""
-    if partner is None:
-        return pcm16_float(waveform), 1.0
-    stream = config.stream
-    lam = mix_lambda(stream.seed, epoch, sample.ident.encode(), stream.mixup_alpha)
-    return mix_waves(pcm16_float(waveform), pcm16_float(partner), lam), lam
-
-
 def featurize(
     waveform: np.ndarray, sample: SampleSpec, epoch: int, config: FeatureConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Normalised spectrogram of `waveform` (float32: `mixed_waveform`'s) at the sample's scale (of
+    """Normalised spectrogram of `waveform` (float32: the sample's, or mixed with its partner's) at the sample's scale (of
     its window's audio), optionally masked and noised, as patches + positions: the patches token
     dropout keeps, with their own positions."""
     stream = config.stream

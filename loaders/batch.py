@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 PATCH_VALUES = 256
-DRAWS = ("keep", "noise")  # `Waveforms`' optional tensors: keyed draws that ship beside the layout
+DRAWS = ("keep", "noise", "mix")  # `Waveforms`' optional tensors: keyed draws that ship beside the layout
 
 
 @dataclass(frozen=True)
@@ -29,15 +29,17 @@ class Waveforms:
     order), with the keyed draws of the recipe that do not fit an integer column. The totals are
     host integers, so a device featurizes without waiting on the host."""
 
-    samples: torch.Tensor  # [N] int16 (PCM as stored) or float32
+    samples: torch.Tensor  # [N] int16 (PCM as stored) or float32: the samples', then their mixup partners'
     layout: torch.Tensor  # [S, len(LAYOUT)] int64
     frames: int  # analysis frames to compute, all samples together
     pooled: int  # frames after average-pooling
     kept: int  # frames of the model's input (a multiple of 16 per sample)
     max_pool: int
     tokens: int  # tokens placed in the rows (after token dropout)
+    clip_samples: int  # of `samples`, the samples' own (their mixup partners' follow)
     keep: torch.Tensor | None = None  # [tokens] int64: each placed token's index among its sample's patches
     noise: torch.Tensor | None = None  # [kept, 128] float32: each sample's noise, scaled (`loaders.noise`)
+    mix: torch.Tensor | None = None  # [S] float32: each sample's mixup weight lambda (1: unmixed; `loaders.mixup`)
 
     def to(self, device: torch.device | str) -> Waveforms:
         return self.map(lambda t: t.to(device))

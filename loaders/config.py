@@ -44,9 +44,9 @@ class StreamConfig:
     `without_augmentation()` turns them off for validation and evaluation. sampling: "uniform"
     (every sample once per epoch) or "balanced" (as many draws with replacement, by the index's
     weights: `loaders.balance`). featurize: where fbanks are made: "loader" (the workers ship
-    patches) or "device" (the workers ship int16 waveforms, the plan's layout and the recipe's keyed
-    draws; the trainer runs `loaders.device_features` on its device before the forward pass): the
-    same numbers, with every option above but mixup."""
+    patches) or "device" (the workers ship int16 waveforms, mixup partners' too, the plan's layout
+    and the recipe's keyed draws; the trainer runs `loaders.device_features` on its device before
+    the forward pass): the same numbers, with every option above."""
 
     rows_per_batch: int
     max_tokens: int = 2048
@@ -122,8 +122,6 @@ class StreamConfig:
             )
         if not 0.0 <= self.mixup <= 1.0 or not self.mixup_alpha > 0:
             raise ValueError(f"mixup ({self.mixup}) must be in [0, 1] and mixup_alpha ({self.mixup_alpha}) > 0")
-        if self.featurize == "device" and self.mixup:
-            raise ValueError("featurize='device' does not take mixup yet: use featurize='loader'")
 
     def without_augmentation(self) -> StreamConfig:
         """These settings with every training augmentation off (SpecAugment, token dropout, random

@@ -8,20 +8,23 @@ GPU feature extractors fix their hop when built; here every analysis frame of ev
 gathered by index (frame j of sample i starts at `start_i + j * shift_i`), so one rfft and one mel
 matmul serve a batch of mixed frame shifts, and average-pooling gathers whole C frames per sample.
 
-The steps, each batched over all samples: waveforms (int16 → float, the waveform's mean removed)
+The steps, each batched over all samples: waveforms (int16 → float; mixup: mixed with their
+partners' in float64 by `loaders.mixup.mix_segments`; the waveform's mean removed)
 → analysis frames (gathered; DC removal, pre-emphasis, Hanning window) → power spectrum → Kaldi
 mel banks → log → average-pooling → normalisation → the kept frames (padding past the clip) →
 SpecAugment → noise and its roll → patches → the patches token dropout keeps → placement into
 rows. What is random is drawn on the host by the keyed helpers the CPU path uses and travels with
 the batch, so both paths draw alike: SpecAugment's band and span (`loaders.features.augment_spans`)
 and the noise's roll in the layout, the noise itself (`loaders.noise.noise_draw`, scaled) and the
-indices of the kept tokens (`loaders.dropout.keep_mask`) beside it (`Waveforms.noise`, `.keep`).
+indices of the kept tokens (`loaders.dropout.keep_mask`) and the mixup weights
+(`loaders.mixup.mix_lambda`) beside it (`Waveforms.noise`, `.keep`, `.mix`; the partners'
+waveforms follow the samples' in `Waveforms.samples`).
 Random cuts need nothing here: the loader ships the window's waveform.
 
 The layout (`LAYOUT`, one row per sample, `layout()` builds it on the host from the plan) says
 where each sample's waveform is, its frame shift and pooling, its frames, its tokens and where
-they go, and its integer draws. A draw that is not an integer per sample (a mixup weight, say)
-travels as a tensor field of `Waveforms` beside `noise`.
+they go, and its integer draws. A draw that is not an integer per sample (the noise, a mixup
+weight) travels as a tensor field of `Waveforms`.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from torch import nn
 from loaders.batch import PATCH_VALUES, PackedBatch, Waveforms
 from loaders.feature_spec import FeatureSpec
 from loaders.features import LOG_FLOOR, PREEMPHASIS, analysis
+from loaders.mixup import mix_segments
 from loaders.tokens import FRAME_LENGTH_MS, FREQ_TOKENS, N_MELS, PATCH, frame_samples, kaldi_frames
 
 LAYOUT = (
@@ -55,6 +59,7 @@ LAYOUT = (
     "time_start",
     "time_width",
     "roll",  # noise: its roll in frames
+    "partner_length",  # mixup: samples of its partner's waveform, after all the samples' (0: none)
 )
 _COLUMN = {name: i for i, name in enumerate(LAYOUT)}
 
@@ -70,12 +75,15 @@ def layout(
     augment: np.ndarray | None = None,
     placed: Sequence[int] | None = None,
     roll: Sequence[int] | None = None,
+    partners: Sequence[int] | None = None,
 ) -> np.ndarray:
     """The `[S, len(LAYOUT)]` layout of samples whose waveforms (`lengths` long, already cut to
     `spec.samples_needed` or to their random window) lie end to end, at resolutions `scales`,
     `tokens` patches each (before token dropout), placed at (row, offset) with segment id `slots`;
     `augment`: `[S, 4]` SpecAugment draws (`loaders.features.augment_spans`), None for none;
-    `placed`: the tokens token dropout keeps (None: all); `roll`: the noise's rolls (None: 0)."""
+    `placed`: the tokens token dropout keeps (None: all); `roll`: the noise's rolls (None: 0);
+    `partners`: the lengths of the mixup partners' waveforms, which follow the samples' end to end
+    (None: no partners; 0: this sample's none)."""
     lengths = np.asarray(lengths, np.int64)
     shift_ms, pool = spec.resolution(np.asarray(scales, np.float64))
     window = int(frame_samples(spec.sample_rate, FRAME_LENGTH_MS))
@@ -94,6 +102,7 @@ def layout(
         "offset": offsets,
         "slot": slots,
         "roll": 0 if roll is None else roll,
+        "partner_length": 0 if partners is None else partners,
     }
     table = np.zeros((len(lengths), len(LAYOUT)), np.int64)
     for name, values in columns.items():
@@ -108,9 +117,11 @@ def waveforms(
     table: np.ndarray,
     keep: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    mix: torch.Tensor | None = None,
 ) -> Waveforms:
-    """`Waveforms` of samples end to end, their `layout` (totals counted on the host), and where
-    the recipe asks for them the kept tokens' indices and the scaled noise (`Waveforms`)."""
+    """`Waveforms` of samples end to end (then their mixup partners'), their `layout` (totals
+    counted on the host), and where the recipe asks for them the kept tokens' indices, the scaled
+    noise and the mixup weights (`Waveforms`)."""
     column = lambda name: table[:, _COLUMN[name]]
     return Waveforms(
         samples=torch.as_tensor(samples),
@@ -120,8 +131,10 @@ def waveforms(
         kept=int(column("kept").sum()),
         max_pool=int(column("pool").max(initial=1)),
         tokens=int(column("tokens").sum()),
+        clip_samples=int(column("length").sum()),
         keep=keep,
         noise=noise,
+        mix=mix,
     )
 
 
@@ -195,7 +208,12 @@ class DeviceFeaturizer(nn.Module):
         column = {name: table[:, i] for i, name in enumerate(LAYOUT)}
         if not audio.kept:
             return _placed(torch.zeros(0, PATCH_VALUES, device=device), None, column, rows, length, 0)
-        spec = self._log_mel(self._analysis_frames(audio, column))
+        wave = audio.samples
+        wave = wave.float() / 32768.0 if wave.dtype == torch.int16 else wave.float()
+        if audio.mix is not None:
+            owner, at = _owners(column["length"], audio.clip_samples)
+            wave = mix_segments(wave.double(), owner, at, column["length"], column["partner_length"], audio.mix).float()
+        spec = self._log_mel(self._analysis_frames(wave, column, audio))
         spec = _pooled(spec, column, audio)
         spec = self._kept_frames((spec - self.spec.mean) / (2 * self.spec.std), column, audio)
         spec = _spec_augmented(spec, column, audio.kept)
@@ -204,11 +222,10 @@ class DeviceFeaturizer(nn.Module):
         tokens, index = _kept_tokens(_patches(spec), column, audio)
         return _placed(tokens, index, column, rows, length, audio.tokens)
 
-    def _analysis_frames(self, audio: Waveforms, column: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`[frames, window]`: each sample's frames gathered at its own shift, its waveform's mean
-        removed (the end of a clip shorter than a window: zeros, as the CPU path pads it)."""
-        wave = audio.samples
-        wave = wave.float() / 32768.0 if wave.dtype == torch.int16 else wave.float()
+    def _analysis_frames(self, wave: torch.Tensor, column: dict[str, torch.Tensor], audio: Waveforms) -> torch.Tensor:
+        """`[frames, window]`: each sample's frames of its (float, mixed) waveform `wave` gathered at
+        its own shift, its waveform's mean removed (the end of a clip shorter than a window: zeros,
+        as the CPU path pads it)."""
         length = column["length"]
         sums = torch.segment_reduce(wave, "sum", lengths=length, unsafe=True) if wave.numel() else length * 0.0
         means = sums / length.clamp_min(self.window_size)

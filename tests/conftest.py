@@ -281,16 +281,9 @@ def same_content(a, b) -> bool:
     return all(x is y if x is None or y is None else torch.equal(x, y) for x, y in pairs)
 
 
-def with_recipe(settings: dict, options: dict) -> dict:
-    """A stream's settings with one of RECIPE_OPTIONS."""
-    if settings.get("featurize") == "device" and options.get("mixup"):
-        pytest.skip("the device featurizer does not take mixup yet")
-    return settings | options
-
-
 # The training recipe's options (issue 24) that the stream's guarantees (exactly once, equal steps,
 # bitwise resume, keyed batches) must survive, with each packer and in both featurize modes: tests
-# parametrise by these (through `with_recipe`).
+# parametrise by these.
 RECIPE_OPTIONS = [
     pytest.param({}, id="plain"),
     pytest.param({"packing": "greedy", "token_dropout": 0.1, "random_cut": 64, "noise": True}, id="greedy-recipe"),

@@ -13,6 +13,7 @@ import torch
 
 from elasticast.training.config import TrainConfig
 from loaders import PackedStream
+from loaders.device_features import to_device
 from loaders.features import patchify
 from loaders.mixup import mix_lambda, mixup_partners
 from loaders.plan import fnv1a64
@@ -47,9 +48,13 @@ def ast_mixed_features(first: np.ndarray, second: np.ndarray, lam: float, rate: 
     return fbank[: fbank.shape[0] // 16 * 16]
 
 
-def delivered(stream: PackedStream, epoch: int = 0):
-    """(sample's spec, its batch, its position there) of every delivered sample."""
+def delivered(stream: PackedStream, epoch: int = 0, keys: set[str] | None = None):
+    """(sample's spec, its batch, its position there) of every delivered sample (`keys`: of the
+    batches that hold one of them)."""
     for spec, batch in zip(stream.specs(epoch), stream.epoch(epoch)):
+        if keys is not None and not keys & set(batch.keys):
+            continue
+        batch = to_device(batch, "cpu", stream.featurizer)  # featurize="device": mixed and featurized here
         by_key = {s.key: s for s in spec.samples}
         for i, key in enumerate(batch.keys):
             yield by_key[key], batch, i
@@ -106,18 +111,22 @@ def test_mixing_is_keyed_rate_partners_and_lambda():
     assert mix_lambda(2, 3, b"clip-7", 10.0) == lams[7] != mix_lambda(2, 4, b"clip-7", 10.0)
 
 
-def test_a_partner_that_cannot_be_read_leaves_its_sample_unmixed_and_is_named(synthetic_shards, tmp_path):
+@pytest.mark.parametrize("featurize", ["loader", "device"])
+def test_a_partner_that_cannot_be_read_leaves_its_sample_unmixed_and_is_named(synthetic_shards, tmp_path, featurize):
     root = tmp_path / "broken"
     shutil.copytree(synthetic_shards, root)
-    stream = mixing(root)
-    victim = next(s.partner for s, _, _ in delivered(stream) if s.partner.key != s.key)
+    stream = mixing(root, featurize=featurize)
+    victim = next(s.partner for spec in stream.specs(0) for s in spec.samples if s.partner.key != s.key)
     row = next(r for r in ShardDataset(root).index("train").to_pylist() if r["key"] == victim.key)
     with open(root / "train" / row["shard"], "r+b") as handle:
         handle.seek(row["offset"])
         handle.write(b"garbage!" * 8)
-    unmixed = {b.keys[i]: tokens_of(b, i) for b in mixing(root, mixup=0.0).epoch(0) for i in range(b.num_samples)}
+    keys = {s.key for spec in stream.specs(0) for s in spec.samples if s.partner.key == victim.key}
+    unmixed = {
+        b.keys[i]: tokens_of(b, i) for _, b, i in delivered(mixing(root, mixup=0.0, featurize=featurize), 0, keys)
+    }
     owners = 0
-    for sample, batch, i in delivered(mixing(root)):
+    for sample, batch, i in delivered(stream, 0, keys):
         if sample.partner.key == victim.key and sample.key != victim.key:
             assert batch.targets[i, sample.label_ids[0]] == 1.0 and torch.equal(
                 tokens_of(batch, i), unmixed[sample.key]

@@ -19,7 +19,7 @@ from loaders.device_features import to_device
 from loaders.features import patchify, spectrogram
 from shards import ShardDataset
 
-from conftest import RECIPE_OPTIONS, same_content, with_recipe
+from conftest import RECIPE_OPTIONS, same_content
 
 SCALES = (1.0, 1.4, 2.0, 3.2, 4.0)
 
@@ -135,7 +135,7 @@ def test_seed_and_epoch_fix_the_batches(demo_shards, options):
 @pytest.mark.parametrize("options", RECIPE_OPTIONS)
 def test_resume_mid_epoch_gives_exactly_the_remaining_batches(demo_shards, options, featurize):
     settings = dict(rows_per_batch=1, max_tokens=256, buffer=32, scales=SCALES, backend="local", featurize=featurize)
-    stream = PackedStream(demo_shards / "train", **with_recipe(settings, options))
+    stream = PackedStream(demo_shards / "train", **(settings | options))
     full = collect(stream, epoch=2)
     assert len(full) > 2
     half = len(full) // 2

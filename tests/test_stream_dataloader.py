@@ -16,7 +16,7 @@ from loaders import stream as stream_module
 from loaders.threads import torch_threads
 from shards import ShardDataset
 
-from conftest import MIXUP_BALANCED, RECIPE_OPTIONS, same_content, with_recipe
+from conftest import MIXUP_BALANCED, RECIPE_OPTIONS, same_content
 
 SETTINGS = dict(rows_per_batch=1, max_tokens=256, max_frames=256, buffer=16, scales=(1.0, 2.0, 3.0), backend="local")
 
@@ -105,7 +105,7 @@ def test_a_state_saved_on_three_ranks_resumes_on_two_with_every_key_once(shards,
     DataLoader workers): every key of the epoch (under balanced sampling every draw) exactly once
     over both legs, equal steps; the batches DataLoader workers make (mixup targets too) are,
     bitwise, those made in-process (keyed augmentations)."""
-    settings = with_recipe(settings, options)
+    settings = settings | options
     three = [PackedStream(shards / "train", **settings, rank=rank, world=3) for rank in range(3)]
     seen, states = Counter(), []
     for stream in three:
