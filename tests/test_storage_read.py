@@ -5,6 +5,7 @@ or a deleted bucket) stops the stream naming the URL, never a hole."""
 
 from __future__ import annotations
 
+import itertools
 import pickle
 import time
 from collections import Counter
@@ -26,15 +27,20 @@ STREAM = dict(rows_per_batch=2, max_tokens=256, buffer=16, scales=(1.0, 2.0), ba
 SMALL_BATCHES = dict(rows_per_batch=1, max_tokens=128)  # about 20 steps: room for a fault mid-epoch
 
 
+_SETUPS = itertools.count()
+
+
 @pytest.fixture(scope="module")
 def remote_set(synthetic_shards, s3_server) -> str:
-    """The synthetic shard set (25 clips, 4 a shard), uploaded as is to `s3://read-tests/set`."""
+    """The synthetic shard set (25 clips, 4 a shard), uploaded as is to `s3://read-tests-N/set`, a
+    new bucket each time the module's tests start (the suite may run them in two stretches)."""
     import s3fs
 
+    bucket = f"read-tests-{next(_SETUPS)}"
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    fs.mkdir("read-tests")
-    fs.put(str(synthetic_shards), "read-tests/set", recursive=True)
-    return "s3://read-tests/set"
+    fs.mkdir(bucket)
+    fs.put(str(synthetic_shards), f"{bucket}/set", recursive=True)
+    return f"s3://{bucket}/set"
 
 
 def epoch_of(source, **changes) -> list:

@@ -349,10 +349,11 @@ def test_ray_job_submit_on_two_nodes_survives_a_killed_worker_and_trains_every_k
 ):
     """`ray job submit` on a two-node cluster; one Ray Train worker is killed once the epoch's first
     mid-epoch checkpoint exists: the worker group restarts from it, at its step, and the run
-    finishes with every key once."""
+    finishes with every key once. `--verbose` adds Ray's own lines (its per-report lines among
+    them) to ours."""
     env, temp = two_node_cluster
     run = tmp_path / "run"
-    submitted = submit(env, run, fsdd_small_shards, 1, "--checkpoint-every", "2")
+    submitted = submit(env, run, fsdd_small_shards, 1, "--checkpoint-every", "2", "--verbose")
     job_id = next(line.split("'")[1] for line in submitted.stdout.splitlines() if "submitted successfully" in line)
     deadline = time.time() + 300
     while CheckpointStore(run / "checkpoints").latest() is None and time.time() < deadline:
@@ -373,6 +374,7 @@ def test_ray_job_submit_on_two_nodes_survives_a_killed_worker_and_trains_every_k
     assert "SUCCEEDED" in status, logs[-3000:]
     assert "restarting from the latest checkpoint" in logs and "resuming from checkpoint epoch-" in logs, logs[-3000:]
     assert "resuming from checkpoint epoch-0000-step-" in logs, logs[-3000:]  # mid-epoch, not from the start
+    assert "Reporting training result 1: TrainingReport(" in logs  # --verbose: Ray's own lines too
     assert len(history(run)) == 1 and (run / "best.pt").is_file()
     counts = key_files(run)
     assert len(counts) == 1 and all(c["exactly_once"] and c["delivered"] == c["expected"] for c in counts)
