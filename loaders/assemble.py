@@ -29,6 +29,7 @@ from loaders.dropout import keep_mask
 from loaders.feature_spec import FeatureSpec
 from loaders.features import augment_spans, masked, patchify, token_positions
 from loaders.index import StreamIndex
+from loaders.keyed import keyed_rng
 from loaders.mixup import mix_lambda, mix_waves, soft_targets
 from loaders.noise import add_noise, noise_draw
 from loaders.plan import EpochPlan
@@ -238,7 +239,7 @@ def assemble(spec: BatchSpec, config: FeatureConfig, reads: Reads | None = None)
         partner = audio.get(next(partners)) if sample.partner is not None else None  # None: none, or lost
         if i not in audio:
             continue
-        lam = 1.0 if partner is None else mix_lambda(stream.seed, spec.epoch, sample.ident.encode(), stream.mixup_alpha)
+        lam = 1.0 if partner is None else mix_lambda(stream.seed, spec.epoch, sample.ident, stream.mixup_alpha)
         if on_device:
             patches_in = sample.tokens + sample.dropped
             keep = keep_mask(patches_in, sample.tokens, stream.seed, spec.epoch, sample.ident)
@@ -422,7 +423,7 @@ def augment_draw(ident: str, frames: int, epoch: int, stream: StreamConfig) -> t
     frames, keyed by the seed, the epoch and the sample; zeros where masking is off."""
     if not (stream.freq_mask or stream.time_mask):
         return 0, 0, 0, 0
-    rng = np.random.default_rng([stream.seed, epoch, _SALT_AUGMENT, *ident.encode()])
+    rng = keyed_rng(stream.seed, epoch, _SALT_AUGMENT, ident)
     return augment_spans(rng, (frames, N_MELS), stream.freq_mask, stream.time_mask)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from loaders.config import StreamConfig
-from loaders.keyed import keyed_uniform
+from loaders.keyed import keyed_rng, keyed_uniform
 
 _SALT_RATE, _SALT_KEEP = 0xD809, 0xD80C
 
@@ -32,6 +32,6 @@ def keep_mask(tokens: int, kept: int, seed: int, epoch: int, key: str) -> torch.
     uniformly without replacement by (seed, epoch, key)."""
     mask = torch.ones(tokens, dtype=torch.bool)
     if kept < tokens:
-        rng = np.random.default_rng([seed, epoch, _SALT_KEEP, *key.encode()])
+        rng = keyed_rng(seed, epoch, _SALT_KEEP, key)
         mask[torch.from_numpy(rng.permutation(tokens)[: tokens - kept])] = False
     return mask

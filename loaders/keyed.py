@@ -6,6 +6,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def keyed_rng(seed: int, epoch: int, salt: int, ident: str) -> np.random.Generator:
+    """A generator for one sample's draws in the featurizer, fixed by (seed, epoch, salt, the
+    sample's identity: its key, or its draw under balanced sampling)."""
+    return np.random.default_rng([seed, epoch, salt, *ident.encode()])
+
+
 def keyed_uniform(key_hash: np.ndarray, *salts: int) -> np.ndarray:
     """A uniform [0, 1) number per key, fixed by (key, salts) alone."""
     return (keyed_bits(key_hash, *salts) >> np.uint64(11)).astype(np.float64) * 2.0**-53

@@ -101,20 +101,7 @@ def plan_mix(
     per = sample_tokens(num_samples, sample_rate, hashes, config, epoch, features)
     group = (np.arange(len(ids)) // config.buffer).astype(np.int32)
     rng = np.random.default_rng([config.seed, epoch, _SALT_MIX])
-    plan = plan_arrivals(
-        per.tokens,
-        ids.astype(np.int32),
-        group,
-        config,
-        epoch,
-        rng,
-        per.cut,
-        per.scale,
-        per.dropped,
-        per.start,
-        hashes,
-        len(hashes),
-    )
+    plan = plan_arrivals(per, ids.astype(np.int32), group, config, epoch, rng, hashes, len(hashes))
     source = (np.searchsorted(starts, plan.sample, side="right") - 1).astype(np.int16)
     return MixedPlan(plan, starts, source, passes)
 

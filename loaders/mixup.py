@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from loaders.config import StreamConfig
-from loaders.keyed import keyed_uniform
+from loaders.keyed import keyed_rng, keyed_uniform
 
 _SALT_MIXED, _SALT_PARTNER, _SALT_LAMBDA = 0x313F, 0x9A27, 0x1A3B
 
@@ -35,10 +35,10 @@ def mixup_partners(unit_hash: np.ndarray, pool: int, config: StreamConfig, epoch
     return np.where(mixed, np.minimum(pick, pool - 1), -1).astype(np.int32)
 
 
-def mix_lambda(seed: int, epoch: int, ident: bytes, alpha: float) -> float:
+def mix_lambda(seed: int, epoch: int, ident: str, alpha: float) -> float:
     """lambda ~ Beta(alpha, alpha), fixed by (seed, epoch, the unit's identity), as a float32 (the
     device featurizer's weights are float32: both featurize modes mix with the same number)."""
-    return float(np.float32(np.random.default_rng([seed, epoch, _SALT_LAMBDA, *ident]).beta(alpha, alpha)))
+    return float(np.float32(keyed_rng(seed, epoch, _SALT_LAMBDA, ident).beta(alpha, alpha)))
 
 
 def mix_waves(wave: np.ndarray, partner: np.ndarray, lam: float) -> np.ndarray:

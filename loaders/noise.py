@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from loaders.keyed import keyed_rng
+
 _SALT_NOISE = 0x2015E
 MAX_AMPLITUDE = 0.1
 ROLL = (-10, 10)  # shifts drawn from [low, high)
@@ -23,7 +25,7 @@ def noise_draw(shape: tuple[int, int], seed: int, epoch: int, key: str) -> tuple
     """The sample's draw for a `[frames, bins]` fbank: its noise `[frames, bins]` (float32, already
     scaled by its amplitude) and its roll in frames; what `add_noise` and the device featurizer
     apply alike."""
-    rng = np.random.default_rng([seed, epoch, _SALT_NOISE, *key.encode()])
+    rng = keyed_rng(seed, epoch, _SALT_NOISE, key)
     amplitude = rng.random() * MAX_AMPLITUDE
     noise = torch.from_numpy(rng.random(shape, dtype=np.float32))
     return noise * amplitude, int(rng.integers(*ROLL))

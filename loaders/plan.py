@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import ArrayLike
 
 from loaders.balance import balanced_draws, draw_keys
 from loaders.config import StreamConfig
@@ -124,9 +125,7 @@ def plan_epoch(
         num_samples, sample_rate, shard = num_samples[drawn], sample_rate[drawn], np.asarray(shard)[drawn]
         key_hash = draw_keys(len(drawn), config.seed, epoch)
     per = sample_tokens(num_samples, sample_rate, key_hash, config, epoch, features)
-    plan = plan_tokens(
-        per.tokens, shard, config, epoch, per.cut, per.scale, per.dropped, per.start, key_hash, len(index.num_samples)
-    )
+    plan = plan_tokens(per, shard, config, epoch, key_hash, len(index.num_samples))
     if drawn is None:
         return plan
     return replace(plan, sample=drawn[plan.sample].astype(np.int32), draw=plan.sample)
@@ -140,6 +139,13 @@ class SampleTokens(NamedTuple):
     cut: np.ndarray  # removed by the cap (max_frames, row capacity) alone
     dropped: np.ndarray
     start: np.ndarray  # first frame of the random window
+
+    @classmethod
+    def counts(cls, tokens: ArrayLike) -> SampleTokens:
+        """Token counts alone: C = 1, nothing cut, dropped or windowed (a map-style dataset's)."""
+        tokens = np.asarray(tokens)
+        zeros = np.zeros(len(tokens), np.int32)
+        return cls(np.ones(len(tokens)), tokens, zeros, zeros, zeros)
 
 
 def sample_tokens(
@@ -192,52 +198,41 @@ def counts_at(
 
 
 def plan_tokens(
-    tokens: np.ndarray,
+    per: SampleTokens | ArrayLike,
     shard: np.ndarray,
     config: StreamConfig,
     epoch: int,
-    cut: np.ndarray | None = None,
-    scale: np.ndarray | None = None,
-    dropped: np.ndarray | None = None,
-    start: np.ndarray | None = None,
     key_hash: np.ndarray | None = None,
     pool: int | None = None,
 ) -> EpochPlan:
-    """Steps 2-4 of the module docstring from token counts alone (`cut`, `scale`, `dropped`,
-    `start`: per sample, for the record and the featurizer; `key_hash`, `pool`: for mixup, see
-    `plan_arrivals`). `PackingSampler` plans a map-style dataset with it, each sample its own shard.
+    """Steps 2-4 of the module docstring from `sample_tokens`' result, or token counts alone
+    (`key_hash`, `pool`: for mixup, see `plan_arrivals`). `PackingSampler` plans a map-style
+    dataset with it, each sample its own shard.
     Per-sample arrays are int32 and freed as soon as used: every rank plans the whole epoch."""
+    per = per if isinstance(per, SampleTokens) else SampleTokens.counts(per)
     rng = np.random.default_rng([config.seed, epoch, _SALT_ORDER])
     arrival, group = _arrival_order(np.asarray(shard), config, rng)
-    return plan_arrivals(
-        np.asarray(tokens), arrival, group, config, epoch, rng, cut, scale, dropped, start, key_hash, pool
-    )
+    return plan_arrivals(per, arrival, group, config, epoch, rng, key_hash, pool)
 
 
 def plan_arrivals(
-    tokens: np.ndarray,
+    per: SampleTokens,
     arrival: np.ndarray,
     group: np.ndarray,
     config: StreamConfig,
     epoch: int,
     rng: np.random.Generator,
-    cut: np.ndarray | None = None,
-    scale: np.ndarray | None = None,
-    dropped: np.ndarray | None = None,
-    start: np.ndarray | None = None,
     key_hash: np.ndarray | None = None,
     pool: int | None = None,
 ) -> EpochPlan:
-    """Steps 2-4 from the order samples reach the packer: `arrival` (sample ids, by which
-    `tokens`, `cut`, `scale`, `dropped`, `start` and `key_hash` are indexed; an id may arrive more
-    than once) and the `group` of each arrival (rows are shuffled within the group being read when
-    they closed); `dropped` and `start`: per sample, token dropout's and the random window's
-    (`sample_tokens`), for the featurizer. With mixup, each planned sample's partner is drawn from
-    `pool` index positions, keyed by its `key_hash` (`loaders.mixup`)."""
+    """Steps 2-4 from the order samples reach the packer: `arrival` (sample ids, by which `per`'s
+    arrays and `key_hash` are indexed; an id may arrive more than once) and the `group` of each
+    arrival (rows are shuffled within the group being read when they closed). With mixup, each
+    planned sample's partner is drawn from `pool` index positions, keyed by its `key_hash`
+    (`loaders.mixup`)."""
     if config.mixup and (key_hash is None or not pool):
         raise ValueError("mixup needs the planned samples' key hashes and a pool of partners")
-    cut, dropped, start = (np.zeros(len(tokens), np.int32) if a is None else a for a in (cut, dropped, start))
-    scale = np.ones(len(tokens)) if scale is None else scale
+    scale, tokens, cut, dropped, start = per
     arriving = tokens[arrival]
     total = int(arriving.sum(dtype=np.int64))
     layout = Packing.from_rows(

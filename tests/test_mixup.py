@@ -106,9 +106,9 @@ def test_mixing_is_keyed_rate_partners_and_lambda():
     assert ((counts - expected) ** 2 / expected).sum() < CHI2_999[9]
     assert np.array_equal(partners[::-1], mixup_partners(hashes[::-1], 10, config, epoch=3))
     assert (partners != mixup_partners(hashes, 10, config, epoch=4)).mean() > 0.4
-    lams = np.array([mix_lambda(2, 3, f"clip-{i}".encode(), 10.0) for i in range(4000)])
+    lams = np.array([mix_lambda(2, 3, f"clip-{i}", 10.0) for i in range(4000)])
     assert abs(lams.mean() - 0.5) < 0.01 and abs(lams.var() - 1 / 84) < 0.0015
-    assert mix_lambda(2, 3, b"clip-7", 10.0) == lams[7] != mix_lambda(2, 4, b"clip-7", 10.0)
+    assert mix_lambda(2, 3, "clip-7", 10.0) == lams[7] != mix_lambda(2, 4, "clip-7", 10.0)
 
 
 @pytest.mark.parametrize("featurize", ["loader", "device"])
