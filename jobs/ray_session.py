@@ -8,8 +8,10 @@ goes to them too, in the job's environment: `RAY_ADDRESS` for a cluster, and for
 instance (started with its dashboard when `dashboard`) the dashboard's URL, on a port chosen here
 (the instance's own address is known only once it runs).
 
-Quiet (the default): Ray's driver logs below ERROR and its workers' output stay off the
-terminal (they are in Ray's log folder); our commands print their own lines. `verbose` shows both.
+Quiet (the default): Ray's driver logs below ERROR, its workers' output and the errors the
+cluster relays to the driver (the raylet's "A worker died ...", which `log_to_driver` does not
+cover) stay off the terminal (they are in Ray's log folder); our commands print their own lines,
+a failed attempt's cause among them. `verbose` shows all of Ray's.
 """
 
 from __future__ import annotations
@@ -48,6 +50,17 @@ def connect(
         env = {}
         options.update(address="local", num_cpus=num_cpus, include_dashboard=False)
     ray.init(runtime_env={"env_vars": env}, **options)
+    if not verbose:
+        mute_relayed_errors()
+
+
+def mute_relayed_errors() -> None:
+    """Stop this driver printing what the cluster relays to it. Ray has no public switch for the
+    relayed errors: this is our one use of its private API, a module flag that its printer of
+    worker output reads (tests/test_layout.py fails if Ray renames it)."""
+    import ray._private.worker as ray_worker
+
+    ray_worker._worker_logs_enabled = False
 
 
 def free_port() -> int:

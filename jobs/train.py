@@ -198,12 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'GPU' if use_gpu else 'CPU'}, {config.epochs} epochs -> {out}{local_wandb}",
         flush=True,
     )
-    for attempt in range(config.max_failures + 1):
-        if attempt:
-            print(
-                f"restarting from the latest checkpoint (retry {attempt} of --max-failures {config.max_failures})",
-                flush=True,
-            )
+    for attempt in range(1, config.max_failures + 2):
         try:
             with relay() as console:  # the workers' lines (progress, warnings) printed here
                 trainer(config, use_gpu, console).fit()
@@ -213,10 +208,14 @@ def main(argv: list[str] | None = None) -> int:
             if stop:
                 print(f"error: {stop}; stopped (a retry would fail the same way)", file=sys.stderr)
                 return 2
-            failure = error
-    else:
-        print(f"error: training failed after {config.max_failures + 1} attempt(s): {failure}", file=sys.stderr)
-        return 1
+            if attempt > config.max_failures:
+                print(f"error: training failed after {attempt} attempt(s): {failure_cause(error)}", file=sys.stderr)
+                return 1
+            print(
+                f"attempt {attempt} failed ({failure_cause(error)}); restarting from the latest checkpoint "
+                f"(retry {attempt} of --max-failures {config.max_failures})",
+                flush=True,
+            )
     try:
         return summarise(config, out)
     except RunStorageError as error:
@@ -265,6 +264,22 @@ def storage_failure(error: Exception) -> str | None:
             if isinstance(cause, (StorageFailure, FailureBudgetExceeded, FileNotFoundError, PermissionError)):
                 return str(cause)
     return None
+
+
+def failure_cause(error: Exception) -> str:
+    """A failed `fit()` in one line: each failed rank's (or the controller's) exception and the first
+    line of its message."""
+    from ray.train import ControllerError, WorkerGroupError
+
+    def first_line(failure: BaseException) -> str:
+        message = str(failure).strip()
+        return f"{type(failure).__name__}: {message.splitlines()[0]}" if message else type(failure).__name__
+
+    if isinstance(error, WorkerGroupError) and error.worker_failures:
+        return "; ".join(f"rank {rank}: {first_line(f)}" for rank, f in sorted(error.worker_failures.items()))
+    if isinstance(error, ControllerError):
+        return f"controller: {first_line(error.controller_failure)}"
+    return first_line(error)
 
 
 def summarise(config: TrainConfig, out: Location) -> int:

@@ -15,6 +15,21 @@ import pytest
 from object_store import FaultyProxy, S3Server, free_port, s3_environment
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Ray's knobs for a suite of short runs (they reach every Ray instance the tests start, and the
+# jobs they submit, through the environment): Ray Train's controller polls the workers every 0.2 s,
+# not 2 s, so a run ends about 2 s sooner; no preemption-watcher actor (one Python process less per
+# run: there is no spot instance to watch here) and no metrics callbacks; each node's dashboard
+# agent samples its processes' usage every 60 s, not every 5 s (nobody reads it here).
+RAY_TEST_KNOBS = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "REPORTER_UPDATE_INTERVAL_MS": "60000",
+}
+for _name, _value in RAY_TEST_KNOBS.items():
+    os.environ.setdefault(_name, _value)
+
 FSDD = Path(os.environ.get("ELASTICAST_FSDD", REPO.parent / "shared" / "data" / "fsdd" / "recordings"))
 
 
@@ -162,13 +177,14 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fsdd_shards(tmp_path_factory, fsdd_dir, make_shards, request) -> Path:
-    """All 3,000 FSDD recordings sharded once per run of the suite on the Ray backend."""
+def fsdd_shards(tmp_path_factory, fsdd_dir, make_shards) -> Path:
+    """All 3,000 FSDD recordings sharded once per run of the suite, in-process (3 s of CPU; the
+    Ray backend takes 11 s here: tests/test_shards_bad_input.py and test_shards_storage.py build
+    on it and compare with the local backend)."""
 
     def build(work: Path) -> None:
-        request.getfixturevalue("ray_local")
         manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv")
-        flags = ["--shard-size", "2MiB", "--backend", "ray", "--quiet"]
+        flags = ["--shard-size", "2MiB", "--backend", "local", "--quiet"]
         assert make_shards.main(["--manifest", str(manifest), "--out", str(work / "shards"), *flags]) == 0
 
     return built_once(tmp_path_factory, "fsdd", build)

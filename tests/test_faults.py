@@ -184,6 +184,17 @@ def test_the_job_stops_on_failures_no_retry_fixes_wherever_they_lie_in_the_chain
         assert train_job.storage_failure(WorkerGroupError("a worker failed", {0: failure})) == stop
 
 
+def test_a_failed_attempt_is_told_in_one_line_per_failed_rank(train_job):
+    """What a quiet run prints of a failure it retries (Ray's own report is off the terminal)."""
+    from ray.train import ControllerError, WorkerGroupError
+
+    ranks = {1: RuntimeError("Connection closed by peer\n  at gloo.cc:12"), 0: TimeoutError()}
+    assert train_job.failure_cause(WorkerGroupError("2 workers failed", ranks)) == (
+        "rank 0: TimeoutError; rank 1: RuntimeError: Connection closed by peer"
+    )
+    assert train_job.failure_cause(ControllerError(ValueError("bad\nstate"))) == "controller: ValueError: bad"
+
+
 def test_scoring_no_samples_is_an_error_not_a_zero():
     with pytest.raises(NothingToScore, match="no samples to score"):
         score(torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64))
