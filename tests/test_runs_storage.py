@@ -78,46 +78,15 @@ def train_args(shards: Path | str, out: str, *more: str) -> list[str]:
     return ["--shards", str(shards), "--out", out, *TINY, "--valid-split", "train", "--loader", "local", *more]
 
 
-def test_a_run_on_s3_trains_and_resumes_from_its_checkpoint_there(
-    s3_bucket, synthetic_shards, ray_local, train_job, capfd
-):
-    run, shards = f"{s3_bucket}/runs/tiny", upload_folder(synthetic_shards, f"{s3_bucket}/shards")
-    assert train_job.main(train_args(shards, run, "--epochs", "2", "--stop-after", "1", "--wandb", "disabled")) == 0
-    after_one = bucket_names(run)
-    assert {"config.yaml", "history.json", "keys/epoch-000.json", "best.pt", "last.pt", "metrics.json"} <= set(
-        after_one
-    )
-    assert "checkpoints/epoch-0001-step-0000000.pt" in after_one and any(n.startswith("ray/") for n in after_one)
-    ours = [n for n in after_one if not n.startswith("ray/")]  # Ray Train keeps its own marker in ray/
-    assert not [n for n in ours if n.rsplit("/", 1)[-1].startswith(".")]  # no probe, no temporary object
-    capfd.readouterr()
-    assert train_job.main([*train_args(shards, run, "--epochs", "2", "--wandb", "disabled"), "--resume"]) == 0
-    out = capfd.readouterr().out
-    assert "resuming from checkpoint epoch-0001-step-0000000.pt: epoch 2, step 0" in out
-    assert "failed samples (holes left as padding, over 2 epoch(s)): train 0, validation (train) 0" in out
-    history = json.loads(Location.of(f"{run}/history.json").read_text())
-    assert [m["epoch"] for m in history] == [1, 2]
-    names = bucket_names(run)
-    assert [n for n in names if n.startswith("checkpoints/")] == [
-        "checkpoints/epoch-0001-step-0000000.pt",
-        "checkpoints/epoch-0002-step-0000000.pt",
-    ]
-    assert (
-        "keys/epoch-001.json" in names and json.loads(Location.of(f"{run}/metrics.json").read_text())["epochs_run"] == 2
-    )
-    keys = json.loads(Location.of(f"{run}/keys/epoch-001.json").read_text())
-    assert keys["exactly_once"] and keys["delivered"] == len(ShardDataset(synthetic_shards).index("train"))
-
-
-def delete_bucket_when(bucket: str, appears: Path, timeout_s: float = 120) -> threading.Thread:
-    """Delete `bucket` (objects, then the bucket) as soon as the file `appears` exists."""
+def delete_bucket_when(bucket: str, appears: str, timeout_s: float = 120) -> threading.Thread:
+    """Delete `bucket` (objects, then the bucket) as soon as the object `appears` (a URL) exists."""
     import s3fs
 
     def watch():
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
         deadline = time.monotonic() + timeout_s
-        while not appears.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        while not fs.exists(appears) and time.monotonic() < deadline:
+            time.sleep(0.05)
         fs.rm(bucket, recursive=True)
         if fs.exists(bucket):
             fs.rmdir(bucket)
@@ -127,27 +96,51 @@ def delete_bucket_when(bucket: str, appears: Path, timeout_s: float = 120) -> th
     return thread
 
 
-def test_a_bucket_deleted_mid_run_stops_it_with_exit_2_naming_it_and_keeps_its_checkpoint(
-    s3_bucket, synthetic_shards, ray_local, train_job, capfd, tmp_path
+def test_a_run_on_s3_stopped_by_its_shards_bucket_deleted_resumes_from_its_step_checkpoint_there(
+    s3_bucket, synthetic_shards, ray_local, train_job, capfd
 ):
-    """The shards' bucket goes away after the run's first step checkpoint: the Ray Data tasks that
-    read the shards fail, and the run stops with one line of ours naming the bucket's shard (no
-    hole, no second attempt), and the step checkpoint
-    it leaves loads (`--resume` continues from it: tests/test_train_job.py holds such a resume
-    bitwise equal to an uninterrupted run)."""
-    shards, run = upload_folder(synthetic_shards, f"{s3_bucket}/shards"), tmp_path / "run"
-    watcher = delete_bucket_when(s3_bucket[5:], run / "checkpoints" / "epoch-0000-step-0000001.pt")
+    """The run folder is on S3; the shards' own bucket goes away after the run's first step
+    checkpoint: the Ray Data tasks that read the shards fail, and the run stops with exit 2 and one
+    line of ours naming the bucket's shard (no hole, no second attempt), its step checkpoint kept
+    on S3. With the shards back, `--resume` continues from that checkpoint at its step and
+    (`--stop-after 1`) ends with the epoch: every key once, the run folder's files on S3, two
+    checkpoints kept, no probe or temporary object left."""
+    import s3fs
+
+    run, store = f"{s3_bucket}/runs/tiny", f"{s3_bucket}-shards"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(store[5:])
+    shards = upload_folder(synthetic_shards, f"{store}/shards")
+    watcher = delete_bucket_when(store[5:], f"{run}/checkpoints/epoch-0000-step-0000001.pt")
+    flags = ["--epochs", "2", "--checkpoint-every", "1", "--wandb", "disabled", "--loader", "ray"]
     capfd.readouterr()
-    flags = ["--epochs", "1", "--checkpoint-every", "1", "--wandb", "disabled", "--loader", "ray"]
-    assert train_job.main(train_args(shards, str(run), *flags)) == 2
+    assert train_job.main(train_args(shards, run, *flags)) == 2
     watcher.join()
     captured = capfd.readouterr()
     ours = [line for line in captured.err.splitlines() if not line.startswith("\x1b[36m(")]  # Ray's are prefixed
     [line] = [line for line in ours if "error" in line.lower() or "Traceback" in line]
     assert line.startswith(f"error: cannot read {shards}/train/shard-") and "bucket does not exist" in line
-    assert "restarting" not in captured.out and not (run / "history.json").exists()
-    latest = CheckpointStore(run / "checkpoints").usable()
-    assert latest is not None and latest.name.startswith("epoch-0000-step-")
+    assert "attempt 1 failed" not in captured.out and "history.json" not in bucket_names(run)
+    stopped_at = CheckpointStore(f"{run}/checkpoints").usable()
+    assert stopped_at is not None and stopped_at.name.startswith("epoch-0000-step-")
+    step = int(stopped_at.name.removesuffix(".pt").split("-step-")[1])
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(store[5:])
+    upload_folder(synthetic_shards, f"{store}/shards")
+    assert train_job.main([*train_args(shards, run, *flags, "--stop-after", "1"), "--resume"]) == 0
+    out = capfd.readouterr().out
+    assert f"resuming from checkpoint {stopped_at.name}: epoch 1, step {step}" in out
+    assert "failed samples (holes left as padding, over 1 epoch(s)): train 0, validation (train) 0" in out
+    names = bucket_names(run)
+    assert {"config.yaml", "history.json", "keys/epoch-000.json", "best.pt", "last.pt", "metrics.json"} <= set(names)
+    assert any(n.startswith("ray/") for n in names)  # Ray Train keeps its own marker in ray/
+    ours = [n for n in names if not n.startswith("ray/")]
+    assert not [n for n in ours if n.rsplit("/", 1)[-1].startswith(".")]  # no probe, no temporary object
+    checkpoints = [n for n in names if n.startswith("checkpoints/")]
+    assert len(checkpoints) == 2 and checkpoints[-1] == "checkpoints/epoch-0001-step-0000000.pt"
+    history = json.loads(Location.of(f"{run}/history.json").read_text())
+    assert [m["epoch"] for m in history] == [1]
+    assert json.loads(Location.of(f"{run}/metrics.json").read_text())["epochs_run"] == 1
+    keys = json.loads(Location.of(f"{run}/keys/epoch-000.json").read_text())
+    assert keys["exactly_once"] and keys["delivered"] == len(ShardDataset(synthetic_shards).index("train"))
 
 
 def test_a_url_run_keeps_wandb_files_in_a_local_folder_named_after_it(s3_bucket, synthetic_shards, train_job):

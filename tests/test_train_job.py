@@ -306,11 +306,30 @@ def two_node_cluster():
     try:
         yield env | {"RAY_ADDRESS": f"http://127.0.0.1:{DASHBOARD}"}, temp
     finally:
-        for process in psutil.process_iter(["cmdline"]):
-            command = " ".join(process.info["cmdline"] or [])
-            if temp in command or f":{PORT} " in command or _cwd_under(process, temp):  # the client server: by port
-                process.kill()
-        shutil.rmtree(temp, ignore_errors=True)
+        kill_cluster(temp)
+
+
+def kill_cluster(temp: str) -> None:
+    """Kill the processes of the cluster under `temp`: those naming it (the client server by its
+    port) or working in it, and every process they started (the nodes' agents, renamed
+    `ray::DashboardAgent` and the like, name neither, and outlive their raylet)."""
+    own = []
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        if temp in command or f":{PORT} " in command or _cwd_under(process, temp):
+            own.append(process)
+    for process in list(own):
+        try:
+            own += process.children(recursive=True)
+        except psutil.Error:
+            pass
+    for process in own:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(own, timeout=30)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def _cwd_under(process: psutil.Process, folder: str) -> bool:
