@@ -363,7 +363,7 @@ def submit(env: dict, run: Path, shards: Path, epochs: int, *more: str) -> subpr
         "--epochs",
         str(epochs),
         "--wandb",
-        "offline",
+        "disabled",  # wandb's offline mode is checked by the bitwise test: here it would start its service twice
         *STEPS,
         *more,
     ]
