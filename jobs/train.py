@@ -39,6 +39,7 @@ from shards.options import DATASET_FILE
 DEMO_SHARDS = TrainConfig.shards
 RAY_DIR = "ray"
 WANDB_CACHE = Path("~/.cache/elasticast/wandb")  # wandb's files for runs whose folder is a URL
+CAUSE_CHARS = 160  # a failed rank's part of the line telling a retried attempt (gloo's one-liners run to 300)
 
 
 def absolute(value: str) -> Location:
@@ -273,7 +274,8 @@ def failure_cause(error: Exception) -> str:
 
     def first_line(failure: BaseException) -> str:
         message = str(failure).strip()
-        return f"{type(failure).__name__}: {message.splitlines()[0]}" if message else type(failure).__name__
+        line = f"{type(failure).__name__}: {message.splitlines()[0]}" if message else type(failure).__name__
+        return line if len(line) <= CAUSE_CHARS else line[: CAUSE_CHARS - 3] + "..."
 
     if isinstance(error, WorkerGroupError) and error.worker_failures:
         return "; ".join(f"rank {rank}: {first_line(f)}" for rank, f in sorted(error.worker_failures.items()))

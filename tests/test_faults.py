@@ -193,6 +193,8 @@ def test_a_failed_attempt_is_told_in_one_line_per_failed_rank(train_job):
         "rank 0: TimeoutError; rank 1: RuntimeError: Connection closed by peer"
     )
     assert train_job.failure_cause(ControllerError(ValueError("bad\nstate"))) == "controller: ValueError: bad"
+    long = train_job.failure_cause(WorkerGroupError("1 worker failed", {0: RuntimeError("x" * 400)}))
+    assert long == "rank 0: RuntimeError: " + "x" * (train_job.CAUSE_CHARS - len("RuntimeError: ") - 3) + "..."
 
 
 def test_scoring_no_samples_is_an_error_not_a_zero():
