@@ -16,6 +16,7 @@ import pytest
 from object_store import FaultyProxy, S3Server, free_port, s3_environment
 
 REPO = Path(__file__).resolve().parents[1]
+LAYERS = ("shards", "loaders", "elasticast", "jobs")  # the packages; each may import only those before it
 
 # Ray's knobs for a suite of short runs (they reach every Ray instance the tests start, and the
 # jobs they submit, through the environment): Ray Train's controller polls the workers every 0.2 s,
@@ -180,8 +181,8 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
 @pytest.fixture(scope="session")
 def fsdd_shards(tmp_path_factory, fsdd_dir, make_shards) -> Path:
     """All 3,000 FSDD recordings sharded once per run of the suite, in-process (3 s of CPU; the
-    Ray backend takes 11 s here: tests/test_shards_bad_input.py and test_shards_storage.py build
-    on it and compare with the local backend)."""
+    Ray backend takes 11 s here, and tests/test_shards_bad_input.py and test_shards_storage.py
+    build on it)."""
 
     def build(work: Path) -> None:
         manifest = write_fsdd_manifest(fsdd_dir, work / "manifest.csv")
@@ -345,7 +346,7 @@ def pytest_configure(config):
     subprocess of the suite imports them, and where PYTHONDONTWRITEBYTECODE is set (this machine,
     CI) each would compile them again (about 0.25 s of CPU each)."""
     if not os.environ.get("PYTEST_XDIST_WORKER"):
-        for package in ("shards", "loaders", "elasticast", "jobs"):
+        for package in LAYERS:
             compileall.compile_dir(REPO / package, quiet=1)
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-LAYERS = ("shards", "loaders", "elasticast", "jobs")  # each may import only those before it
+from conftest import LAYERS, REPO
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -26,14 +25,14 @@ def imported_packages(path: Path) -> set[str]:
 
 
 def modules(package: str) -> list[Path]:
-    return sorted((ROOT / package).rglob("*.py"))
+    return sorted((REPO / package).rglob("*.py"))
 
 
 @pytest.mark.parametrize("package", LAYERS)
 def test_imports_point_down(package):
     allowed = set(LAYERS[: LAYERS.index(package) + 1])
     upward = {
-        str(path.relative_to(ROOT)): sorted((imported_packages(path) & set(LAYERS)) - allowed)
+        str(path.relative_to(REPO)): sorted((imported_packages(path) & set(LAYERS)) - allowed)
         for path in modules(package)
     }
     assert {name: found for name, found in upward.items() if found} == {}
@@ -46,10 +45,10 @@ def test_the_walker_sees_function_level_imports(tmp_path):
 
 
 def test_model_package_never_imports_ray():
-    in_source = {str(path.relative_to(ROOT)) for path in modules("elasticast") if "ray" in imported_packages(path)}
+    in_source = {str(path.relative_to(REPO)) for path in modules("elasticast") if "ray" in imported_packages(path)}
     assert in_source == set()
     names = [
-        ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+        ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
         for path in modules("elasticast")
     ]
     check = (
@@ -58,13 +57,13 @@ def test_model_package_never_imports_ray():
         "    importlib.import_module(name)\n"
         "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
     )
-    loaded = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, check=True)
+    loaded = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]", loaded.stdout
 
 
 def test_ray_private_api_is_touched_in_one_function_only():
     users = {
-        str(path.relative_to(ROOT))
+        str(path.relative_to(REPO))
         for package in LAYERS
         for path in modules(package)
         if "ray._private" in path.read_text() or "_base_exc" in path.read_text()
