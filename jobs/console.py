@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 CONSOLE = "console"  # the key of the queue in the workers' `train_loop_config`
-POLL_S = 0.2
+END = None  # put by the driver after the run: every worker line is ahead of it in the queue
 
 
 class Console:
@@ -32,20 +32,25 @@ class Console:
 @contextmanager
 def relay() -> Iterator[object]:
     """A Ray queue whose lines are printed here while the block runs; the last ones are printed
-    before the block's exit returns (a worker's `put` is done before its training function ends)."""
-    from ray.util.queue import Empty, Queue
+    before the block's exit returns (a worker's `put` is done before its training function ends,
+    so its lines are queued ahead of the END the block's exit puts). The pump blocks on the queue
+    rather than polling it: no calls while the run is silent."""
+    from ray.exceptions import RayError
+    from ray.util.queue import Queue
 
     queue = Queue(actor_options={"num_cpus": 0})
-    done = threading.Event()
 
     def pump() -> None:
         while True:
             try:
-                error, message = queue.get(timeout=POLL_S)
-            except Empty:
-                if done.is_set():
-                    return
-                continue
+                item = queue.get()
+            except RayError as failure:  # the queue's actor is gone (its node died): nothing more arrives
+                reason = str(failure).strip().splitlines()[0]
+                print(f"WARNING: the workers' lines are no longer printed: {reason}", file=sys.stderr, flush=True)
+                return
+            if item is END:
+                return
+            error, message = item
             print(message, file=sys.stderr if error else sys.stdout, flush=True)
 
     thread = threading.Thread(target=pump, name="elasticast-console", daemon=True)
@@ -53,6 +58,9 @@ def relay() -> Iterator[object]:
     try:
         yield queue
     finally:
-        done.set()
+        try:
+            queue.put(END)
+        except RayError:  # the pump has already stopped on the same error
+            pass
         thread.join()
-        queue.shutdown()
+        queue.shutdown(force=True)  # the pump is done with it
