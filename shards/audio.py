@@ -22,7 +22,6 @@ from shards.location import Location
 from shards.retry import StorageFailure, retrying
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
-PCM16_MAX = 32767.0
 
 _DATA_CHUNK = re.compile(r"data\s*:\s*(\d+)\s*\(should be (\d+)\)")
 _PLACEHOLDER_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}  # streaming writers leave these in the header
