@@ -126,6 +126,16 @@ def prepare_run(config: TrainConfig) -> TrainConfig | str:
         "init": init.url if init is not None else "",
     }
     config = TrainConfig(**(config.to_dict() | changes))
+    if config.resume and configured:
+        try:
+            changed = config.changed_on_resume(yaml.safe_load((out / "config.yaml").read_text()) or {})
+        except Exception as error:
+            return f"cannot read {out / 'config.yaml'}: {reason(error)}"
+        if changed:
+            return (
+                f"--resume: {out} was started with other settings, which decide what it learns: {', '.join(changed)}. "
+                f"Resume with the run's own (its config.yaml), or start a new run in another --out"
+            )
     try:
         out.check_writable()
         write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))

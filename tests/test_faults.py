@@ -313,6 +313,32 @@ def test_resume_with_no_usable_checkpoint_stops_with_exit_2(synthetic_shards, tm
     assert f"error: --resume: none of the 1 checkpoint(s) in {run / 'checkpoints'} loads" in err
 
 
+def test_resume_keeps_what_the_run_learns_and_may_change_how_it_runs(synthetic_shards, tmp_path, train_job, capsys):
+    """Another shard set, seed or resolution would train the checkpoint on other data or labels:
+    refused by name, the run folder untouched. Ranks, epochs, loader and logging may change."""
+    run = tmp_path / "run"
+    flags = ["--shards", str(synthetic_shards), "--out", str(run), "--valid-split", "train", "--wandb", "disabled"]
+    assert isinstance(train_job.prepare_run(train_job.parse_args(flags)), TrainConfig)
+    CheckpointStore(run / "checkpoints").save({"step": torch.tensor(3)}, 0, 3)
+    recorded = (run / "config.yaml").read_text()
+    assert train_job.main([*flags, "--resume", "--seed", "1", "--scales", "1", "2", "--workers", "2"]) == 2
+    expected = (
+        f"error: --resume: {run} was started with other settings, which decide what it learns: "
+        "--seed 0 (now 1), --scales 1.0 (now 1.0 2.0). Resume with the run's own (its config.yaml), "
+        "or start a new run in another --out"
+    )
+    assert capsys.readouterr().err.splitlines() == [expected]
+    other = tmp_path / "other"
+    shutil.copytree(synthetic_shards, other)
+    moved = [*flags[:1], str(other), *flags[2:], "--resume"]
+    assert train_job.main(moved) == 2
+    assert f"--shards {synthetic_shards} (now {other})" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == recorded
+    how = ["--workers", "2", "--epochs", "9", "--stop-after", "1", "--loader", "local", "--verbose"]
+    resumed = train_job.prepare_run(train_job.parse_args([*flags, "--resume", *how, "--max-failures", "0"]))
+    assert isinstance(resumed, TrainConfig) and (resumed.workers, resumed.epochs) == (2, 9)
+
+
 def test_rotation_on_a_full_disk_removes_the_oldest_first(small_disk, capsys):
     """A 12 MiB disk holds two 5 MiB states, not three: the third checkpoint is written once the
     oldest is gone, and the two latest remain."""

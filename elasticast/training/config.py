@@ -41,6 +41,36 @@ CHOICES = {
 }
 
 
+# What `--resume` may change: how and where the run goes on and what it logs. Every other setting
+# (data, model, features, recipe, optimiser) decides what the run learns, so a resumed run must keep
+# the one its config.yaml records (`TrainConfig.changed_on_resume`).
+RESUMABLE = frozenset(
+    {
+        "resume",
+        "epochs",
+        "stop_after",
+        "checkpoint_every",
+        "workers",
+        "device",
+        "cpus_per_worker",
+        "threads",
+        "loader",
+        "loader_workers",
+        "loader_cpus",
+        "featurize",
+        "attention",
+        "compile",
+        "max_failures",
+        "storage_timeout",
+        "max_failed",
+        "wandb",
+        "wandb_project",
+        "wandb_dir",
+        "verbose",
+    }
+)
+
+
 def knob(default, help: str):
     """A config field with its one help text (the flag's `--help`, and the doc of the field)."""
     return dataclasses.field(default=default, metadata={"help": help})
@@ -274,6 +304,24 @@ class TrainConfig:
         """The validation streams' settings: the training stream's at C = 1, unshuffled, one source
         each, with no augmentation and every sample once (`StreamConfig.without_augmentation`)."""
         return self.stream(**(dict(scales=(1.0,), shuffle=False, weights=None) | changes)).without_augmentation()
+
+    def changed_on_resume(self, saved: dict) -> list[str]:
+        """The settings outside RESUMABLE on which this config differs from `saved` (a run's
+        config.yaml), each as `--flag RUN'S (now THIS)`. Keys `saved` lacks or that no longer
+        exist (a run from another version) are not compared."""
+        now = self.to_dict()
+
+        def shown(value) -> str:
+            return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+        changed = []
+        for name, before in saved.items():
+            if name in RESUMABLE or name not in now:
+                continue
+            before = list(before) if isinstance(before, tuple) else before
+            if before != now[name]:
+                changed.append(f"--{name.replace('_', '-')} {shown(before)} (now {shown(now[name])})")
+        return changed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self) | {name: list(getattr(self, name)) for name in ("scales", "shards", "weights")}
