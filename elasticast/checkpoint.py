@@ -193,6 +193,32 @@ class RunStorageError(StorageFailure):
     no such bucket, a store that stayed unreachable)."""
 
 
+class LabelMismatch(ValueError):
+    """A training state whose label ids are not the data's (a shard set rebuilt under the same
+    path): continuing would train the head's classes on other labels, and no retry changes that."""
+
+
+def check_label_map(location: Target, saved: dict | None, current: dict[str, dict[str, int]]) -> None:
+    """Refuse to continue the training state at `location` (its recorded `saved` label map, None
+    before maps were recorded) on sources whose map (`loaders.sources.Sources.label_map`) differs."""
+    if saved is None or saved == current:
+        return
+
+    def shown(labels: dict[str, int]) -> str:
+        names = [name for name, _ in sorted(labels.items(), key=lambda item: item[1])]
+        return ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+
+    differ = [
+        f"{source}: [{shown(saved.get(source, {}))}] (now [{shown(current.get(source, {}))}])"
+        for source in sorted(set(saved) | set(current))
+        if saved.get(source) != current.get(source)
+    ]
+    raise LabelMismatch(
+        f"checkpoint {location} was trained on other label ids than --shards now give: {'; '.join(differ)}; "
+        "resume on the shard sets as they were, or start a new run"
+    )
+
+
 @contextmanager
 def storage_errors(what: str) -> Iterator[None]:
     """A storage failure inside becomes a `RunStorageError` saying `what: reason`."""

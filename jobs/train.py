@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 trainer(config, use_gpu, console).fit()
             break
         except TrainingFailedError as error:
-            stop = storage_failure(error)
+            stop = final_failure(error)
             if stop:
                 print(f"error: {stop}; stopped (a retry would fail the same way)", file=sys.stderr)
                 return 2
@@ -258,21 +258,24 @@ def trainer(config: TrainConfig, use_gpu: bool, console=None):
     )
 
 
-def storage_failure(error: Exception) -> str | None:
+def final_failure(error: Exception) -> str | None:
     """The message of a worker's failure that no retry can fix, within a failed `fit()`, if any: a
     `StorageFailure` (the run folder or the shards' store; `RunStorageError` is one), a refusal
-    (no such file or bucket, access denied), or more holes than `--max-failed` allows, wherever it
-    lies in the chain of causes (a Ray Data task's error arrives wrapped). Ray Train's
-    `WorkerGroupError.worker_failures` holds each failed rank's own exception."""
+    (no such file or bucket, access denied), more holes than `--max-failed` allows, or a checkpoint
+    whose label ids are not the data's (`LabelMismatch`), wherever it lies in the chain of causes
+    (a Ray Data task's error arrives wrapped). Ray Train's `WorkerGroupError.worker_failures` holds
+    each failed rank's own exception."""
     from ray.train import WorkerGroupError
 
+    from elasticast.checkpoint import LabelMismatch
     from loaders import FailureBudgetExceeded
     from shards.retry import StorageFailure, causes
 
+    final = (StorageFailure, FailureBudgetExceeded, LabelMismatch, FileNotFoundError, PermissionError)
     failures = error.worker_failures.values() if isinstance(error, WorkerGroupError) else ()
     for failure in failures:
         for cause in causes(failure):
-            if isinstance(cause, (StorageFailure, FailureBudgetExceeded, FileNotFoundError, PermissionError)):
+            if isinstance(cause, final):
                 return str(cause)
     return None
 

@@ -19,6 +19,7 @@ from elasticast.checkpoint import (
     CHECKPOINTS,
     KEEP_CHECKPOINTS,
     CheckpointStore,
+    check_label_map,
     save_checkpoint,
     write_atomic,
     write_text,
@@ -118,6 +119,7 @@ def restore_state(
     ranks (`PackedStream.epoch(consumed=...)`), the shares so far go to rank 0 as one, and the
     schedule moves to the same point in the epochs."""
     state = CheckpointStore.load(path)
+    check_label_map(path, state.get("label_map"), train.sources.label_map)
     partial = [EpochResult(**share) for share in state["partial"] or []]
     saved_world = state.get("world", len(partial) or world)  # checkpoints before "world" resumed on theirs
     stream = state["stream"]

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from elasticast.checkpoint import UNREADABLE, CheckpointStore, storage_cause
+from elasticast.checkpoint import UNREADABLE, CheckpointStore, LabelMismatch, storage_cause
 from elasticast.metrics import NothingToScore, score
 from elasticast.training.config import TrainConfig
 from loaders import FailureBudgetExceeded, PackedStream
@@ -171,7 +171,7 @@ def test_a_shard_gone_from_local_disk_mid_run_stops_the_stream_naming_it(synthet
 
 
 def test_the_job_stops_on_failures_no_retry_fixes_wherever_they_lie_in_the_chain(train_job):
-    """`storage_failure` reads the workers' failures of a failed fit (Ray Train's own error type)."""
+    """`final_failure` reads the workers' failures of a failed fit (Ray Train's own error type)."""
     from ray.train import WorkerGroupError
 
     wrapped = RuntimeError("UDF failed")
@@ -179,9 +179,13 @@ def test_the_job_stops_on_failures_no_retry_fixes_wherever_they_lie_in_the_chain
     for failure, stop in [
         (wrapped, "read s3://b/x.tar: the store did not answer"),
         (FailureBudgetExceeded("3 sample(s) failed"), "3 sample(s) failed"),
+        (
+            LabelMismatch("checkpoint c.pt was trained on other label ids"),
+            "checkpoint c.pt was trained on other label ids",
+        ),
         (RuntimeError("a crashed worker"), None),
     ]:
-        assert train_job.storage_failure(WorkerGroupError("a worker failed", {0: failure})) == stop
+        assert train_job.final_failure(WorkerGroupError("a worker failed", {0: failure})) == stop
 
 
 def test_a_failed_attempt_is_told_in_one_line_per_failed_rank(train_job):
@@ -337,6 +341,22 @@ def test_resume_keeps_what_the_run_learns_and_may_change_how_it_runs(synthetic_s
     how = ["--workers", "2", "--epochs", "9", "--stop-after", "1", "--loader", "local", "--verbose"]
     resumed = train_job.prepare_run(train_job.parse_args([*flags, "--resume", *how, "--max-failures", "0"]))
     assert isinstance(resumed, TrainConfig) and (resumed.workers, resumed.epochs) == (2, 9)
+
+
+def test_a_shard_set_rebuilt_with_other_labels_is_refused_before_any_state_is_restored(synthetic_shards, tmp_path):
+    """Same path, same flags, other labels: the checkpoint's class ids would mean other classes."""
+    from jobs.train_worker import restore_state
+
+    stream = PackedStream(synthetic_shards / "train", **STREAM)
+    assert stream.sources.label_map == {"shards": {"hum": 0, "tone": 1, "whistle": 2}}  # named after the set
+    store = CheckpointStore(tmp_path / "checkpoints")
+    saved = store.save({"label_map": {"shards": {"hum": 0, "whistle": 1, "wind": 2}}}, 0, 3)
+    with pytest.raises(LabelMismatch) as refused:
+        restore_state(saved, None, None, None, 0, 1, stream)  # stops before touching the model
+    assert str(refused.value) == (
+        f"checkpoint {saved} was trained on other label ids than --shards now give: "
+        "shards: [hum, whistle, wind] (now [hum, tone, whistle]); resume on the shard sets as they were, or start a new run"
+    )
 
 
 def test_rotation_on_a_full_disk_removes_the_oldest_first(small_disk, capsys):
