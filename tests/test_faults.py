@@ -341,6 +341,9 @@ def test_resume_keeps_what_the_run_learns_and_may_change_how_it_runs(synthetic_s
     how = ["--workers", "2", "--epochs", "9", "--stop-after", "1", "--loader", "local", "--verbose"]
     resumed = train_job.prepare_run(train_job.parse_args([*flags, "--resume", *how, "--max-failures", "0"]))
     assert isinstance(resumed, TrainConfig) and (resumed.workers, resumed.epochs) == (2, 9)
+    shutil.move(run, tmp_path / "moved")  # a run folder moved is still the run
+    moved_run = [*flags[:3], str(tmp_path / "moved"), *flags[4:], "--resume"]
+    assert isinstance(train_job.prepare_run(train_job.parse_args(moved_run)), TrainConfig)
 
 
 def test_a_shard_set_rebuilt_with_other_labels_is_refused_before_any_state_is_restored(synthetic_shards, tmp_path):

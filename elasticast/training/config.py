@@ -47,6 +47,7 @@ CHOICES = {
 RESUMABLE = frozenset(
     {
         "resume",
+        "out",  # a run folder moved elsewhere is still the run
         "epochs",
         "stop_after",
         "checkpoint_every",
