@@ -334,8 +334,7 @@ def test_resume_keeps_what_the_run_learns_and_may_change_how_it_runs(synthetic_s
     assert capsys.readouterr().err.splitlines() == [expected]
     other = tmp_path / "other"
     shutil.copytree(synthetic_shards, other)
-    moved = [*flags[:1], str(other), *flags[2:], "--resume"]
-    assert train_job.main(moved) == 2
+    assert train_job.main([*flags[:1], str(other), *flags[2:], "--resume"]) == 2
     assert f"--shards {synthetic_shards} (now {other})" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == recorded
     how = ["--workers", "2", "--epochs", "9", "--stop-after", "1", "--loader", "local", "--verbose"]

@@ -108,8 +108,13 @@ def test_a_run_on_s3_stopped_by_its_shards_bucket_deleted_resumes_from_its_step_
     import s3fs
 
     run, store = f"{s3_bucket}/runs/tiny", f"{s3_bucket}-shards"
-    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(store[5:])
-    shards = upload_folder(synthetic_shards, f"{store}/shards")
+
+    def shards_bucket() -> str:
+        """The shards in a bucket of their own, made (again) for them."""
+        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(store[5:])
+        return upload_folder(synthetic_shards, f"{store}/shards")
+
+    shards = shards_bucket()
     watcher = delete_bucket_when(store[5:], f"{run}/checkpoints/epoch-0000-step-0000001.pt")
     flags = ["--epochs", "2", "--checkpoint-every", "1", "--wandb", "disabled", "--loader", "ray"]
     capfd.readouterr()
@@ -123,8 +128,7 @@ def test_a_run_on_s3_stopped_by_its_shards_bucket_deleted_resumes_from_its_step_
     stopped_at = CheckpointStore(f"{run}/checkpoints").usable()
     assert stopped_at is not None and stopped_at.name.startswith("epoch-0000-step-")
     step = int(stopped_at.name.removesuffix(".pt").split("-step-")[1])
-    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(store[5:])
-    upload_folder(synthetic_shards, f"{store}/shards")
+    shards_bucket()
     assert train_job.main([*train_args(shards, run, *flags, "--stop-after", "1"), "--resume"]) == 0
     out = capfd.readouterr().out
     assert f"resuming from checkpoint {stopped_at.name}: epoch 1, step {step}" in out

@@ -403,7 +403,7 @@ def test_ray_job_submit_on_two_nodes_survives_a_killed_worker_while_a_local_run_
     test kills.)"""
     env, temp = two_node_cluster
     run = tmp_path / "run"
-    # greedy packing: first-fit's kernel takes Numba ~5 s to compile in each process, and its
+    # greedy packing: first-fit's kernel takes Numba ~6 s to compile in each process, and its
     # on-disk cache does not survive the job's unpacked copy of the repository (new file times)
     more = ["--checkpoint-every", "2", "--packing", "greedy", "--valid-split", "test"]
     submitted = submit(env, run, fsdd_small_shards, 1, *more)

@@ -319,7 +319,6 @@ class TrainConfig:
         for name, before in saved.items():
             if name in RESUMABLE or name not in now:
                 continue
-            before = list(before) if isinstance(before, tuple) else before
             if before != now[name]:
                 changed.append(f"--{name.replace('_', '-')} {shown(before)} (now {shown(now[name])})")
         return changed
